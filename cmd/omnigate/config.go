@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/omnigate/omnigate/gateway"
+)
+
+// defaultConfig is served when no config file is given.
+//
+//go:embed default.yaml
+var defaultConfig []byte
+
+// EnvConfig names the config file when -config is not given.
+const EnvConfig = "OMNIGATE_CONFIG"
+
+// loadConfig reads file, or the embedded default when file is "".
+func loadConfig(file string) (*gateway.Config, error) {
+	if file == "" {
+		return gateway.Parse("embedded default config", defaultConfig, os.LookupEnv)
+	}
+	return gateway.Load(file)
+}
+
+func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: omnigate config check [FILE] | omnigate config default")
+		return 2
+	}
+	switch args[0] {
+	case "default":
+		stdout.Write(defaultConfig)
+		return 0
+	case "check":
+		fs := flag.NewFlagSet("config check", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		file := fs.Arg(0)
+		cfg, err := loadConfig(file)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		printChains(stdout, cfg)
+		return 0
+	}
+	fmt.Fprintf(stderr, "omnigate config: unknown subcommand %q\n", args[0])
+	return 2
+}
+
+// printChains prints the resolved config: listeners, Redis and each route's
+// chain from first plugin to terminal.
+func printChains(w io.Writer, cfg *gateway.Config) {
+	fmt.Fprintf(w, "%s: ok\n", cfg.File)
+	redis := "disabled (in-process state)"
+	switch {
+	case cfg.Redis.URL != "":
+		redis = "single node " + redactedURL(cfg.Redis.URL)
+	case cfg.Redis.Sentinel != nil:
+		redis = fmt.Sprintf("sentinel master %q via %s", cfg.Redis.Sentinel.MasterName, strings.Join(cfg.Redis.Sentinel.Addrs, ","))
+	case cfg.Redis.Cluster != nil:
+		redis = "cluster " + strings.Join(cfg.Redis.Cluster.Addrs, ",")
+	}
+	fmt.Fprintf(w, "listen %s, admin %s, redis %s\n", cfg.Listen, cfg.Admin.Listen, redis)
+	if len(cfg.Plugins) > 0 {
+		fmt.Fprintln(w, "plugins:")
+		for _, p := range cfg.Plugins {
+			fmt.Fprintf(w, "  %s (%s)\n", p.Name, p.Type)
+		}
+	}
+	fmt.Fprintln(w, "routes:")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	for _, r := range cfg.Routes {
+		chain := append([]string{}, r.Plugins...)
+		if r.FHIR {
+			chain = append(chain, "fhir")
+		} else {
+			chain = append(chain, "upstream "+r.Upstream.URL)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Name, strings.Join(r.Methods, ","), r.Path, strings.Join(chain, " -> "))
+	}
+	tw.Flush()
+}

@@ -1,0 +1,67 @@
+// Command omnigate is the OmniGate gateway: a FHIR R4 API gateway that runs
+// per-route plugin chains (sessions, rate limits, caching, WebAssembly and
+// external policy plugins) in front of an embedded FHIR server or an
+// upstream.
+//
+// Usage:
+//
+//	omnigate serve [-config FILE]     serve (default: the embedded config)
+//	omnigate config check [FILE]      validate a config and print each route's chain
+//	omnigate config default           print the embedded default config
+//	omnigate version                  print the version
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+type command struct {
+	name, usage string
+	run         func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
+		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
+		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+			fmt.Fprintln(stdout, "omnigate", version)
+			return 0
+		}},
+	}
+}
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "omnigate: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: omnigate <command> [arguments]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintln(w, "  "+c.usage)
+	}
+}

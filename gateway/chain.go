@@ -1,0 +1,193 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// route is a built route: the entry handler every matched request goes
+// through (request id, body limit, metrics, access log) in front of the
+// chain.
+type route struct {
+	info      RouteInfo
+	srv       *Server
+	handler   http.Handler // compression, links, terminal
+	maxBody   int64
+	duration  prometheus.Observer
+	counters  sync.Map // uint64(method index)<<32 | status -> prometheus.Counter
+	accessLog bool
+}
+
+func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := &reqState{route: rt, start: time.Now()}
+	id := r.Header.Get(RequestIDHeader)
+	if !validRequestID(id) {
+		id = newRequestID()
+		r.Header.Set(RequestIDHeader, id)
+	}
+	st.requestID = id
+	w.Header().Set(RequestIDHeader, id)
+	st.sw.ResponseWriter = w
+	sw := &st.sw
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	rt.srv.metrics.inflight.Inc()
+	defer rt.finish(st, r)
+
+	if r.ContentLength > rt.maxBody {
+		writeError(sw, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, rt.maxBody), rt.info.FHIR)
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
+	}
+	rt.handler.ServeHTTP(sw, r)
+}
+
+// finish records metrics and the access log line. It is deferred so that it
+// also runs when the handler aborts the response.
+func (rt *route) finish(st *reqState, r *http.Request) {
+	m := rt.srv.metrics
+	m.inflight.Dec()
+	status := st.sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	dur := time.Since(st.start)
+	rt.duration.Observe(dur.Seconds())
+	rt.counter(r.Method, status).Inc()
+	if rt.accessLog {
+		user := ""
+		if st.identity != nil {
+			user = st.identity.UserID
+		}
+		rt.srv.logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+			slog.String("request_id", st.requestID),
+			slog.String("method", r.Method),
+			slog.String("route", rt.info.Name),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", status),
+			slog.Int64("bytes", st.sw.bytes),
+			slog.Float64("duration_ms", float64(dur.Microseconds())/1000),
+			slog.String("user", user),
+			slog.String("remote", r.RemoteAddr),
+		)
+	}
+}
+
+func methodIndex(m string) uint64 {
+	for i, v := range validMethods {
+		if v == m {
+			return uint64(i)
+		}
+	}
+	return uint64(len(validMethods))
+}
+
+func (rt *route) counter(method string, status int) prometheus.Counter {
+	key := methodIndex(method)<<32 | uint64(status)
+	if c, ok := rt.counters.Load(key); ok {
+		return c.(prometheus.Counter)
+	}
+	if methodIndex(method) == uint64(len(validMethods)) {
+		method = "OTHER"
+	}
+	c := rt.srv.metrics.requests.WithLabelValues(rt.info.Name, method, strconv.Itoa(status))
+	rt.counters.Store(key, c)
+	return c
+}
+
+// link runs one plugin of a chain and records the time spent in it,
+// excluding the links after it, and isolates its panics.
+type link struct {
+	name   string
+	plugin Plugin
+	next   http.Handler
+	dur    prometheus.Observer
+	srv    *Server
+}
+
+func (l *link) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := stateFrom(r.Context())
+	if st == nil { // a plugin replaced the request context: keep going untimed
+		l.plugin.ServeHTTP(w, r, l.next)
+		return
+	}
+	defer l.srv.recoverPanic(w, r, st, l.name)
+	st.inner = 0
+	t0 := time.Now()
+	l.plugin.ServeHTTP(w, r, l.next)
+	total := time.Since(t0)
+	l.dur.Observe((total - st.inner).Seconds())
+	st.inner = total
+}
+
+// terminal runs the route's handler (FHIR server, upstream proxy) and
+// isolates its panics.
+type terminal struct {
+	name string
+	h    http.Handler
+	srv  *Server
+}
+
+func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := stateFrom(r.Context())
+	if st == nil {
+		t.h.ServeHTTP(w, r)
+		return
+	}
+	defer t.srv.recoverPanic(w, r, st, t.name)
+	t0 := time.Now()
+	t.h.ServeHTTP(w, r)
+	st.inner = time.Since(t0)
+}
+
+// recoverPanic is deferred by links and terminals. A recovered panic is
+// logged with the request id, counted, and answered with 500 when the
+// response has not started; when it has, the connection is aborted so the
+// client cannot mistake a truncated response for a whole one.
+func (s *Server) recoverPanic(w http.ResponseWriter, r *http.Request, st *reqState, name string) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	s.metrics.panics.WithLabelValues(name).Inc()
+	s.logger.LogAttrs(r.Context(), slog.LevelError, "panic recovered",
+		slog.String("plugin", name),
+		slog.String("request_id", st.requestID),
+		slog.String("route", st.route.info.Name),
+		slog.String("panic", fmt.Sprint(v)),
+		slog.String("stack", string(debug.Stack())),
+	)
+	if st.sw.wroteHeader() {
+		panic(http.ErrAbortHandler)
+	}
+	writeError(w, http.StatusInternalServerError, "internal error (request "+st.requestID+")", st.route.info.FHIR)
+}
+
+// buildChain links plugins in order in front of the terminal handler.
+func (s *Server) buildChain(plugins []namedPlugin, term *terminal) http.Handler {
+	var h http.Handler = term
+	for i := len(plugins) - 1; i >= 0; i-- {
+		p := plugins[i]
+		h = &link{name: p.name, plugin: p.plugin, next: h,
+			dur: s.metrics.pluginDuration.WithLabelValues(p.name), srv: s}
+	}
+	return h
+}
+
+type namedPlugin struct {
+	name   string
+	plugin Plugin
+}

@@ -1,0 +1,296 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+		"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+)
+
+// Plugin is one link of a route's chain. It may answer the request itself
+// (and not call next), change the request before calling next, or change
+// the response that next writes. A plugin is built once per config load and
+// serves many requests concurrently.
+//
+// A plugin that holds resources also implements io.Closer; Close is called
+// after the last request that used it has finished (on shutdown, in reverse
+// order of construction, or after a reload swapped it out).
+type Plugin interface {
+	ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler)
+}
+
+// PluginFunc adapts a function to the Plugin interface.
+type PluginFunc func(w http.ResponseWriter, r *http.Request, next http.Handler)
+
+// ServeHTTP calls f(w, r, next).
+func (f PluginFunc) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	f(w, r, next)
+}
+
+// Validator is implemented by plugin config structs that check themselves
+// after decoding. Validate runs at load and in "omnigate config check",
+// never per request. Return FieldError values (or errors.Join of them) to
+// point at the offending key.
+type Validator interface {
+	Validate() error
+}
+
+// FieldError blames a key of a plugin's config, relative to the plugin
+// (e.g. "limits.nurse.window"), so the error names the line it was on.
+type FieldError struct {
+	Key string
+	Err error
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// FieldErrorf returns a *FieldError for key.
+func FieldErrorf(key, format string, args ...any) error {
+	return &FieldError{Key: key, Err: fmt.Errorf(format, args...)}
+}
+
+// Health is the state of one component, as /ping reports it.
+type Health struct {
+	// Status is up, down, degraded, disabled or loaded.
+	Status string `json:"status"`
+	// Required components make /ping answer 503 while they are down.
+	Required bool `json:"required,omitempty"`
+	// Detail explains the status in a few words.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Health statuses.
+const (
+	StatusUp       = "up"
+	StatusDown     = "down"
+	StatusDegraded = "degraded"
+	StatusDisabled = "disabled"
+	StatusLoaded   = "loaded"
+)
+
+// HealthReporter is implemented by plugins whose health can change after
+// load (a plugin process that died, a Wasm module that fails).
+type HealthReporter interface {
+	Health() Health
+}
+
+// Env is what a plugin's constructor gets besides its own config.
+type Env struct {
+	// Name is the plugin instance's name in the config.
+	Name string
+	// Type is the plugin's type.
+	Type string
+	// Logger logs with plugin=<name>.
+	Logger *slog.Logger
+	// Config is the whole, validated gateway config. Do not modify it.
+	Config *Config
+	// Registerer registers the plugin's metrics. Use RegisterMetric so that
+	// a reload reuses the collectors of the previous load.
+	Registerer prometheus.Registerer
+
+	rt *runtime
+}
+
+// HandleAdmin mounts an endpoint on the admin listener (for example
+// "GET /admin/ratelimit/stats"). Paths are httprouter patterns.
+func (e *Env) HandleAdmin(method, path string, h http.Handler) {
+	e.rt.adminRoutes = append(e.rt.adminRoutes, mountedRoute{method, path, h, e.Name})
+}
+
+// Handle mounts an endpoint on the public listener, outside any route's
+// chain (for example "POST /auth/login"). It gets request ids, the access
+// log, metrics and panic isolation, like routes do.
+func (e *Env) Handle(method, path string, h http.Handler) {
+	e.rt.publicRoutes = append(e.rt.publicRoutes, mountedRoute{method, path, h, e.Name})
+}
+
+// AddHealth adds a component to /ping. check is called on every /ping.
+func (e *Env) AddHealth(name string, check func() Health) {
+	e.rt.health = append(e.rt.health, healthCheck{name, check})
+}
+
+// Shared returns the object stored under key, calling create the first
+// time. All plugins of a config load share it, and a reload that asks for
+// the same key gets the same object, so connections and stores survive
+// reloads; put whatever config the object depends on into the key. An
+// object that implements io.Closer is closed when no loaded config uses it
+// any more, after the plugins of that load.
+func (e *Env) Shared(key string, create func() (any, error)) (any, error) {
+	s, rt := e.rt.srv, e.rt
+	s.sharedMu.Lock()
+	defer s.sharedMu.Unlock()
+	if ent, ok := s.shared[key]; ok {
+		if !slices.Contains(rt.sharedKeys, key) {
+			ent.refs++
+			rt.sharedKeys = append(rt.sharedKeys, key)
+		}
+		return ent.v, nil
+	}
+	v, err := create()
+	if err != nil {
+		return nil, err
+	}
+	s.shared[key] = &sharedEntry{v: v, refs: 1}
+	rt.sharedKeys = append(rt.sharedKeys, key)
+	return v, nil
+}
+
+// RegisterMetric registers c with reg and returns it, or returns the
+// collector already registered under the same description (after a
+// reload). It panics on a conflicting description, a programming error.
+func RegisterMetric[T prometheus.Collector](reg prometheus.Registerer, c T) T {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing
+			}
+		}
+		panic(fmt.Sprintf("gateway: register metric: %v", err))
+	}
+	return c
+}
+
+type mountedRoute struct {
+	method, path string
+	h            http.Handler
+	plugin       string
+}
+
+type healthCheck struct {
+	name  string
+	check func() Health
+}
+
+type pluginType struct {
+	name      string
+	newConfig func() any
+	build     func(ctx context.Context, cfg any, env *Env) (Plugin, error)
+}
+
+var (
+	registryMu  sync.RWMutex
+	pluginTypes = map[string]*pluginType{}
+	fhirHandler *handlerType
+)
+
+// RegisterPlugin adds a plugin type. defaults returns the type's config
+// struct with its defaults set; the instance's keys are decoded onto it
+// strictly (unknown keys are errors), then Validate runs if *C implements
+// Validator, then build constructs the plugin: all dialing, compiling and
+// precomputation happens there, never per request. RegisterPlugin panics if
+// the name is taken; call it from an init function.
+func RegisterPlugin[C any](name string, defaults func() *C, build func(ctx context.Context, cfg *C, env *Env) (Plugin, error)) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := pluginTypes[name]; dup {
+		panic("gateway: plugin type registered twice: " + name)
+	}
+	pluginTypes[name] = &pluginType{
+		name:      name,
+		newConfig: func() any { return defaults() },
+		build: func(ctx context.Context, cfg any, env *Env) (Plugin, error) {
+			return build(ctx, cfg.(*C), env)
+		},
+	}
+}
+
+// PluginTypes lists the registered plugin types, sorted.
+func PluginTypes() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	names := make([]string, 0, len(pluginTypes))
+	for n := range pluginTypes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func lookupPluginType(name string) (*pluginType, bool) {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	pt, ok := pluginTypes[name]
+	return pt, ok
+}
+
+func (pt *pluginType) decode(c *Config, node *yaml.Node, key string) any {
+	return decodeModule(c, pt.newConfig(), node, key)
+}
+
+// decodeModule decodes node onto cfg and runs its Validate, recording
+// errors on c.
+func decodeModule(c *Config, cfg any, node *yaml.Node, key string) any {
+	before := c.dec.Count()
+	if node != nil {
+		c.dec.Decode(node, cfg, key)
+	}
+	if c.dec.Count() > before {
+		// Validating a half-decoded config would only add noise.
+		return cfg
+	}
+	if v, ok := cfg.(Validator); ok {
+		if err := v.Validate(); err != nil {
+			for _, e := range flattenErrors(err) {
+				var fe *FieldError
+				if errors.As(e, &fe) {
+					c.dec.Add(c.Errorf(key+"."+fe.Key, "%v", fe.Err))
+				} else {
+					c.dec.Add(c.Errorf(key, "%v", e))
+				}
+			}
+		}
+	}
+	return cfg
+}
+
+func flattenErrors(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flattenErrors(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+type handlerType struct {
+	newConfig func() any
+	build     func(ctx context.Context, cfg any, env *Env) (http.Handler, error)
+}
+
+func (h *handlerType) decode(c *Config, node *yaml.Node, key string) any {
+	return decodeModule(c, h.newConfig(), node, key)
+}
+
+// RegisterFHIRHandler installs the embedded FHIR server, the terminal of
+// routes with "fhir: true". The top-level "fhir" key of the config is
+// decoded onto defaults() like a plugin's config; if *C has a method
+// BasePath() string, it sets where fhir routes are mounted. The handler is
+// built once per config load when a route uses it; if it implements
+// io.Closer it is closed after the plugins.
+func RegisterFHIRHandler[C any](defaults func() *C, build func(ctx context.Context, cfg *C, env *Env) (http.Handler, error)) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	fhirHandler = &handlerType{
+		newConfig: func() any { return defaults() },
+		build: func(ctx context.Context, cfg any, env *Env) (http.Handler, error) {
+			return build(ctx, cfg.(*C), env)
+		},
+	}
+}
+
+func registeredHandler() *handlerType {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return fhirHandler
+}

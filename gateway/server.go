@@ -1,0 +1,511 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+	"github.com/klauspost/compress/gzhttp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Server beyond its Config.
+type Options struct {
+	// Logger is the process logger. Default: built from Config.Log,
+	// writing to stderr.
+	Logger *slog.Logger
+	// Registry receives the gateway's and the plugins' metrics and is
+	// served on /metrics. Default: NewRegistry().
+	Registry *prometheus.Registry
+	// Version is reported by /ping.
+	Version string
+}
+
+// Server is a running gateway: a public listener whose routes run plugin
+// chains in front of terminal handlers, and an admin listener. Its config
+// can be replaced while it serves (Reload).
+type Server struct {
+	opts     Options
+	logger   *slog.Logger
+	reg      *prometheus.Registry
+	metrics  *metrics
+	started  time.Time
+	cur      atomic.Pointer[runtime]
+	draining atomic.Bool
+
+	reloadMu sync.Mutex
+	closing  sync.WaitGroup // retired runtimes still closing
+
+	sharedMu sync.Mutex
+	shared   map[string]*sharedEntry
+
+	httpSrv, adminSrv *http.Server
+	ln, adminLn       net.Listener
+	serveErr          chan error
+}
+
+type sharedEntry struct {
+	v    any
+	refs int
+}
+
+// runtime is everything built from one config: plugins, handlers, routes.
+// Requests hold a reference while they run, so a reload can close the old
+// runtime once its last request has finished.
+type runtime struct {
+	cfg          *Config
+	srv          *Server
+	router       *router
+	admin        *httprouter.Router
+	plugins      []namedPlugin
+	closers      []io.Closer
+	health       []healthCheck
+	adminRoutes  []mountedRoute
+	publicRoutes []mountedRoute
+	sharedKeys   []string
+	unmatched    *route
+	unmatchedFHIR *route
+	fhirBase     string
+
+	inflight atomic.Int64
+	retired  atomic.Bool
+	idleOnce sync.Once
+	idle     chan struct{}
+}
+
+// New builds a server from cfg: every plugin is constructed and every route
+// linked; nothing listens until Start. The error names the config file,
+// line and key of what failed.
+func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = NewLogger(cfg.Log, os.Stderr)
+	}
+	if opts.Registry == nil {
+		opts.Registry = NewRegistry()
+	}
+	s := &Server{
+		opts:     opts,
+		logger:   opts.Logger,
+		reg:      opts.Registry,
+		started:  time.Now(),
+		shared:   map[string]*sharedEntry{},
+		serveErr: make(chan error, 2),
+	}
+	s.metrics = newMetrics(s.reg)
+	rt, err := s.build(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.cur.Store(rt)
+	s.metrics.reloadTime.SetToCurrentTime()
+	return s, nil
+}
+
+// Config returns the config being served.
+func (s *Server) Config() *Config { return s.cur.Load().cfg }
+
+// Logger returns the process logger.
+func (s *Server) Logger() *slog.Logger { return s.logger }
+
+func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error) {
+	rt := &runtime{cfg: cfg, srv: s, idle: make(chan struct{}), fhirBase: cfg.FHIRBasePath()}
+	defer func() {
+		if err != nil {
+			rt.close()
+		}
+	}()
+	byName := map[string]Plugin{}
+	for _, spec := range cfg.Plugins {
+		pt, ok := lookupPluginType(spec.Type)
+		if !ok {
+			return nil, cfg.Errorf(spec.key+".type", "unknown plugin type %q", spec.Type)
+		}
+		p, err := pt.build(ctx, spec.Config, s.env(rt, spec.Name, spec.Type))
+		if err != nil {
+			return nil, cfg.Errorf(spec.key, "%v", err)
+		}
+		rt.plugins = append(rt.plugins, namedPlugin{spec.Name, p})
+		byName[spec.Name] = p
+		if c, ok := p.(io.Closer); ok {
+			rt.closers = append(rt.closers, c)
+		}
+	}
+
+	var fhir http.Handler
+	for i := range cfg.Routes {
+		if !cfg.Routes[i].FHIR || fhir != nil {
+			continue
+		}
+		h := registeredHandler()
+		if h == nil {
+			return nil, cfg.Errorf(fmt.Sprintf("routes[%d].fhir", i), "this build has no embedded FHIR server")
+		}
+		fhir, err = h.build(ctx, cfg.fhirConfig, s.env(rt, "fhir", "fhir"))
+		if err != nil {
+			return nil, cfg.Errorf("fhir", "%v", err)
+		}
+		if c, ok := fhir.(io.Closer); ok {
+			rt.closers = append(rt.closers, c)
+		}
+	}
+
+	handles := make([]httprouter.Handle, len(cfg.Routes))
+	for i := range cfg.Routes {
+		rc := &cfg.Routes[i]
+		term := &terminal{name: "fhir", h: fhir, srv: s}
+		if rc.Upstream != nil {
+			up, err := newUpstream(s, rc.Name, rc.Upstream)
+			if err != nil {
+				return nil, cfg.Errorf(fmt.Sprintf("routes[%d].upstream", i), "%v", err)
+			}
+			rt.closers = append(rt.closers, up)
+			term = &terminal{name: "upstream", h: up, srv: s}
+		}
+		chain := make([]namedPlugin, len(rc.Plugins))
+		for j, name := range rc.Plugins {
+			chain[j] = namedPlugin{name, byName[name]}
+		}
+		compress := rc.Compress == nil || *rc.Compress
+		r, err := s.newRoute(cfg, RouteInfo{Name: rc.Name, Pattern: rc.Path, FHIR: rc.IsFHIR()},
+			s.buildChain(chain, term), int64(rc.MaxBody), compress)
+		if err != nil {
+			return nil, err
+		}
+		handles[i] = r.handle
+	}
+	specs := configRouteSpecs(cfg, handles)
+	for _, m := range rt.publicRoutes {
+		r, err := s.newRoute(cfg, RouteInfo{Name: "plugin:" + m.plugin, Pattern: m.path},
+			&terminal{name: m.plugin, h: m.h, srv: s}, int64(cfg.Server.MaxBody), true)
+		if err != nil {
+			return nil, err
+		}
+		key := "plugins." + m.plugin
+		specs = append(specs, routeSpec{
+			path: m.path, methods: []string{m.method}, handle: r.handle,
+			errorf: func(format string, args ...any) error {
+				return cfg.Errorf(key, "endpoint "+m.method+" "+m.path+": "+format, args...)
+			},
+			desc: "plugin " + m.plugin,
+		})
+	}
+	if rt.router, err = newRouter(specs); err != nil {
+		return nil, err
+	}
+	rt.admin = httprouter.New()
+	rt.admin.HandleMethodNotAllowed = true
+	rt.admin.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no admin endpoint "+r.URL.Path, false)
+	})
+	for _, m := range rt.adminRoutes {
+		if err := tryLayer(nil, []routeEntry{{method: m.method, path: m.path, handle: func(http.ResponseWriter, *http.Request, httprouter.Params) {}}}); err != nil {
+			return nil, cfg.Errorf("plugins."+m.plugin, "admin endpoint %s %s: %v", m.method, m.path, err)
+		}
+		if h, _, _ := rt.admin.Lookup(m.method, m.path); h != nil {
+			return nil, cfg.Errorf("plugins."+m.plugin, "admin endpoint %s %s is mounted twice", m.method, m.path)
+		}
+		rt.admin.Handler(m.method, m.path, m.h)
+	}
+	unmatched := func(fhir bool) (*route, error) {
+		return s.newRoute(cfg, RouteInfo{Name: "unmatched", FHIR: fhir}, http.HandlerFunc(rt.notFound), int64(cfg.Server.MaxBody), false)
+	}
+	if rt.unmatched, err = unmatched(false); err != nil {
+		return nil, err
+	}
+	if rt.unmatchedFHIR, err = unmatched(true); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody int64, compress bool) (*route, error) {
+	if compress {
+		wrap, err := gzhttp.NewWrapper(gzhttp.MinSize(int(cfg.Server.CompressMinSize)))
+		if err != nil {
+			return nil, cfg.Errorf("server.compress_min_size", "%v", err)
+		}
+		h = wrap(h)
+	}
+	return &route{
+		info: info, srv: s, handler: h, maxBody: maxBody,
+		duration:  s.metrics.duration.WithLabelValues(info.Name),
+		accessLog: cfg.Log.AccessLog == nil || *cfg.Log.AccessLog,
+	}, nil
+}
+
+func (r *route) handle(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
+	r.ServeHTTP(w, req)
+}
+
+func (s *Server) env(rt *runtime, name, typ string) *Env {
+	return &Env{
+		Name: name, Type: typ,
+		Logger:     s.logger.With(slog.String("plugin", name)),
+		Config:     rt.cfg,
+		Registerer: s.reg,
+		rt:         rt,
+	}
+}
+
+// notFound answers requests no route matched: 405 with Allow when the path
+// exists for other methods, 404 otherwise.
+func (rt *runtime) notFound(w http.ResponseWriter, r *http.Request) {
+	if _, _, allow := rt.router.lookup(r.Method, r.URL.Path); len(allow) > 0 {
+		w.Header().Set("Allow", joinComma(allow))
+		Error(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed here")
+		return
+	}
+	Error(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
+}
+
+func joinComma(s []string) string {
+	out := ""
+	for i, v := range s {
+		if i > 0 {
+			out += ", "
+		}
+		out += v
+	}
+	return out
+}
+
+// ServeHTTP serves a request on the public listener.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := s.acquire()
+	defer rt.release()
+	if p, changed := cleanPath(r.URL.Path); changed {
+		r.URL.Path, r.URL.RawPath = p, ""
+	}
+	if h, ps, _ := rt.router.lookup(r.Method, r.URL.Path); h != nil {
+		h(w, r, ps)
+		return
+	}
+	if hasPathPrefix(r.URL.Path, rt.fhirBase) {
+		rt.unmatchedFHIR.ServeHTTP(w, r)
+		return
+	}
+	rt.unmatched.ServeHTTP(w, r)
+}
+
+func hasPathPrefix(p, prefix string) bool {
+	return len(p) >= len(prefix) && p[:len(prefix)] == prefix && (len(p) == len(prefix) || p[len(prefix)] == '/')
+}
+
+func (s *Server) acquire() *runtime {
+	for {
+		rt := s.cur.Load()
+		rt.inflight.Add(1)
+		if !rt.retired.Load() {
+			return rt
+		}
+		rt.release() // swapped out meanwhile: use the new one
+	}
+}
+
+func (rt *runtime) release() {
+	if rt.inflight.Add(-1) == 0 && rt.retired.Load() {
+		rt.idleOnce.Do(func() { close(rt.idle) })
+	}
+}
+
+// retire stops new requests from using rt and closes it once its in-flight
+// requests finish, or after the shutdown timeout.
+func (s *Server) retire(rt *runtime) {
+	rt.retired.Store(true)
+	if rt.inflight.Load() == 0 {
+		rt.idleOnce.Do(func() { close(rt.idle) })
+	}
+	s.closing.Add(1)
+	go func() {
+		defer s.closing.Done()
+		t := time.NewTimer(rt.cfg.Server.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-rt.idle:
+		case <-t.C:
+			s.logger.Warn("closing the previous config with requests still in flight", "in_flight", rt.inflight.Load())
+		}
+		rt.close()
+	}()
+}
+
+// close closes the runtime's plugins and handlers in reverse order of
+// construction, then releases its shared objects.
+func (rt *runtime) close() {
+	for i := len(rt.closers) - 1; i >= 0; i-- {
+		if err := rt.closers[i].Close(); err != nil {
+			rt.srv.logger.Warn("close failed", "error", err)
+		}
+	}
+	rt.closers = nil
+	rt.srv.releaseShared(rt)
+}
+
+func (s *Server) releaseShared(rt *runtime) {
+	s.sharedMu.Lock()
+	var toClose []io.Closer
+	for i := len(rt.sharedKeys) - 1; i >= 0; i-- {
+		k := rt.sharedKeys[i]
+		e := s.shared[k]
+		if e.refs--; e.refs == 0 {
+			delete(s.shared, k)
+			if c, ok := e.v.(io.Closer); ok {
+				toClose = append(toClose, c)
+			}
+		}
+	}
+	rt.sharedKeys = nil
+	s.sharedMu.Unlock()
+	for _, c := range toClose {
+		if err := c.Close(); err != nil {
+			s.logger.Warn("close failed", "error", err)
+		}
+	}
+}
+
+// Reload builds cfg and swaps it in atomically: new requests use the new
+// routes and plugins at once; requests in flight finish on the old ones,
+// which are then closed. If cfg fails to build, the error is returned and
+// the old config keeps serving. Listen addresses are not changed by a
+// reload.
+func (s *Server) Reload(ctx context.Context, cfg *Config) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	rt, err := s.build(ctx, cfg)
+	if err != nil {
+		s.metrics.reloads.WithLabelValues("failure").Inc()
+		return err
+	}
+	old := s.cur.Swap(rt)
+	if cfg.Listen != old.cfg.Listen || cfg.Admin.Listen != old.cfg.Admin.Listen {
+		s.logger.Warn("listen addresses change only on restart", "listen", old.cfg.Listen, "admin", old.cfg.Admin.Listen)
+	}
+	s.retire(old)
+	s.metrics.reloads.WithLabelValues("success").Inc()
+	s.metrics.reloadTime.SetToCurrentTime()
+	s.logger.Info("config reloaded", "file", cfg.File, "routes", len(cfg.Routes), "plugins", len(cfg.Plugins))
+	return nil
+}
+
+// ReloadFrom loads a config with load and reloads it; a config that fails
+// to load or build is counted as a failed reload and the old one keeps
+// serving.
+func (s *Server) ReloadFrom(ctx context.Context, load func() (*Config, error)) error {
+	cfg, err := load()
+	if err != nil {
+		s.metrics.reloads.WithLabelValues("failure").Inc()
+		return err
+	}
+	return s.Reload(ctx, cfg)
+}
+
+// Start binds the public and admin listeners and serves in the background.
+func (s *Server) Start() error {
+	cfg := s.Config()
+	errLog := slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn)
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.ln = ln
+	s.httpSrv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		ReadTimeout:       cfg.Server.ReadTimeout,
+		WriteTimeout:      cfg.Server.WriteTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+		ErrorLog:          errLog,
+	}
+	if cfg.Admin.Listen != "off" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen admin: %w", err)
+		}
+		s.adminLn = aln
+		s.adminSrv = &http.Server{
+			Handler:           s.AdminHandler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       cfg.Server.IdleTimeout,
+			ErrorLog:          errLog,
+		}
+		go s.serve(s.adminSrv, aln)
+	}
+	go s.serve(s.httpSrv, ln)
+	s.logger.Info("serving", "listen", ln.Addr().String(), "admin", s.AdminAddr(), "routes", len(cfg.Routes))
+	return nil
+}
+
+func (s *Server) serve(srv *http.Server, ln net.Listener) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.serveErr <- err
+	}
+}
+
+// Err reports a listener that failed while serving.
+func (s *Server) Err() <-chan error { return s.serveErr }
+
+// Addr is the bound public address ("" before Start).
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// AdminAddr is the bound admin address ("" before Start or when off).
+func (s *Server) AdminAddr() string {
+	if s.adminLn == nil {
+		return ""
+	}
+	return s.adminLn.Addr().String()
+}
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Shutdown drains the server: /readyz turns 503, the public listener keeps
+// serving for server.shutdown_delay, then stops accepting; in-flight
+// requests get up to server.shutdown_timeout (or until ctx ends) to finish;
+// then plugins are closed in reverse order and the admin listener stops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		return errors.New("gateway: already shutting down")
+	}
+	cfg := s.Config()
+	s.logger.Info("draining", "delay", cfg.Server.ShutdownDelay, "timeout", cfg.Server.ShutdownTimeout)
+	if d := cfg.Server.ShutdownDelay; d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, cfg.Server.ShutdownTimeout)
+	defer cancel()
+	var err error
+	if s.httpSrv != nil {
+		if err = s.httpSrv.Shutdown(dctx); err != nil {
+			s.logger.Warn("drain deadline passed; closing remaining connections", "error", err)
+			s.httpSrv.Close()
+		}
+	}
+	s.reloadMu.Lock()
+	s.retire(s.cur.Load())
+	s.reloadMu.Unlock()
+	s.closing.Wait()
+	if s.adminSrv != nil {
+		s.adminSrv.Shutdown(dctx)
+	}
+	s.logger.Info("stopped")
+	return err
+}
