@@ -1,0 +1,5 @@
+package main
+
+// The plugins and handlers compiled into omnigate register themselves with
+// the gateway when imported.
+import ()
