@@ -70,10 +70,10 @@ func (l slogPromLogger) Println(v ...any) { l.s.logger.Warn("metrics", "error", 
 type PingResponse struct {
 	// Status is ok, degraded (a component is down but not required),
 	// down (a required component is down) or draining.
-	Status        string            `json:"status"`
-	Version       string            `json:"version,omitempty"`
-	UptimeSeconds int64             `json:"uptime_seconds"`
-	Components    map[string]Health `json:"components"`
+	Status        string                  `json:"status"`
+	Version       string                  `json:"version,omitempty"`
+	UptimeSeconds int64                   `json:"uptime_seconds"`
+	Components    map[string]Health       `json:"components"`
 	Plugins       map[string]PluginHealth `json:"plugins"`
 }
 

@@ -62,19 +62,19 @@ type sharedEntry struct {
 // Requests hold a reference while they run, so a reload can close the old
 // runtime once its last request has finished.
 type runtime struct {
-	cfg          *Config
-	srv          *Server
-	router       *router
-	admin        *httprouter.Router
-	plugins      []namedPlugin
-	closers      []io.Closer
-	health       []healthCheck
-	adminRoutes  []mountedRoute
-	publicRoutes []mountedRoute
-	sharedKeys   []string
-	unmatched    *route
+	cfg           *Config
+	srv           *Server
+	router        *router
+	admin         *httprouter.Router
+	plugins       []namedPlugin
+	closers       []io.Closer
+	health        []healthCheck
+	adminRoutes   []mountedRoute
+	publicRoutes  []mountedRoute
+	sharedKeys    []string
+	unmatched     *route
 	unmatchedFHIR *route
-	fhirBase     string
+	fhirBase      string
 
 	inflight atomic.Int64
 	retired  atomic.Bool
