@@ -383,7 +383,7 @@ func (c *Config) decoder() *confyaml.Decoder {
 
 func (c *Config) fail(key, format string, args ...any) {
 	d := c.decoder()
-	d.Errorf(nil, key, format, args...)
+	d.Add(d.AtKey(key, fmt.Errorf(format, args...)))
 }
 
 var pluginNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
@@ -604,7 +604,7 @@ func (c *Config) FHIRBasePath() string {
 }
 
 func (c *Config) validateRoutes() {
-	if len(c.Routes) == 0 {
+	if _, wrongKind := c.dec.Positions["routes"]; len(c.Routes) == 0 && !wrongKind {
 		c.fail("routes", "at least one route is required")
 	}
 	names := map[string]int{}

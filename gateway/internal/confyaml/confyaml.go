@@ -3,6 +3,9 @@
 // file, the line, the column and the dotted key path. It also records where
 // every key was found, so that later validation can point at the same place.
 //
+// Keys that begin with "x-" are ignored, so a file can hold YAML anchors
+// for reuse (x-defaults: &defaults …).
+//
 // Supported targets: structs (fields by `yaml:"name"` tag, `yaml:",inline"`
 // for embedded structs, `yaml:"-"` to skip), pointers, slices, maps with
 // string keys, strings, bools, integers, floats, time.Duration (Go syntax,
@@ -132,8 +135,19 @@ func (d *Decoder) Add(err error) { d.errs = append(d.errs, err) }
 // Count returns how many errors were recorded so far.
 func (d *Decoder) Count() int { return len(d.errs) }
 
-// Err returns every error recorded so far, joined, or nil.
-func (d *Decoder) Err() error { return errors.Join(d.errs...) }
+// Err returns every error recorded so far, in file order, joined, or nil.
+func (d *Decoder) Err() error {
+	errs := append([]error(nil), d.errs...)
+	line := func(err error) int {
+		var e *Error
+		if errors.As(err, &e) && e.Pos.Line > 0 {
+			return e.Pos.Line
+		}
+		return math.MaxInt
+	}
+	sort.SliceStable(errs, func(i, j int) bool { return line(errs[i]) < line(errs[j]) })
+	return errors.Join(errs...)
+}
 
 // Decode decodes n into out, a non-nil pointer. Keys are recorded under
 // prefix. Errors are collected; Decode returns them joined.
@@ -331,6 +345,9 @@ func (d *Decoder) structValue(n *yaml.Node, v reflect.Value, key string) {
 	}
 	fields := structFields(v.Type())
 	for _, p := range pairs {
+		if strings.HasPrefix(p.key.Value, "x-") {
+			continue // extension keys hold YAML anchors for reuse
+		}
 		k := join(key, p.key.Value)
 		f, ok := fields[p.key.Value]
 		if !ok {

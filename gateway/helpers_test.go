@@ -1,0 +1,163 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorderConfig configures the "recorder" test plugin.
+type recorderConfig struct {
+	Label string        `yaml:"label"`
+	Panic bool          `yaml:"panic"`
+	Delay time.Duration `yaml:"delay"`
+	Deny  int           `yaml:"deny"`
+}
+
+func (c *recorderConfig) Validate() error {
+	if c.Label == "" {
+		return FieldErrorf("label", "required")
+	}
+	return nil
+}
+
+// recorder appends its label to X-Chain on the way in and to X-Chain-Out
+// on the way out, so tests see the order the chain ran in.
+type recorder struct {
+	cfg    recorderConfig
+	closed *closeLog
+}
+
+type closeLog struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (l *closeLog) add(n string) {
+	l.mu.Lock()
+	l.names = append(l.names, n)
+	l.mu.Unlock()
+}
+
+func (l *closeLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.names...)
+}
+
+var closes = &closeLog{}
+
+func (p *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	r.Header.Add("X-Chain", p.cfg.Label)
+	if p.cfg.Delay > 0 {
+		time.Sleep(p.cfg.Delay)
+	}
+	if p.cfg.Panic {
+		panic("recorder " + p.cfg.Label + " panics")
+	}
+	if p.cfg.Deny != 0 {
+		Error(w, r, p.cfg.Deny, "denied by "+p.cfg.Label)
+		return
+	}
+	if p.cfg.Label == "whoami" {
+		SetIdentity(r.Context(), &Identity{UserID: "u-" + r.Header.Get("X-User"), Role: "nurse"})
+	}
+	w.Header().Add("X-Chain-Out", p.cfg.Label)
+	next.ServeHTTP(w, r)
+}
+
+func (p *recorder) Close() error {
+	closes.add(p.cfg.Label)
+	return nil
+}
+
+// fakeFHIR stands in for the embedded FHIR server in gateway tests.
+type fakeFHIRConfig struct {
+	BasePathValue string `yaml:"base_path"`
+}
+
+func (c *fakeFHIRConfig) BasePath() string { return c.BasePathValue }
+
+func TestMain(m *testing.M) {
+	RegisterPlugin("recorder", func() *recorderConfig { return &recorderConfig{} },
+		func(ctx context.Context, cfg *recorderConfig, env *Env) (Plugin, error) {
+			if cfg.Label == "fail-build" {
+				return nil, errors.New("cannot build")
+			}
+			return &recorder{cfg: *cfg, closed: closes}, nil
+		})
+	RegisterFHIRHandler(func() *fakeFHIRConfig { return &fakeFHIRConfig{BasePathValue: "/fhir/R4"} },
+		func(ctx context.Context, cfg *fakeFHIRConfig, env *Env) (http.Handler, error) {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == cfg.BasePathValue+"/panic" {
+					panic("fhir handler panics")
+				}
+				w.Header().Set("Content-Type", "application/fhir+json")
+				w.Header().Set("X-Chain-Seen", strings.Join(r.Header.Values("X-Chain"), ","))
+				io.WriteString(w, `{"resourceType":"Patient","id":"1","path":"`+r.URL.Path+`"}`)
+			}), nil
+		})
+	os.Exit(m.Run())
+}
+
+// logBuffer collects log output safely across goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newTestServer parses yaml and builds a server whose logs go to the
+// returned buffer.
+func newTestServer(t *testing.T, yaml string) (*Server, *logBuffer) {
+	t.Helper()
+	cfg, err := Parse("test.yaml", []byte(yaml), nil)
+	if err != nil {
+		t.Fatalf("parse config: %v", err)
+	}
+	logs := &logBuffer{}
+	srv, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	if err != nil {
+		t.Fatalf("build server: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if !srv.Draining() {
+			srv.Shutdown(ctx)
+		}
+	})
+	return srv, logs
+}
+
+func do(h http.Handler, method, target string, body io.Reader, hdr ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, body)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

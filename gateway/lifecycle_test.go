@@ -1,0 +1,248 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func startTestServer(t *testing.T, yaml string) *Server {
+	t.Helper()
+	srv, _ := newTestServer(t, "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n"+yaml)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+func get(t *testing.T, url string) (int, string, error) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+func TestGracefulDrain(t *testing.T) {
+	srv := startTestServer(t, `
+server:
+  shutdown_delay: 300ms
+  shutdown_timeout: 5s
+plugins:
+  slow: {type: recorder, label: drain-slow, delay: 800ms}
+  first: {type: recorder, label: drain-first}
+routes:
+  - name: slow
+    path: /fhir/R4/slow
+    fhir: true
+    plugins: [first, slow]
+  - name: fast
+    fhir: true
+`)
+	base := "http://" + srv.Addr()
+	admin := "http://" + srv.AdminAddr()
+
+	slowDone := make(chan int, 1)
+	go func() {
+		code, _, err := get(t, base+"/fhir/R4/slow")
+		if err != nil {
+			t.Errorf("in-flight request failed during drain: %v", err)
+		}
+		slowDone <- code
+	}()
+	time.Sleep(100 * time.Millisecond) // the slow request is in flight
+
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- srv.Shutdown(context.Background()) }()
+	time.Sleep(100 * time.Millisecond)
+
+	// During the delay: not ready, but still serving.
+	if code, _, _ := get(t, admin+"/readyz"); code != 503 {
+		t.Errorf("/readyz while draining = %d, want 503", code)
+	}
+	if code, body, _ := get(t, admin+"/ping"); code != 503 || !strings.Contains(body, "draining") {
+		t.Errorf("/ping while draining = %d %s", code, body)
+	}
+	if code, _, err := get(t, base+"/fhir/R4/Patient/1"); err != nil || code != 200 {
+		t.Errorf("request during the shutdown delay: %d %v", code, err)
+	}
+	time.Sleep(400 * time.Millisecond) // past the delay: the listener is closed
+
+	if _, _, err := get(t, base+"/fhir/R4/Patient/1"); err == nil {
+		t.Error("a new request after the listener closed was accepted")
+	}
+	if code := <-slowDone; code != 200 {
+		t.Errorf("in-flight request finished with %d, want 200", code)
+	}
+	if err := <-shutdownDone; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	// Plugins close after the drain, in reverse order of construction.
+	got := slices.DeleteFunc(closes.get(), func(s string) bool { return !strings.HasPrefix(s, "drain-") })
+	if !slices.Equal(got, []string{"drain-first", "drain-slow"}) {
+		t.Errorf("closed %v, want [drain-first drain-slow] (reverse of construction)", got)
+	}
+}
+
+func TestReloadSwapsChainsAndClosesOld(t *testing.T) {
+	srv := startTestServer(t, `
+plugins:
+  old: {type: recorder, label: reload-old, delay: 500ms}
+routes:
+  - fhir: true
+    plugins: [old]
+`)
+	base := "http://" + srv.Addr()
+	inflight := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(base + "/fhir/R4/Patient/1")
+		if err != nil {
+			t.Errorf("in-flight request across reload: %v", err)
+			inflight <- ""
+			return
+		}
+		resp.Body.Close()
+		inflight <- resp.Header.Get("X-Chain-Seen")
+	}()
+	time.Sleep(100 * time.Millisecond)
+
+	cfg, err := Parse("new.yaml", []byte(`
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+plugins:
+  new: {type: recorder, label: reload-new}
+routes:
+  - fhir: true
+    plugins: [new]
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(base + "/fhir/R4/Patient/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Chain-Seen"); got != "reload-new" {
+		t.Errorf("after reload the chain is %q, want reload-new", got)
+	}
+	if slices.Contains(closes.get(), "reload-old") {
+		t.Error("old plugin closed while a request was still using it")
+	}
+	if got := <-inflight; got != "reload-old" {
+		t.Errorf("in-flight request ran %q, want it to finish on the old chain", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Contains(closes.get(), "reload-old") {
+		if time.Now().After(deadline) {
+			t.Fatal("old plugin not closed after its last request")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if slices.Contains(closes.get(), "reload-new") {
+		t.Error("new plugin closed")
+	}
+	m := scrape(t, srv)
+	if !strings.Contains(m, `omnigate_config_reloads_total{result="success"} 1`) {
+		t.Errorf("reload not counted:\n%s", grep(m, "reload"))
+	}
+}
+
+func TestBadReloadKeepsOldConfig(t *testing.T) {
+	srv := startTestServer(t, `
+plugins:
+  keep: {type: recorder, label: keep}
+routes:
+  - fhir: true
+    plugins: [keep]
+`)
+	base := "http://" + srv.Addr()
+	// A config that does not parse.
+	err := srv.ReloadFrom(context.Background(), func() (*Config, error) {
+		return Parse("bad.yaml", []byte("routes:\n  - fhir: true\n    plugins: [missing]\n"), nil)
+	})
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:3:15: routes[0].plugins[0]: no plugin named "missing"`) {
+		t.Errorf("reload of a bad config: %v", err)
+	}
+	// A config that parses but fails to build.
+	cfg, perr := Parse("fails.yaml", []byte(`
+plugins:
+  broken: {type: recorder, label: fail-build}
+routes:
+  - fhir: true
+    plugins: [broken]
+`), nil)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	if err := srv.Reload(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "fails.yaml:3:3: plugins.broken: cannot build") {
+		t.Errorf("reload of a config that fails to build: %v", err)
+	}
+	resp, err := http.Get(base + "/fhir/R4/Patient/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Chain-Seen") != "keep" {
+		t.Errorf("old config not serving: %d chain=%q", resp.StatusCode, resp.Header.Get("X-Chain-Seen"))
+	}
+	if slices.Contains(closes.get(), "keep") {
+		t.Error("old plugin closed by a failed reload")
+	}
+	if m := scrape(t, srv); !strings.Contains(m, `omnigate_config_reloads_total{result="failure"} 2`) {
+		t.Errorf("failed reloads not counted:\n%s", grep(m, "reload"))
+	}
+}
+
+func TestSharedObjectsSurviveReload(t *testing.T) {
+	srv, _ := newTestServer(t, "routes:\n  - fhir: true\n")
+	type res struct{ closed bool }
+	made := 0
+	var first *res
+	get := func(rt *runtime) *res {
+		env := srv.env(rt, "p", "t")
+		v, err := env.Shared("conn", func() (any, error) { made++; return &res{}, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.(*res)
+	}
+	rt1 := srv.cur.Load()
+	first = get(rt1)
+	rt2 := &runtime{cfg: rt1.cfg, srv: srv, idle: make(chan struct{})}
+	if get(rt2) != first || made != 1 {
+		t.Fatalf("second load did not share the object (made %d)", made)
+	}
+	srv.releaseShared(rt1)
+	if _, ok := srv.shared["conn"]; !ok {
+		t.Fatal("object released while the new load still uses it")
+	}
+	srv.releaseShared(rt2)
+	if _, ok := srv.shared["conn"]; ok {
+		t.Fatal("object kept after the last load released it")
+	}
+}
+
+func TestStartFailsOnBusyPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	srv, _ := newTestServer(t, "listen: "+l.Addr().String()+"\nroutes:\n  - fhir: true\n")
+	if err := srv.Start(); err == nil || !strings.Contains(err.Error(), "listen:") {
+		t.Errorf("Start on a busy port: %v", err)
+	}
+}
