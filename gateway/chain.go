@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +22,9 @@ type route struct {
 	handler   http.Handler // compression, links, terminal
 	maxBody   int64
 	duration  prometheus.Observer
-	counters  sync.Map // uint64(method index)<<32 | status -> prometheus.Counter
+	// counters caches the request counter of each method and status
+	// (100-599), so the hot path does no label lookup.
+	counters  [len(validMethods) + 1][500]atomic.Pointer[prometheus.Counter]
 	accessLog bool
 }
 
@@ -83,26 +85,34 @@ func (rt *route) finish(st *reqState, r *http.Request) {
 	}
 }
 
-func methodIndex(m string) uint64 {
+func methodIndex(m string) int {
 	for i, v := range validMethods {
 		if v == m {
-			return uint64(i)
+			return i
 		}
 	}
-	return uint64(len(validMethods))
+	return len(validMethods)
 }
 
 func (rt *route) counter(method string, status int) prometheus.Counter {
-	key := methodIndex(method)<<32 | uint64(status)
-	if c, ok := rt.counters.Load(key); ok {
-		return c.(prometheus.Counter)
+	mi := methodIndex(method)
+	if status < 100 || status > 599 {
+		return rt.srv.metrics.requests.WithLabelValues(rt.info.Name, methodLabel(mi), strconv.Itoa(status))
 	}
-	if methodIndex(method) == uint64(len(validMethods)) {
-		method = "OTHER"
+	slot := &rt.counters[mi][status-100]
+	if c := slot.Load(); c != nil {
+		return *c
 	}
-	c := rt.srv.metrics.requests.WithLabelValues(rt.info.Name, method, strconv.Itoa(status))
-	rt.counters.Store(key, c)
+	c := rt.srv.metrics.requests.WithLabelValues(rt.info.Name, methodLabel(mi), strconv.Itoa(status))
+	slot.Store(&c)
 	return c
+}
+
+func methodLabel(i int) string {
+	if i < len(validMethods) {
+		return validMethods[i]
+	}
+	return "OTHER"
 }
 
 // link runs one plugin of a chain and records the time spent in it,

@@ -437,7 +437,7 @@ func (c *Config) decodePlugins() {
 	}
 }
 
-var validMethods = []string{
+var validMethods = [...]string{
 	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
 	http.MethodPatch, http.MethodDelete, http.MethodOptions,
 }
@@ -639,13 +639,13 @@ func (c *Config) validateRoutes() {
 		names[rc.Name] = i
 		for j, m := range rc.Methods {
 			up := strings.ToUpper(m)
-			if !slices.Contains(validMethods, up) {
+			if !slices.Contains(validMethods[:], up) {
 				c.fail(fmt.Sprintf("%s.methods[%d]", key, j), "unknown method %q", m)
 			}
 			rc.Methods[j] = up
 		}
 		if len(rc.Methods) == 0 {
-			rc.Methods = slices.Clone(validMethods)
+			rc.Methods = slices.Clone(validMethods[:])
 		}
 		seen := map[string]bool{}
 		for j, p := range rc.Plugins {

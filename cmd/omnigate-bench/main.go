@@ -1,0 +1,221 @@
+// Command omnigate-bench measures the gateway against baselines side by side
+// in one run, on loopback: every target is served by this process on its own
+// port, and load comes from wrk (when installed) or a Go client.
+//
+//	omnigate-bench [-duration 10s] [-connections 50] [-tool wrk|go] [-only REGEXP]
+//
+// Targets:
+//
+//	bare            an httprouter handler answering a 300-byte JSON body
+//	gateway-empty   the same handler as the terminal of a gateway route, no plugins
+//	gateway-nolog   the same, access log off
+//	gateway-3noop   the same route with three no-op plugins
+//	proxy-stock     httputil.ReverseProxy with the default transport, to "bare"
+//	proxy-gateway   a gateway upstream route, to "bare"
+//
+// It prints a Markdown table: requests/s, the ratio to the target's
+// baseline, latency p50/p99, and server CPU per request (this process's
+// user+system time over the run divided by requests; exact with wrk, which
+// runs in its own process, inflated by the client's own CPU otherwise).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/internal/loadgen"
+)
+
+// body is a 300-byte FHIR-like JSON document.
+var body = []byte(`{"resourceType":"Patient","id":"example","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00Z"},` +
+	`"active":true,"name":[{"use":"official","family":"Chalmers","given":["Peter","James"]}],"gender":"male",` +
+	`"birthDate":"1974-12-25","managingOrganization":{"reference":"Organization/1"},"text":{"status":"generated"}}`)
+
+func bareHandler() http.Handler {
+	r := httprouter.New()
+	h := func(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		w.Write(body)
+	}
+	r.GET("/fhir/R4/Patient/:id", h)
+	return r
+}
+
+type noopConfig struct{}
+
+func init() {
+	gateway.RegisterPlugin("noop", func() *noopConfig { return &noopConfig{} },
+		func(ctx context.Context, _ *noopConfig, _ *gateway.Env) (gateway.Plugin, error) {
+			return gateway.PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+				next.ServeHTTP(w, r)
+			}), nil
+		})
+	type staticConfig struct{}
+	gateway.RegisterFHIRHandler(func() *staticConfig { return &staticConfig{} },
+		func(ctx context.Context, _ *staticConfig, _ *gateway.Env) (http.Handler, error) {
+			return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/fhir+json")
+				w.Write(body)
+			}), nil
+		})
+}
+
+type target struct {
+	name, baseline, url string
+}
+
+func main() {
+	duration := flag.Duration("duration", 10*time.Second, "measured time per target")
+	conns := flag.Int("connections", 50, "concurrent connections")
+	tool := flag.String("tool", "", "wrk or go (default: wrk when installed)")
+	only := flag.String("only", "", "run only targets matching this regexp")
+	flag.Parse()
+	if err := run(*duration, *conns, *tool, *only); err != nil {
+		fmt.Fprintln(os.Stderr, "omnigate-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func serve(h http.Handler) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	go (&http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
+	return "http://" + ln.Addr().String(), nil
+}
+
+func gatewayServer(yaml string, logTo io.Writer) (string, error) {
+	cfg, err := gateway.Parse("bench.yaml", []byte(yaml), nil)
+	if err != nil {
+		return "", err
+	}
+	srv, err := gateway.New(context.Background(), cfg, gateway.Options{
+		Logger: slog.New(slog.NewJSONHandler(logTo, nil)),
+	})
+	if err != nil {
+		return "", err
+	}
+	return serve(srv)
+}
+
+func run(duration time.Duration, conns int, tool, only string) error {
+	filter, err := regexp.Compile(only)
+	if err != nil {
+		return err
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	bare, err := serve(bareHandler())
+	if err != nil {
+		return err
+	}
+	const path = "/fhir/R4/Patient/example"
+	gwEmpty, err := gatewayServer("routes:\n  - fhir: true\n", devnull)
+	if err != nil {
+		return err
+	}
+	gwNoLog, err := gatewayServer("log: {access_log: false}\nroutes:\n  - fhir: true\n", devnull)
+	if err != nil {
+		return err
+	}
+	gw3, err := gatewayServer(`
+plugins:
+  n1: {type: noop}
+  n2: {type: noop}
+  n3: {type: noop}
+routes:
+  - fhir: true
+    plugins: [n1, n2, n3]
+`, devnull)
+	if err != nil {
+		return err
+	}
+	bareURL, _ := url.Parse(bare)
+	stockProxy := httputil.NewSingleHostReverseProxy(bareURL)
+	stockProxy.ErrorLog = log.New(io.Discard, "", 0) // wrk cancels requests when it stops
+	stock, err := serve(stockProxy)
+	if err != nil {
+		return err
+	}
+	gwProxy, err := gatewayServer("routes:\n  - path: /fhir/R4/*path\n    upstream: "+bare+"\n", devnull)
+	if err != nil {
+		return err
+	}
+	targets := []target{
+		{"bare", "", bare},
+		{"gateway-empty", "bare", gwEmpty},
+		{"gateway-nolog", "bare", gwNoLog},
+		{"gateway-3noop", "bare", gw3},
+		{"proxy-stock", "", stock},
+		{"proxy-gateway", "proxy-stock", gwProxy},
+	}
+	fmt.Printf("load: %d connections, %s per target, tool %s, GOMAXPROCS %s\n\n", conns, duration, toolName(tool), os.Getenv("GOMAXPROCS"))
+	fmt.Println("| target | req/s | vs baseline | p50 | p99 | server CPU/req | errors |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	results := map[string]*loadgen.Result{}
+	for _, t := range targets {
+		if !filter.MatchString(t.name) {
+			continue
+		}
+		// Warm up connections and caches, then measure.
+		loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: time.Second, Tool: tool})
+		cpu0 := cpuTime()
+		res, err := loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: duration, Tool: tool})
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		cpu := cpuTime() - cpu0
+		results[t.name] = res
+		ratio := "—"
+		if b := results[t.baseline]; b != nil && b.RPS > 0 {
+			ratio = fmt.Sprintf("%.0f%%", 100*res.RPS/b.RPS)
+		}
+		perReq := time.Duration(0)
+		if res.Requests > 0 {
+			perReq = cpu / time.Duration(res.Requests)
+		}
+		fmt.Printf("| %s | %.0f | %s | %s | %s | %.1f µs | %d |\n", t.name, res.RPS, ratio,
+			round(res.P50), round(res.P99), float64(perReq.Nanoseconds())/1000, res.Errors)
+	}
+	return nil
+}
+
+func toolName(t string) string {
+	if t != "" {
+		return t
+	}
+	if loadgen.WrkAvailable() {
+		return "wrk"
+	}
+	return "go (install wrk for lower client overhead)"
+}
+
+func round(d time.Duration) string {
+	return strings.TrimSuffix(d.Round(10*time.Microsecond).String(), "0s")
+}
+
+// cpuTime is this process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

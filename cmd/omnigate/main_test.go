@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "omnigate-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "omnigate")
+	out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build omnigate: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestExampleConfigsCheck(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/configs/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("expected example configs, found %v", files)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cmd := exec.Command(binary, "config", "check", f)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("omnigate config check %s: %v\n%s", f, err, out)
+			}
+			if !strings.Contains(string(out), ": ok\n") || !strings.Contains(string(out), "routes:") {
+				t.Errorf("unexpected output:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestConfigCheckPrintsChainsAndErrors(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte(`
+routes:
+  - name: legacy
+    path: /legacy/*rest
+    methods: [GET]
+    upstream: http://127.0.0.1:9
+`), 0o644)
+	code, out, errOut := runCLI("config", "check", good)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "legacy  GET  /legacy/*rest  upstream http://127.0.0.1:9") {
+		t.Errorf("chain not printed:\n%s", out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("routes:\n  - path: /x\n    upstream: http://h\n    plugins: [nope]\n"), 0o644)
+	code, _, errOut = runCLI("config", "check", bad)
+	if code != 1 || !strings.Contains(errOut, bad+`:4:15: routes[0].plugins[0]: no plugin named "nope"`) {
+		t.Errorf("bad config: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, _ := runCLI("config", "check", filepath.Join(dir, "missing.yaml")); code != 1 {
+		t.Errorf("missing file: exit %d", code)
+	}
+	if code, out, _ := runCLI("config", "default"); code != 0 || !strings.Contains(out, "routes:") {
+		t.Errorf("config default: %d %q", code, out)
+	}
+	if code, _, errOut := runCLI("frobnicate"); code != 2 || !strings.Contains(errOut, "unknown command") {
+		t.Errorf("unknown command: %d %q", code, errOut)
+	}
+}
+
+// proc is a running omnigate serve.
+type proc struct {
+	cmd           *exec.Cmd
+	mu            sync.Mutex
+	log           bytes.Buffer
+	listen, admin string
+	ready         chan struct{}
+}
+
+func (p *proc) logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+func startServe(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{ready: make(chan struct{})}
+	p.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
+	p.cmd.Env = append(os.Environ(), "OMNIGATE_LISTEN=127.0.0.1:0", "OMNIGATE_ADMIN=127.0.0.1:0")
+	p.cmd.Dir = t.TempDir()
+	stderr, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.log.WriteString(line + "\n")
+			p.mu.Unlock()
+			var m struct{ Msg, Listen, Admin string }
+			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" {
+				p.listen, p.admin = m.Listen, m.Admin
+				once.Do(func() { close(p.ready) })
+			}
+		}
+	}()
+	select {
+	case <-p.ready:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("omnigate serve did not start:\n%s", p.logs())
+	}
+	return p
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServeReloadOnSIGHUPAndDrainOnSIGTERM(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(700 * time.Millisecond)
+		}
+		io.WriteString(w, "upstream "+r.URL.Path)
+	}))
+	defer up.Close()
+	file := filepath.Join(t.TempDir(), "omnigate.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("routes:\n  - name: one\n    path: /one/*rest\n    upstream: " + up.URL + "\n  - name: slow\n    path: /slow\n    upstream: " + up.URL + "\n")
+	p := startServe(t, "-config", file)
+	base, admin := "http://"+p.listen, "http://"+p.admin
+
+	if code, body := httpGet(t, admin+"/ping"); code != 200 || !strings.Contains(body, `"status": "ok"`) {
+		t.Fatalf("/ping: %d %s", code, body)
+	}
+	if code, body := httpGet(t, base+"/one/x"); code != 200 || body != "upstream /one/x" {
+		t.Fatalf("/one/x: %d %s", code, body)
+	}
+
+	// A new config swaps in on SIGHUP.
+	write("routes:\n  - name: two\n    path: /two/*rest\n    upstream: " + up.URL + "\n  - name: slow\n    path: /slow\n    upstream: " + up.URL + "\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", func() bool { code, _ := httpGet(t, base+"/two/y"); return code == 200 })
+	if code, _ := httpGet(t, base+"/one/x"); code != 404 {
+		t.Errorf("old route still served after reload: %d", code)
+	}
+
+	// A bad config on SIGHUP is rejected; the running one keeps serving.
+	write("routes:\n  - name: three\n    path: /three\n    upstream: http://h\n    plugins: [ghost]\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the rejection", func() bool { return strings.Contains(p.logs(), "config reload rejected") })
+	if !strings.Contains(p.logs(), `no plugin named \"ghost\"`) {
+		t.Errorf("rejection does not say why:\n%s", p.logs())
+	}
+	if code, body := httpGet(t, base+"/two/y"); code != 200 {
+		t.Errorf("running config stopped serving after a bad reload: %d %s", code, body)
+	}
+
+	// SIGTERM drains: an in-flight request completes, then the process exits 0.
+	slow := make(chan int, 1)
+	go func() { code, _ := httpGet(t, base+"/slow"); slow <- code }()
+	time.Sleep(200 * time.Millisecond)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := <-slow; code != 200 {
+		t.Errorf("in-flight request during drain: %d", code)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, p.logs())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("did not exit after SIGTERM")
+	}
+	if !strings.Contains(p.logs(), `"msg":"stopped"`) {
+		t.Errorf("no clean stop in logs:\n%s", p.logs())
+	}
+}
