@@ -17,11 +17,11 @@ import (
 // through (request id, body limit, metrics, access log) in front of the
 // chain.
 type route struct {
-	info      RouteInfo
-	srv       *Server
-	handler   http.Handler // compression, links, terminal
-	maxBody   int64
-	duration  prometheus.Observer
+	info     RouteInfo
+	srv      *Server
+	handler  http.Handler // compression, links, terminal
+	maxBody  int64
+	duration prometheus.Observer
 	// counters caches the request counter of each method and status
 	// (100-599), so the hot path does no label lookup.
 	counters  [len(validMethods) + 1][500]atomic.Pointer[prometheus.Counter]
