@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -39,7 +40,9 @@ func benchGateway(b *testing.B, yaml string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := New(context.Background(), cfg, Options{Logger: discardLogger()})
+	// Logs are formatted as in production (JSON, access log buffered) and
+	// then dropped.
+	srv, err := New(context.Background(), cfg, Options{LogOutput: io.Discard})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -71,7 +71,7 @@ func (rt *route) finish(st *reqState, r *http.Request) {
 		if st.identity != nil {
 			user = st.identity.UserID
 		}
-		rt.srv.logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		rt.srv.accessLog.LogAttrs(r.Context(), slog.LevelInfo, "request",
 			slog.String("request_id", st.requestID),
 			slog.String("method", r.Method),
 			slog.String("route", rt.info.Name),

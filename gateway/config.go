@@ -113,6 +113,15 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 	// AccessLog writes one line per request. Default true.
 	AccessLog *bool `yaml:"access_log"`
+	// AccessLogFile sends access log lines to a file (appended) instead of
+	// the process log's stderr.
+	AccessLogFile string `yaml:"access_log_file"`
+	// AccessLogBuffer batches access log lines into writes of up to this
+	// size, flushed at least every AccessLogFlush and on shutdown; a crash
+	// loses at most that window. 0 writes every line at once. Default 32KiB.
+	AccessLogBuffer ByteSize `yaml:"access_log_buffer"`
+	// AccessLogFlush is the longest a buffered line waits. Default 250ms.
+	AccessLogFlush time.Duration `yaml:"access_log_flush"`
 }
 
 // RedisConfig describes the Redis deployment shared by the gateway
@@ -289,7 +298,7 @@ func DefaultConfig() *Config {
 			ShutdownTimeout:   30 * time.Second,
 			CompressMinSize:   1 << 10,
 		},
-		Log: LogConfig{Level: "info", Format: "json"},
+		Log: LogConfig{Level: "info", Format: "json", AccessLogBuffer: 32 << 10, AccessLogFlush: 250 * time.Millisecond},
 		Redis: RedisConfig{
 			KeyPrefix:        "omnigate:",
 			DialTimeout:      200 * time.Millisecond,
@@ -473,6 +482,12 @@ func (c *Config) validate() {
 	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		c.fail("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	if c.Log.AccessLogBuffer < 0 {
+		c.fail("log.access_log_buffer", "must not be negative")
+	}
+	if c.Log.AccessLogFlush <= 0 {
+		c.fail("log.access_log_flush", "must be positive")
 	}
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		c.fail("log.format", "must be json or text, not %q", c.Log.Format)

@@ -21,8 +21,12 @@ import (
 // Options configure a Server beyond its Config.
 type Options struct {
 	// Logger is the process logger. Default: built from Config.Log,
-	// writing to stderr.
+	// writing to LogOutput. When Logger is set, access log lines go to it
+	// too, unbuffered (tests and embedding programs use this).
 	Logger *slog.Logger
+	// LogOutput receives the process log and, unless log.access_log_file is
+	// set, the access log. Default os.Stderr.
+	LogOutput io.Writer
 	// Registry receives the gateway's and the plugins' metrics and is
 	// served on /metrics. Default: NewRegistry().
 	Registry *prometheus.Registry
@@ -34,8 +38,10 @@ type Options struct {
 // chains in front of terminal handlers, and an admin listener. Its config
 // can be replaced while it serves (Reload).
 type Server struct {
-	opts     Options
-	logger   *slog.Logger
+	opts      Options
+	logger    *slog.Logger
+	accessLog *slog.Logger
+	logCloser []io.Closer
 	reg      *prometheus.Registry
 	metrics  *metrics
 	started  time.Time
@@ -86,28 +92,64 @@ type runtime struct {
 // linked; nothing listens until Start. The error names the config file,
 // line and key of what failed.
 func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
-	if opts.Logger == nil {
-		opts.Logger = NewLogger(cfg.Log, os.Stderr)
-	}
 	if opts.Registry == nil {
 		opts.Registry = NewRegistry()
 	}
 	s := &Server{
 		opts:     opts,
-		logger:   opts.Logger,
 		reg:      opts.Registry,
 		started:  time.Now(),
 		shared:   map[string]*sharedEntry{},
 		serveErr: make(chan error, 2),
 	}
+	if err := s.setupLogs(cfg); err != nil {
+		return nil, err
+	}
 	s.metrics = newMetrics(s.reg)
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
+		s.closeLogs()
 		return nil, err
 	}
 	s.cur.Store(rt)
 	s.metrics.reloadTime.SetToCurrentTime()
 	return s, nil
+}
+
+// setupLogs builds the process logger and the access logger.
+func (s *Server) setupLogs(cfg *Config) error {
+	if s.opts.Logger != nil {
+		s.logger, s.accessLog = s.opts.Logger, s.opts.Logger
+		return nil
+	}
+	out := s.opts.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	s.logger = NewLogger(cfg.Log, out)
+	access := out
+	if cfg.Log.AccessLogFile != "" {
+		f, err := os.OpenFile(cfg.Log.AccessLogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return cfg.Errorf("log.access_log_file", "%v", err)
+		}
+		s.logCloser = append(s.logCloser, f)
+		access = f
+	}
+	if cfg.Log.AccessLogBuffer > 0 {
+		lb := newLineBuffer(access, int(cfg.Log.AccessLogBuffer), cfg.Log.AccessLogFlush)
+		s.logCloser = append([]io.Closer{lb}, s.logCloser...)
+		access = lb
+	}
+	s.accessLog = NewLogger(cfg.Log, access)
+	return nil
+}
+
+func (s *Server) closeLogs() {
+	for _, c := range s.logCloser {
+		c.Close()
+	}
+	s.logCloser = nil
 }
 
 // Config returns the config being served.
@@ -507,5 +549,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.adminSrv.Shutdown(dctx)
 	}
 	s.logger.Info("stopped")
+	s.closeLogs()
 	return err
 }

@@ -2,7 +2,7 @@
 // in one run, on loopback: every target is served by this process on its own
 // port, and load comes from wrk (when installed) or a Go client.
 //
-//	omnigate-bench [-duration 10s] [-connections 50] [-tool wrk|go] [-only REGEXP]
+//	omnigate-bench [-duration 10s] [-connections 50] [-rounds 3] [-tool wrk|go] [-only REGEXP]
 //
 // Targets:
 //
@@ -13,8 +13,10 @@
 //	proxy-stock     httputil.ReverseProxy with the default transport, to "bare"
 //	proxy-gateway   a gateway upstream route, to "bare"
 //
-// It prints a Markdown table: requests/s, the ratio to the target's
-// baseline, latency p50/p99, and server CPU per request (this process's
+// Targets are measured in turn, round after round, so that noise from other
+// work on the machine spreads over all of them; the table shows medians. It
+// prints a Markdown table: requests/s, the ratio to the target's baseline
+// (per round, then the median), latency p50/p99, and server CPU per request (this process's
 // user+system time over the run divided by requests; exact with wrk, which
 // runs in its own process, inflated by the client's own CPU otherwise).
 package main
@@ -25,13 +27,14 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"regexp"
+	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -85,8 +88,9 @@ func main() {
 	conns := flag.Int("connections", 50, "concurrent connections")
 	tool := flag.String("tool", "", "wrk or go (default: wrk when installed)")
 	only := flag.String("only", "", "run only targets matching this regexp")
+	rounds := flag.Int("rounds", 3, "interleaved rounds; the table shows medians")
 	flag.Parse()
-	if err := run(*duration, *conns, *tool, *only); err != nil {
+	if err := run(*duration, *conns, *rounds, *tool, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "omnigate-bench:", err)
 		os.Exit(1)
 	}
@@ -106,16 +110,15 @@ func gatewayServer(yaml string, logTo io.Writer) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	srv, err := gateway.New(context.Background(), cfg, gateway.Options{
-		Logger: slog.New(slog.NewJSONHandler(logTo, nil)),
-	})
+	// The access log goes to logTo as in production: JSON lines, buffered.
+	srv, err := gateway.New(context.Background(), cfg, gateway.Options{LogOutput: logTo})
 	if err != nil {
 		return "", err
 	}
 	return serve(srv)
 }
 
-func run(duration time.Duration, conns int, tool, only string) error {
+func run(duration time.Duration, conns, rounds int, tool, only string) error {
 	filter, err := regexp.Compile(only)
 	if err != nil {
 		return err
@@ -168,33 +171,69 @@ routes:
 		{"proxy-stock", "", stock},
 		{"proxy-gateway", "proxy-stock", gwProxy},
 	}
-	fmt.Printf("load: %d connections, %s per target, tool %s, GOMAXPROCS %s\n\n", conns, duration, toolName(tool), os.Getenv("GOMAXPROCS"))
+	fmt.Printf("load: %d connections, %s per target, %d interleaved rounds (medians), tool %s, %d CPUs\n\n",
+		conns, duration, rounds, toolName(tool), runtime.NumCPU())
+	type sample struct {
+		rps, ratio float64
+		p50, p99   time.Duration
+		cpu        time.Duration
+		errors     int64
+	}
+	samples := map[string][]sample{}
+	for round := 0; round < rounds; round++ {
+		last := map[string]float64{}
+		for _, t := range targets {
+			if !filter.MatchString(t.name) {
+				continue
+			}
+			// Warm up connections and caches, then measure.
+			loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: time.Second, Tool: tool})
+			cpu0 := cpuTime()
+			res, err := loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: duration, Tool: tool})
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			cpu := cpuTime() - cpu0
+			smp := sample{rps: res.RPS, p50: res.P50, p99: res.P99, errors: res.Errors}
+			if res.Requests > 0 {
+				smp.cpu = cpu / time.Duration(res.Requests)
+			}
+			if b, ok := last[t.baseline]; ok && b > 0 {
+				smp.ratio = res.RPS / b
+			}
+			last[t.name] = res.RPS
+			samples[t.name] = append(samples[t.name], smp)
+			fmt.Fprintf(os.Stderr, "round %d %-14s %s\n", round+1, t.name, res)
+		}
+	}
 	fmt.Println("| target | req/s | vs baseline | p50 | p99 | server CPU/req | errors |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-	results := map[string]*loadgen.Result{}
 	for _, t := range targets {
-		if !filter.MatchString(t.name) {
+		ss := samples[t.name]
+		if len(ss) == 0 {
 			continue
 		}
-		// Warm up connections and caches, then measure.
-		loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: time.Second, Tool: tool})
-		cpu0 := cpuTime()
-		res, err := loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: duration, Tool: tool})
-		if err != nil {
-			return fmt.Errorf("%s: %w", t.name, err)
+		med := func(f func(sample) float64) float64 {
+			v := make([]float64, len(ss))
+			for i, s := range ss {
+				v[i] = f(s)
+			}
+			slices.Sort(v)
+			return v[len(v)/2]
 		}
-		cpu := cpuTime() - cpu0
-		results[t.name] = res
 		ratio := "—"
-		if b := results[t.baseline]; b != nil && b.RPS > 0 {
-			ratio = fmt.Sprintf("%.0f%%", 100*res.RPS/b.RPS)
+		if t.baseline != "" && len(samples[t.baseline]) > 0 {
+			ratio = fmt.Sprintf("%.0f%%", 100*med(func(s sample) float64 { return s.ratio }))
 		}
-		perReq := time.Duration(0)
-		if res.Requests > 0 {
-			perReq = cpu / time.Duration(res.Requests)
+		var errs int64
+		for _, s := range ss {
+			errs += s.errors
 		}
-		fmt.Printf("| %s | %.0f | %s | %s | %s | %.1f µs | %d |\n", t.name, res.RPS, ratio,
-			round(res.P50), round(res.P99), float64(perReq.Nanoseconds())/1000, res.Errors)
+		fmt.Printf("| %s | %.0f | %s | %s | %s | %.1f µs | %d |\n", t.name,
+			med(func(s sample) float64 { return s.rps }), ratio,
+			round(time.Duration(med(func(s sample) float64 { return float64(s.p50) }))),
+			round(time.Duration(med(func(s sample) float64 { return float64(s.p99) }))),
+			med(func(s sample) float64 { return float64(s.cpu) })/1000, errs)
 	}
 	return nil
 }

@@ -33,12 +33,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	logger := gateway.NewLogger(cfg.Log, stderr)
-	srv, err := gateway.New(ctx, cfg, gateway.Options{Logger: logger, Version: version})
+	srv, err := gateway.New(ctx, cfg, gateway.Options{LogOutput: stderr, Version: version})
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	logger := srv.Logger()
 	if err := srv.Start(); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
