@@ -42,11 +42,11 @@ type Server struct {
 	logger    *slog.Logger
 	accessLog *slog.Logger
 	logCloser []io.Closer
-	reg      *prometheus.Registry
-	metrics  *metrics
-	started  time.Time
-	cur      atomic.Pointer[runtime]
-	draining atomic.Bool
+	reg       *prometheus.Registry
+	metrics   *metrics
+	started   time.Time
+	cur       atomic.Pointer[runtime]
+	draining  atomic.Bool
 
 	reloadMu sync.Mutex
 	closing  sync.WaitGroup // retired runtimes still closing
