@@ -16,8 +16,9 @@
 --       extra_rejections, extra_cost
 --
 -- Returns {status, remaining, reset_ms, burst_remaining, burst_reset_ms,
---          retry_after_ms, new_block_ms, now_ms}; status 0 allowed,
---          1 limited, 2 blocked.
+--          retry_after_ms, new_block_ms, now_ms, rejections}; status 0
+--          allowed, 1 limited, 2 blocked; rejections is the client's count
+--          towards a block.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -38,7 +39,7 @@ local extra_cost = tonumber(ARGV[15])
 local blocked_until = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked_until > now then
   local left = blocked_until - now
-  return {2, 0, left, 0, left, left, 0, now}
+  return {2, 0, left, 0, left, left, 0, now, 0}
 end
 
 -- Sub-window size and current bucket index of each window. A request is
@@ -127,6 +128,7 @@ if add > 0 then
 end
 
 local new_block = 0
+local strikes = 0
 local rejections = extra
 if not ok then rejections = rejections + 1 end
 if block_after > 0 and rejections > 0 then
@@ -144,7 +146,9 @@ if block_after > 0 and rejections > 0 then
     return c
   end
   local v = count(KEYS[3], rejections, tonumber(ARGV[10]))
+  strikes = v
   if v > block_after then
+    strikes = 0
     local forget = tonumber(ARGV[13])
     local offences = count(KEYS[4], 1, forget)
     -- Each offence keeps the count for forget_after from itself.
@@ -174,4 +178,4 @@ if burst > 0 then
   breset = newest_out(bb, bg) - now
   bremaining = math.max(burst - bused, 0)
 end
-return {status, math.max(limit - used, 0), newest_out(wb, g) - now, bremaining, breset, retry, new_block, now}
+return {status, math.max(limit - used, 0), newest_out(wb, g) - now, bremaining, breset, retry, new_block, now, strikes}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -71,6 +72,8 @@ type Decision struct {
 	// Source is where the decision was made: redis, memory or cache (the
 	// local cache of over-limit and blocked clients).
 	Source string
+
+	strikes int64 // the client's rejections counted towards a block
 }
 
 // Block is a blocked client.
@@ -141,7 +144,6 @@ type Engine struct {
 	mem   *memStore
 	cache *localCache // nil when off
 	p     params
-	flush int64 // local rejections per store call
 
 	unsub, unwatch func()
 	closeOnce      sync.Once
@@ -169,7 +171,6 @@ func NewEngine(ctx context.Context, m *backbone.Manager, opts EngineOptions) (*E
 		m:    m,
 		p:    params{precision: int64(opts.Precision), countRejected: opts.CountRejected, block: opts.Block},
 	}
-	e.flush = max(1, opts.Block.After/2)
 	now := time.Now
 	if opts.Clock != nil {
 		now = opts.Clock
@@ -215,7 +216,7 @@ func (e *Engine) Decide(ctx context.Context, client, scope string, pol Policy, c
 		q.now = e.opts.Clock().UnixMilli()
 	}
 	if e.cache != nil {
-		if d, ok := e.cache.check(&q, e.flush); ok {
+		if d, ok := e.cache.check(&q); ok {
 			return d, nil
 		}
 	}
@@ -243,11 +244,22 @@ func (e *Engine) Decide(ctx context.Context, client, scope string, pol Policy, c
 	return d, err
 }
 
-// remember puts a rejected client in the local cache.
+// remember puts a rejected client in the local cache, to be answered
+// from there until its retry time. The cache goes back to the store with
+// the rejections it answered when one more would start a block (so a block
+// starts on the same request as without the cache, on one instance), or
+// every 16 rejections when rejected requests count against the window.
 func (e *Engine) remember(q *query, d Decision) {
-	if e.cache != nil && d.Result != Allowed {
-		e.cache.put(q, d)
+	if e.cache == nil || d.Result == Allowed {
+		return
 	}
+	flush := int64(math.MaxInt64)
+	if b := e.p.block.After; b > 0 {
+		flush = max(1, b-d.strikes)
+	} else if e.p.countRejected {
+		flush = 16
+	}
+	e.cache.put(q, d, flush)
 }
 
 // divide splits a fleet-wide policy among n instances (rounding up, at

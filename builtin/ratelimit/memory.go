@@ -311,7 +311,9 @@ func (s *memStore) decide(_ context.Context, q *query) (Decision, error) {
 				o.rejUntil = now + bp.Within.Milliseconds()
 			}
 			o.rejections += rejections
+			d.strikes = o.rejections
 			if o.rejections > bp.After {
+				d.strikes = 0
 				o.offences++
 				o.offUntil = now + bp.Forget.Milliseconds()
 				dur := escalate(bp, o.offences)
@@ -371,6 +373,7 @@ type overEntry struct {
 	d           Decision
 	pending     int64 // rejections answered from the cache since
 	pendingCost int64
+	flush       int64 // pending count that sends the next request to the store
 }
 
 func newLocalCache(maxKeys int, now func() time.Time) *localCache {
@@ -382,10 +385,10 @@ func newLocalCache(maxKeys int, now func() time.Time) *localCache {
 }
 
 // check answers q from the cache when it can. When it cannot, rejections
-// it answered since the last store call are moved into q (every flush
-// rejections, or when the entry expires) so the store counts them towards
-// blocking.
-func (c *localCache) check(q *query, flush int64) (Decision, bool) {
+// it answered since the last store call are moved into q (once the entry's
+// flush count is reached, or when the entry expires) so the store counts
+// them towards blocking.
+func (c *localCache) check(q *query) (Decision, bool) {
 	now := q.now
 	if now == 0 {
 		now = c.now().UnixMilli()
@@ -405,7 +408,7 @@ func (c *localCache) check(q *query, flush int64) (Decision, bool) {
 		return d, true
 	}
 	c.over.with(counterKey(q.client, q.scope), nil, func(e *overEntry) bool {
-		if e.until <= now || e.pending >= flush {
+		if e.until <= now || e.pending >= e.flush {
 			q.extra, q.extraCost = e.pending, e.pendingCost
 			return true
 		}
@@ -424,7 +427,7 @@ func (c *localCache) check(q *query, flush int64) (Decision, bool) {
 	return d, hit
 }
 
-func (c *localCache) put(q *query, d Decision) {
+func (c *localCache) put(q *query, d Decision, flush int64) {
 	now := q.now
 	if now == 0 {
 		now = c.now().UnixMilli()
@@ -442,7 +445,7 @@ func (c *localCache) put(q *query, d Decision) {
 		return
 	}
 	c.over.with(counterKey(q.client, q.scope), func() *overEntry { return &overEntry{} }, func(e *overEntry) bool {
-		*e = overEntry{until: until, at: now, d: d}
+		*e = overEntry{until: until, at: now, d: d, flush: flush}
 		return false
 	})
 }

@@ -82,14 +82,14 @@ func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
 	if err != nil {
 		return Decision{}, err
 	}
-	if len(res) != 8 {
-		return Decision{}, fmt.Errorf("ratelimit script: %d results, want 8", len(res))
+	if len(res) != 9 {
+		return Decision{}, fmt.Errorf("ratelimit script: %d results, want 9", len(res))
 	}
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 	d := Decision{
 		Result: Result(res[0]), Limit: q.pol.Limit, Remaining: res[1], Reset: ms(res[2]),
 		BurstLimit: max(q.pol.Burst, 0), BurstRemaining: res[3], BurstReset: ms(res[4]),
-		RetryAfter: ms(res[5]), NewBlock: ms(res[6]), Source: "redis",
+		RetryAfter: ms(res[5]), NewBlock: ms(res[6]), Source: "redis", strikes: res[8],
 	}
 	if d.NewBlock > 0 {
 		// The index lives outside the client's slot: a second call, only
