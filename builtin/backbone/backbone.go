@@ -112,6 +112,9 @@ type Manager struct {
 
 	ps *pubsub
 
+	batchOnce sync.Once
+	queue     chan *batchCall
+
 	metrics   *metrics
 	heartbeat *redis.Script
 	hbOp      *Op

@@ -268,3 +268,47 @@ func TestIsOutage(t *testing.T) {
 		})
 	}
 }
+
+func TestBatch(t *testing.T) {
+	srv := redistest.Start(t)
+	m := newManager(t, testConfig(srv.URL()), Options{Heartbeat: time.Hour})
+	op := m.Op("test")
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 500)
+	for i := 0; i < 500; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd, err := m.Batch(ctx, op, func(p redis.Pipeliner) redis.Cmder { return p.Incr(ctx, m.Key("b", "")) })
+			if err == nil && cmd.(*redis.IntCmd).Val() < 1 {
+				err = errors.New("bad reply")
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got, _ := srv.Do("GET", m.Key("b", "")); got != "500" {
+		t.Fatalf("counter %q, want 500", got)
+	}
+	// A reply error reaches its caller only.
+	if _, err := m.Batch(ctx, op, func(p redis.Pipeliner) redis.Cmder { return p.LPush(ctx, m.Key("b", ""), "x") }); err == nil || !m.Up() {
+		t.Fatalf("WRONGTYPE in a batch: %v, up %v", err, m.Up())
+	}
+	srv.Stop()
+	if _, err := m.Batch(ctx, op, func(p redis.Pipeliner) redis.Cmder { return p.Get(ctx, "x") }); err == nil {
+		t.Fatal("batch on a stopped server succeeded")
+	}
+	if m.Up() {
+		t.Fatal("still up after a failed batch")
+	}
+	if _, err := m.Batch(ctx, op, func(p redis.Pipeliner) redis.Cmder { return p.Get(ctx, "x") }); !errors.Is(err, ErrDown) {
+		t.Fatalf("Batch while down = %v, want ErrDown", err)
+	}
+}

@@ -1,170 +1,189 @@
--- One rate-limit decision, in one round trip. All keys share the client's
+-- One rate-limit decision, in one round trip. Both keys share the client's
 -- hash tag, so the script runs on Redis Cluster.
 --
--- KEYS[1] counters of (client, scope): a hash of sub-window buckets,
---         "w<index>" for the main window and "b<index>" for the burst window
--- KEYS[2] block of the client: its end (unix ms); the TTL only cleans up
--- KEYS[3] rejections of the client: hash n (count), u (end of the period)
--- KEYS[4] offences of the client: hash n (count), u (when forgotten)
+-- KEYS[1] counters of (client, scope): a MessagePack array of one or two
+--         rings (main window, then burst window), each {newest sub-window
+--         index, total, n+1 counters} with index i counted in slot i % (n+1).
+-- KEYS[2] state of the client: a hash; "u" end of its block (unix ms),
+--         "r"/"ru" rejections and when their count restarts, "o"/"ou"
+--         offences and when they are forgotten.
 --
--- Every decision depends on now, never on TTLs, so that the script and
--- the memory store agree under a test clock.
+-- Every decision depends on now, never on TTLs (they only clean up), so
+-- the script and the memory store agree under a test clock.
 --
--- ARGV: now_ms (0: use Redis TIME), cost, limit, window_ms, burst,
---       burst_window_ms, precision, count_rejected (0/1), block_after,
---       block_within_ms, block_ms, block_max_ms, forget_ms,
+-- ARGV: now_ms (0: use Redis TIME), cost, limit, sub_window_ms,
+--       precision n, burst, burst_sub_window_ms, count_rejected (0/1),
+--       block_after, "within_ms duration_ms max_ms forget_ms",
 --       extra_rejections, extra_cost
 --
 -- Returns {status, remaining, reset_ms, burst_remaining, burst_reset_ms,
 --          retry_after_ms, new_block_ms, now_ms, rejections}; status 0
 --          allowed, 1 limited, 2 blocked; rejections is the client's count
 --          towards a block.
+--
+-- A request is counted while its sub-window is one of the n+1 newest: for
+-- at least a window and at most a window plus one sub-window.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = t[1] * 1000 + math.floor(t[2] / 1000)
 end
 local cost = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
-local burst = tonumber(ARGV[5])
-local bwindow = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
-local count_rejected = ARGV[8] == '1'
+local g = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local burst = tonumber(ARGV[6])
+local bg = tonumber(ARGV[7])
 local block_after = tonumber(ARGV[9])
-local extra = tonumber(ARGV[14])
-local extra_cost = tonumber(ARGV[15])
+local slots = n + 1
 
-local blocked_until = tonumber(redis.call('GET', KEYS[2]) or '0')
-if blocked_until > now then
-  local left = blocked_until - now
-  return {2, 0, left, 0, left, left, 0, now, 0}
-end
-
--- Sub-window size and current bucket index of each window. A request is
--- counted while its bucket is one of the n+1 newest: for at least a window
--- and at most a window plus one sub-window.
-local g = math.floor(window / n)
-local cur = math.floor(now / g)
-local bg, bcur = 1, 0
-if burst > 0 then
-  bg = math.floor(bwindow / n)
-  bcur = math.floor(now / bg)
-end
-
-local used, bused = 0, 0
-local wb, bb = {}, {}
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local f = flat[i]
-  local kind = string.sub(f, 1, 1)
-  local idx = tonumber(string.sub(f, 2))
-  local c = tonumber(flat[i + 1])
-  if kind == 'w' and idx >= cur - n then
-    used = used + c
-    wb[#wb + 1] = {idx, c}
-  elseif kind == 'b' and burst > 0 and idx >= bcur - n then
-    bused = bused + c
-    bb[#bb + 1] = {idx, c}
-  else
-    redis.call('HDEL', KEYS[1], f)
+if block_after > 0 then
+  local u = redis.call('HGET', KEYS[2], 'u')
+  if u and tonumber(u) > now then
+    local left = tonumber(u) - now
+    return {2, 0, left, 0, left, left, 0, now, 0}
   end
 end
 
--- free_at returns when enough of the oldest buckets have left the window
--- for need more units to fit under lim.
-local function free_at(buckets, total, lim, need, size)
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
-  local left = total
-  for _, e in ipairs(buckets) do
-    left = left - e[2]
-    if left + need <= lim then
-      return (e[1] + n + 1) * size
+local size = 2 + slots
+if burst > 0 then size = 2 * size end
+local raw = redis.call('GET', KEYS[1])
+local st
+if raw then st = cmsgpack.unpack(raw) end
+if not st or #st ~= size then
+  st = {}
+  for i = 1, size do st[i] = 0 end
+end
+
+local cur = math.floor(now / g)
+local last = st[1]
+if cur > last then
+  if cur - last > n then
+    for i = 3, 2 + slots do st[i] = 0 end
+    st[2] = 0
+  else
+    for i = last + 1, cur do
+      local k = 3 + i % slots
+      st[2] = st[2] - st[k]
+      st[k] = 0
     end
   end
-  return now
+  st[1] = cur
+else
+  cur = last
 end
-
--- newest_out returns when every counted request has left the window.
-local function newest_out(buckets, size)
-  local top = nil
-  for _, e in ipairs(buckets) do
-    if e[2] > 0 and (top == nil or e[1] > top) then top = e[1] end
+local used = st[2]
+local b0 = 2 + slots
+local bcur, bused = 0, 0
+if burst > 0 then
+  bcur = math.floor(now / bg)
+  last = st[b0 + 1]
+  if bcur > last then
+    if bcur - last > n then
+      for i = b0 + 3, b0 + 2 + slots do st[i] = 0 end
+      st[b0 + 2] = 0
+    else
+      for i = last + 1, bcur do
+        local k = b0 + 3 + i % slots
+        st[b0 + 2] = st[b0 + 2] - st[k]
+        st[k] = 0
+      end
+    end
+    st[b0 + 1] = bcur
+  else
+    bcur = last
   end
-  if top == nil then return now end
-  return (top + n + 1) * size
+  bused = st[b0 + 2]
 end
 
 local ok = used + cost <= limit and (burst <= 0 or bused + cost <= burst)
 local retry = 0
 if not ok then
   if used + cost > limit then
-    retry = free_at(wb, used, limit, cost, g) - now
+    local left = used
+    for i = cur - n, cur do
+      left = left - st[3 + i % slots]
+      if left + cost <= limit then retry = (i + n + 1) * g - now break end
+    end
   end
   if burst > 0 and bused + cost > burst then
-    retry = math.max(retry, free_at(bb, bused, burst, cost, bg) - now)
+    local left = bused
+    for i = bcur - n, bcur do
+      left = left - st[b0 + 3 + i % slots]
+      if left + cost <= burst then retry = math.max(retry, (i + n + 1) * bg - now) break end
+    end
   end
 end
 
 local add = 0
 if ok then
   add = cost
-elseif count_rejected then
-  add = cost + extra_cost
+elseif ARGV[8] == '1' then
+  add = cost + tonumber(ARGV[12])
 end
-local span = window + g
-if burst > 0 then span = math.max(span, bwindow + bg) end
+local span = (slots + 1) * g
 if add > 0 then
-  redis.call('HINCRBY', KEYS[1], 'w' .. cur, add)
-  used = used + add
-  wb[#wb + 1] = {cur, add}
+  local k = 3 + cur % slots
+  st[k] = st[k] + add
+  st[2] = st[2] + add
+  used = st[2]
   if burst > 0 then
-    redis.call('HINCRBY', KEYS[1], 'b' .. bcur, add)
-    bused = bused + add
-    bb[#bb + 1] = {bcur, add}
+    k = b0 + 3 + bcur % slots
+    st[k] = st[k] + add
+    st[b0 + 2] = st[b0 + 2] + add
+    bused = st[b0 + 2]
+    span = math.max(span, (slots + 1) * bg)
   end
-  redis.call('PEXPIRE', KEYS[1], span)
+end
+if add > 0 then
+  redis.call('SET', KEYS[1], cmsgpack.pack(st), 'PX', span)
+end
+
+local reset = now
+for i = cur, cur - n, -1 do
+  if st[3 + i % slots] > 0 then reset = (i + n + 1) * g break end
+end
+local breset, bremaining = 0, 0
+if burst > 0 then
+  breset = now
+  for i = bcur, bcur - n, -1 do
+    if st[b0 + 3 + i % slots] > 0 then breset = (i + n + 1) * bg break end
+  end
+  breset = breset - now
+  bremaining = math.max(burst - bused, 0)
 end
 
 local new_block = 0
 local strikes = 0
-local rejections = extra
+local rejections = tonumber(ARGV[11])
 if not ok then rejections = rejections + 1 end
 if block_after > 0 and rejections > 0 then
-  -- count(key, add, period): a counter that restarts after period ms.
-  local function count(key, add, period)
-    local v = redis.call('HMGET', key, 'n', 'u')
-    local c, u = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-    if u <= now then
-      c, u = 0, now + period
-      redis.call('HSET', key, 'u', u)
-      redis.call('PEXPIRE', key, period)
-    end
-    c = c + add
-    redis.call('HSET', key, 'n', c)
-    return c
-  end
-  local v = count(KEYS[3], rejections, tonumber(ARGV[10]))
-  strikes = v
-  if v > block_after then
+  local within, duration, cap, forget = string.match(ARGV[10], '(%d+) (%d+) (%d+) (%d+)')
+  within, duration, cap, forget = tonumber(within), tonumber(duration), tonumber(cap), tonumber(forget)
+  local s = redis.call('HMGET', KEYS[2], 'r', 'ru', 'o', 'ou')
+  local r, ru = tonumber(s[1] or '0'), tonumber(s[2] or '0')
+  local o, ou = tonumber(s[3] or '0'), tonumber(s[4] or '0')
+  if ru <= now then r, ru = 0, now + within end
+  if ou <= now then o = 0 end
+  r = r + rejections
+  strikes = r
+  if r > block_after then
     strikes = 0
-    local forget = tonumber(ARGV[13])
-    local offences = count(KEYS[4], 1, forget)
-    -- Each offence keeps the count for forget_after from itself.
-    redis.call('HSET', KEYS[4], 'u', now + forget)
-    redis.call('PEXPIRE', KEYS[4], forget)
-    local d = tonumber(ARGV[11])
-    local cap = tonumber(ARGV[12])
-    for _ = 2, offences do
+    o = o + 1
+    local d = duration
+    for _ = 2, o do
       d = d * 2
       if d >= cap then break end
     end
     new_block = math.min(d, cap)
-    redis.call('SET', KEYS[2], now + new_block, 'PX', new_block)
-    redis.call('DEL', KEYS[3])
+    redis.call('HSET', KEYS[2], 'u', now + new_block, 'r', 0, 'ru', 0, 'o', o, 'ou', now + forget)
+  else
+    redis.call('HSET', KEYS[2], 'r', r, 'ru', ru)
   end
+  redis.call('PEXPIRE', KEYS[2], math.max(within, forget, new_block))
 end
+
 
 local status = 0
 if not ok then status = 1 end
@@ -172,10 +191,4 @@ if new_block > 0 then
   status = 2
   retry = new_block
 end
-local breset = 0
-local bremaining = 0
-if burst > 0 then
-  breset = newest_out(bb, bg) - now
-  bremaining = math.max(burst - bused, 0)
-end
-return {status, math.max(limit - used, 0), newest_out(wb, g) - now, bremaining, breset, retry, new_block, now, strikes}
+return {status, math.max(limit - used, 0), reset - now, bremaining, breset, retry, new_block, now, strikes}

@@ -96,7 +96,7 @@ type query struct {
 type store interface {
 	decide(ctx context.Context, q *query) (Decision, error)
 	blocks(ctx context.Context) ([]Block, error)
-	unblock(ctx context.Context, client string) (bool, error)
+	unblock(ctx context.Context, client string, now int64) (bool, error)
 }
 
 // params are what both stores need besides the query.
@@ -294,12 +294,16 @@ func (e *Engine) Blocks(ctx context.Context) ([]Block, error) {
 // Unblock lifts the block of client (and forgets its recent rejections)
 // on every instance. It reports whether the client was blocked.
 func (e *Engine) Unblock(ctx context.Context, client string) (bool, error) {
-	found, err := e.mem.unblock(ctx, client)
+	var now int64
+	if e.opts.Clock != nil {
+		now = e.opts.Clock().UnixMilli()
+	}
+	found, err := e.mem.unblock(ctx, client, now)
 	if e.cache != nil {
 		e.cache.forget(client)
 	}
 	if e.Redis() {
-		inRedis, rerr := e.redis.unblock(ctx, client)
+		inRedis, rerr := e.redis.unblock(ctx, client, now)
 		if rerr != nil {
 			return found, fmt.Errorf("unblock in redis: %w", rerr)
 		}

@@ -349,8 +349,10 @@ func (s *memStore) blocks(context.Context) ([]Block, error) {
 	return out, nil
 }
 
-func (s *memStore) unblock(_ context.Context, client string) (bool, error) {
-	now := s.now().UnixMilli()
+func (s *memStore) unblock(_ context.Context, client string, now int64) (bool, error) {
+	if now == 0 {
+		now = s.now().UnixMilli()
+	}
 	found := false
 	s.clients.with(client, nil, func(o *offender) bool {
 		found = o.blockedUntil > now

@@ -24,18 +24,17 @@ var decideScript = redis.NewScript(decideLua)
 // Key layout (P is the key prefix, N the engine name, C the client key, S
 // the scope; C is hash-tagged so all of a client's keys share a slot):
 //
-//	P{rl:N:C}:c:S  hash   sub-window counters of C in scope S
-//	P{rl:N:C}:blk  string C's current block (TTL = remaining block)
-//	P{rl:N:C}:rej  int    C's rejections within block.within
-//	P{rl:N:C}:off  int    C's offences within block.forget_after
-//	Prl:N:blocks   zset   index of blocked clients, scored by end (ms)
+//	P{rl:N:C}:c:S  hash  sub-window counters of C in scope S (see decide.lua)
+//	P{rl:N:C}:s    hash  C's block, rejections and offences
+//	Prl:N:blocks   zset  index of blocked clients, scored by block end (ms)
 type redisStore struct {
 	m     *backbone.Manager
 	name  string
 	p     params
 	op    *backbone.Op
 	index string
-	fixed []any // the arguments that do not change per call
+	cr    string // count_rejected argument
+	block string // block policy argument
 }
 
 func newRedisStore(ctx context.Context, m *backbone.Manager, name string, p params) *redisStore {
@@ -43,42 +42,47 @@ func newRedisStore(ctx context.Context, m *backbone.Manager, name string, p para
 		m: m, name: name, p: p,
 		op:    m.Op("ratelimit"),
 		index: m.Prefix() + "rl:" + name + ":blocks",
+		cr:    "0",
 	}
-	cr := "0"
 	if p.countRejected {
-		cr = "1"
+		s.cr = "1"
 	}
 	b := &p.block
-	s.fixed = []any{p.precision, cr, b.After, b.Within.Milliseconds(), b.Duration.Milliseconds(),
-		b.Max.Milliseconds(), b.Forget.Milliseconds()}
+	s.block = fmt.Sprintf("%d %d %d %d", b.Within.Milliseconds(), b.Duration.Milliseconds(),
+		b.Max.Milliseconds(), b.Forget.Milliseconds())
 	m.Load(ctx, decideScript)
 	return s
 }
 
-func (s *redisStore) tag(client string) string { return "rl:" + s.name + ":" + client }
-
 func (s *redisStore) keys(client, scope string) []string {
-	tag := s.tag(client)
-	return []string{
-		s.m.Key(tag, ":c:"+backbone.Tag(scope)),
-		s.m.Key(tag, ":blk"),
-		s.m.Key(tag, ":rej"),
-		s.m.Key(tag, ":off"),
-	}
+	tag := "rl:" + s.name + ":" + client
+	return []string{s.m.Key(tag, ":c:"+backbone.Tag(scope)), s.m.Key(tag, ":s")}
 }
 
 func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
-	args := make([]any, 0, 15)
-	args = append(args, q.now, q.cost, q.pol.Limit, q.pol.Window.Milliseconds(), max(q.pol.Burst, 0),
-		q.pol.BurstWindow.Milliseconds())
-	args = append(args, s.fixed...)
-	args = append(args, q.extra, q.extraCost)
-	var res []int64
-	err := s.m.Do(ctx, s.op, func(ctx context.Context, c redis.UniversalClient) error {
-		var err error
-		res, err = decideScript.Run(ctx, c, s.keys(q.client, q.scope), args...).Int64Slice()
-		return err
+	n := s.p.precision
+	burst, bg := max(q.pol.Burst, 0), int64(1)
+	if burst > 0 {
+		bg = q.pol.BurstWindow.Milliseconds() / n
+	}
+	args := []any{q.now, q.cost, q.pol.Limit, q.pol.Window.Milliseconds() / n, n, burst, bg,
+		s.cr, s.p.block.After, s.block, q.extra, q.extraCost}
+	keys := s.keys(q.client, q.scope)
+	cmd, err := s.m.Batch(ctx, s.op, func(p redis.Pipeliner) redis.Cmder {
+		return decideScript.EvalSha(ctx, p, keys, args...)
 	})
+	var res []int64
+	if err == nil {
+		res, err = cmd.(*redis.Cmd).Int64Slice()
+	} else if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis lost its script cache (a restart, SCRIPT FLUSH): EVAL
+		// loads it again.
+		err = s.m.Do(ctx, s.op, func(ctx context.Context, c redis.UniversalClient) error {
+			var err error
+			res, err = decideScript.Run(ctx, c, keys, args...).Int64Slice()
+			return err
+		})
+	}
 	if err != nil {
 		return Decision{}, err
 	}
@@ -88,7 +92,7 @@ func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 	d := Decision{
 		Result: Result(res[0]), Limit: q.pol.Limit, Remaining: res[1], Reset: ms(res[2]),
-		BurstLimit: max(q.pol.Burst, 0), BurstRemaining: res[3], BurstReset: ms(res[4]),
+		BurstLimit: burst, BurstRemaining: res[3], BurstReset: ms(res[4]),
 		RetryAfter: ms(res[5]), NewBlock: ms(res[6]), Source: "redis", strikes: res[8],
 	}
 	if d.NewBlock > 0 {
@@ -126,18 +130,30 @@ func (s *redisStore) blocks(ctx context.Context) ([]Block, error) {
 	return out, nil
 }
 
-func (s *redisStore) unblock(ctx context.Context, client string) (bool, error) {
-	var n int64
+// unblock lifts the block of client and forgets its rejections (not its
+// offences); now is unix ms, or 0 for Redis's clock.
+func (s *redisStore) unblock(ctx context.Context, client string, now int64) (bool, error) {
+	var until int64
 	err := s.m.Do(ctx, s.op, func(ctx context.Context, c redis.UniversalClient) error {
-		k := s.keys(client, "")
+		if now == 0 {
+			t, err := c.Time(ctx).Result()
+			if err != nil {
+				return err
+			}
+			now = t.UnixMilli()
+		}
+		k := s.keys(client, "")[1]
 		var err error
-		if n, err = c.Del(ctx, k[1]).Result(); err != nil {
+		until, err = c.HGet(ctx, k, "u").Int64()
+		if err != nil && err != redis.Nil {
 			return err
 		}
-		if err := c.Del(ctx, k[2]).Err(); err != nil {
-			return err
+		if err == nil {
+			if err := c.HSet(ctx, k, "u", 0, "r", 0, "ru", 0).Err(); err != nil {
+				return err
+			}
 		}
 		return c.ZRem(ctx, s.index, client).Err()
 	})
-	return n > 0, err
+	return until > now, err
 }
