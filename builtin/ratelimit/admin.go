@@ -100,6 +100,9 @@ type PluginStats struct {
 	ByRoute    map[string]int64 `json:"by_route"`
 	BySource   map[string]int64 `json:"by_source"`
 	TopLimited []KeyCount       `json:"top_limited"`
+	// RedisErrors counts decisions made in memory because Redis answered
+	// with an error while up.
+	RedisErrors int64 `json:"redis_errors"`
 }
 
 // KeyCount is a client key and how many of its requests were refused.
@@ -121,6 +124,7 @@ func (l *Limiter) stats() PluginStats {
 		Store: "memory", Instances: l.m.Instances(),
 		ByResult: map[string]int64{}, ByRole: map[string]int64{},
 		ByRoute: map[string]int64{}, BySource: map[string]int64{},
+		RedisErrors: l.engine.failures.Load(),
 	}
 	switch {
 	case l.engine.Redis():

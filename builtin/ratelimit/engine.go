@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/backbone"
@@ -147,6 +148,7 @@ type Engine struct {
 
 	unsub, unwatch func()
 	closeOnce      sync.Once
+	failures       atomic.Int64 // Redis errors answered from memory while up
 }
 
 // NewEngine builds an engine on m (which may be a manager without Redis).
@@ -227,15 +229,21 @@ func (e *Engine) Decide(ctx context.Context, client, scope string, pol Policy, c
 				e.remember(&q, d)
 				return d, nil
 			}
-			if !backbone.IsOutage(ctx, err) && !errors.Is(err, backbone.ErrDown) {
-				return Decision{}, err
+			if ctx.Err() != nil {
+				return Decision{}, ctx.Err()
 			}
 		}
-		switch e.opts.OnRedisDown {
-		case DownDeny, DownAllow:
-			return Decision{}, ErrRedisDown
+		if e.m.Up() {
+			// Redis answered with an error (not an outage): decide this
+			// request in memory rather than fail it.
+			e.failures.Add(1)
+		} else {
+			switch e.opts.OnRedisDown {
+			case DownDeny, DownAllow:
+				return Decision{}, ErrRedisDown
+			}
+			q.pol = divide(pol, e.m.Instances())
 		}
-		q.pol = divide(pol, e.m.Instances())
 	}
 	d, err := e.mem.decide(ctx, &q)
 	if err == nil {
