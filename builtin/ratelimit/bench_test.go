@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,6 +77,29 @@ func parallel(b *testing.B, op func(ctx context.Context, i int) error) {
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 }
 
+// redisCost runs the benchmark body and reports the redis-server CPU time
+// per call of the command cmd ("get", "evalsha"), from INFO commandstats.
+func redisCost(b *testing.B, c redis.UniversalClient, cmd string, body func()) {
+	ctx := context.Background()
+	c.ConfigResetStat(ctx)
+	body()
+	info, err := c.Info(ctx, "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_"+cmd+":") {
+			continue
+		}
+		for _, f := range strings.Split(strings.TrimSpace(line), ",") {
+			if v, ok := strings.CutPrefix(f, "usec_per_call="); ok {
+				us, _ := strconv.ParseFloat(v, 64)
+				b.ReportMetric(us, "redis-µs/op")
+			}
+		}
+	}
+}
+
 // BenchmarkRedis compares, on one redis-server and one client: a plain GET
 // (the floor of any decision made with one round trip per call), the same
 // GET auto-pipelined by the backbone, go-redis/redis_rate (GCRA in Lua, one
@@ -91,8 +115,10 @@ func BenchmarkRedis(b *testing.B) {
 		c.Set(context.Background(), "bench:"+keys[i], "1", 0)
 	}
 	b.Run("get", func(b *testing.B) {
-		parallel(b, func(ctx context.Context, i int) error {
-			return c.Get(ctx, "bench:"+keys[i%len(keys)]).Err()
+		redisCost(b, c, "get", func() {
+			parallel(b, func(ctx context.Context, i int) error {
+				return c.Get(ctx, "bench:"+keys[i%len(keys)]).Err()
+			})
 		})
 	})
 	b.Run("get-batched", func(b *testing.B) {
@@ -109,24 +135,32 @@ func BenchmarkRedis(b *testing.B) {
 	b.Run("redis_rate", func(b *testing.B) {
 		rl := redis_rate.NewLimiter(c)
 		limit := redis_rate.PerSecond(1_000_000_000)
-		parallel(b, func(ctx context.Context, i int) error {
-			_, err := rl.Allow(ctx, keys[i%len(keys)], limit)
-			return err
+		redisCost(b, c, "evalsha", func() {
+			parallel(b, func(ctx context.Context, i int) error {
+				_, err := rl.Allow(ctx, keys[i%len(keys)], limit)
+				return err
+			})
 		})
 	})
 	b.Run("omnigate", func(b *testing.B) {
-		e, err := NewEngine(context.Background(), m, EngineOptions{Name: "bench"})
+		// The plugin's defaults: blocking on, local cache on.
+		d := Defaults()
+		e, err := NewEngine(context.Background(), m, EngineOptions{Name: "bench", LocalCache: true,
+			Block: BlockPolicy{After: d.Block.After, Within: d.Block.Within, Duration: d.Block.Duration,
+				Max: d.Block.MaxDuration, Forget: d.Block.ForgetAfter}})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer e.Close()
 		pol := Policy{Limit: 1_000_000_000, Window: 15 * time.Minute, Burst: 1_000_000_000, BurstWindow: time.Second}
-		parallel(b, func(ctx context.Context, i int) error {
-			d, err := e.Decide(ctx, keys[i%len(keys)], "api", pol, 1)
-			if err == nil && d.Source != "redis" {
-				return fmt.Errorf("decided in %s", d.Source)
-			}
-			return err
+		redisCost(b, c, "evalsha", func() {
+			parallel(b, func(ctx context.Context, i int) error {
+				d, err := e.Decide(ctx, keys[i%len(keys)], "api", pol, 1)
+				if err == nil && d.Source != "redis" {
+					return fmt.Errorf("decided in %s", d.Source)
+				}
+				return err
+			})
 		})
 	})
 }

@@ -4,9 +4,10 @@
 -- KEYS[1] counters of (client, scope): a MessagePack array of one or two
 --         rings (main window, then burst window), each {newest sub-window
 --         index, total, n+1 counters} with index i counted in slot i % (n+1).
--- KEYS[2] state of the client: a hash; "u" end of its block (unix ms),
---         "r"/"ru" rejections and when their count restarts, "o"/"ou"
---         offences and when they are forgotten.
+-- KEYS[2] offence state of the client: a hash; "r"/"ru" rejections and
+--         when their count restarts, "o"/"ou" offences and when they are
+--         forgotten.
+-- KEYS[3] block of the client: its end (unix ms).
 --
 -- Every decision depends on now, never on TTLs (they only clean up), so
 -- the script and the memory store agree under a test clock.
@@ -24,10 +25,11 @@
 -- A request is counted while its sub-window is one of the n+1 newest: for
 -- at least a window and at most a window plus one sub-window.
 
+local floor, max = math.floor, math.max
 local now = tonumber(ARGV[1])
 if now == 0 then
   local t = redis.call('TIME')
-  now = t[1] * 1000 + math.floor(t[2] / 1000)
+  now = t[1] * 1000 + floor(t[2] / 1000)
 end
 local cost = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -38,17 +40,22 @@ local bg = tonumber(ARGV[7])
 local block_after = tonumber(ARGV[9])
 local slots = n + 1
 
+-- The counters and, when blocking is on, the end of the client's block,
+-- in one call.
+local raw
 if block_after > 0 then
-  local u = redis.call('HGET', KEYS[2], 'u')
-  if u and tonumber(u) > now then
-    local left = tonumber(u) - now
-    return {2, 0, left, 0, left, left, 0, now, 0}
+  local v = redis.call('MGET', KEYS[1], KEYS[3])
+  raw = v[1]
+  local u = tonumber(v[2] or '0')
+  if u > now then
+    return {2, 0, u - now, 0, u - now, u - now, 0, now, 0}
   end
+else
+  raw = redis.call('GET', KEYS[1])
 end
 
 local size = 2 + slots
 if burst > 0 then size = 2 * size end
-local raw = redis.call('GET', KEYS[1])
 local st
 if raw then st = cmsgpack.unpack(raw) end
 if not st or #st ~= size then
@@ -56,7 +63,7 @@ if not st or #st ~= size then
   for i = 1, size do st[i] = 0 end
 end
 
-local cur = math.floor(now / g)
+local cur = floor(now / g)
 local last = st[1]
 if cur > last then
   if cur - last > n then
@@ -77,7 +84,7 @@ local used = st[2]
 local b0 = 2 + slots
 local bcur, bused = 0, 0
 if burst > 0 then
-  bcur = math.floor(now / bg)
+  bcur = floor(now / bg)
   last = st[b0 + 1]
   if bcur > last then
     if bcur - last > n then
@@ -111,7 +118,7 @@ if not ok then
     local left = bused
     for i = bcur - n, bcur do
       left = left - st[b0 + 3 + i % slots]
-      if left + cost <= burst then retry = math.max(retry, (i + n + 1) * bg - now) break end
+      if left + cost <= burst then retry = max(retry, (i + n + 1) * bg - now) break end
     end
   end
 end
@@ -133,7 +140,7 @@ if add > 0 then
     st[k] = st[k] + add
     st[b0 + 2] = st[b0 + 2] + add
     bused = st[b0 + 2]
-    span = math.max(span, (slots + 1) * bg)
+    span = max(span, (slots + 1) * bg)
   end
 end
 if add > 0 then
@@ -151,7 +158,7 @@ if burst > 0 then
     if st[b0 + 3 + i % slots] > 0 then breset = (i + n + 1) * bg break end
   end
   breset = breset - now
-  bremaining = math.max(burst - bused, 0)
+  bremaining = max(burst - bused, 0)
 end
 
 local new_block = 0
@@ -177,11 +184,12 @@ if block_after > 0 and rejections > 0 then
       if d >= cap then break end
     end
     new_block = math.min(d, cap)
-    redis.call('HSET', KEYS[2], 'u', now + new_block, 'r', 0, 'ru', 0, 'o', o, 'ou', now + forget)
+    redis.call('HSET', KEYS[2], 'r', 0, 'ru', 0, 'o', o, 'ou', now + forget)
+    redis.call('SET', KEYS[3], now + new_block, 'PX', new_block)
   else
     redis.call('HSET', KEYS[2], 'r', r, 'ru', ru)
   end
-  redis.call('PEXPIRE', KEYS[2], math.max(within, forget, new_block))
+  redis.call('PEXPIRE', KEYS[2], max(within, forget, new_block))
 end
 
 
@@ -191,4 +199,4 @@ if new_block > 0 then
   status = 2
   retry = new_block
 end
-return {status, math.max(limit - used, 0), reset - now, bremaining, breset, retry, new_block, now, strikes}
+return {status, max(limit - used, 0), reset - now, bremaining, breset, retry, new_block, now, strikes}

@@ -24,8 +24,7 @@
 //
 // Why not the alternatives: an exact sliding log (a sorted set of
 // timestamps) costs memory and Redis CPU in proportion to the limit (100
-// entries per client for 100 requests per window) and about twice the
-// Redis time per decision; the common two-counter approximation (weighting
+// entries per client for 100 requests per window); the common two-counter approximation (weighting
 // the previous fixed window) is cheaper but can admit up to twice the limit
 // within one window when traffic is bursty, which a healthcare API must
 // not. The sub-window counters cost a fixed n+1 numbers per window and

@@ -25,7 +25,8 @@ var decideScript = redis.NewScript(decideLua)
 // the scope; C is hash-tagged so all of a client's keys share a slot):
 //
 //	P{rl:N:C}:c:S  hash  sub-window counters of C in scope S (see decide.lua)
-//	P{rl:N:C}:s    hash  C's block, rejections and offences
+//	P{rl:N:C}:s    hash  C's rejections and offences
+//	P{rl:N:C}:b    string end of C's block (unix ms)
 //	Prl:N:blocks   zset  index of blocked clients, scored by block end (ms)
 type redisStore struct {
 	m     *backbone.Manager
@@ -56,7 +57,7 @@ func newRedisStore(ctx context.Context, m *backbone.Manager, name string, p para
 
 func (s *redisStore) keys(client, scope string) []string {
 	tag := "rl:" + s.name + ":" + client
-	return []string{s.m.Key(tag, ":c:"+backbone.Tag(scope)), s.m.Key(tag, ":s")}
+	return []string{s.m.Key(tag, ":c:"+backbone.Tag(scope)), s.m.Key(tag, ":s"), s.m.Key(tag, ":b")}
 }
 
 func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
@@ -142,16 +143,17 @@ func (s *redisStore) unblock(ctx context.Context, client string, now int64) (boo
 			}
 			now = t.UnixMilli()
 		}
-		k := s.keys(client, "")[1]
+		k := s.keys(client, "")
 		var err error
-		until, err = c.HGet(ctx, k, "u").Int64()
+		until, err = c.Get(ctx, k[2]).Int64()
 		if err != nil && err != redis.Nil {
 			return err
 		}
-		if err == nil {
-			if err := c.HSet(ctx, k, "u", 0, "r", 0, "ru", 0).Err(); err != nil {
-				return err
-			}
+		if err := c.Del(ctx, k[2]).Err(); err != nil {
+			return err
+		}
+		if err := c.HSet(ctx, k[1], "r", 0, "ru", 0).Err(); err != nil {
+			return err
 		}
 		return c.ZRem(ctx, s.index, client).Err()
 	})
