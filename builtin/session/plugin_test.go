@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 }
 
 // usersFile writes a user directory with cheap hashes.
-func usersFile(t *testing.T) string {
+func usersFile(t testing.TB) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "users.yaml")
 	for _, u := range []User{
@@ -63,7 +63,7 @@ var upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r
 }))
 
 type gw struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *gateway.Server
 	logs  *bytes.Buffer
 	admin http.Handler
@@ -72,7 +72,7 @@ type gw struct {
 // newGateway builds a gateway with the session plugin configured by
 // sessionYAML (indented under the plugin) on the given Redis URL ("" for
 // none).
-func newGateway(t *testing.T, redisURL, users, sessionYAML string) *gw {
+func newGateway(t testing.TB, redisURL, users, sessionYAML string) *gw {
 	t.Helper()
 	redis := ""
 	if redisURL != "" {

@@ -26,11 +26,11 @@ import (
 // Reading a session (and refreshing its activity when due) is one script
 // on one key: one round trip per validated request, on Cluster too.
 type redisStore struct {
-	m                                 *backbone.Manager
-	opCreate, opGet, opDel, opList    *backbone.Op
-	opCount                           *backbone.Op
+	m                                  *backbone.Manager
+	opCreate, opGet, opDel, opList     *backbone.Op
+	opCount                            *backbone.Op
 	createScript, getScript, delScript *redis.Script
-	countScript                       *redis.Script
+	countScript                        *redis.Script
 }
 
 // Session hash fields.
@@ -118,10 +118,12 @@ func newRedisStore(ctx context.Context, m *backbone.Manager) *redisStore {
 	return s
 }
 
-func (s *redisStore) sessKey(id string) string   { return s.m.Key("s:"+id, "") }
-func (s *redisStore) userKey(user string) string { return s.m.Key("u:"+backbone.Tag(user), ":sessions") }
-func (s *redisStore) rolesKey() string           { return s.m.Key("sessions", ":roles") }
-func (s *redisStore) rolePrefix() string         { return s.m.Key("sessions", ":role:") }
+func (s *redisStore) sessKey(id string) string { return s.m.Key("s:"+id, "") }
+func (s *redisStore) userKey(user string) string {
+	return s.m.Key("u:"+backbone.Tag(user), ":sessions")
+}
+func (s *redisStore) rolesKey() string   { return s.m.Key("sessions", ":roles") }
+func (s *redisStore) rolePrefix() string { return s.m.Key("sessions", ":role:") }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
 
