@@ -428,9 +428,9 @@ func (c *Cache) cacheHeaders(h http.Header, e *entry, kind string, now time.Time
 
 func (c *Cache) writeNotModified(w http.ResponseWriter, e *entry, kind string, now time.Time) {
 	h := w.Header()
-	for _, k := range []string{"ETag", "Last-Modified", "Cache-Control", "Content-Location", "Vary", "Expires"} {
+	for _, k := range []string{"Etag", "Last-Modified", "Cache-Control", "Content-Location", "Vary", "Expires"} {
 		if v := e.Header.Values(k); len(v) > 0 {
-			h[k] = slices.Clone(v)
+			h[k] = slices.Clone(v) // k is in canonical form
 		}
 	}
 	c.cacheHeaders(h, e, kind, now)

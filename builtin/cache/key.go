@@ -119,13 +119,13 @@ func normalizeAccept(a string) string {
 // of its tags when it was made; a write bumps the versions of the tags it
 // affects, and an entry whose versions are behind is a miss.
 const (
-	tagAll          = "all"  // every entry: purge all, recovery after an outage
-	tagAnyWrite     = "w"    // system-wide searches, operations, includes
-	tagUnknownComp  = "c:?"  // compartment entries, for writes whose compartment is unknown
-	prefixResource  = "r:"   // r:Patient/85
-	prefixTypeReads = "rt:"  // every read of a type, for writes whose id is unknown
-	prefixType      = "t:"   // searches and history of a type
-	prefixComp      = "c:"   // c:Patient/85, the patient compartment
+	tagAll          = "all" // every entry: purge all, recovery after an outage
+	tagAnyWrite     = "w"   // system-wide searches, operations, includes
+	tagUnknownComp  = "c:?" // compartment entries, for writes whose compartment is unknown
+	prefixResource  = "r:"  // r:Patient/85
+	prefixTypeReads = "rt:" // every read of a type, for writes whose id is unknown
+	prefixType      = "t:"  // searches and history of a type
+	prefixComp      = "c:"  // c:Patient/85, the patient compartment
 	prefixRoute     = "route:"
 )
 
