@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"sync/atomic"
@@ -26,6 +27,7 @@ type route struct {
 	// (100-599), so the hot path does no label lookup.
 	counters  [len(validMethods) + 1][500]atomic.Pointer[prometheus.Counter]
 	accessLog bool
+	trusted   []netip.Prefix
 }
 
 func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -103,6 +104,13 @@ type ServerConfig struct {
 	// CompressMinSize is the smallest response body that is gzip-compressed
 	// on routes with compression on. Default 1KiB.
 	CompressMinSize ByteSize `yaml:"compress_min_size"`
+	// TrustedProxies are addresses or CIDRs of proxies (load balancers) in
+	// front of the gateway whose X-Forwarded-For is believed when finding
+	// the client's address (ClientIP). Default none: the connection's
+	// address is the client's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	trusted []netip.Prefix
 }
 
 // LogConfig configures logging.
@@ -476,6 +484,14 @@ func (c *Config) validate() {
 		if d < 0 {
 			c.fail(key, "must not be negative")
 		}
+	}
+	for i, tp := range s.TrustedProxies {
+		p, err := ParsePrefix(tp)
+		if err != nil {
+			c.fail(fmt.Sprintf("server.trusted_proxies[%d]", i), "invalid address or CIDR %q", tp)
+			continue
+		}
+		s.trusted = append(s.trusted, p)
 	}
 	if s.MaxBody <= 0 {
 		c.fail("server.max_body", "must be positive")

@@ -107,7 +107,8 @@ func (e *Env) HandleAdmin(method, path string, h http.Handler) {
 
 // Handle mounts an endpoint on the public listener, outside any route's
 // chain (for example "POST /auth/login"). It gets request ids, the access
-// log, metrics and panic isolation, like routes do.
+// log, metrics and panic isolation, like routes do; path parameters are
+// available through httprouter.ParamsFromContext.
 func (e *Env) Handle(method, path string, h http.Handler) {
 	e.rt.publicRoutes = append(e.rt.publicRoutes, mountedRoute{method, path, h, e.Name})
 }

@@ -233,7 +233,7 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 		}
 		key := "plugins." + m.plugin
 		specs = append(specs, routeSpec{
-			path: m.path, methods: []string{m.method}, handle: r.handle,
+			path: m.path, methods: []string{m.method}, handle: r.handleWithParams,
 			errorf: func(format string, args ...any) error {
 				return cfg.Errorf(key, "endpoint "+m.method+" "+m.path+": "+format, args...)
 			},
@@ -281,10 +281,20 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 		info: info, srv: s, handler: h, maxBody: maxBody,
 		duration:  s.metrics.duration.WithLabelValues(info.Name),
 		accessLog: cfg.Log.AccessLog == nil || *cfg.Log.AccessLog,
+		trusted:   cfg.Server.trusted,
 	}, nil
 }
 
 func (r *route) handle(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
+	r.ServeHTTP(w, req)
+}
+
+// handleWithParams puts the path parameters on the context, where
+// httprouter.ParamsFromContext finds them (endpoints plugins mount).
+func (r *route) handleWithParams(w http.ResponseWriter, req *http.Request, ps httprouter.Params) {
+	if len(ps) > 0 {
+		req = req.WithContext(context.WithValue(req.Context(), httprouter.ParamsKey, ps))
+	}
 	r.ServeHTTP(w, req)
 }
 

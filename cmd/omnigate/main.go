@@ -8,6 +8,7 @@
 //	omnigate serve [-config FILE]     serve (default: the embedded config)
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
+//	omnigate user add -username U -role R   add a user to the user directory
 //	omnigate version                  print the version
 package main
 
@@ -30,6 +31,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
 		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
+		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0

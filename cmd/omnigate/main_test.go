@@ -237,3 +237,33 @@ func TestServeReloadOnSIGHUPAndDrainOnSIGTERM(t *testing.T) {
 		t.Errorf("no clean stop in logs:\n%s", p.logs())
 	}
 }
+
+func TestUserAdd(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "users.yaml")
+	code, out, errOut := runCLI("user", "add", "-file", file, "-username", "dana", "-role", "nurse", "-scopes", "user/*.rs, openid")
+	if code != 0 || !strings.Contains(out, "password: ") {
+		t.Fatalf("exit %d: %s %s", code, out, errOut)
+	}
+	stdin = strings.NewReader("a-long-enough-password\n")
+	defer func() { stdin = os.Stdin }()
+	code, out, errOut = runCLI("user", "add", "-file", file, "-username", "pat", "-role", "patient", "-patient", "85", "-password-stdin")
+	if code != 0 || strings.Contains(out, "password:") {
+		t.Fatalf("exit %d: %s %s", code, out, errOut)
+	}
+	data, _ := os.ReadFile(file)
+	for _, want := range []string{"username: dana", "role: nurse", "- user/*.rs", "- openid", "username: pat", "patient: \"85\"", "password_hash: $2a$"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("users file lacks %q:\n%s", want, data)
+		}
+	}
+	if strings.Contains(string(data), "a-long-enough-password") {
+		t.Error("plain password stored")
+	}
+	stdin = strings.NewReader("short\n")
+	if code, _, errOut := runCLI("user", "add", "-file", file, "-username", "x", "-role", "nurse", "-password-stdin"); code != 1 || !strings.Contains(errOut, "at least 8") {
+		t.Errorf("short password: %d %s", code, errOut)
+	}
+	if code, _, _ := runCLI("user", "add", "-file", file, "-role", "nurse"); code != 2 {
+		t.Errorf("missing username: %d", code)
+	}
+}

@@ -1,0 +1,345 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/omnigate/omnigate/builtin/backbone"
+)
+
+// redisStore keeps sessions in Redis, shared by every gateway instance.
+//
+// Keys (all under the backbone's prefix):
+//
+//	{s:<id>}             hash: the session; its TTL is whichever of the idle
+//	                     and absolute expiry comes first
+//	{u:<user>}:sessions  sorted set: the user's session ids by creation time
+//	{sessions}:role:<r>  sorted set: session ids of role r by expiry, for counts
+//	{sessions}:roles     set: role names seen
+//
+// Reading a session (and refreshing its activity when due) is one script
+// on one key: one round trip per validated request, on Cluster too.
+type redisStore struct {
+	m                                  *backbone.Manager
+	opCreate, opGet, opDel, opList     *backbone.Op
+	opCount                            *backbone.Op
+	createScript, getScript, delScript *redis.Script
+	countScript                        *redis.Script
+}
+
+// Session hash fields.
+const (
+	fUser, fRole, fScopes, fPatient, fMethod = "u", "r", "s", "p", "m"
+	fCreated, fLast, fAbs, fIdle, fUA, fIP   = "c", "l", "a", "i", "ua", "ip"
+)
+
+var getFields = []string{fUser, fRole, fScopes, fPatient, fMethod, fCreated, fLast, fAbs, fIdle, fUA, fIP}
+
+const nowLua = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// createLua stores a session. ARGV: absolute_ms, idle_ms, then field/value
+// pairs. Returns now (ms).
+var createLua = nowLua + `
+local abs, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+local args = {KEYS[1], 'c', now, 'l', now, 'a', now + abs, 'i', idle}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+redis.call('HSET', unpack(args))
+redis.call('PEXPIRE', KEYS[1], math.min(idle, abs))
+return now
+`
+
+// getLua reads a live session, deleting an ended one, and refreshes its
+// activity when it is older than ARGV[1] ms. Returns the fields of
+// getFields, then touched (0/1) and now, or nil.
+var getLua = nowLua + `
+local v = redis.call('HMGET', KEYS[1], 'u', 'r', 's', 'p', 'm', 'c', 'l', 'a', 'i', 'ua', 'ip')
+if not v[1] then return false end
+local last, abs, idle = tonumber(v[7]), tonumber(v[8]), tonumber(v[9])
+if now >= abs or now - last >= idle then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local touched = 0
+if now - last >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'l', now)
+  redis.call('PEXPIRE', KEYS[1], math.min(idle, abs - now))
+  v[7] = tostring(now)
+  touched = 1
+end
+v[12] = tostring(touched)
+v[13] = tostring(now)
+return v
+`
+
+// delLua deletes a session and returns its user and role.
+var delLua = `
+local v = redis.call('HMGET', KEYS[1], 'u', 'r')
+redis.call('DEL', KEYS[1])
+return v
+`
+
+// countLua counts live sessions by role. KEYS[1] is the role name set;
+// ARGV[1] the prefix of the role sets. Returns role, count pairs.
+var countLua = nowLua + `
+local out = {}
+for _, role in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[1] .. role
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local n = redis.call('ZCARD', k)
+  if n == 0 then redis.call('SREM', KEYS[1], role) end
+  out[#out + 1] = role
+  out[#out + 1] = n
+end
+return out
+`
+
+func newRedisStore(ctx context.Context, m *backbone.Manager) *redisStore {
+	s := &redisStore{
+		m:            m,
+		opCreate:     m.Op("session.create"),
+		opGet:        m.Op("session.get"),
+		opDel:        m.Op("session.delete"),
+		opList:       m.Op("session.list"),
+		opCount:      m.Op("session.count"),
+		createScript: redis.NewScript(createLua),
+		getScript:    redis.NewScript(getLua),
+		delScript:    redis.NewScript(delLua),
+		countScript:  redis.NewScript(countLua),
+	}
+	m.Load(ctx, s.createScript, s.getScript, s.delScript, s.countScript)
+	return s
+}
+
+func (s *redisStore) sessKey(id string) string { return s.m.Key("s:"+id, "") }
+func (s *redisStore) userKey(user string) string {
+	return s.m.Key("u:"+backbone.Tag(user), ":sessions")
+}
+func (s *redisStore) rolesKey() string   { return s.m.Key("sessions", ":roles") }
+func (s *redisStore) rolePrefix() string { return s.m.Key("sessions", ":role:") }
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v) }
+
+func (s *redisStore) Create(ctx context.Context, rec *Record, absolute time.Duration, maxSessions int) ([]string, error) {
+	args := []any{ms(absolute), ms(rec.IdleTimeout),
+		fUser, rec.UserID, fRole, rec.Role, fScopes, strings.Join(rec.Scopes, " "), fPatient, rec.PatientID,
+		fMethod, rec.Method, fUA, rec.UserAgent, fIP, rec.ClientIP}
+	var now int64
+	err := s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
+		var err error
+		now, err = s.createScript.Run(ctx, c, []string{s.sessKey(rec.ID)}, args...).Int64()
+		if err != nil {
+			return err
+		}
+		rec.Created, rec.LastSeen, rec.Expires = fromMS(now), fromMS(now), fromMS(now+ms(absolute))
+		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZAdd(ctx, s.userKey(rec.UserID), redis.Z{Score: float64(now), Member: rec.ID})
+			p.ZAdd(ctx, s.rolePrefix()+backbone.Tag(rec.Role), redis.Z{Score: float64(rec.Ends().UnixMilli()), Member: rec.ID})
+			p.SAdd(ctx, s.rolesKey(), backbone.Tag(rec.Role))
+			return nil
+		})
+		return err
+	})
+	if err != nil || maxSessions <= 0 {
+		return nil, err
+	}
+	live, err := s.List(ctx, rec.UserID)
+	if err != nil {
+		return nil, err
+	}
+	var evicted []string
+	for i := 0; len(live)-i > maxSessions; i++ {
+		if err := s.Delete(ctx, live[i].ID); err != nil {
+			return evicted, err
+		}
+		evicted = append(evicted, live[i].ID)
+	}
+	return evicted, nil
+}
+
+// restore writes a session created in memory during an outage, keeping
+// its times; it is skipped when it has ended meanwhile.
+func (s *redisStore) restore(ctx context.Context, r *Record) error {
+	return s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
+		ttl := time.Until(r.Ends())
+		if ttl <= 0 {
+			return nil
+		}
+		_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			k := s.sessKey(r.ID)
+			p.HSet(ctx, k, fUser, r.UserID, fRole, r.Role, fScopes, strings.Join(r.Scopes, " "), fPatient, r.PatientID,
+				fMethod, r.Method, fUA, r.UserAgent, fIP, r.ClientIP, fCreated, r.Created.UnixMilli(),
+				fLast, r.LastSeen.UnixMilli(), fAbs, r.Expires.UnixMilli(), fIdle, ms(r.IdleTimeout))
+			p.PExpire(ctx, k, ttl)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZAdd(ctx, s.userKey(r.UserID), redis.Z{Score: float64(r.Created.UnixMilli()), Member: r.ID})
+			p.ZAdd(ctx, s.rolePrefix()+backbone.Tag(r.Role), redis.Z{Score: float64(r.Ends().UnixMilli()), Member: r.ID})
+			p.SAdd(ctx, s.rolesKey(), backbone.Tag(r.Role))
+			return nil
+		})
+		return err
+	})
+}
+
+func (s *redisStore) Get(ctx context.Context, id string, touchAfter time.Duration) (*Record, error) {
+	var rec *Record
+	var touched bool
+	err := s.m.Do(ctx, s.opGet, func(ctx context.Context, c redis.UniversalClient) error {
+		v, err := s.getScript.Run(ctx, c, []string{s.sessKey(id)}, ms(touchAfter)).StringSlice()
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(v) != len(getFields)+2 {
+			return fmt.Errorf("session script returned %d fields", len(v))
+		}
+		rec, err = parseRecord(id, v)
+		touched = v[len(getFields)] == "1"
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, ErrNotFound
+	}
+	if touched {
+		// Keep the role count's expiry in step; at most once per touch interval.
+		s.m.Do(ctx, s.opGet, func(ctx context.Context, c redis.UniversalClient) error {
+			return c.ZAdd(ctx, s.rolePrefix()+backbone.Tag(rec.Role), redis.Z{Score: float64(rec.Ends().UnixMilli()), Member: id}).Err()
+		})
+	}
+	return rec, nil
+}
+
+// parseRecord reads the fields of getFields, in order.
+func parseRecord(id string, v []string) (*Record, error) {
+	num := func(s string) int64 { n, _ := strconv.ParseInt(s, 10, 64); return n }
+	r := &Record{
+		ID: id, UserID: v[0], Role: v[1], PatientID: v[3], Method: v[4],
+		Created: fromMS(num(v[5])), LastSeen: fromMS(num(v[6])), Expires: fromMS(num(v[7])),
+		IdleTimeout: time.Duration(num(v[8])) * time.Millisecond, UserAgent: v[9], ClientIP: v[10],
+	}
+	if v[2] != "" {
+		r.Scopes = strings.Split(v[2], " ")
+	}
+	if r.UserID == "" || r.IdleTimeout <= 0 {
+		return nil, fmt.Errorf("session record %s is malformed", id[:min(8, len(id))])
+	}
+	return r, nil
+}
+
+func (s *redisStore) Delete(ctx context.Context, id string) error {
+	return s.m.Do(ctx, s.opDel, func(ctx context.Context, c redis.UniversalClient) error {
+		v, err := s.delScript.Run(ctx, c, []string{s.sessKey(id)}).Slice()
+		if err != nil {
+			return err
+		}
+		user, _ := v[0].(string)
+		role, _ := v[1].(string)
+		if user == "" {
+			return nil
+		}
+		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, s.userKey(user), id)
+			p.ZRem(ctx, s.rolePrefix()+backbone.Tag(role), id)
+			return nil
+		})
+		return err
+	})
+}
+
+func (s *redisStore) List(ctx context.Context, user string) ([]*Record, error) {
+	var out []*Record
+	err := s.m.Do(ctx, s.opList, func(ctx context.Context, c redis.UniversalClient) error {
+		out = nil
+		ids, err := c.ZRange(ctx, s.userKey(user), 0, -1).Result()
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		cmds := make([]*redis.SliceCmd, len(ids))
+		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HMGet(ctx, s.sessKey(id), getFields...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		now, err := c.Time(ctx).Result()
+		if err != nil {
+			return err
+		}
+		var gone []any
+		for i, cmd := range cmds {
+			v := cmd.Val()
+			strs := make([]string, len(v))
+			for j, x := range v {
+				strs[j], _ = x.(string)
+			}
+			r, perr := parseRecord(ids[i], strs)
+			if perr != nil || !r.Live(now) {
+				gone = append(gone, ids[i])
+				continue
+			}
+			out = append(out, r)
+		}
+		if len(gone) > 0 {
+			return c.ZRem(ctx, s.userKey(user), gone...).Err()
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *redisStore) DeleteUser(ctx context.Context, user, keep string) ([]string, error) {
+	live, err := s.List(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, r := range live {
+		if r.ID == keep {
+			continue
+		}
+		if err := s.Delete(ctx, r.ID); err != nil {
+			return removed, err
+		}
+		removed = append(removed, r.ID)
+	}
+	return removed, nil
+}
+
+func (s *redisStore) Count(ctx context.Context) (map[string]int, error) {
+	out := map[string]int{}
+	err := s.m.Do(ctx, s.opCount, func(ctx context.Context, c redis.UniversalClient) error {
+		v, err := s.countScript.Run(ctx, c, []string{s.rolesKey()}, s.rolePrefix()).Slice()
+		if err != nil {
+			return err
+		}
+		for i := 0; i+1 < len(v); i += 2 {
+			role, _ := v[i].(string)
+			n, _ := v[i+1].(int64)
+			out[role] = int(n)
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,295 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/backbone"
+)
+
+// What the store does while Redis is down (on_redis_down).
+const (
+	// DownMemory: new logins get memory sessions, written back to Redis
+	// when it returns.
+	DownMemory = "memory"
+	// DownDeny: logins fail with 503 until Redis returns.
+	DownDeny = "deny"
+)
+
+// Sessions that only Redis knows while it is down (outage_sessions).
+const (
+	// OutageReject answers 401: the session cannot be checked.
+	OutageReject = "reject"
+	// OutageCached accepts sessions this instance validated recently (in
+	// the local cache), until they expire by their own timeouts.
+	OutageCached = "cached"
+)
+
+// errUnavailable means the session store cannot take a login now.
+var errUnavailable = errors.New("session store unavailable: redis is down")
+
+// sessions is the session store the plugin uses: Redis when configured and
+// up, memory without Redis or while it is down, a local cache in front,
+// revocations broadcast to every instance.
+type sessions struct {
+	m      *backbone.Manager
+	redis  *redisStore // nil without Redis
+	mem    *memStore
+	cache  *localCache // nil when off
+	onDown string
+	outage string
+	now    func() time.Time
+	logger *slog.Logger
+
+	mu             sync.Mutex
+	pendingDeletes []string // deleted during an outage, to delete in Redis on return
+
+	opRevoke       *backbone.Op
+	unsub, unwatch func()
+	sampler        sync.Once
+	done           chan struct{}
+}
+
+// revocation channel payloads: "s <id>" or "u <user> <keep>".
+const revokeChannel = "session:revoke"
+
+func newSessions(ctx context.Context, m *backbone.Manager, cacheTTL time.Duration, cacheMax int,
+	onDown, outage string, maxMem int, logger *slog.Logger) *sessions {
+	s := &sessions{m: m, onDown: onDown, outage: outage, now: time.Now, logger: logger, done: make(chan struct{})}
+	s.mem = newMemStore(maxMem, s.now)
+	if cacheTTL > 0 {
+		s.cache = newLocalCache(cacheTTL, cacheMax)
+	}
+	if m != nil && m.Enabled() {
+		s.redis = newRedisStore(ctx, m)
+		s.opRevoke = m.Op("session.revoke")
+		s.unsub = m.Subscribe(revokeChannel, s.onRevoke)
+		s.unwatch = m.OnChange(func(up bool) {
+			if s.cache != nil && up {
+				// Revocations published while we were cut off were missed.
+				s.cache.clear()
+			}
+			if up {
+				s.writeBack()
+			}
+		})
+	}
+	return s
+}
+
+func (s *sessions) close() {
+	close(s.done)
+	if s.unsub != nil {
+		s.unsub()
+	}
+	if s.unwatch != nil {
+		s.unwatch()
+	}
+}
+
+// redisUp reports whether operations go to Redis now.
+func (s *sessions) redisUp() bool { return s.redis != nil && s.m.Up() }
+
+// outageErr reports whether err means Redis is unavailable.
+func outageErr(ctx context.Context, err error) bool {
+	return errors.Is(err, backbone.ErrDown) || errors.Is(err, backbone.ErrDisabled) || backbone.IsOutage(ctx, err)
+}
+
+func (s *sessions) create(ctx context.Context, rec *Record, absolute time.Duration, max int) ([]string, error) {
+	if s.redisUp() {
+		evicted, err := s.redis.Create(ctx, rec, absolute, max)
+		if err == nil || !outageErr(ctx, err) {
+			s.revokeAll(ctx, evicted)
+			return evicted, err
+		}
+	}
+	if s.redis != nil && s.onDown == DownDeny {
+		return nil, errUnavailable
+	}
+	evicted, err := s.mem.Create(ctx, rec, absolute, max)
+	s.revokeAll(ctx, evicted)
+	return evicted, err
+}
+
+// get returns the live session id, refreshing its activity at most every
+// touchAfter.
+func (s *sessions) get(ctx context.Context, id string, touchAfter time.Duration) (*Record, error) {
+	now := s.now()
+	if s.cache != nil {
+		if r, ok := s.cache.get(id, now, false); ok && now.Sub(r.LastSeen) < touchAfter {
+			return r, nil
+		}
+	}
+	if s.redisUp() {
+		r, err := s.redis.Get(ctx, id, touchAfter)
+		switch {
+		case err == nil:
+			s.remember(r)
+			return r, nil
+		case errors.Is(err, ErrNotFound):
+			// A session made in memory during an outage may not be
+			// written back yet.
+			return s.fromMemory(ctx, id, touchAfter)
+		case !outageErr(ctx, err):
+			return nil, err
+		}
+	}
+	if r, err := s.fromMemory(ctx, id, touchAfter); err == nil || s.redis == nil {
+		return r, err
+	}
+	if s.outage == OutageCached && s.cache != nil {
+		if r, ok := s.cache.get(id, now, true); ok {
+			return r, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+func (s *sessions) fromMemory(ctx context.Context, id string, touchAfter time.Duration) (*Record, error) {
+	r, err := s.mem.Get(ctx, id, touchAfter)
+	if err == nil {
+		s.remember(r)
+	}
+	return r, err
+}
+
+func (s *sessions) remember(r *Record) {
+	if s.cache != nil {
+		s.cache.put(r, s.now())
+	}
+}
+
+func (s *sessions) delete(ctx context.Context, id string) error {
+	s.mem.Delete(ctx, id)
+	if s.cache != nil {
+		s.cache.forget(id)
+	}
+	if s.redis != nil {
+		if err := s.redis.Delete(ctx, id); err != nil {
+			if !outageErr(ctx, err) {
+				return err
+			}
+			s.mu.Lock()
+			s.pendingDeletes = append(s.pendingDeletes, id)
+			s.mu.Unlock()
+		}
+		s.m.Publish(ctx, s.opRevoke, revokeChannel, "s "+id)
+	}
+	return nil
+}
+
+func (s *sessions) list(ctx context.Context, user string) ([]*Record, error) {
+	out, err := s.mem.List(ctx, user)
+	if err != nil || !s.redisUp() {
+		return out, err
+	}
+	fromRedis, err := s.redis.List(ctx, user)
+	if err != nil {
+		if outageErr(ctx, err) {
+			return out, nil
+		}
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, r := range out {
+		seen[r.ID] = true
+	}
+	for _, r := range fromRedis {
+		if !seen[r.ID] {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// deleteUser ends every session of user except keep, on every instance.
+func (s *sessions) deleteUser(ctx context.Context, user, keep string) ([]string, error) {
+	removed, _ := s.mem.DeleteUser(ctx, user, keep)
+	if s.cache != nil {
+		s.cache.forgetUser(user, keep)
+	}
+	if s.redis != nil {
+		if s.redisUp() {
+			r, err := s.redis.DeleteUser(ctx, user, keep)
+			if err != nil && !outageErr(ctx, err) {
+				return nil, err
+			}
+			removed = append(removed, r...)
+		}
+		s.m.Publish(ctx, s.opRevoke, revokeChannel, "u "+user+" "+keep)
+	}
+	return removed, nil
+}
+
+func (s *sessions) count(ctx context.Context) (map[string]int, error) {
+	out, _ := s.mem.Count(ctx)
+	if s.redisUp() {
+		r, err := s.redis.Count(ctx)
+		if err != nil && !outageErr(ctx, err) {
+			return nil, err
+		}
+		for role, n := range r {
+			out[role] += n
+		}
+	}
+	return out, nil
+}
+
+// revokeAll tells every instance that ids ended (evicted sessions).
+func (s *sessions) revokeAll(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		if s.cache != nil {
+			s.cache.forget(id)
+		}
+		if s.redis != nil {
+			s.m.Publish(ctx, s.opRevoke, revokeChannel, "s "+id)
+		}
+	}
+}
+
+func (s *sessions) onRevoke(payload string) {
+	if s.cache == nil {
+		return
+	}
+	kind, rest, _ := strings.Cut(payload, " ")
+	switch kind {
+	case "s":
+		s.cache.forget(rest)
+	case "u":
+		user, keep, _ := strings.Cut(rest, " ")
+		s.cache.forgetUser(user, keep)
+	}
+}
+
+// writeBack moves sessions created in memory during an outage to Redis
+// and replays deletions made meanwhile.
+func (s *sessions) writeBack() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.mu.Lock()
+	deletes := s.pendingDeletes
+	s.pendingDeletes = nil
+	s.mu.Unlock()
+	for _, id := range deletes {
+		s.redis.Delete(ctx, id)
+	}
+	recs := s.mem.drain()
+	written := 0
+	for _, r := range recs {
+		if err := s.redis.restore(ctx, r); err != nil {
+			// Keep it in memory; the next recovery tries again.
+			s.mem.mu.Lock()
+			s.mem.put(r)
+			s.mem.mu.Unlock()
+			continue
+		}
+		written++
+	}
+	if len(recs) > 0 || len(deletes) > 0 {
+		s.logger.Info("sessions written back to redis", "sessions", written, "deletions", len(deletes))
+	}
+}

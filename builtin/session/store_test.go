@@ -1,0 +1,230 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/backbone"
+	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/internal/redistest"
+)
+
+// storeUnderTest builds a Store on memory or on a real redis-server.
+type storeUnderTest struct {
+	name string
+	make func(t *testing.T) Store
+}
+
+func stores() []storeUnderTest {
+	return []storeUnderTest{
+		{"memory", func(t *testing.T) Store { return newMemStore(1000, time.Now) }},
+		{"redis", func(t *testing.T) Store {
+			srv := redistest.Start(t)
+			return newRedisStore(context.Background(), testManager(t, srv.URL()))
+		}},
+	}
+}
+
+func testManager(t *testing.T, url string) *backbone.Manager {
+	t.Helper()
+	cfg := gateway.DefaultConfig().Redis
+	cfg.URL = url
+	cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
+	m, err := backbone.New(context.Background(), cfg, backbone.Options{Heartbeat: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func rec(user, role string, idle time.Duration) *Record {
+	_, id := newToken()
+	return &Record{ID: id, UserID: user, Role: role, Scopes: []string{"user/*.rs", "openid"}, PatientID: "85",
+		Method: "password", IdleTimeout: idle, UserAgent: "curl/8", ClientIP: "127.0.0.1"}
+}
+
+// TestStoreContract runs the same checks against memory and Redis.
+func TestStoreContract(t *testing.T) {
+	for _, st := range stores() {
+		t.Run(st.name, func(t *testing.T) {
+			ctx := context.Background()
+			t.Run("create get delete", func(t *testing.T) {
+				s := st.make(t)
+				r := rec("alice", "nurse", time.Minute)
+				if _, err := s.Create(ctx, r, time.Hour, 0); err != nil {
+					t.Fatal(err)
+				}
+				if r.Created.IsZero() || !r.Expires.After(r.Created) {
+					t.Errorf("times not set: %+v", r)
+				}
+				got, err := s.Get(ctx, r.ID, time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.UserID != "alice" || got.Role != "nurse" || !slices.Equal(got.Scopes, r.Scopes) ||
+					got.PatientID != "85" || got.UserAgent != "curl/8" || got.ClientIP != "127.0.0.1" ||
+					got.Method != "password" || got.IdleTimeout != time.Minute {
+					t.Errorf("got %+v", got)
+				}
+				if _, err := s.Get(ctx, "0000", time.Minute); !errors.Is(err, ErrNotFound) {
+					t.Errorf("unknown id: %v", err)
+				}
+				if err := s.Delete(ctx, r.ID); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Get(ctx, r.ID, time.Minute); !errors.Is(err, ErrNotFound) {
+					t.Errorf("after delete: %v", err)
+				}
+				if err := s.Delete(ctx, r.ID); err != nil {
+					t.Errorf("deleting twice: %v", err)
+				}
+			})
+			t.Run("idle expiry and touch", func(t *testing.T) {
+				s := st.make(t)
+				r := rec("bob", "physician", 300*time.Millisecond)
+				s.Create(ctx, r, time.Hour, 0)
+				// Activity every 150ms keeps it alive past its idle timeout.
+				for i := 0; i < 5; i++ {
+					time.Sleep(150 * time.Millisecond)
+					if _, err := s.Get(ctx, r.ID, 50*time.Millisecond); err != nil {
+						t.Fatalf("active session ended after %d touches: %v", i, err)
+					}
+				}
+				time.Sleep(400 * time.Millisecond)
+				if _, err := s.Get(ctx, r.ID, 50*time.Millisecond); !errors.Is(err, ErrNotFound) {
+					t.Errorf("idle session still valid: %v", err)
+				}
+			})
+			t.Run("touch is rate limited", func(t *testing.T) {
+				s := st.make(t)
+				r := rec("bob", "physician", 300*time.Millisecond)
+				s.Create(ctx, r, time.Hour, 0)
+				time.Sleep(150 * time.Millisecond)
+				// Not due: the check does not count as activity.
+				if _, err := s.Get(ctx, r.ID, time.Hour); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(200 * time.Millisecond)
+				if _, err := s.Get(ctx, r.ID, time.Hour); !errors.Is(err, ErrNotFound) {
+					t.Errorf("a check that was not a touch extended the session: %v", err)
+				}
+			})
+			t.Run("absolute expiry", func(t *testing.T) {
+				s := st.make(t)
+				r := rec("carol", "admin", time.Hour)
+				s.Create(ctx, r, 400*time.Millisecond, 0)
+				for i := 0; i < 3; i++ {
+					time.Sleep(100 * time.Millisecond)
+					if _, err := s.Get(ctx, r.ID, 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+				time.Sleep(200 * time.Millisecond)
+				if _, err := s.Get(ctx, r.ID, 0); !errors.Is(err, ErrNotFound) {
+					t.Errorf("session valid past its absolute expiry despite activity: %v", err)
+				}
+			})
+			t.Run("list, max sessions, delete user", func(t *testing.T) {
+				s := st.make(t)
+				var ids []string
+				for i := 0; i < 4; i++ {
+					r := rec("dave", "nurse", time.Minute)
+					evicted, err := s.Create(ctx, r, time.Hour, 3)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ids = append(ids, r.ID)
+					if i == 3 && !slices.Equal(evicted, ids[:1]) {
+						t.Errorf("evicted %v, want the oldest %v", evicted, ids[:1])
+					}
+					time.Sleep(5 * time.Millisecond) // distinct creation times
+				}
+				other := rec("erin", "patient", time.Minute)
+				s.Create(ctx, other, time.Hour, 0)
+				list, err := s.List(ctx, "dave")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, r := range list {
+					got = append(got, r.ID)
+				}
+				if !slices.Equal(got, ids[1:]) {
+					t.Errorf("list %v, want %v (oldest first, evicted gone)", got, ids[1:])
+				}
+				if _, err := s.Get(ctx, ids[0], time.Minute); !errors.Is(err, ErrNotFound) {
+					t.Errorf("evicted session still valid")
+				}
+				counts, _ := s.Count(ctx)
+				if counts["nurse"] != 3 || counts["patient"] != 1 {
+					t.Errorf("counts %v", counts)
+				}
+				removed, err := s.DeleteUser(ctx, "dave", ids[3])
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.Sort(removed)
+				want := slices.Clone(ids[1:3])
+				slices.Sort(want)
+				if !slices.Equal(removed, want) {
+					t.Errorf("removed %v, want %v", removed, want)
+				}
+				if _, err := s.Get(ctx, ids[3], time.Minute); err != nil {
+					t.Errorf("kept session gone: %v", err)
+				}
+				if _, err := s.Get(ctx, other.ID, time.Minute); err != nil {
+					t.Errorf("other user's session gone: %v", err)
+				}
+				counts, _ = s.Count(ctx)
+				if counts["nurse"] != 1 {
+					t.Errorf("counts after delete user %v", counts)
+				}
+			})
+			t.Run("list drops ended sessions", func(t *testing.T) {
+				s := st.make(t)
+				short := rec("fay", "nurse", 100*time.Millisecond)
+				long := rec("fay", "nurse", time.Minute)
+				s.Create(ctx, short, time.Hour, 0)
+				s.Create(ctx, long, time.Hour, 0)
+				time.Sleep(200 * time.Millisecond)
+				list, _ := s.List(ctx, "fay")
+				if len(list) != 1 || list[0].ID != long.ID {
+					t.Errorf("list %d sessions, want only the live one", len(list))
+				}
+				counts, _ := s.Count(ctx)
+				if counts["nurse"] != 1 {
+					t.Errorf("count includes an ended session: %v", counts)
+				}
+			})
+		})
+	}
+}
+
+func TestRedisStoreKeepsNoToken(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newRedisStore(context.Background(), testManager(t, srv.URL()))
+	token, id := newToken()
+	r := rec("gus", "nurse", time.Minute)
+	r.ID = id
+	if _, err := s.Create(context.Background(), r, time.Hour, 0); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := srv.Do("KEYS", "*")
+	for _, k := range []string{keys} {
+		if strings.Contains(k, token) {
+			t.Fatal("a key holds the token")
+		}
+	}
+	dump, _ := srv.Do("HGETALL", s.sessKey(id))
+	if strings.Contains(dump, token) {
+		t.Fatal("the record holds the token")
+	}
+	if ttl, _ := srv.Do("PTTL", s.sessKey(id)); ttl == "-1" || ttl == "-2" {
+		t.Fatalf("session key has no TTL (%s): Redis must expire it by itself", ttl)
+	}
+}

@@ -1,0 +1,250 @@
+package session
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// User is one entry of the user directory file.
+type User struct {
+	Username string `yaml:"username"`
+	// PasswordHash is a bcrypt hash ("omnigate user add" writes it).
+	PasswordHash string `yaml:"password_hash"`
+	Role         string `yaml:"role"`
+	// Scopes are granted to the user's sessions (SMART scopes, e.g.
+	// user/*.cruds or patient/*.rs).
+	Scopes []string `yaml:"scopes,omitempty"`
+	// Patient is the patient id of a patient user (or of the patient a
+	// proxy user acts for).
+	Patient string `yaml:"patient,omitempty"`
+	// Disabled users cannot log in.
+	Disabled bool `yaml:"disabled,omitempty"`
+}
+
+type userFile struct {
+	Users []User `yaml:"users"`
+}
+
+// directory is the user directory file, read again when it changes.
+type directory struct {
+	path string
+
+	mu      sync.Mutex
+	users   map[string]*User
+	modTime time.Time
+	size    int64
+	checked time.Time
+}
+
+// dummyHash is compared against when a username is unknown, so that the
+// answer takes as long as for a wrong password.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("omnigate-dummy-password"), bcrypt.DefaultCost)
+	return h
+})
+
+func openDirectory(path string) (*directory, error) {
+	d := &directory{path: path}
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *directory) load() error {
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return fmt.Errorf("read user directory: %w", err)
+	}
+	users, err := readUsers(d.path)
+	if err != nil {
+		return err
+	}
+	m := make(map[string]*User, len(users))
+	for i := range users {
+		u := &users[i]
+		if u.Username == "" {
+			return fmt.Errorf("%s: users[%d]: username is required", d.path, i)
+		}
+		if _, dup := m[u.Username]; dup {
+			return fmt.Errorf("%s: users[%d]: duplicate username %q", d.path, i, u.Username)
+		}
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			return fmt.Errorf("%s: users[%d] (%s): password_hash is not a bcrypt hash", d.path, i, u.Username)
+		}
+		if u.Role == "" {
+			return fmt.Errorf("%s: users[%d] (%s): role is required", d.path, i, u.Username)
+		}
+		m[u.Username] = u
+	}
+	d.users, d.modTime, d.size = m, st.ModTime(), st.Size()
+	return nil
+}
+
+// refresh reloads the file when it changed, at most once a second. A file
+// that no longer parses is logged by the caller and the old users stay.
+func (d *directory) refresh() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if time.Since(d.checked) < time.Second {
+		return nil
+	}
+	d.checked = time.Now()
+	st, err := os.Stat(d.path)
+	if err != nil || st.ModTime().Equal(d.modTime) && st.Size() == d.size {
+		return nil
+	}
+	return d.load()
+}
+
+// authenticate checks a username and password in constant time with
+// respect to whether the user exists.
+func (d *directory) authenticate(username, password string) (*User, bool) {
+	d.mu.Lock()
+	u := d.users[username]
+	d.mu.Unlock()
+	var hash []byte
+	if u != nil {
+		hash = []byte(u.PasswordHash)
+	} else {
+		hash = dummyHash()
+	}
+	ok := bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	if u == nil || !ok || u.Disabled {
+		return nil, false
+	}
+	c := *u
+	return &c, true
+}
+
+func readUsers(path string) ([]User, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read user directory: %w", err)
+	}
+	var f userFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Users, nil
+}
+
+// writeUsers replaces the file atomically, readable by its owner only.
+func writeUsers(path string, users []User) error {
+	sort.SliceStable(users, func(i, j int) bool { return users[i].Username < users[j].Username })
+	data, err := yaml.Marshal(userFile{Users: users})
+	if err != nil {
+		return err
+	}
+	header := "# OmniGate user directory. Add users with: omnigate user add -file " + path + " -username NAME -role ROLE\n"
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("write user directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".users-*.yaml")
+	if err != nil {
+		return fmt.Errorf("write user directory: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(header + string(data)); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write user directory: %w", err)
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// AddUser adds or replaces a user in the directory file at path (created
+// if missing), storing a bcrypt hash of password at the given cost
+// (0: bcrypt.DefaultCost).
+func AddUser(path string, u User, password string, cost int) error {
+	if u.Username == "" || u.Role == "" {
+		return errors.New("add user: username and role are required")
+	}
+	if len(password) < 8 {
+		return errors.New("add user: the password must have at least 8 characters")
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	if err != nil {
+		return fmt.Errorf("add user: %w", err)
+	}
+	u.PasswordHash = string(hash)
+	users, err := readUsers(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	users = slices.DeleteFunc(users, func(x User) bool { return x.Username == u.Username })
+	return writeUsers(path, append(users, u))
+}
+
+// RandomPassword returns 18 random bytes from crypto/rand, base64url: 24
+// characters.
+func RandomPassword() string {
+	var b [18]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// createFirstRun writes a directory with one user per role, named after
+// the role, with random passwords, and prints them once to console.
+func createFirstRun(path string, roles []string, patient string, console io.Writer) error {
+	var users []User
+	type cred struct{ user, pass string }
+	var creds []cred
+	for _, role := range roles {
+		pass := RandomPassword()
+		hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+		if err != nil {
+			return err
+		}
+		u := User{Username: role, PasswordHash: string(hash), Role: role}
+		switch role {
+		case "patient":
+			u.Patient = patient
+			u.Scopes = []string{"patient/*.rs"}
+		case "admin":
+			u.Scopes = []string{"user/*.cruds", "system/*.cruds"}
+		default:
+			u.Scopes = []string{"user/*.cruds"}
+		}
+		users = append(users, u)
+		creds = append(creds, cred{role, pass})
+	}
+	if err := writeUsers(path, users); err != nil {
+		return err
+	}
+	fmt.Fprintf(console, "\nOmniGate created the user directory %s with one user per role.\n", path)
+	fmt.Fprintln(console, "These passwords are shown only now; change them with omnigate user add.")
+	for _, c := range creds {
+		fmt.Fprintf(console, "  %-10s %s\n", c.user, c.pass)
+	}
+	fmt.Fprintln(console)
+	return nil
+}
