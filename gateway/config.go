@@ -488,7 +488,7 @@ func (c *Config) validate() {
 	for i, tp := range s.TrustedProxies {
 		p, err := ParsePrefix(tp)
 		if err != nil {
-			c.fail(fmt.Sprintf("server.trusted_proxies[%d]", i), "invalid address or CIDR %q", tp)
+			c.fail(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
 			continue
 		}
 		s.trusted = append(s.trusted, p)

@@ -547,3 +547,43 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestClientIPHonoursTrustedProxiesOnly(t *testing.T) {
+	var got string
+	RegisterPlugin("client-ip-probe", func() *struct{} { return &struct{}{} },
+		func(context.Context, *struct{}, *Env) (Plugin, error) {
+			return PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+				got = ClientIP(r).String()
+				next.ServeHTTP(w, r)
+			}), nil
+		})
+	srv, _ := newTestServer(t, `
+server:
+  trusted_proxies: [10.0.0.0/8, 192.0.2.7]
+plugins:
+  probe: {type: client-ip-probe}
+routes:
+  - fhir: true
+    plugins: [probe]
+`)
+	for _, tc := range []struct{ remote, xff, want string }{
+		{"203.0.113.5:1234", "1.2.3.4", "203.0.113.5"},                      // untrusted peer: XFF ignored
+		{"10.1.2.3:80", "198.51.100.9", "198.51.100.9"},                     // trusted load balancer
+		{"192.0.2.7:80", "6.6.6.6, 198.51.100.9, 10.0.0.1", "198.51.100.9"}, // walk past trusted hops only
+		{"10.1.2.3:80", "", "10.1.2.3"},
+	} {
+		req := httptest.NewRequest("GET", "/fhir/R4/Patient/1", nil)
+		req.RemoteAddr = tc.remote
+		if tc.xff != "" {
+			req.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		srv.ServeHTTP(httptest.NewRecorder(), req)
+		if got != tc.want {
+			t.Errorf("remote %s xff %q: client %s, want %s", tc.remote, tc.xff, got, tc.want)
+		}
+	}
+	if _, err := Parse("t.yaml", []byte("server: {trusted_proxies: [nope]}\nroutes: [{fhir: true}]\n"), nil); err == nil ||
+		!strings.Contains(err.Error(), `server.trusted_proxies[0]: invalid IP address "nope"`) {
+		t.Errorf("bad trusted proxy: %v", err)
+	}
+}

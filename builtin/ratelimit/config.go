@@ -36,8 +36,9 @@ type Config struct {
 	// TrustedProxies are addresses or CIDR prefixes of proxies in front of
 	// the gateway. Only when the connection comes from one is
 	// X-Forwarded-For read: the client is the rightmost address that is
-	// not a trusted proxy. Default none: the connection's address is the
-	// client, and X-Forwarded-For is ignored.
+	// not a trusted proxy. Default: the gateway's server.trusted_proxies
+	// (none unless set: the connection's address is the client, and
+	// X-Forwarded-For is ignored).
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// IPv6Prefix counts IPv6 clients by network prefix of this length, as
 	// one host usually holds a whole /64. Default 64; 128 counts each
@@ -191,7 +192,7 @@ func (c *Config) Validate() error {
 	}
 	c.trusted = c.trusted[:0]
 	for i, s := range c.TrustedProxies {
-		p, err := parsePrefix(s)
+		p, err := gateway.ParsePrefix(s)
 		if err != nil {
 			fail(fmt.Sprintf("trusted_proxies[%d]", i), "%v", err)
 			continue
@@ -372,22 +373,6 @@ func (l Limit) policy() Policy {
 		p.Burst = *l.Burst
 	}
 	return p
-}
-
-func parsePrefix(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("invalid CIDR prefix %q", s)
-		}
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("invalid IP address %q", s)
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -35,7 +35,7 @@ func TestClientIP(t *testing.T) {
 		{"unparsable peer", "pipe", []string{"203.0.113.9"}, "invalid IP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := clientIP(tc.remote, tc.xff, testTrusted).String(); got != tc.want {
+			if got := gateway.ForwardedClient(tc.remote, tc.xff, testTrusted).String(); got != tc.want {
 				t.Fatalf("clientIP = %s, want %s", got, tc.want)
 			}
 		})
@@ -102,21 +102,21 @@ func FuzzClientKey(f *testing.F) {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, remote, xff string) {
-		got := clientIP(remote, []string{xff}, testTrusted)
-		peer := parseHostAddr(remote)
+		got := gateway.ForwardedClient(remote, []string{xff}, testTrusted)
+		peer := gateway.ParseHostAddr(remote)
 		if peer.IsValid() != got.IsValid() {
 			t.Fatalf("peer %q valid %v, result %v", remote, peer.IsValid(), got)
 		}
 		if !peer.IsValid() {
 			return
 		}
-		if !isTrusted(peer, testTrusted) && got != peer {
+		if !trustedPeer(peer, testTrusted) && got != peer {
 			t.Fatalf("untrusted peer %s overridden by X-Forwarded-For %q: %s", peer, xff, got)
 		}
 		if got != peer {
 			found := false
 			for _, e := range strings.Split(xff, ",") {
-				if parseHostAddr(strings.TrimSpace(e)) == got {
+				if gateway.ParseHostAddr(strings.TrimSpace(e)) == got {
 					found = true
 				}
 			}
@@ -133,4 +133,13 @@ func FuzzClientKey(f *testing.F) {
 			t.Fatalf("key %q", k)
 		}
 	})
+}
+
+func trustedPeer(a netip.Addr, trusted []netip.Prefix) bool {
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
