@@ -33,6 +33,12 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Redis is the shared state backbone. Empty means in-process state only.
 	Redis RedisConfig `yaml:"redis"`
+	// CacheRedis, when set, keeps the response cache on a Redis of its own
+	// (one that may evict: allkeys-lru), apart from sessions and rate
+	// limits, which need a non-evicting, persistent one. Same keys as
+	// Redis. CACHE_REDIS_URL overrides its url. Default: the cache uses
+	// Redis.
+	CacheRedis RedisConfig `yaml:"cache_redis"`
 	// PluginsNode holds the named plugin instances, decoded into Plugins.
 	PluginsNode yaml.Node `yaml:"plugins"`
 	// Routes are matched most specific first: static paths before
@@ -306,23 +312,29 @@ func DefaultConfig() *Config {
 			ShutdownTimeout:   30 * time.Second,
 			CompressMinSize:   1 << 10,
 		},
-		Log: LogConfig{Level: "info", Format: "json", AccessLogBuffer: 32 << 10, AccessLogFlush: 250 * time.Millisecond},
-		Redis: RedisConfig{
-			KeyPrefix:        "omnigate:",
-			DialTimeout:      200 * time.Millisecond,
-			ReadTimeout:      100 * time.Millisecond,
-			WriteTimeout:     100 * time.Millisecond,
-			FailureThreshold: 1,
-			ReconnectMin:     100 * time.Millisecond,
-			ReconnectMax:     5 * time.Second,
-		},
-		File: "embedded",
+		Log:        LogConfig{Level: "info", Format: "json", AccessLogBuffer: 32 << 10, AccessLogFlush: 250 * time.Millisecond},
+		Redis:      defaultRedis(),
+		CacheRedis: defaultRedis(),
+		File:       "embedded",
+	}
+}
+
+func defaultRedis() RedisConfig {
+	return RedisConfig{
+		KeyPrefix:        "omnigate:",
+		DialTimeout:      200 * time.Millisecond,
+		ReadTimeout:      100 * time.Millisecond,
+		WriteTimeout:     100 * time.Millisecond,
+		FailureThreshold: 1,
+		ReconnectMin:     100 * time.Millisecond,
+		ReconnectMax:     5 * time.Second,
 	}
 }
 
 // Environment variables that override config settings.
 const (
 	EnvRedisURL       = "REDIS_URL"
+	EnvCacheRedisURL  = "CACHE_REDIS_URL"
 	EnvCacheKeyPrefix = "CACHE_KEY_PREFIX"
 	EnvListen         = "OMNIGATE_LISTEN"
 	EnvAdmin          = "OMNIGATE_ADMIN"
@@ -371,8 +383,13 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) {
 		c.Redis.URL, c.Redis.Sentinel, c.Redis.Cluster = v, nil, nil
 		c.dec.Positions["redis.url"] = confyaml.Pos{}
 	}
+	if v, ok := lookup(EnvCacheRedisURL); ok && v != "" {
+		c.CacheRedis.URL, c.CacheRedis.Sentinel, c.CacheRedis.Cluster = v, nil, nil
+		c.dec.Positions["cache_redis.url"] = confyaml.Pos{}
+	}
 	if v, ok := lookup(EnvCacheKeyPrefix); ok && v != "" {
 		c.Redis.KeyPrefix = v
+		c.CacheRedis.KeyPrefix = v
 	}
 	if v, ok := lookup(EnvListen); ok && v != "" {
 		c.Listen = v
@@ -508,7 +525,8 @@ func (c *Config) validate() {
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		c.fail("log.format", "must be json or text, not %q", c.Log.Format)
 	}
-	c.validateRedis()
+	c.validateRedis("redis", &c.Redis)
+	c.validateRedis("cache_redis", &c.CacheRedis)
 	c.validateFHIR()
 	c.validateRoutes()
 }
@@ -536,68 +554,67 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func (c *Config) validateRedis() {
-	r := &c.Redis
+func (c *Config) validateRedis(key string, r *RedisConfig) {
 	modes := 0
 	if r.URL != "" {
 		modes++
 		u, err := url.Parse(r.URL)
 		switch {
 		case err != nil:
-			c.fail("redis.url", "invalid URL: %v", errors.Unwrap(err))
+			c.fail(key+".url", "invalid URL: %v", errors.Unwrap(err))
 		case u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix":
-			c.fail("redis.url", "scheme must be redis, rediss or unix, not %q", u.Scheme)
+			c.fail(key+".url", "scheme must be redis, rediss or unix, not %q", u.Scheme)
 		case u.Scheme != "unix" && u.Host == "":
-			c.fail("redis.url", "missing host in %q", redactURL(r.URL))
+			c.fail(key+".url", "missing host in %q", redactURL(r.URL))
 		}
 	}
 	if r.Sentinel != nil {
 		modes++
 		if r.Sentinel.MasterName == "" {
-			c.fail("redis.sentinel.master_name", "required")
+			c.fail(key+".sentinel.master_name", "required")
 		}
 		if len(r.Sentinel.Addrs) == 0 {
-			c.fail("redis.sentinel.addrs", "at least one sentinel address is required")
+			c.fail(key+".sentinel.addrs", "at least one sentinel address is required")
 		}
 		for i, a := range r.Sentinel.Addrs {
-			c.checkAddr(fmt.Sprintf("redis.sentinel.addrs[%d]", i), a)
+			c.checkAddr(fmt.Sprintf("%s.sentinel.addrs[%d]", key, i), a)
 		}
 	}
 	if r.Cluster != nil {
 		modes++
 		if len(r.Cluster.Addrs) == 0 {
-			c.fail("redis.cluster.addrs", "at least one cluster address is required")
+			c.fail(key+".cluster.addrs", "at least one cluster address is required")
 		}
 		for i, a := range r.Cluster.Addrs {
-			c.checkAddr(fmt.Sprintf("redis.cluster.addrs[%d]", i), a)
+			c.checkAddr(fmt.Sprintf("%s.cluster.addrs[%d]", key, i), a)
 		}
 		if r.DB != 0 {
-			c.fail("redis.db", "Redis Cluster has only database 0")
+			c.fail(key+".db", "Redis Cluster has only database 0")
 		}
 	}
 	if modes > 1 {
-		c.fail("redis", "set only one of url, sentinel and cluster")
+		c.fail(key, "set only one of url, sentinel and cluster")
 	}
-	for key, d := range map[string]time.Duration{
-		"redis.dial_timeout": r.DialTimeout, "redis.read_timeout": r.ReadTimeout,
-		"redis.write_timeout": r.WriteTimeout, "redis.reconnect_min": r.ReconnectMin,
-		"redis.reconnect_max": r.ReconnectMax,
+	for k, d := range map[string]time.Duration{
+		key + ".dial_timeout": r.DialTimeout, key + ".read_timeout": r.ReadTimeout,
+		key + ".write_timeout": r.WriteTimeout, key + ".reconnect_min": r.ReconnectMin,
+		key + ".reconnect_max": r.ReconnectMax,
 	} {
 		if d <= 0 {
-			c.fail(key, "must be positive")
+			c.fail(k, "must be positive")
 		}
 	}
 	if r.ReconnectMax < r.ReconnectMin {
-		c.fail("redis.reconnect_max", "must not be less than reconnect_min")
+		c.fail(key+".reconnect_max", "must not be less than reconnect_min")
 	}
 	if r.PoolSize < 0 {
-		c.fail("redis.pool_size", "must not be negative")
+		c.fail(key+".pool_size", "must not be negative")
 	}
 	if r.FailureThreshold < 1 {
-		c.fail("redis.failure_threshold", "must be at least 1")
+		c.fail(key+".failure_threshold", "must be at least 1")
 	}
 	if r.DB < 0 {
-		c.fail("redis.db", "must not be negative")
+		c.fail(key+".db", "must not be negative")
 	}
 }
 

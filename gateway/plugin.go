@@ -65,6 +65,9 @@ type Health struct {
 	Required bool `json:"required,omitempty"`
 	// Detail explains the status in a few words.
 	Detail string `json:"detail,omitempty"`
+	// Warnings are problems that do not stop the component but need an
+	// operator (a Redis that may evict or lose sessions).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Health statuses.

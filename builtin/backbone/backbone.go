@@ -8,7 +8,8 @@
 // while Redis is up and returns ErrDown (or ErrDisabled) at once otherwise,
 // so the builtin answers from its memory implementation without waiting.
 //
-//	m, err := backbone.FromEnv(ctx, env)
+//	m, err := backbone.FromEnv(ctx, env) // ForCache for the response cache
+//	m.Declare("sessions", backbone.Durable)
 //	...
 //	err = m.Do(ctx, op, func(ctx context.Context, c redis.UniversalClient) error {
 //		res, err = script.Run(ctx, c, keys, args...).Int64Slice()
@@ -87,6 +88,8 @@ type Options struct {
 	// InstanceID names the instance in heartbeats. Default: host name,
 	// process id and a random suffix.
 	InstanceID string
+	// Name labels the manager's metrics and log lines. Default "redis".
+	Name string
 }
 
 // Manager owns the Redis client of one Redis deployment. It is safe for
@@ -111,6 +114,10 @@ type Manager struct {
 	nextProbe time.Time
 
 	ps *pubsub
+
+	uses     map[string]Use
+	warned   []string
+	settings atomic.Pointer[redisSettings]
 
 	batchOnce sync.Once
 	queue     chan *batchCall
@@ -142,13 +149,16 @@ func New(ctx context.Context, cfg gateway.RedisConfig, opts Options) (*Manager, 
 	if opts.InstanceID == "" {
 		opts.InstanceID = defaultInstanceID()
 	}
+	if opts.Name == "" {
+		opts.Name = "redis"
+	}
 	m := &Manager{
 		cfg:       cfg,
 		opts:      opts,
 		logger:    opts.Logger,
 		listeners: map[int]func(bool){},
 		closed:    make(chan struct{}),
-		metrics:   newMetrics(opts.Registerer),
+		metrics:   newMetrics(opts.Registerer, opts.Name),
 		heartbeat: redis.NewScript(heartbeatScript),
 	}
 	m.instances.Store(1)
@@ -183,20 +193,33 @@ func New(ctx context.Context, cfg gateway.RedisConfig, opts Options) (*Manager, 
 // FromEnv returns the manager for the gateway config's redis section,
 // shared by every plugin and kept across reloads while the redis section
 // stays the same, and adds it to /ping as "redis". Call it from a plugin
-// constructor.
+// constructor, then Declare what the plugin keeps there.
 func FromEnv(ctx context.Context, env *gateway.Env) (*Manager, error) {
-	cfg := env.Config.Redis
+	return fromEnv(ctx, env, "redis", env.Config.Redis)
+}
+
+// ForCache returns the manager for cache_redis when it is configured (as
+// "redis-cache" on /ping), else the one of FromEnv.
+func ForCache(ctx context.Context, env *gateway.Env) (*Manager, error) {
+	if !env.Config.CacheRedis.Enabled() {
+		return FromEnv(ctx, env)
+	}
+	return fromEnv(ctx, env, "redis-cache", env.Config.CacheRedis)
+}
+
+func fromEnv(ctx context.Context, env *gateway.Env, name string, cfg gateway.RedisConfig) (*Manager, error) {
 	v, err := env.Shared("redis:"+fingerprint(cfg), func() (any, error) {
 		return New(ctx, cfg, Options{
-			Logger:     env.Logger.With(slog.String("component", "redis")),
+			Logger:     env.Logger.With(slog.String("component", name)),
 			Registerer: env.Registerer,
+			Name:       name,
 		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("redis backbone: %w", err)
 	}
 	m := v.(*Manager)
-	env.AddHealth("redis", m.Health)
+	env.AddHealth(name, m.Health)
 	return m, nil
 }
 
@@ -393,7 +416,7 @@ func (m *Manager) Health() gateway.Health {
 	}
 	if m.up.Load() {
 		return gateway.Health{Status: gateway.StatusUp,
-			Detail: fmt.Sprintf("%s; %d live instances", m.mode, m.Instances())}
+			Detail: fmt.Sprintf("%s; %d live instances", m.mode, m.Instances()), Warnings: m.Warnings()}
 	}
 	since := time.Unix(0, m.downSince.Load()).UTC().Format(time.RFC3339)
 	m.mu.Lock()

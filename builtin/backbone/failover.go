@@ -27,30 +27,31 @@ type metrics struct {
 	instances prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		up: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: MetricUp, Help: "1 while Redis answers, 0 while builtins run on in-process state.",
-		}),
-		failovers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: MetricFailovers, Help: "Switches from Redis to in-process state after Redis stopped answering.",
-		}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    MetricLatency,
-			Help:    "Latency of Redis round trips, by operation.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-		}, []string{"op"}),
-		instances: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: MetricInstances, Help: "Live gateway instances seen in the last heartbeat.",
-		}),
-	}
+// newMetrics returns the manager's metrics, labelled redis=<name>
+// ("redis", or "redis-cache" for cache_redis).
+func newMetrics(reg prometheus.Registerer, name string) *metrics {
+	up := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: MetricUp, Help: "1 while Redis answers, 0 while builtins run on in-process state.",
+	}, []string{"redis"})
+	failovers := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: MetricFailovers, Help: "Switches from Redis to in-process state after Redis stopped answering.",
+	}, []string{"redis"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    MetricLatency,
+		Help:    "Latency of Redis round trips, by operation.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+	}, []string{"op"})
+	instances := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: MetricInstances, Help: "Live gateway instances seen in the last heartbeat.",
+	}, []string{"redis"})
 	if reg != nil {
-		m.up = gateway.RegisterMetric(reg, m.up)
-		m.failovers = gateway.RegisterMetric(reg, m.failovers)
-		m.latency = gateway.RegisterMetric(reg, m.latency)
-		m.instances = gateway.RegisterMetric(reg, m.instances)
+		up = gateway.RegisterMetric(reg, up)
+		failovers = gateway.RegisterMetric(reg, failovers)
+		latency = gateway.RegisterMetric(reg, latency)
+		instances = gateway.RegisterMetric(reg, instances)
 	}
-	return m
+	return &metrics{up: up.WithLabelValues(name), failovers: failovers.WithLabelValues(name),
+		latency: latency, instances: instances.WithLabelValues(name)}
 }
 
 // connect builds a fresh client, pings it and, when it answers, makes it
@@ -82,6 +83,7 @@ func (m *Manager) connect(ctx context.Context) error {
 		return ErrDisabled
 	default:
 	}
+	m.checkSettings(ctx, c)
 	old := m.client.Swap(&clientBox{c})
 	if old != nil {
 		old.c.Close()

@@ -81,10 +81,11 @@ const invalidateChannel = "cache:invalidate"
 
 // New builds the cache on the Redis backbone (or memory without Redis).
 func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
-	m, err := backbone.FromEnv(ctx, env)
+	m, err := backbone.ForCache(ctx, env)
 	if err != nil {
 		return nil, err
 	}
+	m.Declare("cache", backbone.Cache)
 	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), now: time.Now,
 		metrics: newMetrics(env.Registerer)}
 	longest := max(cfg.TTL, cfg.PatientTTL)

@@ -372,3 +372,23 @@ func TestRedisDownMidTest(t *testing.T) {
 		t.Errorf("after recovery: %s %v", x, body)
 	}
 }
+
+func TestSeparateCacheRedis(t *testing.T) {
+	state, cacheRedis := redistest.Start(t), redistest.Start(t)
+	up := newFakeFHIR(t)
+	g := newGatewayText(t, "redis: {url: "+state.URL()+"}\ncache_redis: {url: "+cacheRedis.URL()+"}\n", up, "")
+	g.get("/fhir/R4/Patient/1", "u")
+	if x, _, _ := g.get("/fhir/R4/Patient/1", "u"); x != "HIT" {
+		t.Fatalf("second read: %s", x)
+	}
+	if keys, _ := cacheRedis.Do("KEYS", "*ce:*"); keys == "" {
+		t.Error("no entry in the cache's Redis")
+	}
+	if keys, _ := state.Do("KEYS", "*ce:*"); keys != "" {
+		t.Errorf("cache entries in the state Redis: %s", keys)
+	}
+	ping := g.ping()
+	if !strings.Contains(ping, `"redis-cache"`) {
+		t.Errorf("/ping does not show the cache's Redis:\n%s", ping)
+	}
+}

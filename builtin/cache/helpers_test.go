@@ -116,6 +116,12 @@ func newGateway(t testing.TB, redisURL string, up *fakeFHIR, cacheYAML string) *
 	if redisURL != "" {
 		redis = "redis:\n  url: " + redisURL + "\n  reconnect_min: 20ms\n  reconnect_max: 200ms\n"
 	}
+	return newGatewayText(t, redis, up, cacheYAML)
+}
+
+// newGatewayText is newGateway with the redis sections given as YAML.
+func newGatewayText(t testing.TB, redis string, up *fakeFHIR, cacheYAML string) *gw {
+	t.Helper()
 	text := redis + `
 plugins:
   as: {type: as}
@@ -194,12 +200,14 @@ func eventually(t testing.TB, what string, limit time.Duration, cond func() bool
 	return time.Since(start)
 }
 
-// srvCacheUp reports whether /ping shows the cache on Redis again.
-func (g *gw) srvCacheUp() bool {
+func (g *gw) ping() string {
 	rec := httptest.NewRecorder()
 	g.srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/ping", nil))
-	return strings.Contains(rec.Body.String(), "entries in redis")
+	return rec.Body.String()
 }
+
+// srvCacheUp reports whether /ping shows the cache on Redis again.
+func (g *gw) srvCacheUp() bool { return strings.Contains(g.ping(), "entries in redis") }
 
 func parseFHIR(method, path string) (fhirreq.Request, bool) {
 	return fhirreq.Parse(method, path, "/fhir/R4")

@@ -86,6 +86,7 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 	if err != nil {
 		return nil, err
 	}
+	m.Declare("rate limits", backbone.Durable)
 	l := &Limiter{
 		name: env.Name, cfg: cfg, m: m,
 		keys:    keyer{by: cfg.Key, header: cfg.Header, trusted: cfg.trusted, ipv6Prefix: cfg.IPv6Prefix},

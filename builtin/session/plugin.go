@@ -77,6 +77,7 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 	if err != nil {
 		return nil, err
 	}
+	m.Declare("sessions", backbone.Durable)
 	p := &Plugin{cfg: cfg, logger: env.Logger, metrics: newMetrics(env.Registerer), origins: map[string]bool{}}
 	for _, o := range cfg.CSRF.TrustedOrigins {
 		p.origins[strings.ToLower(o)] = true

@@ -91,6 +91,11 @@ routes:
 	if code, out, _ := runCLI("config", "default"); code != 0 || !strings.Contains(out, "routes:") {
 		t.Errorf("config default: %d %q", code, out)
 	}
+	// The embedded default config checks, with its chains.
+	code, out, errOut = runCLI("config", "check")
+	if code != 0 || !strings.Contains(out, "session -> ratelimit -> cache -> fhir") {
+		t.Errorf("config check of the embedded config: %d %s %s", code, out, errOut)
+	}
 	if code, _, errOut := runCLI("frobnicate"); code != 2 || !strings.Contains(errOut, "unknown command") {
 		t.Errorf("unknown command: %d %q", code, errOut)
 	}
