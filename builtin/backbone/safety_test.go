@@ -3,8 +3,8 @@ package backbone
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
