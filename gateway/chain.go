@@ -32,6 +32,9 @@ type route struct {
 
 func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{route: rt, start: time.Now()}
+	if pre, ok := r.Context().Value(identityKey{}).(*Identity); ok {
+		st.identity = pre // an in-process request made as someone
+	}
 	id := r.Header.Get(RequestIDHeader)
 	if !validRequestID(id) {
 		id = newRequestID()

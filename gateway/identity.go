@@ -66,6 +66,11 @@ type identityKey struct{}
 // SetIdentity records the caller's identity for the rest of the chain. On a
 // request context made by the gateway it updates the request in place and
 // returns ctx unchanged; on any other context it returns a derived one.
+//
+// A request made in process with such a derived context (a cache warmer
+// replaying requests as a user, a test harness) enters its route with that
+// identity already established; the session plugin then lets it pass.
+// Requests from the network cannot carry one.
 func SetIdentity(ctx context.Context, id *Identity) context.Context {
 	if st := stateFrom(ctx); st != nil {
 		st.identity = id

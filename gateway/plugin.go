@@ -116,6 +116,19 @@ func (e *Env) Handle(method, path string, h http.Handler) {
 	e.rt.publicRoutes = append(e.rt.publicRoutes, mountedRoute{method, path, h, e.Name})
 }
 
+// OnStart registers fn to run, in its own goroutine, once this config load
+// serves: after New for the first config, after the swap on a reload. h
+// is the gateway's public handler, for requests made in process (use
+// SetIdentity on their context to make them as a user). ctx ends when the
+// load is retired or the gateway shuts down.
+func (e *Env) OnStart(fn func(ctx context.Context, h http.Handler)) {
+	e.rt.onStart = append(e.rt.onStart, fn)
+}
+
+// Handler returns the gateway's public handler, for requests made in
+// process (see OnStart). It serves whichever config load is current.
+func (e *Env) Handler() http.Handler { return e.rt.srv }
+
 // AddHealth adds a component to /ping. check is called on every /ping.
 func (e *Env) AddHealth(name string, check func() Health) {
 	e.rt.health = append(e.rt.health, healthCheck{name, check})

@@ -78,6 +78,8 @@ type runtime struct {
 	adminRoutes   []mountedRoute
 	publicRoutes  []mountedRoute
 	sharedKeys    []string
+	onStart       []func(ctx context.Context, h http.Handler)
+	cancel        context.CancelFunc
 	unmatched     *route
 	unmatchedFHIR *route
 	fhirBase      string
@@ -112,6 +114,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.cur.Store(rt)
+	s.runOnStart(rt)
 	s.metrics.reloadTime.SetToCurrentTime()
 	return s, nil
 }
@@ -369,6 +372,15 @@ func (rt *runtime) release() {
 	}
 }
 
+// runOnStart runs the OnStart callbacks of a runtime that now serves.
+func (s *Server) runOnStart(rt *runtime) {
+	ctx, cancel := context.WithCancel(context.Background())
+	rt.cancel = cancel
+	for _, fn := range rt.onStart {
+		go fn(ctx, s)
+	}
+}
+
 // retire stops new requests from using rt and closes it once its in-flight
 // requests finish, or after the shutdown timeout.
 func (s *Server) retire(rt *runtime) {
@@ -393,6 +405,9 @@ func (s *Server) retire(rt *runtime) {
 // close closes the runtime's plugins and handlers in reverse order of
 // construction, then releases its shared objects.
 func (rt *runtime) close() {
+	if rt.cancel != nil {
+		rt.cancel()
+	}
 	for i := len(rt.closers) - 1; i >= 0; i-- {
 		if err := rt.closers[i].Close(); err != nil {
 			rt.srv.logger.Warn("close failed", "error", err)
@@ -438,6 +453,7 @@ func (s *Server) Reload(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	old := s.cur.Swap(rt)
+	s.runOnStart(rt)
 	if cfg.Listen != old.cfg.Listen || cfg.Admin.Listen != old.cfg.Admin.Listen {
 		s.logger.Warn("listen addresses change only on restart", "listen", old.cfg.Listen, "admin", old.cfg.Admin.Listen)
 	}

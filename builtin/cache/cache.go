@@ -66,6 +66,8 @@ type Cache struct {
 	stats    sync.Map // route -> *routeStats
 	dirty    atomic.Bool
 	opPub    *backbone.Op
+	hot      *hotRecorder // nil unless warm.hot_file is set
+	handler  http.Handler // the gateway's, for warming
 
 	unsub, unwatch func()
 }
@@ -110,13 +112,27 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		})
 		c.unwatch = m.OnChange(c.redisChanged)
 	}
+	if cfg.Warm.HotFile != "" {
+		c.hot = &hotRecorder{seen: map[string]*hotEntry{}}
+	}
+	c.handler = env.Handler()
+	if cfg.Warm.OnStart {
+		env.OnStart(func(ctx context.Context, h http.Handler) { c.warm(ctx, h, c.warmList()) })
+	}
 	env.HandleAdmin(http.MethodGet, "/admin/cache/stats", http.HandlerFunc(c.adminStats))
 	env.HandleAdmin(http.MethodPost, "/admin/cache/purge", http.HandlerFunc(c.adminPurge))
+	env.HandleAdmin(http.MethodPost, "/admin/cache/warm", http.HandlerFunc(c.adminWarm))
 	return c, nil
 }
 
-// Close ends the subscriptions.
+// Close records the hot keys (with warm.hot_file) and ends the
+// subscriptions.
 func (c *Cache) Close() error {
+	if c.hot != nil {
+		if err := c.saveHot(); err != nil {
+			c.logger.Warn("cache: hot keys not saved", "error", err)
+		}
+	}
 	if c.unsub != nil {
 		c.unsub()
 	}
@@ -251,6 +267,9 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	}
 	key := keyOf(r, part, c.cfg.Vary)
 	now := c.now()
+	if c.hot != nil && !isWarming(r.Context()) {
+		c.hot.record(key, r, gateway.IdentityFrom(r.Context()))
+	}
 
 	if !noCache && c.l1 != nil && tr == c.redis {
 		if e := c.l1.get(key); e != nil && e.fresh(now) {
@@ -316,6 +335,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 			Stored: c.now(), Fresh: fresh, Stale: c.cfg.StaleIfError, Tags: tags, Version: versions}
 		if err := tr.put(r.Context(), key, stored, fresh+c.cfg.StaleIfError); err == nil {
 			shared = stored
+			markStored(r.Context())
 			c.metrics.bytes.WithLabelValues(info.Name).Add(float64(len(stored.Body)))
 			if c.l1 != nil && tr == c.redis {
 				c.l1.put(key, stored)

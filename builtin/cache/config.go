@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
@@ -53,6 +54,50 @@ type Config struct {
 	// OnRedisDown is memory (default: cache in process), or bypass (no
 	// caching until Redis returns).
 	OnRedisDown string `yaml:"on_redis_down"`
+	// Warm fills the cache when the gateway starts and on demand (POST
+	// /admin/cache/warm).
+	Warm WarmConfig `yaml:"warm"`
+}
+
+// WarmConfig replays GET requests through the gateway to fill the cache.
+// Each request is made as the identity it names, so its response is
+// stored in that identity's partition only, and it is served to nobody.
+type WarmConfig struct {
+	// OnStart warms when the config is loaded (at start and after a
+	// reload). Default false.
+	OnStart bool `yaml:"on_start"`
+	// Requests to replay.
+	Requests []WarmRequest `yaml:"requests"`
+	// HotFile records the most requested entries when the plugin closes
+	// (shutdown, reload) and replays them when it starts. Default "":
+	// none. The file holds paths, queries and user ids: it is written
+	// readable by its owner only.
+	HotFile string `yaml:"hot_file"`
+	// HotKeys is how many entries HotFile keeps. Default 100.
+	HotKeys int `yaml:"hot_keys"`
+	// Concurrency is how many requests run at once. Default 4.
+	Concurrency int `yaml:"concurrency"`
+	// Budget bounds one warming run; what is left is skipped. Default 30s.
+	Budget time.Duration `yaml:"budget"`
+}
+
+// WarmRequest is one request to replay.
+type WarmRequest struct {
+	// Path with its query, e.g. /fhir/R4/Patient?_count=50. Required.
+	Path string `yaml:"path" json:"path"`
+	// Accept, default application/fhir+json.
+	Accept string `yaml:"accept" json:"accept,omitempty"`
+	// As is the identity to make it as. Default none: the anonymous (or
+	// public) partition.
+	As *WarmIdentity `yaml:"as" json:"as,omitempty"`
+}
+
+// WarmIdentity is who a warming request is made as.
+type WarmIdentity struct {
+	User    string   `yaml:"user" json:"user"`
+	Role    string   `yaml:"role" json:"role,omitempty"`
+	Patient string   `yaml:"patient" json:"patient,omitempty"`
+	Scopes  []string `yaml:"scopes" json:"scopes,omitempty"`
 }
 
 // L1Config is the in-process cache in front of Redis.
@@ -85,6 +130,7 @@ func Defaults() *Config {
 		L1:          L1Config{MaxBytes: 64 << 20, TTL: 5 * time.Second},
 		MaxMemory:   64 << 20,
 		OnRedisDown: "memory",
+		Warm:        WarmConfig{HotKeys: 100, Concurrency: 4, Budget: 30 * time.Second},
 	}
 }
 
@@ -140,6 +186,17 @@ func (c *Config) Validate() error {
 	}
 	if c.OnRedisDown != "memory" && c.OnRedisDown != "bypass" {
 		fail("on_redis_down", "must be memory or bypass")
+	}
+	if c.Warm.Concurrency < 1 || c.Warm.Budget <= 0 || c.Warm.HotKeys < 0 {
+		fail("warm", "concurrency and budget must be positive, hot_keys not negative")
+	}
+	for i, r := range c.Warm.Requests {
+		if !strings.HasPrefix(r.Path, "/") {
+			fail(fmt.Sprintf("warm.requests[%d].path", i), "must be a path beginning with /")
+		}
+		if r.As != nil && r.As.User == "" {
+			fail(fmt.Sprintf("warm.requests[%d].as.user", i), "required")
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 					gateway.SetIdentity(r.Context(), &gateway.Identity{UserID: u, Role: r.Header.Get("X-Test-Role"),
 						PatientID: r.Header.Get("X-Test-Patient")})
 				}
+				if id := gateway.IdentityFrom(r.Context()); id != nil {
+					r.Header.Set("X-Test-User", id.UserID) // warming requests carry it only in the context
+				}
 				next.ServeHTTP(w, r)
 			}), nil
 		})

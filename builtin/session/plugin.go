@@ -160,6 +160,12 @@ func (p *Plugin) Health() gateway.Health {
 
 // ServeHTTP authenticates the request and passes it on with its identity.
 func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	if gateway.IdentityFrom(r.Context()) != nil {
+		// Established already: an in-process request made as a user (cache
+		// warming), or an authenticating plugin earlier in the chain.
+		next.ServeHTTP(w, r)
+		return
+	}
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" &&
 		(p.cfg.SkipPreflight == nil || *p.cfg.SkipPreflight) {
 		next.ServeHTTP(w, r)
