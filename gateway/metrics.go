@@ -1,6 +1,11 @@
 package gateway
 
 import (
+	"errors"
+	"regexp"
+	"sort"
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -70,4 +75,67 @@ func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// describingRegisterer registers with the server's registry and remembers
+// the name of every metric registered, including vectors that have no
+// series yet, so that dashboards and alert rules can be checked against
+// what the gateway really exports.
+type describingRegisterer struct {
+	reg   *prometheus.Registry
+	mu    sync.Mutex
+	names map[string]bool
+}
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+func (d *describingRegisterer) Register(c prometheus.Collector) error {
+	err := d.reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if err != nil && !errors.As(err, &are) {
+		return err
+	}
+	ch := make(chan *prometheus.Desc, 16)
+	go func() { c.Describe(ch); close(ch) }()
+	d.mu.Lock()
+	for desc := range ch {
+		if m := fqNameRE.FindStringSubmatch(desc.String()); m != nil {
+			d.names[m[1]] = true
+		}
+	}
+	d.mu.Unlock()
+	return err
+}
+
+func (d *describingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := d.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (d *describingRegisterer) Unregister(c prometheus.Collector) bool { return d.reg.Unregister(c) }
+
+// MetricNames lists every metric the gateway and its plugins registered
+// (histograms without their _bucket, _sum and _count suffixes), and those
+// of the registry's other collectors that have series.
+func (s *Server) MetricNames() []string {
+	set := map[string]bool{}
+	s.described.mu.Lock()
+	for n := range s.described.names {
+		set[n] = true
+	}
+	s.described.mu.Unlock()
+	if mfs, err := s.reg.Gather(); err == nil {
+		for _, mf := range mfs {
+			set[mf.GetName()] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -43,6 +43,7 @@ type Server struct {
 	accessLog *slog.Logger
 	logCloser []io.Closer
 	reg       *prometheus.Registry
+	described *describingRegisterer
 	metrics   *metrics
 	started   time.Time
 	cur       atomic.Pointer[runtime]
@@ -107,7 +108,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 	if err := s.setupLogs(cfg); err != nil {
 		return nil, err
 	}
-	s.metrics = newMetrics(s.reg)
+	s.described = &describingRegisterer{reg: s.reg, names: map[string]bool{}}
+	s.metrics = newMetrics(s.described)
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
 		s.closeLogs()
@@ -306,7 +308,7 @@ func (s *Server) env(rt *runtime, name, typ string) *Env {
 		Name: name, Type: typ,
 		Logger:     s.logger.With(slog.String("plugin", name)),
 		Config:     rt.cfg,
-		Registerer: s.reg,
+		Registerer: s.described,
 		rt:         rt,
 	}
 }

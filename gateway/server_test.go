@@ -587,3 +587,13 @@ routes:
 		t.Errorf("bad trusted proxy: %v", err)
 	}
 }
+
+func TestMetricNamesIncludeVectorsWithoutSeries(t *testing.T) {
+	srv, _ := newTestServer(t, "routes:\n  - fhir: true\n")
+	names := srv.MetricNames()
+	for _, want := range []string{MetricPanics, MetricUpstreamErrors, MetricRequests, MetricPluginDuration, "go_goroutines"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("MetricNames lacks %s (no series yet, but registered)", want)
+		}
+	}
+}
