@@ -211,21 +211,27 @@ func (r *Request) Body() ([]byte, error) {
 // OperationOutcome on FHIR routes, application/problem+json elsewhere).
 // status is 400 to 599; reason is shown to the client, so it must not hold
 // tokens or PHI.
-func (r *Request) Deny(status int, reason string) {
+func (r *Request) Deny(status int, reason string) { deny(&r.action, status, reason) }
+
+func deny(action *int32, status int, reason string) {
 	if hostDeny(int32(status), sptr(reason), uint32(len(reason))) == 0 {
-		r.action = abi.ActionStop
+		*action = abi.ActionStop
 	}
 }
 
 // Respond ends the request with a local reply: status (200 to 599), body,
 // and headers given as name, value pairs.
 func (r *Request) Respond(status int, body []byte, header ...string) {
+	respond(&r.action, status, body, header)
+}
+
+func respond(action *int32, status int, body []byte, header []string) {
 	h := Header{m: abi.MapReply}
 	for i := 0; i+1 < len(header); i += 2 {
 		h.Add(header[i], header[i+1])
 	}
 	if hostReply(int32(status), ptr(body), uint32(len(body))) == 0 {
-		r.action = abi.ActionStop
+		*action = abi.ActionStop
 	}
 }
 
@@ -312,21 +318,11 @@ func (r *Response) ResourceFields(fields ...string) ([]byte, error) {
 }
 
 // Deny replaces the response with an error answer in the route's format.
-func (r *Response) Deny(status int, reason string) {
-	if hostDeny(int32(status), sptr(reason), uint32(len(reason))) == 0 {
-		r.action = abi.ActionStop
-	}
-}
+func (r *Response) Deny(status int, reason string) { deny(&r.action, status, reason) }
 
 // Respond replaces the response with a local reply.
 func (r *Response) Respond(status int, body []byte, header ...string) {
-	h := Header{m: abi.MapReply}
-	for i := 0; i+1 < len(header); i += 2 {
-		h.Add(header[i], header[i+1])
-	}
-	if hostReply(int32(status), ptr(body), uint32(len(body))) == 0 {
-		r.action = abi.ActionStop
-	}
+	respond(&r.action, status, body, header)
 }
 
 // KV is the shared key-value store, namespaced per plugin: keys of one
