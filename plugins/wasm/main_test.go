@@ -3,7 +3,6 @@ package wasm
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -179,4 +178,4 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-var _ = fmt.Sprint
+var discard = slog.New(slog.DiscardHandler)

@@ -99,6 +99,7 @@ func (p *Plugin) load(ctx context.Context, code []byte) (_ *module, err error) {
 	if err != nil {
 		return nil, err
 	}
+	m.phases = first.phases
 	m.pool.init(m, p.opts.Instances)
 	m.pool.live.Store(1)
 	m.pool.put(first)
@@ -195,6 +196,7 @@ type instance struct {
 	onReq  api.Function
 	onResp api.Function
 	stack  [1]uint64
+	phases int32
 
 	ex         *exchange // the request being served, during a call
 	lastErrLog string    // the last error the guest logged, for load errors
@@ -267,7 +269,10 @@ func (m *module) newInstance(ctx context.Context) (*instance, error) {
 			return fail(fmt.Errorf("plugin asks for the response phase but does not export %q", abi.ExportOnResponse))
 		}
 	}
-	m.phases = int32(phases)
+	in.phases = int32(phases)
+	if m.phases != 0 && in.phases != m.phases {
+		return fail(fmt.Errorf("instance asks for phases %d, the module's first instance for %d", in.phases, m.phases))
+	}
 	return in, nil
 }
 
@@ -411,31 +416,39 @@ func (pl *pool) put(in *instance) {
 		pl.live.Add(-1)
 		return
 	}
-	pl.idle <- in
+	select {
+	case pl.idle <- in:
+	default: // cannot happen while live counts slots; never block
+		in.close()
+		pl.live.Add(-1)
+	}
 }
 
-// discard closes a failed instance and starts a replacement.
+// discard closes a failed instance and starts a replacement in its slot
+// of the pool; when the replacement fails, the slot is freed and get
+// starts an instance in it later.
 func (pl *pool) discard(in *instance) {
 	in.close()
-	pl.live.Add(-1)
 	pl.m.p.metrics.discarded.Inc()
 	if pl.closed.Load() {
+		pl.live.Add(-1)
 		return
 	}
 	pl.m.refs.Add(1) // keep the module open while replacing
 	go func() {
 		defer pl.m.release()
 		if pl.closed.Load() || pl.m.retired.Load() {
+			pl.live.Add(-1)
 			return
 		}
 		n, err := pl.m.newInstance(context.Background())
 		if err != nil {
+			pl.live.Add(-1)
 			pl.failing.Add(1)
 			pl.m.p.log.Error("wasm instance could not be restarted", "error", err)
 			return
 		}
 		pl.failing.Store(0)
-		pl.live.Add(1)
 		pl.put(n)
 	}()
 }

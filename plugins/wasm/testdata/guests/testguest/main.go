@@ -28,8 +28,9 @@ func init() {
 			}
 		case "deadlock":
 			select {}
-		case "sleep":
-			time.Sleep(2 * time.Millisecond)
+		case "sleep": // busy for 200ms of host time
+			for start := wasm.Now(); wasm.Now().Sub(start) < 200*time.Millisecond; {
+			}
 		case "print":
 			println("to stderr from the guest")
 		case "echo":
