@@ -109,6 +109,9 @@ type Options struct {
 	Instances       int
 	MaxRequestBody  int64
 	MaxResponseBody int64
+	// SharedKV makes the plugin use another's KV store and clock, as two
+	// gateway instances share one Redis.
+	SharedKV *Plugin
 }
 
 // Plugin is a loaded plugin under test with its own KV, clock, log and
@@ -157,6 +160,9 @@ func Open(path string, opts Options) (*Plugin, error) {
 	}
 	c := &clock{t: opts.Now}
 	kv := wasm.NewMemoryKV(wasm.MemoryKVOptions{Now: c.Now})
+	if opts.SharedKV != nil {
+		c, kv = opts.SharedKV.clock, opts.SharedKV.kv
+	}
 	tp := &Plugin{name: opts.Name, kv: kv, reg: prometheus.NewRegistry(), logs: &logRecorder{}, clock: c}
 	for k, v := range opts.KV {
 		tp.SetKV(k, v, 0)
