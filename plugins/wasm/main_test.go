@@ -179,3 +179,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 var discard = slog.New(slog.DiscardHandler)
+
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -39,13 +39,18 @@ func (h Header) Values(name string) []string {
 }
 
 func (h Header) lookup(name string) (string, bool) {
-	b, err := fetch(func(p unsafe.Pointer, c uint32) int32 {
-		return hostHeaderGet(h.m, sptr(name), uint32(len(name)), p, c)
-	})
-	if err != nil {
-		return "", false
+	// The hot path of most plugins: no closure, no allocation but the
+	// returned string.
+	for {
+		n := hostHeaderGet(h.m, sptr(name), uint32(len(name)), ptr(buf), uint32(len(buf)))
+		if n < 0 {
+			return "", false
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n]), true
+		}
+		buf = make([]byte, n+n/4)
 	}
-	return string(b), true
 }
 
 // All returns every header as name and value pairs, names in canonical
@@ -132,10 +137,30 @@ type Request struct {
 
 func (r *Request) prop(id uint32) string {
 	if !r.have[id] {
-		r.props[id] = fetchString(func(p unsafe.Pointer, c uint32) int32 { return hostGet(id, p, c) })
+		r.props[id] = getProp(id)
 		r.have[id] = true
 	}
 	return r.props[id]
+}
+
+func getProp(id uint32) string {
+	for {
+		n := hostGet(id, ptr(buf), uint32(len(buf)))
+		if n < 0 {
+			return ""
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, n+n/4)
+	}
+}
+
+// reset readies a reused Request for the next call.
+func (r *Request) reset() {
+	r.Header = Header{m: abi.MapRequest}
+	r.action = abi.ActionContinue
+	clear(r.have[:])
 }
 
 // Method returns the HTTP method.

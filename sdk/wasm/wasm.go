@@ -150,13 +150,6 @@ func fetch(f func(p unsafe.Pointer, capacity uint32) int32) ([]byte, error) {
 	}
 }
 
-func fetchString(f func(p unsafe.Pointer, capacity uint32) int32) string {
-	b, err := fetch(f)
-	if err != nil {
-		return ""
-	}
-	return string(b)
-}
 
 func start() int32 {
 	for _, f := range startFns {
@@ -191,7 +184,7 @@ func onRequest() int32 {
 	if reqHandler == nil {
 		return abi.ActionContinue
 	}
-	curReq = Request{Header: Header{m: abi.MapRequest}}
+	curReq.reset()
 	reqHandler(&curReq)
 	return curReq.action
 }
@@ -200,7 +193,7 @@ func onResponse() int32 {
 	if respHandler == nil {
 		return abi.ActionContinue
 	}
-	curReq = Request{Header: Header{m: abi.MapRequest}}
+	curReq.reset()
 	curResp = Response{Request: &curReq, Header: Header{m: abi.MapResponse}}
 	respHandler(&curResp)
 	return curResp.action
@@ -232,9 +225,7 @@ func DecodeConfig(v any) error {
 }
 
 // PluginName returns the plugin's name in the gateway config.
-func PluginName() string {
-	return fetchString(func(p unsafe.Pointer, c uint32) int32 { return hostGet(abi.PropPluginName, p, c) })
-}
+func PluginName() string { return getProp(abi.PropPluginName) }
 
 // Log levels.
 const (

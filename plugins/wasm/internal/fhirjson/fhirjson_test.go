@@ -70,3 +70,28 @@ func FuzzMask(f *testing.F) {
 		}
 	})
 }
+
+func bundle(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Bundle","type":"searchset","entry":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"fullUrl":"http://example.org/fhir/Patient/p1","resource":` + patient + `,"search":{"mode":"match"}}`)
+	}
+	b.WriteString(`]}`)
+	return []byte(b.String())
+}
+
+// BenchmarkMask masks a search Bundle of about 20 KB.
+func BenchmarkMask(b *testing.B) {
+	body := bundle(150)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Mask(body, []string{"telecom", "address", "identifier"}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
