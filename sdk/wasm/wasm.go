@@ -150,7 +150,6 @@ func fetch(f func(p unsafe.Pointer, capacity uint32) int32) ([]byte, error) {
 	}
 }
 
-
 func start() int32 {
 	for _, f := range startFns {
 		if err := f(); err != nil {
