@@ -548,6 +548,8 @@ func (in *instance) kvError(op string, err error) int32 {
 
 // kv_get(key, key_len, buf, cap) -> len | ErrAbsent | ErrBackend
 func hostKVGet(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	key, ok := kvKey(in, mod, arg(stack, 0), arg(stack, 1))
 	if !ok {
 		ret(stack, abi.ErrInvalid)
@@ -573,6 +575,8 @@ func ttl(ms int64) time.Duration {
 
 // kv_set(key, key_len, value, value_len, ttl_ms i64) -> 0 | error
 func hostKVSet(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	key, ok := kvKey(in, mod, arg(stack, 0), arg(stack, 1))
 	v, vok := read(mod, arg(stack, 2), arg(stack, 3))
 	if !ok || !vok || len(v) > maxKVValue {
@@ -589,6 +593,8 @@ func hostKVSet(in *instance, mod api.Module, stack []uint64) {
 // kv_incr(key, key_len, delta i64, ttl_ms i64, out) -> 0 | error; the new
 // value is written at out as a little-endian i64.
 func hostKVIncr(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	key, ok := kvKey(in, mod, arg(stack, 0), arg(stack, 1))
 	if !ok {
 		ret(stack, abi.ErrInvalid)
@@ -608,6 +614,8 @@ func hostKVIncr(in *instance, mod api.Module, stack []uint64) {
 
 // kv_delete(key, key_len) -> 0 | error
 func hostKVDelete(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	key, ok := kvKey(in, mod, arg(stack, 0), arg(stack, 1))
 	if !ok {
 		ret(stack, abi.ErrInvalid)
@@ -673,6 +681,8 @@ func fieldList(mod api.Module, ptr, n uint32) ([]string, bool) {
 // replaces (or, with an empty replacement, removes) the named elements of
 // the response's resource, or of every resource of a Bundle.
 func hostJSONMask(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	ex := in.ex
 	if ex == nil || ex.phase != phaseResponse {
 		ret(stack, abi.ErrPhase)
@@ -705,6 +715,8 @@ func hostJSONMask(in *instance, mod api.Module, stack []uint64) {
 // array with, for the body's resource or each resource of a Bundle, an
 // object of its resourceType, id and the named elements.
 func hostJSONExtract(in *instance, mod api.Module, stack []uint64) {
+	in.pause()
+	defer in.resume()
 	ex := in.ex
 	if ex == nil {
 		ret(stack, abi.ErrPhase)

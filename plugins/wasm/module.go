@@ -198,6 +198,13 @@ type instance struct {
 	stack  [1]uint64
 	phases int32
 
+	// remain is what is left of the running call's deadline when its
+	// clock last started, at since; pause and resume take the time spent
+	// in heavy host functions out of it.
+	remain time.Duration
+	since  time.Time
+	paused bool
+
 	ex         *exchange // the request being served, during a call
 	lastErrLog string    // the last error the guest logged, for load errors
 	stdout     *lineWriter
@@ -279,6 +286,7 @@ func (m *module) newInstance(ctx context.Context) (*instance, error) {
 // call runs fn with the given deadline and returns its i32 result. After an
 // error the instance must be discarded.
 func (in *instance) call(fn api.Function, deadline time.Duration) (uint32, error) {
+	in.remain, in.since = deadline, time.Now()
 	in.timer.Reset(deadline)
 	err := fn.CallWithStack(in.ctx, in.stack[:])
 	if !in.timer.Stop() {
@@ -291,6 +299,26 @@ func (in *instance) call(fn api.Function, deadline time.Duration) (uint32, error
 		return 0, err
 	}
 	return uint32(in.stack[0]), nil
+}
+
+// pause stops the deadline's clock while the host works for the guest
+// (JSON rewriting, KV round trips): the deadline bounds the guest's own
+// time, and host work preempted on a saturated CPU would otherwise eat it.
+// It costs two timer operations per heavy host call.
+func (in *instance) pause() {
+	if in.timer.Stop() {
+		in.paused = true
+		in.remain -= time.Since(in.since)
+	}
+}
+
+// resume restarts the deadline's clock with what is left of the budget.
+func (in *instance) resume() {
+	if in.paused {
+		in.paused = false
+		in.since = time.Now()
+		in.timer.Reset(max(in.remain, 0))
+	}
 }
 
 func (in *instance) close() {

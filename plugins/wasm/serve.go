@@ -167,11 +167,19 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		next.ServeHTTP(w, r)
 		return
 	}
-	bw := &bufferWriter{w: w, ex: ex, m: m, max: p.opts.MaxResponseBody}
+	bp := respBufs.Get().(*[]byte)
+	bw := &bufferWriter{w: w, ex: ex, m: m, max: p.opts.MaxResponseBody, buf: (*bp)[:0]}
 	ex.bw = bw
 	next.ServeHTTP(bw, r)
 	bw.finish()
+	if bw.buf != nil && cap(bw.buf) <= 1<<20 {
+		*bp = bw.buf[:0]
+		respBufs.Put(bp)
+	}
 }
+
+// respBufs recycles response buffers of the response phase.
+var respBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
 // run calls the guest's handler for phase on a pooled instance.
 func (m *module) run(ex *exchange, phase int) (uint32, error) {

@@ -1,7 +1,7 @@
 // Package fhirjson rewrites and extracts top-level elements of FHIR JSON
 // resources, and of every resource of a Bundle, for the wasm host
 // functions json_mask and json_extract. It works on byte spans of the
-// document (validated once with json.Valid), so a 20 KB Bundle costs tens
+// document (validated once), so a 20 KB Bundle costs tens
 // of microseconds, and it keeps the order of the elements it does not
 // touch.
 package fhirjson
@@ -190,15 +190,8 @@ func hasKey(fields []string, key []byte) bool {
 
 // isBundle reports whether the object's top-level resourceType is Bundle.
 func isBundle(obj []byte) bool {
-	found := false
-	members(obj, func(m member) error {
-		if string(m.key) == "resourceType" {
-			found = string(m.val) == `"Bundle"`
-			return errors.New("stop")
-		}
-		return nil
-	})
-	return found
+	i := skipWS(obj, 0)
+	return i < len(obj) && obj[i] == '{' && isBundleAt(obj, i)
 }
 
 // Mask returns a copy of the resource in body with the top-level elements
@@ -209,88 +202,190 @@ func Mask(body []byte, fields []string, repl []byte) ([]byte, int, error) {
 	if len(repl) > 0 && !json.Valid(repl) {
 		return nil, 0, errors.New("replacement is not JSON")
 	}
-	if !json.Valid(body) {
+	if !valid(body) {
 		return nil, 0, errInvalid
 	}
+	i := skipWS(body, 0)
+	if i >= len(body) || body[i] != '{' {
+		return nil, 0, errNotObject
+	}
 	n := 0
-	out, err := mask(make([]byte, 0, len(body)), body, fields, repl, &n)
+	out, _, err := mask(make([]byte, 0, len(body)), body, i, fields, repl, &n)
 	return out, n, err
 }
 
-// mask appends the masked object obj to out.
-func mask(out, obj []byte, fields []string, repl []byte, n *int) ([]byte, error) {
-	bundle := isBundle(obj)
+// mask appends the masked object that starts at b[i] to out and returns
+// the index after it. It reads every byte once: values it copies are
+// skipped over, containers it masks inside are walked.
+func mask(out, b []byte, i int, fields []string, repl []byte, n *int) ([]byte, int, error) {
+	bundle := isBundleAt(b, i)
 	out = append(out, '{')
 	first := true
-	err := members(obj, func(m member) error {
-		if !first {
-			out = append(out, ',')
+	i = skipWS(b, i+1)
+	for i < len(b) && b[i] != '}' {
+		kstart := i
+		kend := skipString(b, i)
+		if kend < 0 {
+			return nil, 0, errInvalid
 		}
+		key := b[i+1 : kend-1]
+		i = skipWS(b, kend)
+		if i >= len(b) || b[i] != ':' {
+			return nil, 0, errInvalid
+		}
+		v := skipWS(b, i+1)
+		var end int
 		switch {
-		case bundle && string(m.key) == "entry":
-			first = false
-			out = append(out, obj[m.start:m.end-len(m.val)]...)
+		case bundle && string(key) == "entry" && v < len(b) && b[v] == '[':
+			out = appendSep(out, &first)
+			out = append(out, b[kstart:v]...)
 			var err error
-			out, err = maskEntries(out, m.val, fields, repl, n)
-			return err
-		case !bundle && hasKey(fields, m.key):
-			*n++
-			if len(repl) == 0 {
-				if !first {
-					out = out[:len(out)-1] // no member written: drop the comma
-				}
-				return nil
+			if out, end, err = maskEntries(out, b, v, fields, repl, n); err != nil {
+				return nil, 0, err
 			}
-			first = false
-			out = append(out, obj[m.start:m.end-len(m.val)]...)
-			out = append(out, repl...)
-			return nil
+		case !bundle && hasKey(fields, unescapedKey(b[kstart:kend], key)):
+			*n++
+			if end = skipValue(b, v); end < 0 {
+				return nil, 0, errInvalid
+			}
+			if len(repl) > 0 {
+				out = appendSep(out, &first)
+				out = append(out, b[kstart:v]...)
+				out = append(out, repl...)
+			}
+		default:
+			if end = skipValue(b, v); end < 0 {
+				return nil, 0, errInvalid
+			}
+			out = appendSep(out, &first)
+			out = append(out, b[kstart:end]...)
 		}
-		first = false
-		out = append(out, obj[m.start:m.end]...)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		i = skipWS(b, end)
+		if i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+		}
 	}
-	return append(out, '}'), nil
+	if i >= len(b) {
+		return nil, 0, errInvalid
+	}
+	return append(out, '}'), i + 1, nil
 }
 
-func maskEntries(out, arr []byte, fields []string, repl []byte, n *int) ([]byte, error) {
-	out = append(out, '[')
-	first := true
-	err := elements(arr, func(entry []byte) error {
-		if !first {
-			out = append(out, ',')
-		}
-		first = false
-		if i := skipWS(entry, 0); i >= len(entry) || entry[i] != '{' {
-			out = append(out, entry...)
-			return nil
-		}
-		out = append(out, '{')
-		firstMember := true
-		err := members(entry, func(m member) error {
-			if !firstMember {
-				out = append(out, ',')
-			}
-			firstMember = false
-			if string(m.key) == "resource" && len(m.val) > 0 && m.val[0] == '{' {
-				out = append(out, entry[m.start:m.end-len(m.val)]...)
-				var err error
-				out, err = mask(out, m.val, fields, repl, n)
-				return err
-			}
-			out = append(out, entry[m.start:m.end]...)
-			return nil
-		})
-		out = append(out, '}')
-		return err
-	})
-	if err != nil {
-		return nil, err
+func appendSep(out []byte, first *bool) []byte {
+	if !*first {
+		out = append(out, ',')
 	}
-	return append(out, ']'), nil
+	*first = false
+	return out
+}
+
+// unescapedKey returns key, or the decoded form of the quoted key q when it
+// holds escapes.
+func unescapedKey(q, key []byte) []byte {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return key
+	}
+	var k string
+	if json.Unmarshal(q, &k) != nil {
+		return key
+	}
+	return []byte(k)
+}
+
+// isBundleAt reports whether the object at b[i] has resourceType Bundle,
+// reading members only up to resourceType (usually the first).
+func isBundleAt(b []byte, i int) bool {
+	i = skipWS(b, i+1)
+	for i < len(b) && b[i] == '"' {
+		kend := skipString(b, i)
+		if kend < 0 {
+			return false
+		}
+		key := b[i+1 : kend-1]
+		i = skipWS(b, kend)
+		if i >= len(b) || b[i] != ':' {
+			return false
+		}
+		v := skipWS(b, i+1)
+		end := skipValue(b, v)
+		if end < 0 {
+			return false
+		}
+		if string(key) == "resourceType" {
+			return string(b[v:end]) == `"Bundle"`
+		}
+		i = skipWS(b, end)
+		if i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+		}
+	}
+	return false
+}
+
+// maskEntries appends the Bundle.entry array at b[i], masking each
+// entry's resource, and returns the index after it.
+func maskEntries(out, b []byte, i int, fields []string, repl []byte, n *int) ([]byte, int, error) {
+	out = append(out, '[')
+	i = skipWS(b, i+1)
+	first := true
+	for i < len(b) && b[i] != ']' {
+		out = appendSep(out, &first)
+		if b[i] != '{' {
+			end := skipValue(b, i)
+			if end < 0 {
+				return nil, 0, errInvalid
+			}
+			out = append(out, b[i:end]...)
+			i = end
+		} else {
+			out = append(out, '{')
+			firstMember := true
+			i = skipWS(b, i+1)
+			for i < len(b) && b[i] != '}' {
+				kstart := i
+				kend := skipString(b, i)
+				if kend < 0 {
+					return nil, 0, errInvalid
+				}
+				i = skipWS(b, kend)
+				if i >= len(b) || b[i] != ':' {
+					return nil, 0, errInvalid
+				}
+				v := skipWS(b, i+1)
+				out = appendSep(out, &firstMember)
+				var end int
+				if string(b[kstart+1:kend-1]) == "resource" && v < len(b) && b[v] == '{' {
+					out = append(out, b[kstart:v]...)
+					var err error
+					if out, end, err = mask(out, b, v, fields, repl, n); err != nil {
+						return nil, 0, err
+					}
+				} else {
+					if end = skipValue(b, v); end < 0 {
+						return nil, 0, errInvalid
+					}
+					out = append(out, b[kstart:end]...)
+				}
+				i = skipWS(b, end)
+				if i < len(b) && b[i] == ',' {
+					i = skipWS(b, i+1)
+				}
+			}
+			if i >= len(b) {
+				return nil, 0, errInvalid
+			}
+			out = append(out, '}')
+			i++
+		}
+		i = skipWS(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+		}
+	}
+	if i >= len(b) {
+		return nil, 0, errInvalid
+	}
+	return append(out, ']'), i + 1, nil
 }
 
 // Extract returns a JSON array with one object per resource: the body's
@@ -298,7 +393,7 @@ func maskEntries(out, arr []byte, fields []string, repl []byte, n *int) ([]byte,
 // flattened). Each object has the resource's resourceType and id and the
 // top-level elements named in fields that it has.
 func Extract(body []byte, fields []string) ([]byte, error) {
-	if !json.Valid(body) {
+	if !valid(body) {
 		return nil, errInvalid
 	}
 	out := []byte{'['}

@@ -95,3 +95,15 @@ func BenchmarkMask(b *testing.B) {
 		}
 	}
 }
+
+// FuzzValid checks the validator against encoding/json.
+func FuzzValid(f *testing.F) {
+	for _, s := range []string{patient, `[1,-2.5e+3,"a\\u00e9",true,false,null,{}]`, `{"a":01}`, `"\x"`, `1.`, `-`, ` {"a" : [ ] } `} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := valid([]byte(s)), json.Valid([]byte(s)); got != want {
+			t.Fatalf("valid(%q) = %v, json.Valid = %v", s, got, want)
+		}
+	})
+}
