@@ -275,7 +275,7 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	// A module that does not load leaves the new one serving.
 	os.WriteFile(path, []byte("garbage"), 0o644)
 	waitFor(t, "the failed reload", func() bool {
-		return counterValue(t, reg, MetricReloads, map[string]string{"result": "failure"}) == 1
+		return counterValue(t, reg, MetricReloads, map[string]string{"result": "failure"}) >= 1
 	})
 	if h := p.Health(); h.Status != gateway.StatusDegraded {
 		t.Errorf("health after a failed reload = %+v", h)
