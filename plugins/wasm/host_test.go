@@ -294,3 +294,32 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests during two reloads", total.Load())
 }
+
+func TestResponsePhaseLengths(t *testing.T) {
+	p, _, _ := newPlugin(t, guest(t, "respguest"), nil)
+	for _, tc := range []struct {
+		method     string
+		status     int
+		wantLength string
+	}{
+		{"HEAD", 200, "36"},
+		{"DELETE", 204, ""},
+		{"GET", 200, "36"},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			r := httptest.NewRequest(tc.method, "/fhir/R4/Patient/p1", nil)
+			r = r.WithContext(gateway.NewRequestContext(r.Context(), fhirRoute, "req-3", nil))
+			w := httptest.NewRecorder()
+			p.ServeHTTP(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "36")
+				w.WriteHeader(tc.status)
+				if r.Method == "GET" {
+					io.WriteString(w, `{"resourceType":"Patient","id":"p1"}`)
+				}
+			}))
+			if w.Code != tc.status || w.Header().Get("Content-Length") != tc.wantLength || w.Header().Get("X-Module") != "respguest" {
+				t.Errorf("got %d, Content-Length %q, %v", w.Code, w.Header().Get("Content-Length"), w.Header())
+			}
+		})
+	}
+}

@@ -337,7 +337,14 @@ func (b *bufferWriter) finish() {
 	if b.ex.respBody != nil {
 		body = b.ex.respBody
 	}
-	b.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	switch {
+	case b.status == http.StatusNoContent || b.status == http.StatusNotModified:
+		b.w.Header().Del("Content-Length")
+	case b.ex.r.Method == http.MethodHead && b.ex.respBody == nil:
+		// The length of the body a GET would get: leave it.
+	default:
+		b.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	}
 	b.w.WriteHeader(b.status)
 	b.w.Write(body)
 }
