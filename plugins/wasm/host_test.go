@@ -57,7 +57,7 @@ func TestBadAction(t *testing.T) {
 }
 
 func TestFailOpen(t *testing.T) {
-	p, _, reg := newPlugin(t, guest(t, "testguest"), func(o *Options) { o.FailOpen = true })
+	p, _, reg := newPlugin(t, guest(t, "testguest"), func(o *Options) { o.FailOpen = true; o.Timeout = 20 * time.Millisecond })
 	w := serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "loop"))
 	if w.Code != 200 || !strings.Contains(w.Body.String(), `"Patient"`) {
 		t.Fatalf("fail open answered %d: %s", w.Code, w.Body)
@@ -166,9 +166,9 @@ func TestResponsePhase(t *testing.T) {
 const ErrTooLargeText = "omnigate: body too large"
 
 func TestConcurrency(t *testing.T) {
-	p, _, _ := newPlugin(t, guest(t, "testguest"), func(o *Options) {
+	p, logs, _ := newPlugin(t, guest(t, "testguest"), func(o *Options) {
 		o.Instances = 3
-		o.Timeout = time.Second // the race detector slows the host
+		o.QueueTimeout = time.Minute // replacements start slowly under the race detector
 	})
 	const workers, each = 12, 40
 	var wg sync.WaitGroup
@@ -191,7 +191,7 @@ func TestConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 	if bad.Load() != 0 {
-		t.Fatalf("%d requests got the wrong answer", bad.Load())
+		t.Fatalf("%d requests got the wrong answer\n%s", bad.Load(), logs)
 	}
 	n, _, _ := p.opts.KV.Get(context.Background(), "wasm:test:hits")
 	if want := workers * each * 9 / 10; string(n) != strconv.Itoa(want) {

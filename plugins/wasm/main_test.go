@@ -86,6 +86,7 @@ func newPlugin(t testing.TB, path string, mod func(*Options)) (*Plugin, *logBuff
 		Name:       "test",
 		Path:       path,
 		Instances:  2,
+		Timeout:    time.Second, // tests of the deadline set their own
 		CacheDir:   cacheDir,
 		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer: reg,

@@ -45,8 +45,11 @@ func TestFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p, logs, reg := newPlugin(t, guest(t, "testguest"), func(o *Options) {
 				o.MemoryLimit = 32 << 20
-				if tc.name == "membomb" {
+				switch tc.name {
+				case "membomb":
 					o.Timeout = 10 * time.Second // stopped by the cap, not the deadline
+				case "loop":
+					o.Timeout = 20 * time.Millisecond
 				}
 			})
 			w := serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", tc.name))
