@@ -23,10 +23,18 @@ import (
 // across test binaries and runs.
 var (
 	buildDir   string
-	cacheDir   = filepath.Join(os.TempDir(), "omnigate-wasm-test-cache")
+	cacheDir   = testCacheDir() // shared with sdk/wasmtest's test binaries
 	builtMu    sync.Mutex
 	builtPaths = map[string]string{}
 )
+
+// testCacheDir is sdk/wasmtest.CacheDir, which this package cannot import.
+func testCacheDir() string {
+	if d := os.Getenv("OMNIGATE_WASM_CACHE"); d != "" {
+		return d
+	}
+	return filepath.Join(os.TempDir(), "omnigate-wasm-cache")
+}
 
 func TestMain(m *testing.M) {
 	var err error
