@@ -95,7 +95,7 @@ func TestGateway(t *testing.T) {
 	if w := get("status"); w.Header().Get("X-Module") != "respguest" {
 		t.Fatalf("reloaded module not serving: %v", w.Header())
 	}
-	err = srv.Reload(context.Background(), gatewayConfig(t, up.URL, guest(t, "badversion"), ""))
+	err = srv.Reload(context.Background(), gatewayConfig(t, up.URL, moduleFile(t, "badversion", badVersion), ""))
 	if err == nil || !strings.Contains(err.Error(), "plugins.policy") || !strings.Contains(err.Error(), "ABI version 2") {
 		t.Fatalf("bad reload: %v", err)
 	}

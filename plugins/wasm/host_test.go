@@ -23,8 +23,10 @@ func TestLoadErrors(t *testing.T) {
 		opts func(*Options)
 		want string
 	}{
-		{"wrong ABI version", func(o *Options) { o.Path = guest(t, "badversion") }, "module speaks ABI version 2; this host speaks version 1"},
-		{"missing export", func(o *Options) { o.Path = guest(t, "noexport") }, `missing export "omnigate_on_request"`},
+		{"wrong ABI version", func(o *Options) { o.Module = badVersion }, "module speaks ABI version 2; this host speaks version 1"},
+		{"missing export", func(o *Options) { o.Module = noExport }, `missing export "omnigate_on_request"`},
+		{"missing memory", func(o *Options) { o.Module = noMemory }, `missing export "memory"`},
+		{"wrong ABI version of a Go guest", func(o *Options) { o.Path = guest(t, "badversion") }, "module speaks ABI version 2"},
 		{"not wasm", func(o *Options) { o.Module = []byte("not a wasm module") }, "compile module"},
 		{"missing file", func(o *Options) { o.Path = filepath.Join(t.TempDir(), "none.wasm") }, "no such file"},
 		{"config refused", func(o *Options) { o.Path = guest(t, "../../examples/require-header") }, "plugin refused to start: config: header is required"},
@@ -47,7 +49,7 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestBadAction(t *testing.T) {
-	p, _, reg := newPlugin(t, guest(t, "badaction"), nil)
+	p, _, reg := newPlugin(t, moduleFile(t, "badaction", badAction), nil)
 	if w := serve(p, "GET", "/fhir/R4/Patient/1"); w.Code != 500 {
 		t.Fatalf("status %d", w.Code)
 	}
