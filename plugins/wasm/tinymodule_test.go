@@ -70,7 +70,7 @@ func tinyModule(exports map[string]int32, withMemory bool) []byte {
 	code := uleb(nil, uint32(len(names)))
 	for _, name := range names {
 		body := append([]byte{0, 0x41}, sleb(nil, exports[name])...) // no locals; i32.const
-		body = append(body, 0x0b)                                     // end
+		body = append(body, 0x0b)                                    // end
 		code = uleb(code, uint32(len(body)))
 		code = append(code, body...)
 	}
