@@ -142,6 +142,13 @@ func (ex *exchange) prop(id uint32) (string, bool) {
 		return id, id != ""
 	case abi.PropPluginName:
 		return ex.p.opts.Name, true
+	case abi.PropIdentity:
+		who := gateway.IdentityFrom(r.Context())
+		if who == nil {
+			return "", false
+		}
+		return who.UserID + "\n" + who.Role + "\n" + strings.Join(who.Scopes, " ") + "\n" +
+			who.PatientID + "\n" + who.SessionID + "\n" + who.Method + "\n", true
 	}
 	if id >= abi.PropUser && id <= abi.PropAuthMethod {
 		who := gateway.IdentityFrom(r.Context())

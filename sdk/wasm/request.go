@@ -131,8 +131,8 @@ type Request struct {
 	Header Header
 
 	action int32
-	props  [abi.PropPluginName + 1]string
-	have   [abi.PropPluginName + 1]bool
+	props  [abi.PropIdentity + 1]string
+	have   [abi.PropIdentity + 1]bool
 }
 
 func (r *Request) prop(id uint32) string {
@@ -189,18 +189,17 @@ func (r *Request) ID() string { return r.prop(abi.PropRequestID) }
 
 // Identity returns the caller, or nil for an anonymous request.
 func (r *Request) Identity() *Identity {
-	id := &Identity{
-		User:    r.prop(abi.PropUser),
-		Role:    r.prop(abi.PropRole),
-		Patient: r.prop(abi.PropPatient),
-		Session: r.prop(abi.PropSession),
-		Method:  r.prop(abi.PropAuthMethod),
-	}
-	if s := r.prop(abi.PropScopes); s != "" {
-		id.Scopes = strings.Fields(s)
-	}
-	if id.User == "" && id.Role == "" && id.Scopes == nil && id.Patient == "" {
+	s := r.prop(abi.PropIdentity) // one host call for all fields
+	if s == "" {
 		return nil
+	}
+	var f [6]string
+	for i := range f {
+		f[i], s, _ = strings.Cut(s, "\n")
+	}
+	id := &Identity{User: f[0], Role: f[1], Patient: f[3], Session: f[4], Method: f[5]}
+	if f[2] != "" {
+		id.Scopes = strings.Fields(f[2])
 	}
 	return id
 }

@@ -98,6 +98,10 @@ const (
 	PropFHIRCompartmentType = 18
 	PropFHIRCompartmentID   = 19
 	PropPluginName          = 20
+	// PropIdentity is the whole identity in one call: user, role, scopes
+	// (space-separated), patient, session and method, each followed by
+	// "\n"; absent for anonymous requests.
+	PropIdentity = 21
 )
 
 // Log levels, the first argument of log.
