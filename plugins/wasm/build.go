@@ -12,13 +12,16 @@ import (
 // main package: a WASI reactor whose exports the host calls.
 var BuildFlags = []string{"-buildmode=c-shared", "-trimpath"}
 
-// Build compiles the Go plugin in dir into the module out with the
-// standard toolchain (go on PATH): GOOS=wasip1 GOARCH=wasm go build
+// Build compiles the Go plugin in dir into the module out (creating its
+// folder) with the standard toolchain (go on PATH): GOOS=wasip1 GOARCH=wasm go build
 // -buildmode=c-shared -trimpath -o out. It returns the compiler's output
 // in the error when the build fails.
 func Build(ctx context.Context, dir, out string) error {
 	abs, err := filepath.Abs(out)
 	if err != nil {
+		return fmt.Errorf("build plugin: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 		return fmt.Errorf("build plugin: %w", err)
 	}
 	args := append([]string{"build"}, BuildFlags...)

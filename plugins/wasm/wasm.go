@@ -19,7 +19,7 @@
 //	plugins:
 //	  require-tenant:
 //	    type: wasm
-//	    path: plugins/require-header.wasm
+//	    path: data/plugins/require-header.wasm
 //	    config: {header: X-Tenant}   # given to the guest as JSON
 //	    fail: closed                 # or open
 //	    timeout: 10ms
