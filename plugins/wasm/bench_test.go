@@ -7,8 +7,6 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,60 +14,9 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/plugins/wasm/internal/benchdata"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
 )
-
-// The gateway benchmarks serve a FHIR route whose terminal answers from
-// memory, so that the plugin's cost is not lost in a proxy's.
-var (
-	benchOnce   sync.Once
-	smallBody   = []byte(`{"resourceType":"Patient","id":"example","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00Z"},"active":true,"name":[{"use":"official","family":"Chalmers","given":["Peter","James"]}],"gender":"male","birthDate":"1974-12-25","managingOrganization":{"reference":"Organization/1"},"text":{"status":"generated"}}`)
-	bundleBody  = []byte(bundle20K())
-	benchRoleID = &gateway.Identity{UserID: "rc1", Role: "receptionist"}
-)
-
-// bundle20K is a search Bundle of 40 Patients, about 20 KB.
-func bundle20K() string {
-	var b strings.Builder
-	b.WriteString(`{"resourceType":"Bundle","type":"searchset","total":40,"entry":[`)
-	for i := 0; i < 40; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"fullUrl":"http://example.org/fhir/Patient/p%d","resource":{"resourceType":"Patient","id":"p%d","meta":{"versionId":"1"},`+
-			`"identifier":[{"system":"urn:oid:1.2.36.146.595.217.0.1","value":"12345%d"}],"active":true,`+
-			`"name":[{"use":"official","family":"Chalmers","given":["Peter","James"]}],`+
-			`"telecom":[{"system":"phone","value":"(03) 5555 6473","use":"work"},{"system":"email","value":"p%d@example.org"}],`+
-			`"gender":"male","birthDate":"1974-12-25",`+
-			`"address":[{"use":"home","line":["534 Erewhon St"],"city":"PleasantVille","postalCode":"3999"}]},"search":{"mode":"match"}}`, i, i, i, i)
-	}
-	b.WriteString(`]}`)
-	return b.String()
-}
-
-func registerBenchTypes() {
-	benchOnce.Do(func() {
-		type none struct{}
-		gateway.RegisterFHIRHandler(func() *none { return &none{} },
-			func(context.Context, *none, *gateway.Env) (http.Handler, error) {
-				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					w.Header().Set("Content-Type", "application/fhir+json")
-					if strings.HasSuffix(r.URL.Path, "/Patient") {
-						w.Write(bundleBody)
-						return
-					}
-					w.Write(smallBody)
-				}), nil
-			})
-		// as-receptionist stands in for the session plugin.
-		gateway.RegisterPlugin("as-receptionist", func() *none { return &none{} },
-			func(context.Context, *none, *gateway.Env) (gateway.Plugin, error) {
-				return gateway.PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-					next.ServeHTTP(w, r.WithContext(gateway.SetIdentity(r.Context(), benchRoleID)))
-				}), nil
-			})
-	})
-}
 
 type discardWriter struct{ h http.Header }
 
@@ -78,7 +25,7 @@ func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *discardWriter) WriteHeader(int)             {}
 
 func benchGateway(b *testing.B, plugins, chain, path string) {
-	registerBenchTypes()
+	benchdata.Register()
 	yaml := "log: {access_log: false}\nplugins:\n  id: {type: as-receptionist}\n" + plugins +
 		"routes:\n  - fhir: true\n    compress: false\n    plugins: [" + chain + "]\n"
 	cfg, err := gateway.Parse("bench.yaml", []byte(yaml), nil)

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
 )
 
@@ -104,24 +105,12 @@ type Identity struct {
 // HasScope reports whether the identity holds scope s exactly.
 func (id *Identity) HasScope(s string) bool { return id != nil && slices.Contains(id.Scopes, s) }
 
-// FHIR is the FHIR RESTful interaction of a request on a FHIR route.
-type FHIR struct {
-	// Interaction is read, vread, update, patch, delete, history-instance,
-	// history-type, history-system, create, search-type, search-system,
-	// capabilities, batch or operation.
-	Interaction string
-	// Type is the resource type ("" for system-level interactions).
-	Type string
-	// ID is the resource id of instance-level interactions.
-	ID string
-	// VersionID is the version of a vread.
-	VersionID string
-	// Operation is the operation's name without "$".
-	Operation string
-	// CompartmentType and CompartmentID name the compartment of a
-	// compartment search such as GET Patient/123/Observation.
-	CompartmentType, CompartmentID string
-}
+// FHIR is the FHIR RESTful interaction of a request on a FHIR route:
+// Interaction (fhirreq.Read, fhirreq.SearchType, …), Type, ID, VersionID,
+// Operation, and CompartmentType and CompartmentID of a compartment search
+// such as GET Patient/123/Observation. The host parses it from the method
+// and the path with the same package.
+type FHIR = fhirreq.Request
 
 // Request is the request a handler decides on. Its methods ask the host,
 // so call them in a handler only.

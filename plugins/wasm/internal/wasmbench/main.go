@@ -18,63 +18,21 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/internal/loadgen"
 	"github.com/omnigate/omnigate/plugins/wasm"
+	"github.com/omnigate/omnigate/plugins/wasm/internal/benchdata"
 )
-
-var small = []byte(`{"resourceType":"Patient","id":"example","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00Z"},"active":true,"name":[{"use":"official","family":"Chalmers","given":["Peter","James"]}],"gender":"male","birthDate":"1974-12-25","managingOrganization":{"reference":"Organization/1"},"text":{"status":"generated"}}`)
-
-func bundle20K() []byte {
-	var b strings.Builder
-	b.WriteString(`{"resourceType":"Bundle","type":"searchset","total":40,"entry":[`)
-	for i := 0; i < 40; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"fullUrl":"http://example.org/fhir/Patient/p%d","resource":{"resourceType":"Patient","id":"p%d","meta":{"versionId":"1"},`+
-			`"identifier":[{"system":"urn:oid:1.2.36.146.595.217.0.1","value":"12345%d"}],"active":true,`+
-			`"name":[{"use":"official","family":"Chalmers","given":["Peter","James"]}],`+
-			`"telecom":[{"system":"phone","value":"(03) 5555 6473","use":"work"},{"system":"email","value":"p%d@example.org"}],`+
-			`"gender":"male","birthDate":"1974-12-25",`+
-			`"address":[{"use":"home","line":["534 Erewhon St"],"city":"PleasantVille","postalCode":"3999"}]},"search":{"mode":"match"}}`, i, i, i, i)
-	}
-	b.WriteString(`]}`)
-	return []byte(b.String())
-}
-
-func init() {
-	bundle := bundle20K()
-	type none struct{}
-	gateway.RegisterFHIRHandler(func() *none { return &none{} },
-		func(context.Context, *none, *gateway.Env) (http.Handler, error) {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/fhir+json")
-				if strings.HasSuffix(r.URL.Path, "/Patient") {
-					w.Write(bundle)
-					return
-				}
-				w.Write(small)
-			}), nil
-		})
-	gateway.RegisterPlugin("as-receptionist", func() *none { return &none{} },
-		func(context.Context, *none, *gateway.Env) (gateway.Plugin, error) {
-			id := &gateway.Identity{UserID: "rc1", Role: "receptionist"}
-			return gateway.PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-				next.ServeHTTP(w, r.WithContext(gateway.SetIdentity(r.Context(), id)))
-			}), nil
-		})
-}
 
 func main() {
 	duration := flag.Duration("duration", 10*time.Second, "measured time per target")
 	conns := flag.Int("connections", 50, "concurrent connections")
 	tool := flag.String("tool", "", "wrk or go (default: wrk when installed)")
 	flag.Parse()
+	benchdata.Register()
 	if err := run(*duration, *conns, *tool); err != nil {
 		fmt.Fprintln(os.Stderr, "wasmbench:", err)
 		os.Exit(1)
