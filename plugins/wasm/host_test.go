@@ -325,3 +325,15 @@ func TestResponsePhaseLengths(t *testing.T) {
 		})
 	}
 }
+
+func TestUnusableCacheDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	p, logs, _ := newPlugin(t, moduleFile(t, "allow", allowAll), func(o *Options) { o.CacheDir = filepath.Join(file, "sub") })
+	if w := serve(p, "GET", "/fhir/R4/Patient/1"); w.Code != 200 {
+		t.Fatalf("status %d", w.Code)
+	}
+	if !strings.Contains(logs.String(), "compilation cache unavailable") {
+		t.Errorf("no warning:\n%s", logs)
+	}
+}

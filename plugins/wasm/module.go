@@ -67,7 +67,11 @@ func compilationCache(dir string) (wazero.CompilationCache, error) {
 func (p *Plugin) load(ctx context.Context, code []byte) (_ *module, err error) {
 	cache, err := compilationCache(p.opts.CacheDir)
 	if err != nil {
-		return nil, err
+		// A cache folder that cannot be used costs time, not correctness.
+		p.log.Warn("wasm compilation cache unavailable; compiling in memory only", "error", err)
+		if cache, err = compilationCache(""); err != nil {
+			return nil, err
+		}
 	}
 	m := &module{p: p, hash: sha256.Sum256(code)}
 	m.refs.Store(1) // the plugin's own, dropped by retire
