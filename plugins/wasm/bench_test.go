@@ -209,11 +209,16 @@ func instantiateHostAndWASI(ctx context.Context, rt wazero.Runtime) error {
 // BenchmarkServe is the plugin alone, in front of a handler that does
 // nothing: what the host and the guest add to a request, in parallel.
 func BenchmarkServe(b *testing.B) {
-	p, _, _ := newPlugin(b, guest(b, "../../examples/require-header"), func(o *Options) {
+	p, _, reg := newPlugin(b, guest(b, "../../examples/require-header"), func(o *Options) {
 		o.Config = []byte(`{"header":"X-Tenant"}`)
 		o.Timeout = DefaultTimeout
 		o.Instances = DefaultInstances()
 	})
+	defer func() {
+		// Calls cut at the deadline (a descheduled goroutine on a busy
+		// machine) cost a new instance each: report them.
+		b.ReportMetric(counterValue(b, reg, MetricFailures, nil), "failures")
+	}()
 	req := httptest.NewRequest("GET", "/fhir/R4/Patient/1", nil)
 	req.Header.Set("X-Tenant", "acme")
 	req = req.WithContext(gateway.NewRequestContext(req.Context(), fhirRoute, "req-1", nil))
