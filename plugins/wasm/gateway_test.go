@@ -120,6 +120,17 @@ routes:
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
+	_, err2 := gateway.Parse("test.yaml", []byte(`
+plugins:
+  policy: {type: wasm, path: /nonexistent/p.wasm}
+routes:
+  - path: /x
+    upstream: http://127.0.0.1:9
+    plugins: [policy]
+`), nil)
+	if err2 == nil || !strings.Contains(err2.Error(), "plugins.policy.path: stat /nonexistent/p.wasm: no such file") {
+		t.Errorf("missing module: %v", err2)
+	}
 	for _, want := range []string{
 		"plugins.policy.path: required",
 		"plugins.policy.fail: must be closed or open",

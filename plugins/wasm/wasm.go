@@ -118,11 +118,16 @@ func DefaultCacheDir() string {
 	return filepath.Join("data", "wasm-cache")
 }
 
-// Validate checks the config; errors name the key.
+// Validate checks the config, and that the module file exists, so that
+// "omnigate config check" catches a wrong path; errors name the key.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.Path == "" {
 		errs = append(errs, gateway.FieldErrorf("path", "required"))
+	} else if st, err := os.Stat(c.Path); err != nil {
+		errs = append(errs, gateway.FieldErrorf("path", "%v", err))
+	} else if st.IsDir() {
+		errs = append(errs, gateway.FieldErrorf("path", "%s is a directory; build the plugin with \"omnigate plugin build %s\"", c.Path, c.Path))
 	}
 	if c.Fail != "closed" && c.Fail != "open" {
 		errs = append(errs, gateway.FieldErrorf("fail", "must be closed or open, not %q", c.Fail))
