@@ -4,7 +4,7 @@ BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test bench bench-go bench-load lint fmt clean
+.PHONY: all build run test bench bench-go bench-load bench-wasm plugins lint fmt clean
 
 all: build
 
@@ -18,6 +18,12 @@ run: build
 	@mkdir -p data
 	./$(BIN) serve $(if $(CONFIG),-config $(CONFIG))
 
+## plugins: build the example WebAssembly policy plugins into data/plugins
+plugins: build
+	@for d in examples/*/; do \
+		if [ -f $$d/cases.yaml ]; then ./$(BIN) plugin build -o data/plugins/$$(basename $$d).wasm ./$$d || exit 1; fi; \
+	done
+
 ## test: every test, with the race detector
 test:
 	$(GO) test -race -timeout 14m ./...
@@ -30,6 +36,10 @@ bench-go:
 
 bench-load:
 	$(GO) run ./cmd/omnigate-bench $(BENCHFLAGS)
+
+## bench-wasm: WebAssembly plugins in the gateway on loopback (docs/BENCHMARKS.md)
+bench-wasm:
+	$(GO) run ./plugins/wasm/internal/wasmbench $(BENCHFLAGS)
 
 ## lint: gofmt and go vet
 lint:
