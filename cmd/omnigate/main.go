@@ -8,12 +8,9 @@
 //	omnigate serve [-config FILE]     serve (default: the embedded config)
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
-<<<<<<< HEAD
 //	omnigate user add -username U -role R   add a user to the user directory
-=======
 //	omnigate plugin build [-o OUT] DIR   build a Go WebAssembly policy plugin
 //	omnigate plugin test PLUGIN.wasm CASES.yaml   run a plugin's test cases
->>>>>>> wasm
 //	omnigate version                  print the version
 package main
 
@@ -36,11 +33,8 @@ func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
 		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
-<<<<<<< HEAD
 		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
-=======
 		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", runPlugin},
->>>>>>> wasm
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0

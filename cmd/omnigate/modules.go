@@ -3,11 +3,8 @@ package main
 // The plugins and handlers compiled into omnigate register themselves with
 // the gateway when imported.
 import (
-<<<<<<< HEAD
 	_ "github.com/omnigate/omnigate/builtin/cache"
 	_ "github.com/omnigate/omnigate/builtin/ratelimit"
 	_ "github.com/omnigate/omnigate/builtin/session"
-=======
 	_ "github.com/omnigate/omnigate/plugins/wasm"
->>>>>>> wasm
 )
