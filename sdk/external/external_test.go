@@ -49,8 +49,8 @@ type fullPolicy struct {
 }
 
 func (p *fullPolicy) Configure(ctx context.Context, c Config) error { return c.Decode(&p.cfg) }
-func (p *fullPolicy) ReadRequestBody() bool                          { return true }
-func (p *fullPolicy) ReadResponseBody() bool                         { return false }
+func (p *fullPolicy) ReadRequestBody() bool                         { return true }
+func (p *fullPolicy) ReadResponseBody() bool                        { return false }
 
 func (p *fullPolicy) OnRequest(ctx context.Context, r *Request) error {
 	switch r.Header.Get("X-Test") {
