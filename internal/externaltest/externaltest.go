@@ -53,7 +53,11 @@ func init() {
 // a temporary directory of t and returns the binary's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	name := filepath.Base(pkg)
+	if abs, err := filepath.Abs(pkg); err == nil && strings.HasPrefix(pkg, ".") {
+		name = filepath.Base(abs)
+	}
+	out := filepath.Join(t.TempDir(), name)
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
