@@ -47,8 +47,9 @@ import (
 
 // Config is the config of a "type: external" plugin instance.
 type Config struct {
-	// Path is the plugin's executable. Required. A relative path is
-	// relative to the gateway's working directory.
+	// Path is the plugin's executable. Required. A path with a slash is
+	// relative to the gateway's working directory; a bare name is looked
+	// up in PATH.
 	Path string `yaml:"path"`
 	// Args are the executable's arguments. Default none.
 	Args []string `yaml:"args"`

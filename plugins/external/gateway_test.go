@@ -449,3 +449,14 @@ routes:
 		}
 	}
 }
+
+func TestResponsePhaseKeepsHEADLength(t *testing.T) {
+	srv, _ := newGateway(t, "response", "")
+	rec := externaltest.Do(srv, "HEAD", "/fhir/R4/Patient/p1", nil)
+	if rec.Code != 200 || rec.Body.Len() != 0 {
+		t.Fatalf("HEAD: %d %q", rec.Code, rec.Body)
+	}
+	if got := rec.Header().Get("Content-Length"); got != "36" {
+		t.Errorf("Content-Length %q, want the GET's 36", got)
+	}
+}

@@ -24,7 +24,9 @@ type responseWriter struct {
 	status int
 	buf    []byte // the body held back
 	body   []byte // the body to send: buf, or the plugin's replacement
-	state  int
+	// replacedBody is set when the plugin replaced the body.
+	replacedBody bool
+	state        int
 }
 
 // States of a responseWriter.
@@ -113,9 +115,17 @@ func (rw *responseWriter) finish() {
 		return
 	}
 	rw.state = streaming
-	rw.w.Header().Set("Content-Length", strconv.Itoa(len(rw.body)))
+	if rw.replacedBody || bodyAllowed(rw.r.Method, rw.status) {
+		rw.w.Header().Set("Content-Length", strconv.Itoa(len(rw.body)))
+	}
 	rw.w.WriteHeader(rw.status)
 	rw.w.Write(rw.body)
+}
+
+// bodyAllowed reports whether a response has a body whose length the
+// gateway may state: not for HEAD (the length is the GET's), 204 or 304.
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // decide runs the response phase. It reports whether the response, as
@@ -152,7 +162,7 @@ func (rw *responseWriter) decide(state pb.BodyState, body []byte) bool {
 		rw.status = int(d.Status)
 	}
 	if d.ReplaceBody {
-		rw.body = d.Body
+		rw.body, rw.replacedBody = d.Body, true
 	}
 	return true
 }
