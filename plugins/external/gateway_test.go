@@ -460,3 +460,24 @@ func TestResponsePhaseKeepsHEADLength(t *testing.T) {
 		t.Errorf("Content-Length %q, want the GET's 36", got)
 	}
 }
+
+func TestWedgedProcessIsRestarted(t *testing.T) {
+	srv, logs := newGateway(t, "policy",
+		"    timeout: 100ms\n    health_interval: 50ms\n    health_timeout: 50ms\n    health_failures: 2\n")
+	pid := pluginPID(t)
+	syscall.Kill(pid, syscall.SIGSTOP) // alive, but answers nothing
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	var rec *httptest.ResponseRecorder
+	if !externaltest.Eventually(10*time.Second, func() bool {
+		rec = externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
+		return rec.Code == 200
+	}) {
+		t.Fatalf("not restarted: %d\n%s", rec.Code, logs)
+	}
+	if rec.Header().Get("X-Seen-Pid") == fmt.Sprint(pid) || externaltest.Alive(pid) {
+		t.Errorf("the wedged process %d still serves or lives", pid)
+	}
+	if !strings.Contains(logs.String(), "health checks failed") {
+		t.Errorf("restart reason not logged")
+	}
+}
