@@ -11,7 +11,6 @@
 //
 //	import (
 //		"context"
-//		"errors"
 //
 //		"github.com/omnigate/omnigate/sdk/external"
 //	)
@@ -19,24 +18,17 @@
 //	type requireHeader struct{ Header string }
 //
 //	func (p *requireHeader) Configure(ctx context.Context, c external.Config) error {
-//		if err := c.Decode(p); err != nil {
-//			return err
-//		}
-//		if p.Header == "" {
-//			return errors.New("config: header is required")
-//		}
-//		return nil
+//		return c.Decode(p)
 //	}
 //
 //	func (p *requireHeader) OnRequest(ctx context.Context, r *external.Request) error {
 //		if r.Header.Get(p.Header) == "" {
-//			r.Count("denied", 1)
 //			r.Deny(400, "missing required header "+p.Header)
 //		}
 //		return nil
 //	}
 //
-//	func main() { external.Serve(&requireHeader{}) }
+//	func main() { external.Serve(&requireHeader{Header: "X-Tenant"}) }
 //
 // Build it with "go build" and name the binary in omnigate.yaml:
 //
