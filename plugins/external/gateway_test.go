@@ -481,3 +481,46 @@ func TestWedgedProcessIsRestarted(t *testing.T) {
 		t.Errorf("restart reason not logged")
 	}
 }
+
+func TestBodiesOverTheCap(t *testing.T) {
+	t.Run("request", func(t *testing.T) {
+		srv, _ := newGateway(t, "policy", "    max_request_body: 10\n")
+		rec := externaltest.Do(srv, "POST", "/fhir/R4/Patient", strings.NewReader(`{"resourceType":"Patient"}`))
+		if rec.Code != 200 || rec.Header().Get("X-Seen-Body") != "too large" {
+			t.Errorf("%d %v", rec.Code, rec.Header())
+		}
+	})
+	t.Run("response", func(t *testing.T) {
+		srv, _ := newGateway(t, "response", "    max_response_body: 10\n")
+		rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/p1", nil)
+		// Decided on without the body, which then streams unchanged.
+		if rec.Code != 200 || rec.Body.String() != `{"resourceType":"Patient","id":"p1"}` ||
+			rec.Header().Get("X-Response-Seen") != "200 /fhir/R4/Patient/p1" {
+			t.Errorf("%d %v %s", rec.Code, rec.Header(), rec.Body)
+		}
+	})
+}
+
+func TestConcurrentRequests(t *testing.T) {
+	srv, _ := newGateway(t, "policy", "")
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				test, want := "", 200
+				if (g+i)%3 == 0 {
+					test, want = "deny", 403
+				}
+				user := fmt.Sprintf("u%d-%d", g, i)
+				rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil, "X-Test", test, "X-Test-User", user)
+				if rec.Code != want || want == 200 && !strings.HasPrefix(rec.Header().Get("X-Seen-User"), user+"/") {
+					t.Errorf("%s %s: %d %v", test, user, rec.Code, rec.Header().Get("X-Seen-User"))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

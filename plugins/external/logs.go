@@ -8,6 +8,8 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -67,6 +69,14 @@ func (l *lineLogger) tail() []string {
 }
 
 func (l *lineLogger) emit(b []byte) {
+	for len(b) > maxLine {
+		l.emitLine(b[:maxLine])
+		b = b[maxLine:]
+	}
+	l.emitLine(b)
+}
+
+func (l *lineLogger) emitLine(b []byte) {
 	b = bytes.TrimRight(b, "\r")
 	if len(bytes.TrimSpace(b)) == 0 {
 		return
@@ -108,12 +118,12 @@ func (l *lineLogger) emitJSON(b []byte) bool {
 	lvl, _ := pick(m, "level", "@level")
 	attrs := make([]slog.Attr, 0, len(m)+1)
 	attrs = append(attrs, slog.String("stream", l.stream))
-	for k, v := range m {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		switch k {
 		case "msg", "@message", "level", "@level", "time", "@timestamp", "@module", "plugin":
 			continue
 		}
-		attrs = append(attrs, slog.Any(k, v))
+		attrs = append(attrs, slog.Any(k, m[k]))
 	}
 	l.log.LogAttrs(context.Background(), parseLevel(lvl), fmt.Sprint(msg), attrs...)
 	return true

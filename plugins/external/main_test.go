@@ -93,6 +93,9 @@ func (p *testPolicy) OnRequest(ctx context.Context, r *external.Request) error {
 	if r.Body != nil {
 		r.Header.Set("X-Seen-Body", fmt.Sprint(len(r.Body)))
 	}
+	if r.BodyTooLarge {
+		r.Header.Set("X-Seen-Body", "too large")
+	}
 	r.Count("requests", 1)
 	switch r.Header.Get("X-Test") {
 	case "deny":
