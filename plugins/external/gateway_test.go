@@ -381,6 +381,8 @@ func TestShutdownAndReloadLeaveNoProcess(t *testing.T) {
     env: {%s: response-headers}
 routes:`, os.Args[0], helperEnv), 1)
 	two = strings.Replace(two, "plugins: [ident, policy]", "plugins: [ident, policy, second]", 1)
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where the plugins' socket directories go
 	srv, _ := externaltest.Gateway(t, two)
 	before := externaltest.Children(t)
 	if len(before) != 2 {
@@ -414,6 +416,31 @@ routes:`, os.Args[0], helperEnv), 1)
 		if externaltest.Alive(pid) {
 			t.Errorf("process %d alive after shutdown", pid)
 		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmp, "omnigate-plugin-*")); len(left) != 0 {
+		t.Errorf("socket directories left: %v", left)
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	t.Setenv("OMNIGATE_TEST_ENV", "gateway")
+	for _, tc := range []struct{ name, extra, want string }{
+		{"inherited", "", "gateway"},
+		{"env wins over the gateway's", "    env: {OMNIGATE_TEST_ENV: plugin, " + helperEnv + ": policy}\n", "plugin"},
+		{"not inherited", "    inherit_env: false\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := externaltest.Upstream(t)
+			yaml := config(up.URL, "policy", tc.extra)
+			if strings.Contains(tc.extra, "env: {") {
+				yaml = strings.Replace(yaml, fmt.Sprintf("    env: {%s: policy}\n", helperEnv), "", 1)
+			}
+			srv, _ := externaltest.Gateway(t, yaml)
+			rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
+			if rec.Code != 200 || rec.Header().Get("X-Seen-Env") != tc.want {
+				t.Errorf("%d, plugin saw %q, want %q", rec.Code, rec.Header().Get("X-Seen-Env"), tc.want)
+			}
+		})
 	}
 }
 

@@ -83,6 +83,7 @@ func (p *testPolicy) ReadRequestBody() bool { return true }
 func (p *testPolicy) OnRequest(ctx context.Context, r *external.Request) error {
 	r.Header.Set("X-Seen-Greeting", p.Greeting)
 	r.Header.Set("X-Seen-Pid", fmt.Sprint(os.Getpid()))
+	r.Header.Set("X-Seen-Env", os.Getenv("OMNIGATE_TEST_ENV"))
 	r.Header.Del("X-Seen-Remove")
 	if r.Identity != nil {
 		r.Header.Set("X-Seen-User", r.Identity.User+"/"+r.Identity.Role+"/"+strings.Join(r.Identity.Scopes, ","))

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +29,7 @@ type process struct {
 	rpc     *contract.Client
 	phases  *pb.ConfigureResponse
 	pid     int
+	sockDir string
 	started time.Time
 	exit    atomic.Pointer[string] // the exit status, as go-plugin logs it
 	killing atomic.Bool
@@ -39,10 +43,23 @@ const killGrace = 3 * time.Second
 func (p *Plugin) start(ctx context.Context) (*process, error) {
 	o := &p.opts
 	pr := &process{started: time.Now()}
-	cmd := exec.Command(o.Path, o.Args...)
-	for k, v := range o.Env {
-		cmd.Env = append(cmd.Env, k+"="+v)
+	// The plugin's Unix socket lives in a directory of its own, removed
+	// with the process, so a killed plugin leaves no socket file behind.
+	sockDir, err := os.MkdirTemp("", "omnigate-plugin-")
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", o.Path, err)
 	}
+	pr.sockDir = sockDir
+	cmd := exec.Command(o.Path, o.Args...)
+	// The environment is built here (go-plugin would put the gateway's
+	// after Env, and the later value of a name wins).
+	if !o.NoInheritEnv {
+		cmd.Env = os.Environ()
+	}
+	for _, k := range slices.Sorted(maps.Keys(o.Env)) {
+		cmd.Env = append(cmd.Env, k+"="+o.Env[k])
+	}
+	cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+sockDir)
 	setParentDeathSignal(cmd)
 	stderr := newLineLogger(p.log, "stderr", 8)
 	client := plugin.NewClient(&plugin.ClientConfig{
@@ -51,7 +68,7 @@ func (p *Plugin) start(ctx context.Context) (*process, error) {
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		StartTimeout:     o.StartTimeout,
-		SkipHostEnv:      o.NoInheritEnv,
+		SkipHostEnv:      true,
 		Stderr:           stderr,
 		SyncStdout:       newLineLogger(p.log, "stdout", 0),
 		SyncStderr:       newLineLogger(p.log, "stderr", 0),
@@ -60,6 +77,7 @@ func (p *Plugin) start(ctx context.Context) (*process, error) {
 	pr.client, pr.cmd = client, cmd
 	fail := func(err error) (*process, error) {
 		client.Kill()
+		os.RemoveAll(sockDir)
 		return nil, err
 	}
 	proto, err := client.Client()
@@ -132,12 +150,12 @@ func (pr *process) kill(force bool) {
 	}()
 	select {
 	case <-done:
-		return
 	case <-time.After(killGrace):
+		// A process that hangs does not answer the request to exit either.
+		pr.signalKill()
+		<-done
 	}
-	// A process that hangs does not answer the request to exit either.
-	pr.signalKill()
-	<-done
+	os.RemoveAll(pr.sockDir)
 }
 
 // signalKill kills the process unless it has been waited for already
