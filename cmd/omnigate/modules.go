@@ -6,5 +6,6 @@ import (
 	_ "github.com/omnigate/omnigate/builtin/cache"
 	_ "github.com/omnigate/omnigate/builtin/ratelimit"
 	_ "github.com/omnigate/omnigate/builtin/session"
+	_ "github.com/omnigate/omnigate/plugins/external"
 	_ "github.com/omnigate/omnigate/plugins/wasm"
 )
