@@ -40,6 +40,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/omnigate/omnigate/builtin/backbone"
 	"github.com/omnigate/omnigate/gateway"
 )
 
@@ -229,8 +230,9 @@ var (
 // SetKVProvider sets how wasm plugins get their KV store; call it before
 // the gateway loads its config (from an init function). f is called once
 // per plugin per config load; use env.Shared to keep one store (and its
-// connections) across plugins and reloads. The default is one MemoryKV per
-// process, kept across reloads.
+// connections) across plugins and reloads. The default is a BackboneKV on
+// the gateway's Redis (shared by every instance), or, without Redis, one
+// MemoryKV per process; both are kept across reloads.
 func SetKVProvider(f func(env *gateway.Env) (KV, error)) {
 	kvMu.Lock()
 	kvProvider = f
@@ -250,5 +252,19 @@ func sharedKV(env *gateway.Env) (KV, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.(KV), nil
+	mem := v.(*MemoryKV)
+	if !env.Config.Redis.Enabled() {
+		return mem, nil
+	}
+	m, err := backbone.FromEnv(context.Background(), env)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := env.Shared(fmt.Sprintf("wasm:kv:redis:%p", m), func() (any, error) {
+		return NewBackboneKV(context.Background(), m, mem), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return kv.(KV), nil
 }
