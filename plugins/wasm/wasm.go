@@ -29,7 +29,6 @@ package wasm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -156,26 +155,10 @@ func (c *Config) Validate() error {
 	if c.WatchInterval != nil && *c.WatchInterval < 0 {
 		errs = append(errs, gateway.FieldErrorf("watch_interval", "must not be negative"))
 	}
-	if _, err := configJSON(&c.Config); err != nil {
+	if _, err := gateway.NodeJSON(&c.Config); err != nil {
 		errs = append(errs, gateway.FieldErrorf("config", "%v", err))
 	}
 	return errors.Join(errs...)
-}
-
-// configJSON converts the guest's config node to JSON.
-func configJSON(n *yaml.Node) ([]byte, error) {
-	if n.Kind == 0 {
-		return []byte("null"), nil
-	}
-	var v any
-	if err := n.Decode(&v); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("cannot be given as JSON: %w", err)
-	}
-	return b, nil
 }
 
 func init() {
@@ -183,7 +166,7 @@ func init() {
 }
 
 func build(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
-	conf, err := configJSON(&cfg.Config)
+	conf, err := gateway.NodeJSON(&cfg.Config)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
