@@ -48,6 +48,7 @@ type structureDef struct {
 	Abstract       bool   `json:"abstract"`
 	Derivation     string `json:"derivation"`
 	Type           string `json:"type"`
+	FHIRVersion    string `json:"fhirVersion"`
 	BaseDefinition string `json:"baseDefinition"`
 	Snapshot       struct {
 		Element []struct {
@@ -103,7 +104,8 @@ func run(defs, out string) error {
 	var resourceTypes, domainTypes []string
 	summary := map[string][]string{}
 	for _, sd := range resources {
-		if sd.Kind != "resource" || sd.Abstract || sd.Derivation != "specialization" {
+		// The definitions also hold a few later (R4B) types: keep R4's.
+		if sd.Kind != "resource" || sd.Abstract || sd.Derivation != "specialization" || sd.FHIRVersion != "4.0.1" {
 			continue
 		}
 		resourceTypes = append(resourceTypes, sd.Type)
@@ -121,7 +123,7 @@ func run(defs, out string) error {
 	sort.Strings(resourceTypes)
 	dataTypes := map[string]string{}
 	for _, sd := range types {
-		if sd.Derivation == "constraint" || sd.Kind == "logical" {
+		if sd.Derivation == "constraint" || sd.Kind == "logical" || sd.FHIRVersion != "4.0.1" {
 			continue
 		}
 		dataTypes[strings.ToUpper(sd.Type[:1])+sd.Type[1:]] = sd.Type
