@@ -297,3 +297,32 @@ func (e *Entries) addQuantity(key string, v any) {
 		}
 	}
 }
+
+// Compartments returns the ids of the patients whose compartment holds the
+// resource, evaluating only the parameters that define the compartment
+// (cheaper than Index).
+func Compartments(typ, id string, resource any) []string {
+	var out []string
+	seen := map[string]bool{}
+	if typ == "Patient" && id != "" {
+		out = append(out, id)
+		seen[id] = true
+	}
+	for _, code := range spec.PatientCompartment[typ] {
+		p, ok := Lookup(typ, code)
+		if !ok || p.Type != TypeReference {
+			continue
+		}
+		var e Entries
+		for _, n := range p.Eval(resource) {
+			e.addRef(p.Key(), n.V)
+		}
+		for _, r := range e.Refs {
+			if r.Type == "Patient" && r.ID != "" && !seen[r.ID] {
+				seen[r.ID] = true
+				out = append(out, r.ID)
+			}
+		}
+	}
+	return out
+}

@@ -27,6 +27,9 @@ const schemaURL = "http://hl7.org/fhir/json-schema/4.0"
 type Problem struct {
 	Expression string
 	Message    string
+	// Unknown marks an element the schema does not define (the schema's
+	// additionalProperties), which callers may choose to accept.
+	Unknown bool
 }
 
 // Validator validates resources against the schema. It is safe for
@@ -129,7 +132,12 @@ func (v *Validator) Validate(typ string, resource any) ([]Problem, error) {
 			}
 			return
 		}
-		p := Problem{Expression: expression(typ, e.InstanceLocation), Message: e.ErrorKind.LocalizedString(printer)}
+		kp := e.ErrorKind.KeywordPath()
+		p := Problem{
+			Expression: expression(typ, e.InstanceLocation),
+			Message:    e.ErrorKind.LocalizedString(printer),
+			Unknown:    len(kp) > 0 && kp[len(kp)-1] == "additionalProperties",
+		}
 		if !seen[p] {
 			seen[p] = true
 			out = append(out, p)

@@ -1,0 +1,317 @@
+package fhir
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
+)
+
+func validID(s string) bool { return search.ValidID(s) }
+
+// newID returns a random id (a UUID v4 in its usual form).
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}
+
+// parsed is a resource from a request: its bytes and its decoded form.
+type parsed struct {
+	typ  string
+	raw  []byte
+	tree map[string]any
+}
+
+// decodeJSON decodes one JSON object with numbers kept as json.Number.
+func decodeJSON(raw []byte) (map[string]any, error) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, describeJSONError(raw, err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, errors.New("unexpected data after the JSON value")
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("the body is not a JSON object")
+	}
+	return m, nil
+}
+
+// describeJSONError adds the line and column to a syntax error.
+func describeJSONError(raw []byte, err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := 1, 1
+		for _, c := range raw[:min(int(se.Offset), len(raw))] {
+			if c == '\n' {
+				line++
+				col = 1
+			} else {
+				col++
+			}
+		}
+		return fmt.Errorf("malformed JSON at line %d, column %d: %v", line, col, se)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errors.New("malformed JSON: unexpected end of the body")
+	}
+	return fmt.Errorf("malformed JSON: %v", err)
+}
+
+// parseResource decodes and checks a resource body: well-formed JSON, a
+// known resourceType equal to want (if want is set), and, when validation
+// is on, the official schema. Problems are one issue each.
+func (h *Handler) parseResource(raw []byte, want, where string) (*parsed, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, errorf(http.StatusBadRequest, "%sthe request has no resource", where)
+	}
+	tree, err := decodeJSON(raw)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "%s%v", where, err)
+	}
+	rt, _ := tree["resourceType"].(string)
+	switch {
+	case rt == "":
+		return nil, locErr(http.StatusBadRequest, "resourceType", where+"the resource has no resourceType")
+	case !spec.IsResourceType(rt):
+		return nil, locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sunknown resourceType %q", where, rt))
+	case want != "" && rt != want:
+		return nil, locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sresourceType %q does not match the URL's %q", where, rt, want))
+	}
+	if id, ok := tree["id"]; ok {
+		s, isStr := id.(string)
+		if !isStr || !validID(s) {
+			return nil, locErr(http.StatusBadRequest, rt+".id", where+"invalid id: want 1-64 of A-Z a-z 0-9 - .")
+		}
+	}
+	if err := h.check(rt, tree, where); err != nil {
+		return nil, err
+	}
+	return &parsed{typ: rt, raw: raw, tree: tree}, nil
+}
+
+func locErr(status int, expr, msg string) *httpError {
+	is := newIssue(status, msg)
+	is.Expression = []string{expr}
+	return &httpError{status: status, issues: []issue{is}}
+}
+
+// check validates tree against the schema, and each contained resource
+// against its own type's.
+func (h *Handler) check(typ string, tree map[string]any, where string) error {
+	if h.validator == nil {
+		return nil
+	}
+	var issues []issue
+	add := func(prefix, typ string, v any) error {
+		probs, err := h.validator.Validate(typ, v)
+		if err != nil {
+			return err
+		}
+		for _, p := range probs {
+			if p.Unknown && !h.cfg.RejectUnknownElements {
+				continue
+			}
+			is := newIssue(http.StatusBadRequest, where+p.Message)
+			is.Code = "structure"
+			is.Expression = []string{prefix + p.Expression}
+			issues = append(issues, is)
+		}
+		return nil
+	}
+	if err := add("", typ, tree); err != nil {
+		return err
+	}
+	if cs, ok := tree["contained"].([]any); ok {
+		for i, c := range cs {
+			m, _ := c.(map[string]any)
+			ct, _ := m["resourceType"].(string)
+			if !spec.IsResourceType(ct) {
+				is := newIssue(http.StatusBadRequest, where+"contained resource with unknown resourceType")
+				is.Code = "structure"
+				is.Expression = []string{fmt.Sprintf("%s.contained[%d]", typ, i)}
+				issues = append(issues, is)
+				continue
+			}
+			if err := add(fmt.Sprintf("%s.contained[%d].", typ, i), ct, m); err != nil {
+				return err
+			}
+		}
+	}
+	if len(issues) > 0 {
+		// The schema's locations start with the type; inside contained
+		// resources drop the repeated type name.
+		for i := range issues {
+			e := issues[i].Expression[0]
+			if j := strings.Index(e, "]."); j > 0 && strings.Contains(e[:j], ".contained[") {
+				rest := e[j+2:]
+				if k := strings.IndexByte(rest, '.'); k >= 0 {
+					issues[i].Expression[0] = e[:j+2] + rest[k+1:]
+				} else {
+					issues[i].Expression[0] = e[:j+1]
+				}
+			}
+		}
+		return &httpError{status: http.StatusBadRequest, issues: issues}
+	}
+	return nil
+}
+
+// member is one top-level member of a JSON object, its value as sent.
+type member struct {
+	key string
+	raw json.RawMessage
+}
+
+func members(raw []byte) ([]member, error) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	var out []member
+	for d.More() {
+		t, err := d.Token()
+		if err != nil {
+			return nil, err
+		}
+		k, _ := t.(string)
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, member{k, v})
+	}
+	return out, nil
+}
+
+// stamp returns the resource JSON to store: resourceType, the server's id,
+// meta with the server's versionId and lastUpdated (the client's other
+// meta elements kept), then the client's other members as sent (white space
+// removed). tree is updated to match.
+func stamp(p *parsed, id string, version int64, updated time.Time) ([]byte, error) {
+	ms, err := members(p.raw)
+	if err != nil {
+		return nil, fmt.Errorf("re-read resource: %w", err)
+	}
+	lastUpdated := updated.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	meta := map[string]json.RawMessage{}
+	for _, m := range ms {
+		if m.key == "meta" {
+			if err := json.Unmarshal(m.raw, &meta); err != nil {
+				return nil, locErr(http.StatusBadRequest, p.typ+".meta", "meta must be an object")
+			}
+		}
+	}
+	meta["versionId"], _ = json.Marshal(fmt.Sprint(version))
+	meta["lastUpdated"], _ = json.Marshal(lastUpdated)
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("encode meta: %w", err)
+	}
+	var b bytes.Buffer
+	b.Grow(len(p.raw) + 128)
+	b.WriteString(`{"resourceType":`)
+	rt, _ := json.Marshal(p.typ)
+	b.Write(rt)
+	b.WriteString(`,"id":`)
+	idJSON, _ := json.Marshal(id)
+	b.Write(idJSON)
+	b.WriteString(`,"meta":`)
+	b.Write(metaJSON)
+	for _, m := range ms {
+		switch m.key {
+		case "resourceType", "id", "meta":
+			continue
+		}
+		b.WriteByte(',')
+		k, _ := json.Marshal(m.key)
+		b.Write(k)
+		b.WriteByte(':')
+		if err := json.Compact(&b, m.raw); err != nil {
+			return nil, fmt.Errorf("compact %s: %w", m.key, err)
+		}
+	}
+	b.WriteByte('}')
+	p.tree["id"] = id
+	tm, _ := p.tree["meta"].(map[string]any)
+	if tm == nil {
+		tm = map[string]any{}
+		p.tree["meta"] = tm
+	}
+	tm["versionId"] = fmt.Sprint(version)
+	tm["lastUpdated"] = lastUpdated
+	return b.Bytes(), nil
+}
+
+// rewriteRefs replaces every JSON string value that equals a key of refs
+// (a transaction's fullUrl, "urn:uuid:…") with its value ("Patient/12").
+// Object keys and strings that merely contain a key are left alone.
+func rewriteRefs(raw []byte, refs map[string]string) []byte {
+	if len(refs) == 0 {
+		return raw
+	}
+	var out []byte
+	last := 0
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '"' {
+			continue
+		}
+		start := i
+		j := i + 1
+		escaped := false
+		for j < len(raw) && raw[j] != '"' {
+			if raw[j] == '\\' {
+				escaped = true
+				j++
+			}
+			j++
+		}
+		i = j
+		if j >= len(raw) || escaped {
+			continue
+		}
+		k := j + 1
+		for k < len(raw) && (raw[k] == ' ' || raw[k] == '\n' || raw[k] == '\r' || raw[k] == '\t') {
+			k++
+		}
+		if k < len(raw) && raw[k] == ':' {
+			continue // an object key
+		}
+		to, ok := refs[string(raw[start+1:j])]
+		if !ok {
+			continue
+		}
+		out = append(out, raw[last:start+1]...)
+		out = append(out, to...)
+		last = j
+	}
+	if out == nil {
+		return raw
+	}
+	return append(out, raw[last:]...)
+}
