@@ -65,7 +65,7 @@ func writeBundle(typ string, total int, links []link, entries []entry) []byte {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			u, _ := json.Marshal(l.url)
+			u := marshal(l.url)
 			b.WriteString(`{"relation":"` + l.rel + `","url":`)
 			b.Write(u)
 			b.WriteByte('}')
@@ -81,7 +81,7 @@ func writeBundle(typ string, total int, links []link, entries []entry) []byte {
 			b.WriteByte('{')
 			sep := ""
 			if e.fullURL != "" {
-				u, _ := json.Marshal(e.fullURL)
+				u := marshal(e.fullURL)
 				b.WriteString(`"fullUrl":`)
 				b.Write(u)
 				sep = ","
@@ -96,13 +96,13 @@ func writeBundle(typ string, total int, links []link, entries []entry) []byte {
 				sep = ","
 			}
 			if e.request != nil {
-				r, _ := json.Marshal(e.request)
+				r := marshal(e.request)
 				b.WriteString(sep + `"request":`)
 				b.Write(r)
 				sep = ","
 			}
 			if e.response != nil {
-				r, _ := json.Marshal(e.response)
+				r := marshal(e.response)
 				b.WriteString(sep + `"response":`)
 				b.Write(r)
 			}
@@ -112,6 +112,17 @@ func writeBundle(typ string, total int, links []link, entries []entry) []byte {
 	}
 	b.WriteByte('}')
 	return b.Bytes()
+}
+
+// marshal encodes v without escaping <, > and & (URLs keep their &).
+func marshal(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return []byte("null")
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment string, params url.Values) error {

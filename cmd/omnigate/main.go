@@ -8,6 +8,7 @@
 //	omnigate serve [-config FILE]     serve (default: the embedded config)
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
+//	omnigate fhir import FILE...      load Bundles or NDJSON into the FHIR store
 //	omnigate version                  print the version
 package main
 
@@ -30,6 +31,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
 		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
+		{"fhir", "fhir import [-config FILE] FILE...   load transaction/batch Bundles or NDJSON into the FHIR store", runFHIR},
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0

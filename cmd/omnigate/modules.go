@@ -2,4 +2,6 @@ package main
 
 // The plugins and handlers compiled into omnigate register themselves with
 // the gateway when imported.
-import ()
+import (
+	_ "github.com/omnigate/omnigate/builtin/fhir"
+)
