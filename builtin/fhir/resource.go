@@ -229,10 +229,7 @@ func stamp(p *parsed, id string, version int64, updated time.Time) ([]byte, erro
 	}
 	meta["versionId"], _ = json.Marshal(fmt.Sprint(version))
 	meta["lastUpdated"], _ = json.Marshal(lastUpdated)
-	metaJSON, err := json.Marshal(meta)
-	if err != nil {
-		return nil, fmt.Errorf("encode meta: %w", err)
-	}
+	metaJSON := marshal(meta)
 	var b bytes.Buffer
 	b.Grow(len(p.raw) + 128)
 	b.WriteString(`{"resourceType":`)
