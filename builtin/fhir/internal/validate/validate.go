@@ -53,17 +53,19 @@ func New() (*Validator, error) {
 	}
 	// This copy of the R4 schema refers to two definitions it lacks:
 	// integer64 (Parameters.parameter.valueInteger64), defined here as R5
-	// does, and Resource (the items of "contained"), defined as any object
-	// with a resourceType: Validate checks each contained resource against
-	// its own type's schema instead.
+	// does, and Resource. Resource and ResourceList (a oneOf over every
+	// type, the items of "contained" and Bundle.entry.resource) are both
+	// defined as any object with a resourceType: the server checks each
+	// contained resource against its own type's schema instead, which is
+	// faster and reports the problems of that type only.
 	if m, ok := doc.(map[string]any); ok {
 		if defs, ok := m["definitions"].(map[string]any); ok {
 			if defs["integer64"] == nil {
 				defs["integer64"] = map[string]any{"type": "string", "pattern": "^[0]|[-]?[1-9][0-9]*$"}
 			}
-			if defs["Resource"] == nil {
-				defs["Resource"] = map[string]any{"type": "object", "required": []any{"resourceType"}}
-			}
+			anyResource := map[string]any{"type": "object", "required": []any{"resourceType"}}
+			defs["Resource"] = anyResource
+			defs["ResourceList"] = anyResource
 		}
 	}
 	c := jsonschema.NewCompiler()
