@@ -502,11 +502,8 @@ func (q *Query) parseIncludes(name string, vals []string, bad func(string, strin
 			bad(name, "%q: want SourceType:parameter[:TargetType]", v)
 			continue
 		}
+		// An _include whose source is not the searched type finds nothing.
 		inc := Include{Rev: rev, Iterate: iterate, Source: parts[0]}
-		if !rev && !iterate && parts[0] != q.Type {
-			bad(name, "%q: the source type must be %s", v, q.Type)
-			continue
-		}
 		if parts[1] != "*" {
 			p, ok := Lookup(parts[0], parts[1])
 			if !ok || p.Type != TypeReference {
