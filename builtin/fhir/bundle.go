@@ -197,42 +197,9 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 	results := make([]*result, len(entries))
 	err := h.store.Update(ctx, func(tx store.Tx) error {
 		now := h.now()
-		refs := map[string]string{}
-		for _, e := range entries {
-			if e.op == nil {
-				continue
-			}
-			o := e.op
-			switch {
-			case o.method == http.MethodPost && o.ifNoneExist != "":
-				crit, err := url.ParseQuery(o.ifNoneExist)
-				if err != nil {
-					return errorf(http.StatusBadRequest, "%sbad ifNoneExist: %v", o.where, err)
-				}
-				found, err := h.matchOne(ctx, tx, o.typ, crit, o.where)
-				if err != nil {
-					return err
-				}
-				if found != nil {
-					o.id = found.ID
-				}
-			case o.method == http.MethodPut && o.cond != nil:
-				found, err := h.matchOne(ctx, tx, o.typ, o.cond, o.where)
-				if err != nil {
-					return err
-				}
-				switch bodyID, _ := o.res.tree["id"].(string); {
-				case found != nil:
-					o.id = found.ID
-				case bodyID != "":
-					o.id = bodyID
-				default:
-					o.id = newID()
-				}
-			}
-			if e.fullURL != "" && o.id != "" && (o.method == http.MethodPost || o.method == http.MethodPut) {
-				refs[e.fullURL] = o.typ + "/" + o.id
-			}
+		refs, err := h.resolveIDs(ctx, tx, entries)
+		if err != nil {
+			return err
 		}
 		for _, e := range entries {
 			if e.op != nil && e.op.res != nil && len(refs) > 0 {
@@ -260,6 +227,54 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 	}
 	h.notifyResults(ctx, results)
 	return h.bundleResponse(ctx, req, "transaction-response", entries, results), nil
+}
+
+// resolveIDs settles the id every write entry will have (running the
+// conditions of conditional creates and updates) and maps the entries'
+// fullUrls to "Type/id" for reference rewriting.
+func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundleEntry) (map[string]string, error) {
+	refs := map[string]string{}
+	for _, e := range entries {
+		if e.op == nil {
+			continue
+		}
+		o := e.op
+		switch {
+		case o.method == http.MethodPost && o.ifNoneExist != "":
+			crit, err := url.ParseQuery(o.ifNoneExist)
+			if err != nil {
+				err := errorf(http.StatusBadRequest, "%sbad ifNoneExist: %v", o.where, err)
+				prefixEntry(err, e.index)
+				return nil, err
+			}
+			found, err := h.matchOne(ctx, tx, o.typ, crit, o.where)
+			if err != nil {
+				prefixEntry(err, e.index)
+				return nil, err
+			}
+			if found != nil {
+				o.id = found.ID
+			}
+		case o.method == http.MethodPut && o.cond != nil:
+			found, err := h.matchOne(ctx, tx, o.typ, o.cond, o.where)
+			if err != nil {
+				prefixEntry(err, e.index)
+				return nil, err
+			}
+			switch bodyID, _ := o.res.tree["id"].(string); {
+			case found != nil:
+				o.id = found.ID
+			case bodyID != "":
+				o.id = bodyID
+			default:
+				o.id = newID()
+			}
+		}
+		if e.fullURL != "" && o.id != "" && (o.method == http.MethodPost || o.method == http.MethodPut) {
+			refs[e.fullURL] = o.typ + "/" + o.id
+		}
+	}
+	return refs, nil
 }
 
 // prefixEntry adds the entry's location to issues that have none.

@@ -265,7 +265,7 @@ func TestIncludes(t *testing.T) {
 		"Observation?_id=o1&_include=*":                                                              "include:Encounter/e1,include:Patient/p1,match:Observation/o1",
 		"Patient?_id=p1&_revinclude=Observation:subject":                                             "include:Observation/o1,include:Observation/o2,match:Patient/p1",
 		"Patient?_id=p2&_revinclude=RiskAssessment:subject&_revinclude=Encounter:subject":            "include:RiskAssessment/r2,match:Patient/p2",
-		"Encounter?_id=e1&_revinclude=Observation:encounter&_include:iterate=Observation:subject":     "include:Observation/o1,include:Observation/o2,include:Observation/o3,include:Observation/o4,include:Patient/p1,include:Patient/p2,match:Encounter/e1",
+		"Encounter?_id=e1&_revinclude=Observation:encounter&_include:iterate=Observation:subject":    "include:Observation/o1,include:Observation/o2,include:Observation/o3,include:Observation/o4,include:Patient/p1,include:Patient/p2,match:Encounter/e1",
 		"Encounter?_id=e1&_revinclude=Observation:encounter&_include=Observation:subject&_count=100": "include:Observation/o1,include:Observation/o2,include:Observation/o3,include:Observation/o4,match:Encounter/e1",
 	}
 	for q, want := range cases {
