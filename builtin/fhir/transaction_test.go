@@ -238,11 +238,11 @@ func TestOnWrite(t *testing.T) {
 func TestRewriteRefs(t *testing.T) {
 	refs := map[string]string{"urn:uuid:a": "Patient/1"}
 	for in, want := range map[string]string{
-		`{"subject":{"reference":"urn:uuid:a"}}`:         `{"subject":{"reference":"Patient/1"}}`,
-		`{"urn:uuid:a":"x"}`:                             `{"urn:uuid:a":"x"}`,
-		`{"text":"see urn:uuid:a"}`:                      `{"text":"see urn:uuid:a"}`,
+		`{"subject":{"reference":"urn:uuid:a"}}`:          `{"subject":{"reference":"Patient/1"}}`,
+		`{"urn:uuid:a":"x"}`:                              `{"urn:uuid:a":"x"}`,
+		`{"text":"see urn:uuid:a"}`:                       `{"text":"see urn:uuid:a"}`,
 		`{"a":["urn:uuid:a", "urn:uuid:b","urn:uuid:a"]}`: `{"a":["Patient/1", "urn:uuid:b","Patient/1"]}`,
-		`{"e":"\"urn:uuid:a\""}`:                         `{"e":"\"urn:uuid:a\""}`,
+		`{"e":"\"urn:uuid:a\""}`:                          `{"e":"\"urn:uuid:a\""}`,
 	} {
 		if got := string(rewriteRefs([]byte(in), refs)); got != want {
 			t.Errorf("%s: got %s, want %s", in, got, want)
