@@ -53,7 +53,11 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 	return newHandler(cfg, v.(store.Store), opts)
 }
 
-func newValidator() (*validate.Validator, error) {
+// newValidator returns the process's schema validator, built on first use:
+// the schema never changes, and compiling it takes about half a second.
+func newValidator() (*validate.Validator, error) { return sharedValidator() }
+
+var sharedValidator = sync.OnceValues(func() (*validate.Validator, error) {
 	v, err := validate.New()
 	if err != nil {
 		return nil, fmt.Errorf("load schema: %w", err)
@@ -64,7 +68,7 @@ func newValidator() (*validate.Validator, error) {
 		return nil, err
 	}
 	return v, nil
-}
+})
 
 // Options configure a Handler beyond its Config.
 type Options struct {

@@ -293,18 +293,6 @@ func TestPagingUnderConcurrentWrites(t *testing.T) {
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			do(t, h, "POST", "/fhir/R4/Patient", `{"resourceType":"Patient","gender":"unknown"}`)
-			do(t, h, "DELETE", "/fhir/R4/Patient/q"+itoa(10+i%30), nil)
-		}
-	}()
 	seen := map[string]int{}
 	next := "/fhir/R4/Patient?gender=unknown&_count=10"
 	pages := 0
@@ -322,6 +310,20 @@ func TestPagingUnderConcurrentWrites(t *testing.T) {
 			seen[e["id"].(string)]++
 		}
 		next = strings.TrimPrefix(nextLink(b), "http://fhir.test")
+		if pages == 0 { // the others start writing once the search has run
+			go func() {
+				defer close(done)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					do(t, h, "POST", "/fhir/R4/Patient", `{"resourceType":"Patient","gender":"unknown"}`)
+					do(t, h, "DELETE", "/fhir/R4/Patient/q"+itoa(10+i%30), nil)
+				}
+			}()
+		}
 		pages++
 		if pages > 20 {
 			t.Fatal("paging does not end")
