@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,50 @@ type Store struct {
 	read   *sql.DB // readers; the same as write for ":memory:"
 	mu     sync.Mutex
 	closed bool
+	stmts  sync.Map // SQL -> *sql.Stmt prepared on write
+}
+
+// writeStmts are the statements of writes, prepared once on the write
+// connection when the store opens, so that SQLite parses each once.
+var writeStmts = []string{
+	`SELECT rid FROM resources WHERE type = ? AND id = ?`,
+	`INSERT INTO resources (type, id, version, seq, updated, deleted) VALUES (?, ?, ?, 0, 0, ?)`,
+	`INSERT INTO history (rid, type, version, updated, deleted, method, body) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	`UPDATE resources SET version = ?, seq = ?, updated = ?, deleted = ? WHERE rid = ?`,
+	`INSERT INTO sp_string VALUES (?, ?, ?, ?)`,
+	`INSERT INTO sp_token VALUES (?, ?, ?, ?, ?)`,
+	`INSERT INTO sp_ref VALUES (?, ?, ?, ?, ?)`,
+	`INSERT INTO sp_date VALUES (?, ?, ?, ?)`,
+	`INSERT INTO sp_number VALUES (?, ?, ?)`,
+	`INSERT INTO sp_quantity VALUES (?, ?, ?, ?, ?)`,
+	`INSERT INTO sp_uri VALUES (?, ?, ?)`,
+	`INSERT OR IGNORE INTO compartment (patient, rid) VALUES (?, ?)`,
+}
+
+func init() {
+	for _, t := range indexTables {
+		writeStmts = append(writeStmts, `DELETE FROM `+t+` WHERE rid = ?`)
+	}
+}
+
+func (s *Store) prepare(ctx context.Context) error {
+	for _, q := range writeStmts {
+		st, err := s.write.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		s.stmts.Store(q, st)
+	}
+	return nil
+}
+
+// stmt returns the prepared statement of query, or nil if it is not one of
+// writeStmts.
+func (s *Store) stmt(query string) *sql.Stmt {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt)
+	}
+	return nil
 }
 
 var _ store.Store = (*Store)(nil)
@@ -108,6 +153,10 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if !memory {
 		r, err := sql.Open(opt.Driver, dsn(true))
 		if err != nil {
@@ -133,6 +182,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
 	var err error
 	if s.read != s.write {
 		err = s.read.Close()
@@ -298,7 +348,7 @@ func (s *Store) Update(ctx context.Context, fn func(tx store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin write: %w", err)
 	}
-	w := &writeTx{reader: reader{tx}, tx: tx}
+	w := &writeTx{reader: reader{tx}, tx: tx, s: s}
 	if err := fn(w); err != nil {
 		tx.Rollback()
 		return err
@@ -511,11 +561,21 @@ func placeholders(n int) string {
 type writeTx struct {
 	reader
 	tx *sql.Tx
+	s  *Store
+}
+
+// exec runs a statement in the transaction, prepared if it is one of
+// writeStmts.
+func (w *writeTx) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := w.s.stmt(query); st != nil {
+		return w.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return w.tx.ExecContext(ctx, query, args...)
 }
 
 func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries) error {
 	var rid int64
-	err := w.tx.QueryRowContext(ctx, `SELECT rid FROM resources WHERE type = ? AND id = ?`, v.Type, v.ID).Scan(&rid)
+	err := w.tx.StmtContext(ctx, w.s.stmt(writeStmts[0])).QueryRowContext(ctx, v.Type, v.ID).Scan(&rid)
 	exists := err == nil
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("put: %w", err)
@@ -525,7 +585,7 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 		deleted = 1
 	}
 	if !exists {
-		res, err := w.tx.ExecContext(ctx, `INSERT INTO resources (type, id, version, seq, updated, deleted) VALUES (?, ?, ?, 0, 0, ?)`, v.Type, v.ID, v.Version, deleted)
+		res, err := w.exec(ctx, `INSERT INTO resources (type, id, version, seq, updated, deleted) VALUES (?, ?, ?, 0, 0, ?)`, v.Type, v.ID, v.Version, deleted)
 		if err != nil {
 			return fmt.Errorf("put: %w", err)
 		}
@@ -533,7 +593,7 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 			return fmt.Errorf("put: %w", err)
 		}
 	}
-	res, err := w.tx.ExecContext(ctx, `INSERT INTO history (rid, type, version, updated, deleted, method, body) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	res, err := w.exec(ctx, `INSERT INTO history (rid, type, version, updated, deleted, method, body) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		rid, v.Type, v.Version, v.Updated.UnixMicro(), deleted, v.Method, v.Body)
 	if err != nil {
 		return fmt.Errorf("put version: %w", err)
@@ -542,13 +602,13 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 	if err != nil {
 		return fmt.Errorf("put version: %w", err)
 	}
-	if _, err := w.tx.ExecContext(ctx, `UPDATE resources SET version = ?, seq = ?, updated = ?, deleted = ? WHERE rid = ?`, v.Version, seq, v.Updated.UnixMicro(), deleted, rid); err != nil {
+	if _, err := w.exec(ctx, `UPDATE resources SET version = ?, seq = ?, updated = ?, deleted = ? WHERE rid = ?`, v.Version, seq, v.Updated.UnixMicro(), deleted, rid); err != nil {
 		return fmt.Errorf("put: %w", err)
 	}
 	v.Key, v.Seq = rid, seq
 	if exists {
 		for _, t := range indexTables {
-			if _, err := w.tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE rid = ?`, rid); err != nil {
+			if _, err := w.exec(ctx, `DELETE FROM `+t+` WHERE rid = ?`, rid); err != nil {
 				return fmt.Errorf("reindex: %w", err)
 			}
 		}
@@ -560,49 +620,40 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 }
 
 func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error {
-	ins := func(table string, n int, row func(i int) []any) error {
-		if n == 0 {
-			return nil
-		}
-		cols := len(row(0))
-		const maxRows = 100 // keep within SQLite's bound-variable limit
-		for start := 0; start < n; start += maxRows {
-			end := min(n, start+maxRows)
-			var b []byte
-			b = append(b, "INSERT INTO "+table+" VALUES "...)
-			args := make([]any, 0, (end-start)*(cols+1))
-			for i := start; i < end; i++ {
-				if i > start {
-					b = append(b, ',')
-				}
-				b = append(b, '(', '?')
-				for c := 0; c < cols; c++ {
-					b = append(b, ",?"...)
-				}
-				b = append(b, ')')
-				args = append(args, rid)
-				args = append(args, row(i)...)
-			}
-			if _, err := w.tx.ExecContext(ctx, string(b), args...); err != nil {
-				return fmt.Errorf("index %s: %w", table, err)
-			}
+	ins := func(table string, args ...any) error {
+		q := `INSERT INTO ` + table + ` VALUES (?` + strings.Repeat(", ?", len(args)) + `)`
+		if _, err := w.exec(ctx, q, append([]any{rid}, args...)...); err != nil {
+			return fmt.Errorf("index %s: %w", table, err)
 		}
 		return nil
 	}
-	err := errors.Join(
-		ins("sp_string", len(e.Strings), func(i int) []any { x := e.Strings[i]; return []any{x.Param, x.Norm, x.Exact} }),
-		ins("sp_token", len(e.Tokens), func(i int) []any { x := e.Tokens[i]; return []any{x.Param, x.System, x.Code, x.Text} }),
-		ins("sp_ref", len(e.Refs), func(i int) []any { x := e.Refs[i]; return []any{x.Param, x.Type, x.ID, x.URL} }),
-		ins("sp_date", len(e.Dates), func(i int) []any { x := e.Dates[i]; return []any{x.Param, x.Lo, x.Hi} }),
-		ins("sp_number", len(e.Numbers), func(i int) []any { x := e.Numbers[i]; return []any{x.Param, x.Value} }),
-		ins("sp_quantity", len(e.Quantities), func(i int) []any { x := e.Quantities[i]; return []any{x.Param, x.Value, x.System, x.Code} }),
-		ins("sp_uri", len(e.URIs), func(i int) []any { x := e.URIs[i]; return []any{x.Param, x.Value} }),
-	)
+	var err error
+	for _, x := range e.Strings {
+		err = errors.Join(err, ins("sp_string", x.Param, x.Norm, x.Exact))
+	}
+	for _, x := range e.Tokens {
+		err = errors.Join(err, ins("sp_token", x.Param, x.System, x.Code, x.Text))
+	}
+	for _, x := range e.Refs {
+		err = errors.Join(err, ins("sp_ref", x.Param, x.Type, x.ID, x.URL))
+	}
+	for _, x := range e.Dates {
+		err = errors.Join(err, ins("sp_date", x.Param, x.Lo, x.Hi))
+	}
+	for _, x := range e.Numbers {
+		err = errors.Join(err, ins("sp_number", x.Param, x.Value))
+	}
+	for _, x := range e.Quantities {
+		err = errors.Join(err, ins("sp_quantity", x.Param, x.Value, x.System, x.Code))
+	}
+	for _, x := range e.URIs {
+		err = errors.Join(err, ins("sp_uri", x.Param, x.Value))
+	}
 	if err != nil {
 		return err
 	}
 	for _, p := range e.Compartments {
-		if _, err := w.tx.ExecContext(ctx, `INSERT OR IGNORE INTO compartment (patient, rid) VALUES (?, ?)`, p, rid); err != nil {
+		if _, err := w.exec(ctx, `INSERT OR IGNORE INTO compartment (patient, rid) VALUES (?, ?)`, p, rid); err != nil {
 			return fmt.Errorf("index compartment: %w", err)
 		}
 	}
