@@ -32,13 +32,23 @@ var tables = map[string]string{
 
 func buildSearch(q *search.Query) *sqlBuilder {
 	b := &sqlBuilder{}
-	b.add(`r.type = ? AND r.deleted = 0`, q.Type)
+	driver := -1
+	if q.Compartment == "" {
+		driver = pickDriver(q.Clauses)
+	}
+	if q.Compartment != "" || driver >= 0 {
+		// Another condition finds the candidates: keep SQLite from
+		// scanning every resource of the type ("+" disables the index).
+		b.add(`+r.type = ? AND r.deleted = 0`, q.Type)
+	} else {
+		b.add(`r.type = ? AND r.deleted = 0`, q.Type)
+	}
 	if q.Compartment != "" {
 		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, q.Compartment)
 	}
 	for i := range q.Clauses {
 		b.where.WriteString(" AND ")
-		b.clause(&q.Clauses[i])
+		b.clause(&q.Clauses[i], i == driver)
 	}
 	for _, k := range q.Sort {
 		b.sortKey(k)
@@ -46,12 +56,38 @@ func buildSearch(q *search.Query) *sqlBuilder {
 	return b
 }
 
+// driverRank orders parameter types by how few rows a value usually
+// matches: the best clause drives the search, the others are checked per
+// candidate.
+var driverRank = map[string]int{
+	search.TypeReference: 1, search.TypeToken: 2, search.TypeString: 3, search.TypeURI: 4,
+	search.TypeDate: 5, search.TypeQuantity: 6, search.TypeNumber: 7,
+}
+
+// pickDriver returns the index of the clause to drive the search, -1 for
+// none (then the resources of the type are scanned).
+func pickDriver(cs []search.Clause) int {
+	best, rank := -1, 100
+	for i, c := range cs {
+		if c.Param == nil || c.Modifier == "not" || c.Modifier == "missing" {
+			continue
+		}
+		if r := driverRank[c.Type]; r < rank {
+			best, rank = i, r
+		}
+	}
+	return best
+}
+
 func (b *sqlBuilder) orderBy() string {
 	keys := append(b.order, "r.rid")
 	return " ORDER BY " + strings.Join(keys, ", ")
 }
 
-func (b *sqlBuilder) clause(c *search.Clause) {
+// clause adds one parameter's condition: as the set of candidates when it
+// drives the search, else as a check of each candidate through the index
+// table's primary key (rid, p, …).
+func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 	switch c.Name {
 	case "_id":
 		if c.Modifier == "missing" {
@@ -86,18 +122,21 @@ func (b *sqlBuilder) clause(c *search.Clause) {
 	table := tables[c.Type]
 	p := c.Param.Key()
 	if c.Modifier == "missing" {
-		op := "IN"
+		not := ""
 		if c.Values[0].Missing {
-			op = "NOT IN"
+			not = "NOT "
 		}
-		b.add(`r.rid `+op+` (SELECT rid FROM `+table+` WHERE p = ?)`, p)
+		b.add(not+`EXISTS (SELECT 1 FROM `+table+` t WHERE t.rid = r.rid AND t.p = ?)`, p)
 		return
 	}
-	op := "IN"
-	if c.Modifier == "not" {
-		op = "NOT IN"
+	switch {
+	case driver:
+		b.add(`r.rid IN (SELECT rid FROM `+table+` WHERE p = ? AND (`, p)
+	case c.Modifier == "not":
+		b.add(`NOT EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
+	default:
+		b.add(`EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
 	}
-	b.add(`r.rid `+op+` (SELECT rid FROM `+table+` WHERE p = ? AND (`, p)
 	for i, v := range c.Values {
 		if i > 0 {
 			b.where.WriteString(" OR ")

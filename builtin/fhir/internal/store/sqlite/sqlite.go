@@ -59,19 +59,29 @@ var writeStmts = []string{
 	`INSERT INTO resources (type, id, version, seq, updated, deleted) VALUES (?, ?, ?, 0, 0, ?)`,
 	`INSERT INTO history (rid, type, version, updated, deleted, method, body) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 	`UPDATE resources SET version = ?, seq = ?, updated = ?, deleted = ? WHERE rid = ?`,
-	`INSERT INTO sp_string VALUES (?, ?, ?, ?)`,
-	`INSERT INTO sp_token VALUES (?, ?, ?, ?, ?)`,
-	`INSERT INTO sp_ref VALUES (?, ?, ?, ?, ?)`,
-	`INSERT INTO sp_date VALUES (?, ?, ?, ?)`,
-	`INSERT INTO sp_number VALUES (?, ?, ?)`,
-	`INSERT INTO sp_quantity VALUES (?, ?, ?, ?, ?)`,
-	`INSERT INTO sp_uri VALUES (?, ?, ?)`,
-	`INSERT OR IGNORE INTO compartment (patient, rid) VALUES (?, ?)`,
+}
+
+// indexColumns is the number of columns of each index table.
+var indexColumns = map[string]int{
+	"sp_string": 4, "sp_token": 5, "sp_ref": 5, "sp_date": 4, "sp_number": 3, "sp_quantity": 5, "sp_uri": 3, "compartment": 2,
+}
+
+// batchSizes are the row counts of the prepared multi-row inserts; a
+// resource's rows go in as few statements as these sizes allow.
+var batchSizes = []int{32, 16, 8, 4, 2, 1}
+
+// insertSQL is the statement inserting n rows into an index table.
+func insertSQL(table string, n int) string {
+	row := "(?" + strings.Repeat(", ?", indexColumns[table]-1) + ")"
+	return `INSERT OR IGNORE INTO ` + table + ` VALUES ` + row + strings.Repeat(", "+row, n-1)
 }
 
 func init() {
 	for _, t := range indexTables {
 		writeStmts = append(writeStmts, `DELETE FROM `+t+` WHERE rid = ?`)
+		for _, n := range batchSizes {
+			writeStmts = append(writeStmts, insertSQL(t, n))
+		}
 	}
 }
 
@@ -215,30 +225,32 @@ var schema = []string{
 	)`,
 	`CREATE UNIQUE INDEX IF NOT EXISTS history_rid ON history (rid, version)`,
 	`CREATE INDEX IF NOT EXISTS history_type ON history (type, seq)`,
-	`CREATE TABLE IF NOT EXISTS sp_string (rid INTEGER NOT NULL, p TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL)`,
+	// Index tables are clustered by resource (rid first in the primary
+	// key), so that replacing a resource's rows is a range delete, with one
+	// secondary index for searching by parameter and value.
+	`CREATE TABLE IF NOT EXISTS sp_string (rid INTEGER NOT NULL, p TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL,
+		PRIMARY KEY (rid, p, norm, exact)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_string_v ON sp_string (p, norm)`,
-	`CREATE INDEX IF NOT EXISTS sp_string_r ON sp_string (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_token (rid INTEGER NOT NULL, p TEXT NOT NULL, sys TEXT NOT NULL, code TEXT NOT NULL, text TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_token (rid INTEGER NOT NULL, p TEXT NOT NULL, sys TEXT NOT NULL, code TEXT NOT NULL, text TEXT NOT NULL,
+		PRIMARY KEY (rid, p, code, sys, text)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_token_v ON sp_token (p, code, sys)`,
-	`CREATE INDEX IF NOT EXISTS sp_token_r ON sp_token (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_ref (rid INTEGER NOT NULL, p TEXT NOT NULL, ttype TEXT NOT NULL, tid TEXT NOT NULL, url TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_ref (rid INTEGER NOT NULL, p TEXT NOT NULL, ttype TEXT NOT NULL, tid TEXT NOT NULL, url TEXT NOT NULL,
+		PRIMARY KEY (rid, p, tid, ttype, url)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_ref_v ON sp_ref (p, tid, ttype)`,
-	`CREATE INDEX IF NOT EXISTS sp_ref_t ON sp_ref (tid, ttype)`,
-	`CREATE INDEX IF NOT EXISTS sp_ref_r ON sp_ref (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_date (rid INTEGER NOT NULL, p TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_date (rid INTEGER NOT NULL, p TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+		PRIMARY KEY (rid, p, lo, hi)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_date_v ON sp_date (p, lo)`,
-	`CREATE INDEX IF NOT EXISTS sp_date_r ON sp_date (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_number (rid INTEGER NOT NULL, p TEXT NOT NULL, v REAL NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_number (rid INTEGER NOT NULL, p TEXT NOT NULL, v REAL NOT NULL,
+		PRIMARY KEY (rid, p, v)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_number_v ON sp_number (p, v)`,
-	`CREATE INDEX IF NOT EXISTS sp_number_r ON sp_number (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_quantity (rid INTEGER NOT NULL, p TEXT NOT NULL, v REAL NOT NULL, sys TEXT NOT NULL, code TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_quantity (rid INTEGER NOT NULL, p TEXT NOT NULL, v REAL NOT NULL, sys TEXT NOT NULL, code TEXT NOT NULL,
+		PRIMARY KEY (rid, p, v, sys, code)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_quantity_v ON sp_quantity (p, v)`,
-	`CREATE INDEX IF NOT EXISTS sp_quantity_r ON sp_quantity (rid)`,
-	`CREATE TABLE IF NOT EXISTS sp_uri (rid INTEGER NOT NULL, p TEXT NOT NULL, v TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS sp_uri (rid INTEGER NOT NULL, p TEXT NOT NULL, v TEXT NOT NULL,
+		PRIMARY KEY (rid, p, v)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS sp_uri_v ON sp_uri (p, v)`,
-	`CREATE INDEX IF NOT EXISTS sp_uri_r ON sp_uri (rid)`,
-	`CREATE TABLE IF NOT EXISTS compartment (patient TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (patient, rid)) WITHOUT ROWID`,
-	`CREATE INDEX IF NOT EXISTS compartment_r ON compartment (rid)`,
+	`CREATE TABLE IF NOT EXISTS compartment (rid INTEGER NOT NULL, patient TEXT NOT NULL, PRIMARY KEY (rid, patient)) WITHOUT ROWID`,
+	`CREATE INDEX IF NOT EXISTS compartment_p ON compartment (patient, rid)`,
 }
 
 // indexTables are the tables holding a resource's index entries.
@@ -620,42 +632,68 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 }
 
 func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error {
-	ins := func(table string, args ...any) error {
-		q := `INSERT INTO ` + table + ` VALUES (?` + strings.Repeat(", ?", len(args)) + `)`
-		if _, err := w.exec(ctx, q, append([]any{rid}, args...)...); err != nil {
-			return fmt.Errorf("index %s: %w", table, err)
+	var rows []any
+	flush := func(table string) error {
+		cols := indexColumns[table]
+		for len(rows) > 0 {
+			n := len(rows) / cols
+			for _, size := range batchSizes {
+				if size <= n {
+					n = size
+					break
+				}
+			}
+			if _, err := w.exec(ctx, insertSQL(table, n), rows[:n*cols]...); err != nil {
+				return fmt.Errorf("index %s: %w", table, err)
+			}
+			rows = rows[n*cols:]
 		}
 		return nil
 	}
-	var err error
 	for _, x := range e.Strings {
-		err = errors.Join(err, ins("sp_string", x.Param, x.Norm, x.Exact))
+		rows = append(rows, rid, x.Param, x.Norm, x.Exact)
+	}
+	if err := flush("sp_string"); err != nil {
+		return err
 	}
 	for _, x := range e.Tokens {
-		err = errors.Join(err, ins("sp_token", x.Param, x.System, x.Code, x.Text))
+		rows = append(rows, rid, x.Param, x.System, x.Code, x.Text)
+	}
+	if err := flush("sp_token"); err != nil {
+		return err
 	}
 	for _, x := range e.Refs {
-		err = errors.Join(err, ins("sp_ref", x.Param, x.Type, x.ID, x.URL))
+		rows = append(rows, rid, x.Param, x.Type, x.ID, x.URL)
+	}
+	if err := flush("sp_ref"); err != nil {
+		return err
 	}
 	for _, x := range e.Dates {
-		err = errors.Join(err, ins("sp_date", x.Param, x.Lo, x.Hi))
+		rows = append(rows, rid, x.Param, x.Lo, x.Hi)
+	}
+	if err := flush("sp_date"); err != nil {
+		return err
 	}
 	for _, x := range e.Numbers {
-		err = errors.Join(err, ins("sp_number", x.Param, x.Value))
+		rows = append(rows, rid, x.Param, x.Value)
+	}
+	if err := flush("sp_number"); err != nil {
+		return err
 	}
 	for _, x := range e.Quantities {
-		err = errors.Join(err, ins("sp_quantity", x.Param, x.Value, x.System, x.Code))
+		rows = append(rows, rid, x.Param, x.Value, x.System, x.Code)
+	}
+	if err := flush("sp_quantity"); err != nil {
+		return err
 	}
 	for _, x := range e.URIs {
-		err = errors.Join(err, ins("sp_uri", x.Param, x.Value))
+		rows = append(rows, rid, x.Param, x.Value)
 	}
-	if err != nil {
+	if err := flush("sp_uri"); err != nil {
 		return err
 	}
 	for _, p := range e.Compartments {
-		if _, err := w.exec(ctx, `INSERT OR IGNORE INTO compartment (patient, rid) VALUES (?, ?)`, p, rid); err != nil {
-			return fmt.Errorf("index compartment: %w", err)
-		}
+		rows = append(rows, rid, p)
 	}
-	return nil
+	return flush("compartment")
 }
