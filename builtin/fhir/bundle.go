@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
@@ -195,16 +197,34 @@ var methodOrder = map[string]int{http.MethodDelete: 0, http.MethodPost: 1, http.
 // runs the reads. Any failure rolls everything back.
 func (h *Handler) transaction(ctx context.Context, req *request, entries []*bundleEntry) ([]byte, error) {
 	results := make([]*result, len(entries))
+	// Without conditional entries every id is known now: rewrite and index
+	// the resources on all cores before taking the write lock.
+	prepared := !hasConditions(entries)
+	if prepared {
+		refs, err := h.resolveIDs(ctx, nil, entries)
+		if err != nil {
+			return nil, err
+		}
+		prepareEntries(entries, refs)
+		for _, e := range entries {
+			if e.err != nil {
+				prefixEntry(e.err, e.index)
+				return nil, e.err
+			}
+		}
+	}
 	err := h.store.Update(ctx, func(tx store.Tx) error {
 		now := h.now()
-		refs, err := h.resolveIDs(ctx, tx, entries)
-		if err != nil {
-			return err
-		}
-		for _, e := range entries {
-			if e.op != nil && e.op.res != nil && len(refs) > 0 {
-				e.op.res.raw = rewriteRefs(e.op.res.raw, refs)
-				rewriteTree(e.op.res.tree, refs)
+		if !prepared {
+			refs, err := h.resolveIDs(ctx, tx, entries)
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if e.op != nil && e.op.res != nil && len(refs) > 0 {
+					e.op.res.raw = rewriteRefs(e.op.res.raw, refs)
+					rewriteTree(e.op.res.tree, refs)
+				}
 			}
 		}
 		for m := 0; m <= 3; m++ {
@@ -227,6 +247,47 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 	}
 	h.notifyResults(ctx, results)
 	return h.bundleResponse(ctx, req, "transaction-response", entries, results), nil
+}
+
+// hasConditions reports whether an entry needs a search to know its id.
+func hasConditions(entries []*bundleEntry) bool {
+	for _, e := range entries {
+		if o := e.op; o != nil && (o.ifNoneExist != "" || o.cond != nil && o.method == http.MethodPut) {
+			return true
+		}
+	}
+	return false
+}
+
+// prepareEntries rewrites the references of the entries' resources and
+// computes their index entries, in parallel.
+func prepareEntries(entries []*bundleEntry, refs map[string]string) {
+	work := make(chan *bundleEntry)
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := range work {
+				o := e.op
+				if len(refs) > 0 {
+					o.res.raw = rewriteRefs(o.res.raw, refs)
+					rewriteTree(o.res.tree, refs)
+				}
+				if o.id != "" {
+					o.res.index(o.id)
+				}
+				e.err = o.res.prepareStamp()
+			}
+		}()
+	}
+	for _, e := range entries {
+		if e.op != nil && e.op.res != nil {
+			work <- e
+		}
+	}
+	close(work)
+	wg.Wait()
 }
 
 // resolveIDs settles the id every write entry will have (running the

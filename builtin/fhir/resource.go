@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +43,21 @@ type parsed struct {
 	typ  string
 	raw  []byte
 	tree map[string]any
+	// idx and idxID cache the index entries computed for id idxID, so that
+	// a transaction can compute them before it takes the write lock.
+	idx   *search.Entries
+	idxID string
+	// rest and meta are prepareStamp's split of raw.
+	rest []byte
+	meta map[string]json.RawMessage
+}
+
+// index returns the resource's index entries as resource id.
+func (p *parsed) index(id string) *search.Entries {
+	if p.idx == nil || p.idxID != id {
+		p.idx, p.idxID = search.Index(p.typ, id, p.tree), id
+	}
+	return p.idx
 }
 
 // decodeJSON decodes one JSON object with numbers kept as json.Number.
@@ -286,45 +302,27 @@ func skipValue(b []byte, i int) int {
 // meta elements kept), then the client's other members as sent (white space
 // removed). tree is updated to match.
 func stamp(p *parsed, id string, version int64, updated time.Time) ([]byte, error) {
-	ms, err := members(p.raw)
-	if err != nil {
-		return nil, fmt.Errorf("re-read resource: %w", err)
+	if p.rest == nil {
+		if err := p.prepareStamp(); err != nil {
+			return nil, err
+		}
 	}
 	lastUpdated := updated.UTC().Format("2006-01-02T15:04:05.000Z07:00")
-	meta := map[string]json.RawMessage{}
-	for _, m := range ms {
-		if m.key == "meta" {
-			if err := json.Unmarshal(m.raw, &meta); err != nil {
-				return nil, locErr(http.StatusBadRequest, p.typ+".meta", "meta must be an object")
-			}
-		}
+	meta := make(map[string]json.RawMessage, len(p.meta)+2)
+	for k, v := range p.meta {
+		meta[k] = v
 	}
-	meta["versionId"], _ = json.Marshal(fmt.Sprint(version))
-	meta["lastUpdated"], _ = json.Marshal(lastUpdated)
-	metaJSON := marshal(meta)
+	meta["versionId"] = marshal(strconv.FormatInt(version, 10))
+	meta["lastUpdated"] = marshal(lastUpdated)
 	var b bytes.Buffer
-	b.Grow(len(p.raw) + 128)
+	b.Grow(len(p.rest) + len(id) + 128)
 	b.WriteString(`{"resourceType":`)
-	rt, _ := json.Marshal(p.typ)
-	b.Write(rt)
+	b.Write(marshal(p.typ))
 	b.WriteString(`,"id":`)
-	idJSON, _ := json.Marshal(id)
-	b.Write(idJSON)
+	b.Write(marshal(id))
 	b.WriteString(`,"meta":`)
-	b.Write(metaJSON)
-	for _, m := range ms {
-		switch m.key {
-		case "resourceType", "id", "meta":
-			continue
-		}
-		b.WriteByte(',')
-		k, _ := json.Marshal(m.key)
-		b.Write(k)
-		b.WriteByte(':')
-		if err := json.Compact(&b, m.raw); err != nil {
-			return nil, fmt.Errorf("compact %s: %w", m.key, err)
-		}
-	}
+	b.Write(marshal(meta))
+	b.Write(p.rest)
 	b.WriteByte('}')
 	p.tree["id"] = id
 	tm, _ := p.tree["meta"].(map[string]any)
@@ -332,9 +330,43 @@ func stamp(p *parsed, id string, version int64, updated time.Time) ([]byte, erro
 		tm = map[string]any{}
 		p.tree["meta"] = tm
 	}
-	tm["versionId"] = fmt.Sprint(version)
+	tm["versionId"] = strconv.FormatInt(version, 10)
 	tm["lastUpdated"] = lastUpdated
 	return b.Bytes(), nil
+}
+
+// prepareStamp splits the resource for stamp: the client's meta, and its
+// other members compacted (each preceded by a comma).
+func (p *parsed) prepareStamp() error {
+	ms, err := members(p.raw)
+	if err != nil {
+		return fmt.Errorf("re-read resource: %w", err)
+	}
+	p.meta = map[string]json.RawMessage{}
+	var b bytes.Buffer
+	b.Grow(len(p.raw))
+	for _, m := range ms {
+		switch m.key {
+		case "meta":
+			if err := json.Unmarshal(m.raw, &p.meta); err != nil {
+				return locErr(http.StatusBadRequest, p.typ+".meta", "meta must be an object")
+			}
+			continue
+		case "resourceType", "id":
+			continue
+		}
+		b.WriteByte(',')
+		b.Write(marshal(m.key))
+		b.WriteByte(':')
+		if err := json.Compact(&b, m.raw); err != nil {
+			return fmt.Errorf("compact %s: %w", m.key, err)
+		}
+	}
+	p.rest = b.Bytes()
+	if p.rest == nil {
+		p.rest = []byte{}
+	}
+	return nil
 }
 
 // rewriteRefs replaces every JSON string value that equals a key of refs

@@ -320,7 +320,7 @@ func (h *Handler) put(ctx context.Context, tx store.Tx, o *op, id string, cur *s
 	if err != nil {
 		return nil, err
 	}
-	idx := search.Index(o.typ, id, o.res.tree)
+	idx := o.res.index(id)
 	v := &store.Version{Type: o.typ, ID: id, Version: version, Updated: now, Method: o.method, Body: body}
 	if err := tx.Put(ctx, v, idx); err != nil {
 		return nil, err

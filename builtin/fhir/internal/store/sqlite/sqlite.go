@@ -1,5 +1,5 @@
 // Package sqlite is the embedded FHIR store: one SQLite file in WAL mode,
-// through a driver that needs no cgo (modernc.org/sqlite).
+// through a driver that needs no cgo (github.com/ncruces/go-sqlite3).
 //
 // Every resource version is kept (history); the current version of each
 // resource is indexed for search in one table per parameter type. Writes go
@@ -20,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	_ "github.com/ncruces/go-sqlite3/driver" // registers the "sqlite3" database/sql driver
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
@@ -36,9 +36,9 @@ type Options struct {
 	// ReadConns is the size of the read pool. Default: 2 per CPU, at
 	// least 4.
 	ReadConns int
-	// Driver is the database/sql driver name. Default "sqlite"
-	// (modernc.org/sqlite); the benchmark that chose it also runs
-	// "sqlite3" (github.com/ncruces/go-sqlite3).
+	// Driver is the database/sql driver name. Default "sqlite3"
+	// (github.com/ncruces/go-sqlite3); the benchmark that chose it also
+	// runs "sqlite" (modernc.org/sqlite).
 	Driver string
 }
 
@@ -118,7 +118,7 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: sync must be full or normal, not %q", opt.Sync)
 	}
 	if opt.Driver == "" {
-		opt.Driver = "sqlite"
+		opt.Driver = "sqlite3"
 	}
 	if opt.ReadConns <= 0 {
 		opt.ReadConns = max(4, 2*runtime.NumCPU())
@@ -482,16 +482,40 @@ func (r reader) Count(ctx context.Context, q *search.Query) (int, error) {
 }
 
 func (r reader) Fetch(ctx context.Context, ms []store.Match) ([]*store.Version, error) {
-	out := make([]*store.Version, 0, len(ms))
-	for _, m := range ms {
-		v, err := r.one(ctx, selectVersion+`WHERE h.rid = ? AND h.version = ?`, m.Key, m.Version)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
+	type key struct{ rid, version int64 }
+	found := make(map[key]*store.Version, len(ms))
+	const chunk = 200
+	for start := 0; start < len(ms); start += chunk {
+		part := ms[start:min(len(ms), start+chunk)]
+		args := make([]any, 0, 2*len(part))
+		var b strings.Builder
+		for i, m := range part {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?)")
+			args = append(args, m.Key, m.Version)
 		}
+		// The constant rows drive the join: one index lookup per match.
+		rows, err := r.q.QueryContext(ctx, `SELECT h.rid, r.type, r.id, h.version, h.updated, h.deleted, h.method, h.body, h.seq
+			FROM (VALUES `+b.String()+`) m CROSS JOIN history h ON h.rid = m.column1 AND h.version = m.column2
+			JOIN resources r ON r.rid = h.rid`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("fetch: %w", err)
+		}
+		vs, err := scanAll(rows)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, v)
+		for _, v := range vs {
+			found[key{v.Key, v.Version}] = v
+		}
+	}
+	out := make([]*store.Version, 0, len(ms))
+	for _, m := range ms {
+		if v := found[key{m.Key, m.Version}]; v != nil {
+			out = append(out, v)
+		}
 	}
 	return out, nil
 }
