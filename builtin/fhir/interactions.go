@@ -143,36 +143,38 @@ func (h *Handler) writeOutcome(w http.ResponseWriter, req *request, status int, 
 	return nil
 }
 
-func (h *Handler) create(w http.ResponseWriter, req *request, typ string) error {
-	body, err := h.readBody(req.Request)
-	if err != nil {
-		return err
-	}
-	p, err := h.parseResource(body, typ, "")
-	if err != nil {
-		return err
-	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodPost, typ: typ, res: p, ifNoneExist: req.Header.Get("If-None-Exist")})
+// runOp commits one write and answers it.
+func (h *Handler) runOp(w http.ResponseWriter, req *request, o *op) error {
+	rs, err := h.commit(req.Context(), o)
 	if err != nil {
 		return err
 	}
 	return h.respondWrite(w, req, rs[0])
 }
 
-func (h *Handler) update(w http.ResponseWriter, req *request, typ, id string) error {
+// bodyResource reads and checks the resource a request carries.
+func (h *Handler) bodyResource(req *request, typ string) (*parsed, error) {
 	body, err := h.readBody(req.Request)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p, err := h.parseResource(body, typ, "")
+	return h.parseResource(body, typ, "")
+}
+
+func (h *Handler) create(w http.ResponseWriter, req *request, typ string) error {
+	p, err := h.bodyResource(req, typ)
 	if err != nil {
 		return err
 	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodPut, typ: typ, id: id, res: p, ifMatch: req.Header.Get("If-Match")})
+	return h.runOp(w, req, &op{method: http.MethodPost, typ: typ, res: p, ifNoneExist: req.Header.Get("If-None-Exist")})
+}
+
+func (h *Handler) update(w http.ResponseWriter, req *request, typ, id string) error {
+	p, err := h.bodyResource(req, typ)
 	if err != nil {
 		return err
 	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodPut, typ: typ, id: id, res: p, ifMatch: req.Header.Get("If-Match")})
 }
 
 // criteria returns the search parameters of a conditional request, or 400
@@ -195,19 +197,11 @@ func (h *Handler) conditionalUpdate(w http.ResponseWriter, req *request, typ str
 	if err != nil {
 		return err
 	}
-	body, err := h.readBody(req.Request)
+	p, err := h.bodyResource(req, typ)
 	if err != nil {
 		return err
 	}
-	p, err := h.parseResource(body, typ, "")
-	if err != nil {
-		return err
-	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodPut, typ: typ, cond: crit, res: p, ifMatch: req.Header.Get("If-Match")})
-	if err != nil {
-		return err
-	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodPut, typ: typ, cond: crit, res: p, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) readPatch(req *request) ([]byte, error) {
@@ -222,11 +216,7 @@ func (h *Handler) patch(w http.ResponseWriter, req *request, typ, id string) err
 	if err != nil {
 		return err
 	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodPatch, typ: typ, id: id, patch: body, ifMatch: req.Header.Get("If-Match")})
-	if err != nil {
-		return err
-	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, id: id, patch: body, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) conditionalPatch(w http.ResponseWriter, req *request, typ string) error {
@@ -238,19 +228,11 @@ func (h *Handler) conditionalPatch(w http.ResponseWriter, req *request, typ stri
 	if err != nil {
 		return err
 	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodPatch, typ: typ, cond: crit, patch: body, ifMatch: req.Header.Get("If-Match")})
-	if err != nil {
-		return err
-	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, cond: crit, patch: body, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) delete(w http.ResponseWriter, req *request, typ, id string) error {
-	rs, err := h.commit(req.Context(), &op{method: http.MethodDelete, typ: typ, id: id, ifMatch: req.Header.Get("If-Match")})
-	if err != nil {
-		return err
-	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodDelete, typ: typ, id: id, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) conditionalDelete(w http.ResponseWriter, req *request, typ string) error {
@@ -258,9 +240,5 @@ func (h *Handler) conditionalDelete(w http.ResponseWriter, req *request, typ str
 	if err != nil {
 		return err
 	}
-	rs, err := h.commit(req.Context(), &op{method: http.MethodDelete, typ: typ, cond: crit, ifMatch: req.Header.Get("If-Match")})
-	if err != nil {
-		return err
-	}
-	return h.respondWrite(w, req, rs[0])
+	return h.runOp(w, req, &op{method: http.MethodDelete, typ: typ, cond: crit, ifMatch: req.Header.Get("If-Match")})
 }

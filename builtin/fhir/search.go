@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -529,14 +528,4 @@ func (h *Handler) history(w http.ResponseWriter, req *request, typ, id string) e
 		entries[i] = e
 	}
 	return h.writeRaw(w, req, http.StatusOK, writeBundle("history", total, links, entries))
-}
-
-// sortedTypes lists map keys in order (for stable output).
-func sortedTypes(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -674,50 +674,27 @@ func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error
 		}
 		return nil
 	}
-	for _, x := range e.Strings {
-		rows = append(rows, rid, x.Param, x.Norm, x.Exact)
+	type table struct {
+		name string
+		n    int
+		row  func(i int) []any
 	}
-	if err := flush("sp_string"); err != nil {
-		return err
+	for _, t := range []table{
+		{"sp_string", len(e.Strings), func(i int) []any { x := e.Strings[i]; return []any{x.Param, x.Norm, x.Exact} }},
+		{"sp_token", len(e.Tokens), func(i int) []any { x := e.Tokens[i]; return []any{x.Param, x.System, x.Code, x.Text} }},
+		{"sp_ref", len(e.Refs), func(i int) []any { x := e.Refs[i]; return []any{x.Param, x.Type, x.ID, x.URL} }},
+		{"sp_date", len(e.Dates), func(i int) []any { x := e.Dates[i]; return []any{x.Param, x.Lo, x.Hi} }},
+		{"sp_number", len(e.Numbers), func(i int) []any { x := e.Numbers[i]; return []any{x.Param, x.Value} }},
+		{"sp_quantity", len(e.Quantities), func(i int) []any { x := e.Quantities[i]; return []any{x.Param, x.Value, x.System, x.Code} }},
+		{"sp_uri", len(e.URIs), func(i int) []any { x := e.URIs[i]; return []any{x.Param, x.Value} }},
+		{"compartment", len(e.Compartments), func(i int) []any { return []any{e.Compartments[i]} }},
+	} {
+		for i := 0; i < t.n; i++ {
+			rows = append(append(rows, rid), t.row(i)...)
+		}
+		if err := flush(t.name); err != nil {
+			return err
+		}
 	}
-	for _, x := range e.Tokens {
-		rows = append(rows, rid, x.Param, x.System, x.Code, x.Text)
-	}
-	if err := flush("sp_token"); err != nil {
-		return err
-	}
-	for _, x := range e.Refs {
-		rows = append(rows, rid, x.Param, x.Type, x.ID, x.URL)
-	}
-	if err := flush("sp_ref"); err != nil {
-		return err
-	}
-	for _, x := range e.Dates {
-		rows = append(rows, rid, x.Param, x.Lo, x.Hi)
-	}
-	if err := flush("sp_date"); err != nil {
-		return err
-	}
-	for _, x := range e.Numbers {
-		rows = append(rows, rid, x.Param, x.Value)
-	}
-	if err := flush("sp_number"); err != nil {
-		return err
-	}
-	for _, x := range e.Quantities {
-		rows = append(rows, rid, x.Param, x.Value, x.System, x.Code)
-	}
-	if err := flush("sp_quantity"); err != nil {
-		return err
-	}
-	for _, x := range e.URIs {
-		rows = append(rows, rid, x.Param, x.Value)
-	}
-	if err := flush("sp_uri"); err != nil {
-		return err
-	}
-	for _, p := range e.Compartments {
-		rows = append(rows, rid, p)
-	}
-	return flush("compartment")
+	return nil
 }
