@@ -116,8 +116,9 @@ func BenchmarkRead(b *testing.B) {
 	gw := newGateway(b, yaml)
 	mustStatus(b, do(b, gw, "POST", "/fhir/R4", sharedExample(b, "uscore_bundle_patient_85.json")), 200)
 	body := do(b, gw, "GET", "/fhir/R4/Patient/85", nil).body
-	direct := openFile(b, filepath.Join(dir, "read.db"))
+	direct := openFile(b, filepath.Join(dir, "direct.db")) // a store file has one owner
 	defer direct.Close()
+	mustStatus(b, do(b, direct, "POST", "/fhir/R4", sharedExample(b, "uscore_bundle_patient_85.json")), 200)
 	for _, c := range []struct {
 		name string
 		h    http.Handler

@@ -69,6 +69,11 @@ type StoreConfig struct {
 	// crash of the process (kill -9) but the last ones may be lost if the
 	// machine fails. "normal" makes small writes several times faster.
 	Sync string `yaml:"sync"`
+	// ReadCache bounds the memory (resource JSON sizes added up) that keeps
+	// recently read resources for reads by id. Default 64MiB; 0 turns it
+	// off. The store file is locked to one process while open, so the
+	// cache never serves what another writer changed.
+	ReadCache gateway.ByteSize `yaml:"read_cache"`
 }
 
 // CORSConfig configures Cross-Origin Resource Sharing.
@@ -86,7 +91,7 @@ func DefaultConfig() *Config {
 	snaps := 1000
 	return &Config{
 		Base:             "/fhir/R4",
-		Store:            StoreConfig{Path: "./data/omnigate.db", Sync: "full"},
+		Store:            StoreConfig{Path: "./data/omnigate.db", Sync: "full", ReadCache: 64 << 20},
 		CORS:             CORSConfig{MaxAge: 10 * time.Minute},
 		UpdateCreate:     &t,
 		SchemaValidation: &t,
@@ -127,6 +132,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Store.Path == "" {
 		errs = append(errs, gateway.FieldErrorf("store.path", "required (a file name, or :memory:)"))
+	}
+	if c.Store.ReadCache < 0 {
+		errs = append(errs, gateway.FieldErrorf("store.read_cache", "must not be negative"))
 	}
 	if c.Store.Sync != "full" && c.Store.Sync != "normal" {
 		errs = append(errs, gateway.FieldErrorf("store.sync", "must be full or normal, not %q", c.Store.Sync))

@@ -37,7 +37,7 @@ func init() {
 // reuses the open store.
 func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, error) {
 	v, err := env.Shared("fhir-store:"+cfg.Store.Path, func() (any, error) {
-		return sqlite.Open(ctx, cfg.Store.Path, sqlite.Options{Sync: cfg.Store.Sync})
+		return sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -56,6 +56,10 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 // newValidator returns the process's schema validator, built on first use:
 // the schema never changes, and compiling it takes about half a second.
 func newValidator() (*validate.Validator, error) { return sharedValidator() }
+
+func storeOptions(cfg *Config) sqlite.Options {
+	return sqlite.Options{Sync: cfg.Store.Sync, CacheBytes: int64(cfg.Store.ReadCache)}
+}
 
 var sharedValidator = sync.OnceValues(func() (*validate.Validator, error) {
 	v, err := validate.New()
@@ -109,7 +113,7 @@ func Open(ctx context.Context, cfg *Config, opts Options) (*Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("fhir config: %w", err)
 	}
-	st, err := sqlite.Open(ctx, cfg.Store.Path, sqlite.Options{Sync: cfg.Store.Sync})
+	st, err := sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

@@ -97,3 +97,18 @@ func TestGatewayReloadKeepsStore(t *testing.T) {
 	}
 	mustStatus(t, do(t, srv, "GET", "/fhir/R4/Patient/r1", nil), 200)
 }
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := gateway.Parse("t.yaml", []byte("fhir:\n  store: {path: /tmp/x.db}\nroutes:\n  - name: fhir\n    fhir: true\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConfigFrom(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.Path != "/tmp/x.db" || c.Store.Sync != "full" || c.Store.ReadCache != 64<<20 || c.BasePath() != "/fhir/R4" ||
+		c.DefaultCount != 20 || c.MaxCount != 1000 || !boolOr(c.UpdateCreate, false) || !boolOr(c.SchemaValidation, false) {
+		t.Errorf("defaults: %+v", c)
+	}
+}

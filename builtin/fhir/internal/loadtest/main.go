@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 
@@ -35,7 +36,16 @@ func main() {
 	examples := flag.String("examples", "../shared/fhir-r4/examples", "folder of the Synthea Bundles, loaded when the store has no Patient/85")
 	accessLog := flag.Bool("access-log", false, "write the gateway's access log (to /dev/null)")
 	read := flag.String("read", "Patient/85", "the resource the bare handler serves")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 
 	yaml := fmt.Sprintf("listen: %q\nadmin: \"off\"\nlog: {access_log: %v}\nfhir:\n  store: {path: %q}\nroutes:\n  - name: fhir\n    fhir: true\n",
 		*gatewayAddr, *accessLog, *storePath)
@@ -83,7 +93,11 @@ func main() {
 		w.Write(body)
 	})
 	bare := &http.Server{Addr: *bareAddr, Handler: router}
-	go func() { log.Fatal(bare.ListenAndServe()) }()
+	go func() {
+		if err := bare.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+			log.Fatal(err)
+		}
+	}()
 	if err := srv.Start(); err != nil {
 		log.Fatal(err)
 	}

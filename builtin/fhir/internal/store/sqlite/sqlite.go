@@ -36,6 +36,9 @@ type Options struct {
 	// ReadConns is the size of the read pool. Default: 2 per CPU, at
 	// least 4.
 	ReadConns int
+	// CacheBytes bounds the cache of recently read resources (their JSON
+	// sizes added up). Default 0: no cache. The fhir package sets 64MiB.
+	CacheBytes int64
 	// Driver is the database/sql driver name. Default "sqlite3"
 	// (github.com/ncruces/go-sqlite3); the benchmark that chose it also
 	// runs "sqlite" (modernc.org/sqlite).
@@ -50,6 +53,10 @@ type Store struct {
 	mu     sync.Mutex
 	closed bool
 	stmts  sync.Map // SQL -> *sql.Stmt prepared on write
+	// readStmt is readSQL prepared on the read pool.
+	readStmt *sql.Stmt
+	cache    *readCache // nil: none
+	lock     *os.File   // the store file's lock, nil in memory
 }
 
 // writeStmts are the statements of writes, prepared once on the write
@@ -124,11 +131,16 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 		opt.ReadConns = max(4, 2*runtime.NumCPU())
 	}
 	memory := path == ":memory:"
+	var lock *os.File
 	if !memory {
 		if dir := filepath.Dir(path); dir != "" {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return nil, fmt.Errorf("create store folder: %w", err)
 			}
+		}
+		var err error
+		if lock, err = lockFile(path); err != nil {
+			return nil, err
 		}
 	}
 	dsn := func(readOnly bool) string {
@@ -152,15 +164,18 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	}
 	w, err := sql.Open(opt.Driver, dsn(false))
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{path: path, write: w, read: w}
+	s := &Store{path: path, write: w, read: w, lock: lock, cache: newReadCache(opt.CacheBytes)}
 	if err := s.migrate(ctx); err != nil {
-		w.Close()
+		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := s.prepare(ctx); err != nil {
@@ -170,13 +185,17 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	if !memory {
 		r, err := sql.Open(opt.Driver, dsn(true))
 		if err != nil {
-			w.Close()
+			s.Close()
 			return nil, fmt.Errorf("open %s: %w", path, err)
 		}
 		r.SetMaxOpenConns(opt.ReadConns)
 		r.SetMaxIdleConns(opt.ReadConns)
 		r.SetConnMaxIdleTime(0)
 		s.read = r
+	}
+	if s.readStmt, err = s.read.PrepareContext(ctx, readSQL); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open %s: prepare: %w", path, err)
 	}
 	return s, nil
 }
@@ -193,11 +212,18 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	if s.readStmt != nil {
+		s.readStmt.Close()
+	}
 	var err error
 	if s.read != s.write {
 		err = s.read.Close()
 	}
-	return errors.Join(err, s.write.Close())
+	err = errors.Join(err, s.write.Close())
+	if s.lock != nil {
+		s.lock.Close()
+	}
+	return err
 }
 
 const schemaVersion = 1
@@ -291,8 +317,27 @@ type querier interface {
 type reader struct{ q querier }
 
 // Read implements store.Reader.
+// The Version returned may be shared with other callers: do not modify it.
 func (s *Store) Read(ctx context.Context, typ, id string) (*store.Version, error) {
-	return reader{s.read}.Read(ctx, typ, id)
+	var gen uint64
+	if s.cache != nil {
+		if v := s.cache.get(typ, id); v != nil {
+			return v, nil
+		}
+		gen = s.cache.gen.Load()
+	}
+	// A prepared statement: reads are the most frequent request.
+	v, err := scanVersion(s.readStmt.QueryRowContext(ctx, typ, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	if s.cache != nil {
+		s.cache.put(gen, v)
+	}
+	return v, nil
 }
 
 // VRead implements store.Reader.
@@ -365,7 +410,12 @@ func (s *Store) Update(ctx context.Context, fn func(tx store.Tx) error) error {
 		tx.Rollback()
 		return err
 	}
-	if err := tx.Commit(); err != nil {
+	err = tx.Commit()
+	if s.cache != nil && len(w.written) > 0 {
+		// Even a failed commit may have written: drop the keys either way.
+		s.cache.invalidate(w.written)
+	}
+	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
@@ -396,8 +446,12 @@ func (r reader) one(ctx context.Context, query string, args ...any) (*store.Vers
 	return v, nil
 }
 
+// readSQL reads the current version of a resource.
+const readSQL = `SELECT h.rid, r.type, r.id, h.version, h.updated, h.deleted, h.method, h.body, h.seq
+	FROM resources r JOIN history h ON h.seq = r.seq WHERE r.type = ? AND r.id = ?`
+
 func (r reader) Read(ctx context.Context, typ, id string) (*store.Version, error) {
-	return r.one(ctx, selectVersion+`WHERE h.seq = (SELECT seq FROM resources WHERE type = ? AND id = ?)`, typ, id)
+	return r.one(ctx, readSQL, typ, id)
 }
 
 func (r reader) VRead(ctx context.Context, typ, id string, version int64) (*store.Version, error) {
@@ -596,8 +650,9 @@ func placeholders(n int) string {
 // writeTx implements store.Tx.
 type writeTx struct {
 	reader
-	tx *sql.Tx
-	s  *Store
+	tx      *sql.Tx
+	s       *Store
+	written []string // cache keys of the resources written
 }
 
 // exec runs a statement in the transaction, prepared if it is one of
@@ -642,6 +697,9 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 		return fmt.Errorf("put: %w", err)
 	}
 	v.Key, v.Seq = rid, seq
+	if w.s.cache != nil {
+		w.written = append(w.written, cacheKey(v.Type, v.ID))
+	}
 	if exists {
 		for _, t := range indexTables {
 			if _, err := w.exec(ctx, `DELETE FROM `+t+` WHERE rid = ?`, rid); err != nil {

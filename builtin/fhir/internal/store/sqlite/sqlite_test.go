@@ -98,3 +98,56 @@ func TestStore(t *testing.T) {
 		t.Error("bad sync accepted")
 	}
 }
+
+// A second store on the same file is refused: the read cache relies on one
+// writer.
+func TestOneOwner(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "x.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, path, Options{}); err == nil {
+		t.Fatal("a second store opened the same file")
+	}
+	s.Close()
+	s2, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatalf("reopen after close: %v", err)
+	}
+	s2.Close()
+}
+
+// Reads racing with writes never leave a stale version in the cache.
+func TestReadCache(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "c.db"), Options{Sync: "normal", CacheBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	put(t, s, "Patient", "x", 1, false, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 2000; i++ {
+			if _, err := s.Read(ctx, "Patient", "x"); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for v := int64(2); v <= 60; v++ {
+		put(t, s, "Patient", "x", v, false, nil)
+		got, err := s.Read(ctx, "Patient", "x")
+		if err != nil || got.Version != v {
+			t.Fatalf("after writing version %d, read %+v %v", v, got, err)
+		}
+	}
+	<-done
+	got, _ := s.Read(ctx, "Patient", "x")
+	if got.Version != 60 {
+		t.Errorf("cached version %d, want 60", got.Version)
+	}
+}
