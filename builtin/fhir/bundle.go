@@ -65,9 +65,7 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 		return locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("POST to the base takes a Bundle, not %q", b.ResourceType))
 	}
 	entries := make([]*bundleEntry, len(b.Entry))
-	for i := range b.Entry {
-		entries[i] = h.parseEntry(i, &b.Entry[i])
-	}
+	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i]) })
 	switch b.Type {
 	case "transaction":
 		for _, e := range entries {
@@ -259,35 +257,44 @@ func hasConditions(entries []*bundleEntry) bool {
 	return false
 }
 
-// prepareEntries rewrites the references of the entries' resources and
-// computes their index entries, in parallel.
-func prepareEntries(entries []*bundleEntry, refs map[string]string) {
-	work := make(chan *bundleEntry)
+// parallel runs f(0) … f(n-1) on all cores.
+func parallel(n int, f func(i int)) {
+	work := make(chan int)
 	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+	for w := 0; w < min(n, runtime.GOMAXPROCS(0)); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for e := range work {
-				o := e.op
-				if len(refs) > 0 {
-					o.res.raw = rewriteRefs(o.res.raw, refs)
-					rewriteTree(o.res.tree, refs)
-				}
-				if o.id != "" {
-					o.res.index(o.id)
-				}
-				e.err = o.res.prepareStamp()
+			for i := range work {
+				f(i)
 			}
 		}()
 	}
-	for _, e := range entries {
-		if e.op != nil && e.op.res != nil {
-			work <- e
-		}
+	for i := 0; i < n; i++ {
+		work <- i
 	}
 	close(work)
 	wg.Wait()
+}
+
+// prepareEntries rewrites the references of the entries' resources,
+// computes their index entries and splits them for stamp, in parallel.
+func prepareEntries(entries []*bundleEntry, refs map[string]string) {
+	parallel(len(entries), func(i int) {
+		e := entries[i]
+		o := e.op
+		if o == nil || o.res == nil {
+			return
+		}
+		if len(refs) > 0 {
+			o.res.raw = rewriteRefs(o.res.raw, refs)
+			rewriteTree(o.res.tree, refs)
+		}
+		if o.id != "" {
+			o.res.index(o.id)
+		}
+		e.err = o.res.prepareStamp()
+	})
 }
 
 // resolveIDs settles the id every write entry will have (running the

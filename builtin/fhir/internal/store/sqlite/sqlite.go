@@ -406,7 +406,11 @@ func (s *Store) Update(ctx context.Context, fn func(tx store.Tx) error) error {
 		return fmt.Errorf("begin write: %w", err)
 	}
 	w := &writeTx{reader: reader{tx}, tx: tx, s: s}
-	if err := fn(w); err != nil {
+	err = fn(w)
+	if err == nil {
+		err = w.flush(ctx)
+	}
+	if err != nil {
 		tx.Rollback()
 		return err
 	}
@@ -652,7 +656,8 @@ type writeTx struct {
 	reader
 	tx      *sql.Tx
 	s       *Store
-	written []string // cache keys of the resources written
+	written []string         // cache keys of the resources written
+	pending map[string][]any // queued index rows per table
 }
 
 // exec runs a statement in the transaction, prepared if it is one of
@@ -701,6 +706,9 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 		w.written = append(w.written, cacheKey(v.Type, v.ID))
 	}
 	if exists {
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
 		for _, t := range indexTables {
 			if _, err := w.exec(ctx, `DELETE FROM `+t+` WHERE rid = ?`, rid); err != nil {
 				return fmt.Errorf("reindex: %w", err)
@@ -713,24 +721,11 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 	return w.index(ctx, rid, idx)
 }
 
+// index queues a resource's index rows; they are inserted in batches of
+// rows of many resources (see flush).
 func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error {
-	var rows []any
-	flush := func(table string) error {
-		cols := indexColumns[table]
-		for len(rows) > 0 {
-			n := len(rows) / cols
-			for _, size := range batchSizes {
-				if size <= n {
-					n = size
-					break
-				}
-			}
-			if _, err := w.exec(ctx, insertSQL(table, n), rows[:n*cols]...); err != nil {
-				return fmt.Errorf("index %s: %w", table, err)
-			}
-			rows = rows[n*cols:]
-		}
-		return nil
+	if w.pending == nil {
+		w.pending = map[string][]any{}
 	}
 	type table struct {
 		name string
@@ -747,12 +742,77 @@ func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error
 		{"sp_uri", len(e.URIs), func(i int) []any { x := e.URIs[i]; return []any{x.Param, x.Value} }},
 		{"compartment", len(e.Compartments), func(i int) []any { return []any{e.Compartments[i]} }},
 	} {
+		rows := w.pending[t.name]
 		for i := 0; i < t.n; i++ {
 			rows = append(append(rows, rid), t.row(i)...)
 		}
-		if err := flush(t.name); err != nil {
-			return err
+		w.pending[t.name] = rows
+		if len(rows) >= batchSizes[0]*indexColumns[t.name] {
+			if err := w.flushTable(ctx, t.name, false); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// flushTable inserts the queued rows of table: all of them, or (all
+// false) the full batches only.
+func (w *writeTx) flushTable(ctx context.Context, table string, all bool) error {
+	rows := w.pending[table]
+	cols := indexColumns[table]
+	for len(rows) > 0 {
+		n := len(rows) / cols
+		if !all && n < batchSizes[0] {
+			break
+		}
+		for _, size := range batchSizes {
+			if size <= n {
+				n = size
+				break
+			}
+		}
+		if _, err := w.exec(ctx, insertSQL(table, n), rows[:n*cols]...); err != nil {
+			return fmt.Errorf("index %s: %w", table, err)
+		}
+		rows = rows[n*cols:]
+	}
+	w.pending[table] = rows
+	return nil
+}
+
+// flush inserts every queued index row: before reads of the transaction
+// that use the index, before a resource's rows are replaced, and at commit.
+func (w *writeTx) flush(ctx context.Context) error {
+	for t, rows := range w.pending {
+		if len(rows) > 0 {
+			if err := w.flushTable(ctx, t, true); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// The reads that use the index see the queued rows.
+
+func (w *writeTx) Search(ctx context.Context, q *search.Query, offset, limit int) ([]store.Match, error) {
+	if err := w.flush(ctx); err != nil {
+		return nil, err
+	}
+	return w.reader.Search(ctx, q, offset, limit)
+}
+
+func (w *writeTx) Count(ctx context.Context, q *search.Query) (int, error) {
+	if err := w.flush(ctx); err != nil {
+		return 0, err
+	}
+	return w.reader.Count(ctx, q)
+}
+
+func (w *writeTx) Include(ctx context.Context, page []*store.Version, inc search.Include) ([]*store.Version, error) {
+	if err := w.flush(ctx); err != nil {
+		return nil, err
+	}
+	return w.reader.Include(ctx, page, inc)
 }
