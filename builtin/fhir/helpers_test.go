@@ -13,12 +13,7 @@ import (
 	"testing"
 )
 
-// testServer is a Handler on an in-memory store.
-type testServer struct {
-	t *testing.T
-	h *Handler
-}
-
+// newTestServer opens a Handler on an in-memory store.
 func newTestServer(t testing.TB, mod ...func(*Config)) *Handler {
 	t.Helper()
 	cfg := DefaultConfig()
