@@ -27,11 +27,12 @@ const (
 type Param struct {
 	spec.SearchParam
 	expr *fhirpath.Expr
+	key  string
 }
 
 // Key is "Type.code", the name the store indexes the parameter's values
 // under.
-func (p *Param) Key() string { return p.Resource + "." + p.Code }
+func (p *Param) Key() string { return p.key }
 
 var (
 	tableOnce sync.Once
@@ -47,7 +48,7 @@ func loadTable() {
 		if err != nil { // the generator keeps only expressions that parse
 			panic("search: generated expression does not parse: " + err.Error())
 		}
-		p := &Param{SearchParam: sp, expr: e}
+		p := &Param{SearchParam: sp, expr: e, key: sp.Resource + "." + sp.Code}
 		if table[sp.Resource] == nil {
 			table[sp.Resource] = map[string]*Param{}
 		}
