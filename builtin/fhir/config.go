@@ -56,6 +56,52 @@ type Config struct {
 	// SnapshotTTL is how long a snapshot is kept after its last use.
 	// Default 10m.
 	SnapshotTTL time.Duration `yaml:"snapshot_ttl"`
+	// SMART is served at [base]/.well-known/smart-configuration, where SMART
+	// on FHIR apps discover how to authorize.
+	SMART SMARTConfig `yaml:"smart"`
+}
+
+// SMARTConfig is the SMART App Launch discovery document. Apps authorize
+// with an OAuth server (the identity provider whose JWTs the session
+// plugin accepts); name its endpoints here. Fields left empty are left
+// out of the document.
+type SMARTConfig struct {
+	// Issuer and JWKSURI of the identity provider (for OpenID Connect).
+	Issuer  string `yaml:"issuer" json:"issuer,omitempty"`
+	JWKSURI string `yaml:"jwks_uri" json:"jwks_uri,omitempty"`
+	// AuthorizationEndpoint and TokenEndpoint of the OAuth server.
+	AuthorizationEndpoint string `yaml:"authorization_endpoint" json:"authorization_endpoint,omitempty"`
+	TokenEndpoint         string `yaml:"token_endpoint" json:"token_endpoint,omitempty"`
+	// GrantTypes supported. Default: authorization_code when an
+	// authorization endpoint is set.
+	GrantTypes []string `yaml:"grant_types" json:"grant_types_supported,omitempty"`
+	// Scopes supported. Default: the SMART v1 and v2 resource scopes.
+	Scopes []string `yaml:"scopes" json:"scopes_supported,omitempty"`
+	// Capabilities. Default: permission-v1, permission-v2,
+	// permission-patient, permission-user, launch-standalone,
+	// client-public, client-confidential-symmetric.
+	Capabilities []string `yaml:"capabilities" json:"capabilities"`
+	// CodeChallengeMethods, default S256 (PKCE).
+	CodeChallengeMethods []string `yaml:"code_challenge_methods" json:"code_challenge_methods_supported,omitempty"`
+}
+
+// document returns the discovery document with defaults filled in.
+func (s SMARTConfig) document() SMARTConfig {
+	if len(s.Capabilities) == 0 {
+		s.Capabilities = []string{"permission-v1", "permission-v2", "permission-patient", "permission-user",
+			"launch-standalone", "client-public", "client-confidential-symmetric"}
+	}
+	if len(s.Scopes) == 0 {
+		s.Scopes = []string{"openid", "fhirUser", "launch/patient", "offline_access",
+			"patient/*.rs", "user/*.rs", "user/*.cruds", "patient/*.read", "user/*.read", "user/*.write"}
+	}
+	if len(s.GrantTypes) == 0 && s.AuthorizationEndpoint != "" {
+		s.GrantTypes = []string{"authorization_code"}
+	}
+	if len(s.CodeChallengeMethods) == 0 && s.AuthorizationEndpoint != "" {
+		s.CodeChallengeMethods = []string{"S256"}
+	}
+	return s
 }
 
 // StoreConfig selects the store.
@@ -120,6 +166,15 @@ func boolOr(p *bool, def bool) bool {
 
 // Validate checks the configuration; each error names its key.
 func (c *Config) Validate() error {
+	for key, u := range map[string]string{"smart.issuer": c.SMART.Issuer, "smart.jwks_uri": c.SMART.JWKSURI,
+		"smart.authorization_endpoint": c.SMART.AuthorizationEndpoint, "smart.token_endpoint": c.SMART.TokenEndpoint} {
+		if u == "" {
+			continue
+		}
+		if p, err := url.Parse(u); err != nil || p.Scheme != "https" && p.Scheme != "http" || p.Host == "" {
+			return gateway.FieldErrorf(key, "must be an absolute http(s) URL")
+		}
+	}
 	var errs []error
 	if b := c.BasePath(); !strings.HasPrefix(b, "/") || (len(b) > 1 && strings.HasSuffix(b, "/")) || strings.ContainsAny(b, ":*?# ") {
 		errs = append(errs, gateway.FieldErrorf("base_path", "must begin with '/', not end with one, and hold no ':', '*', '?', '#' or spaces: %q", b))

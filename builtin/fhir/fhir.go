@@ -13,6 +13,7 @@
 package fhir
 
 import (
+	"encoding/json"
 	"context"
 	"errors"
 	"fmt"
@@ -93,6 +94,7 @@ type Handler struct {
 	log       *slog.Logger
 	pages     *snapshots
 	capJSON   []byte
+	smartJSON []byte
 	origins   map[string]bool
 	anyOrigin bool
 
@@ -158,6 +160,9 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 		h.origins[o] = true
 	}
 	var err error
+	if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
+		return nil, err
+	}
 	if h.capJSON, err = capabilityStatement(cfg); err != nil {
 		return nil, err
 	}

@@ -256,6 +256,17 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 			return h.history(w, req, "", "")
 		}
 		return methodNotAllowed(req.Method, "GET", "HEAD")
+	case ".well-known":
+		if len(segs) != 2 || segs[1] != "smart-configuration" {
+			return errorf(http.StatusNotFound, "no such document")
+		}
+		if m != http.MethodGet {
+			return methodNotAllowed(req.Method, "GET", "HEAD")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		w.Write(h.smartJSON)
+		return nil
 	}
 	typ := segs[0]
 	if !spec.IsResourceType(typ) {
