@@ -30,6 +30,7 @@ func TestBackboneKVShared(t *testing.T) {
 		cfg := gatewayConfig(t, up.URL, module, "")
 		cfg.Redis.URL = redis.URL()
 		cfg.Redis.ReconnectMin, cfg.Redis.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
+		cfg.Redis.ReadTimeout, cfg.Redis.WriteTimeout = time.Second, time.Second
 		srv, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
@@ -74,6 +75,7 @@ func TestBackboneKVOperations(t *testing.T) {
 	redis := redistest.Start(t)
 	cfg := gateway.DefaultConfig().Redis
 	cfg.URL = redis.URL()
+	cfg.ReadTimeout, cfg.WriteTimeout = time.Second, time.Second
 	m, err := backbone.New(context.Background(), cfg, backbone.Options{})
 	if err != nil {
 		t.Fatal(err)
