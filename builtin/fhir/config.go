@@ -120,6 +120,10 @@ type StoreConfig struct {
 	// off. The store file is locked to one process while open, so the
 	// cache never serves what another writer changed.
 	ReadCache gateway.ByteSize `yaml:"read_cache"`
+	// BackupDir is where POST /admin/fhir/backup (on the admin listener)
+	// writes consistent copies of the store while it serves. Default
+	// "./data/backups".
+	BackupDir string `yaml:"backup_dir"`
 }
 
 // CORSConfig configures Cross-Origin Resource Sharing.

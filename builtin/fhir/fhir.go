@@ -20,6 +20,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -51,7 +53,44 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 		}
 		opts.validator = val.(*validate.Validator)
 	}
-	return newHandler(cfg, v.(store.Store), opts)
+	h, err := newHandler(cfg, v.(store.Store), opts)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := v.(backuper); ok {
+		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger))
+	}
+	return h, nil
+}
+
+// backuper is a store that can copy itself while it serves.
+type backuper interface {
+	Backup(ctx context.Context, path string) error
+}
+
+// backupHandler answers POST /admin/fhir/backup: a consistent copy of the
+// store in dir, named after the time, and its path in the answer.
+func backupHandler(b backuper, dir string, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if dir == "" {
+			dir = "./data/backups"
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			gateway.Error(w, r, http.StatusInternalServerError, "backup folder: "+err.Error())
+			return
+		}
+		path := filepath.Join(dir, "omnigate-"+time.Now().UTC().Format("20060102T150405.000Z")+".db")
+		start := time.Now()
+		if err := b.Backup(r.Context(), path); err != nil {
+			logger.Error("store backup failed", "error", err)
+			gateway.Error(w, r, http.StatusInternalServerError, err.Error())
+			return
+		}
+		st, _ := os.Stat(path)
+		logger.Info("store backed up", "path", path, "bytes", st.Size(), "duration", time.Since(start))
+		gateway.WriteJSON(w, http.StatusOK, map[string]any{"path": path, "bytes": st.Size(),
+			"duration": time.Since(start).Round(time.Millisecond).String()})
+	})
 }
 
 // newValidator returns the process's schema validator, built on first use:

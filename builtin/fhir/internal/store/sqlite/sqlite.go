@@ -57,6 +57,8 @@ type Store struct {
 	readStmt *sql.Stmt
 	cache    *readCache // nil: none
 	lock     *os.File   // the store file's lock, nil in memory
+	driver   string     // for Backup's own connection
+	dsn      string
 }
 
 // writeStmts are the statements of writes, prepared once on the write
@@ -173,7 +175,8 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{path: path, write: w, read: w, lock: lock, cache: newReadCache(opt.CacheBytes)}
+	s := &Store{path: path, write: w, read: w, lock: lock, cache: newReadCache(opt.CacheBytes),
+		driver: opt.Driver, dsn: dsn(false)}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -202,6 +205,29 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 
 // Path is the database file ("":memory:" for an in-memory store).
 func (s *Store) Path() string { return s.path }
+
+// Backup writes a consistent copy of the database to path (which must
+// not exist) while the store keeps serving: SQLite's VACUUM INTO reads one
+// snapshot, so writes made meanwhile are either all in the copy or not.
+func (s *Store) Backup(ctx context.Context, path string) error {
+	if s.path == ":memory:" {
+		return errors.New("backup: an in-memory store has no file to copy")
+	}
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("backup: %s exists", path)
+	}
+	// Its own connection: the read pool is query-only, and the writer
+	// must stay free for writes while the copy is made.
+	db, err := sql.Open(s.driver, s.dsn)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	return nil
+}
 
 // Close closes the database. Further calls fail.
 func (s *Store) Close() error {
