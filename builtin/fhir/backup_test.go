@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,6 +46,9 @@ routes:
 	json.Unmarshal(rec.Body.Bytes(), &out)
 	if !strings.HasPrefix(out.Path, filepath.Join(dir, "backups")) || out.Bytes == 0 {
 		t.Fatalf("backup answer %s", rec.Body)
+	}
+	if st, err := os.Stat(out.Path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("backup file mode %v, want 0600 (it holds patient data)", st.Mode())
 	}
 	copyStore, err := sqlite.Open(context.Background(), out.Path, sqlite.Options{})
 	if err != nil {

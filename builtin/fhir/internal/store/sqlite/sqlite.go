@@ -226,7 +226,7 @@ func (s *Store) Backup(ctx context.Context, path string) error {
 	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	return nil
+	return os.Chmod(path, 0o600) // it holds patient data
 }
 
 // Close closes the database. Further calls fail.
