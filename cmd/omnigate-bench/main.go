@@ -54,6 +54,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,11 +120,22 @@ func main() {
 	only := flag.String("only", "", "run only targets matching this regexp")
 	rounds := flag.Int("rounds", 3, "interleaved rounds; the table shows medians")
 	trials := flag.Int("trials", 200, "invalidation and revocation trials")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "omnigate-bench:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	b := &bench{duration: *duration, conns: *conns, rounds: *rounds, tool: *tool, trials: *trials}
 	err := b.run(*only)
 	b.cleanup()
 	if err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "omnigate-bench:", err)
 		os.Exit(1)
 	}
