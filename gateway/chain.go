@@ -76,17 +76,23 @@ func (rt *route) finish(st *reqState, r *http.Request) {
 		if st.identity != nil {
 			user = st.identity.UserID
 		}
-		rt.srv.accessLog.LogAttrs(r.Context(), slog.LevelInfo, "request",
-			slog.String("request_id", st.requestID),
-			slog.String("method", r.Method),
-			slog.String("route", rt.info.Name),
-			slog.String("path", r.URL.Path),
-			slog.Int("status", status),
-			slog.Int64("bytes", st.sw.bytes),
-			slog.Float64("duration_ms", float64(dur.Microseconds())/1000),
-			slog.String("user", user),
-			slog.String("remote", r.RemoteAddr),
-		)
+		e := entry{requestID: st.requestID, method: r.Method, route: rt.info.Name, path: r.URL.Path,
+			status: status, bytes: st.sw.bytes, dur: dur, user: user, remote: r.RemoteAddr}
+		if al := rt.srv.accessLines; al != nil {
+			al.log(time.Now(), &e)
+		} else {
+			rt.srv.accessLog.LogAttrs(r.Context(), slog.LevelInfo, "request",
+				slog.String("request_id", e.requestID),
+				slog.String("method", e.method),
+				slog.String("route", e.route),
+				slog.String("path", e.path),
+				slog.Int("status", e.status),
+				slog.Int64("bytes", e.bytes),
+				slog.Float64("duration_ms", float64(dur.Microseconds())/1000),
+				slog.String("user", e.user),
+				slog.String("remote", e.remote),
+			)
+		}
 	}
 }
 

@@ -38,16 +38,17 @@ type Options struct {
 // chains in front of terminal handlers, and an admin listener. Its config
 // can be replaced while it serves (Reload).
 type Server struct {
-	opts      Options
-	logger    *slog.Logger
-	accessLog *slog.Logger
-	logCloser []io.Closer
-	reg       *prometheus.Registry
-	described *describingRegisterer
-	metrics   *metrics
-	started   time.Time
-	cur       atomic.Pointer[runtime]
-	draining  atomic.Bool
+	opts        Options
+	logger      *slog.Logger
+	accessLog   *slog.Logger // when Options.Logger is given
+	accessLines *accessLog   // otherwise: the fast line encoder
+	logCloser   []io.Closer
+	reg         *prometheus.Registry
+	described   *describingRegisterer
+	metrics     *metrics
+	started     time.Time
+	cur         atomic.Pointer[runtime]
+	draining    atomic.Bool
 
 	reloadMu sync.Mutex
 	closing  sync.WaitGroup // retired runtimes still closing
@@ -146,7 +147,7 @@ func (s *Server) setupLogs(cfg *Config) error {
 		s.logCloser = append([]io.Closer{lb}, s.logCloser...)
 		access = lb
 	}
-	s.accessLog = NewLogger(cfg.Log, access)
+	s.accessLines = newAccessLog(access, cfg.Log.Format)
 	return nil
 }
 
@@ -280,7 +281,17 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 		if err != nil {
 			return nil, cfg.Errorf("server.compress_min_size", "%v", err)
 		}
-		h = wrap(h)
+		gz, plain := wrap(h), h
+		// Most API clients send no Accept-Encoding: skip the wrapper (and
+		// its allocations) for them, but keep the Vary that caches need.
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := r.Header["Accept-Encoding"]; ok {
+				gz.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Add("Vary", "Accept-Encoding")
+			plain.ServeHTTP(w, r)
+		})
 	}
 	return &route{
 		info: info, srv: s, handler: h, maxBody: maxBody,
