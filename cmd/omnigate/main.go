@@ -9,6 +9,7 @@
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
 //	omnigate user add -username U -role R   add a user to the user directory
+//	omnigate scaletest [flags]        start a fleet on one Redis, load it, fail Redis over, report
 //	omnigate version                  print the version
 package main
 
@@ -32,6 +33,7 @@ func commands() []command {
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
 		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
 		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
+		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", runScaletest},
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0

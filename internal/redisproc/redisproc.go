@@ -21,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/omnigate/omnigate/internal/procgroup"
 )
 
 // Options configure one redis-server.
@@ -178,7 +180,7 @@ func (s *Server) Restart(ctx context.Context) error {
 	}
 	cmd := exec.Command(s.opts.Binary, args...)
 	cmd.Dir = s.opts.Dir
-	cmd.SysProcAttr = procAttr()
+	cmd.SysProcAttr = procgroup.Attr()
 	if err := cmd.Start(); err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("redisproc: start redis-server: %w", err)
@@ -238,14 +240,14 @@ func (s *Server) stop(sig syscall.Signal, grace time.Duration) {
 		return
 	}
 	pid := s.cmd.Process.Pid
-	syscall.Kill(-pid, sig)
+	procgroup.Signal(pid, sig)
 	select {
 	case <-s.done:
 	case <-time.After(grace):
-		syscall.Kill(-pid, syscall.SIGKILL)
+		procgroup.Signal(pid, syscall.SIGKILL)
 		<-s.done
 	}
-	syscall.Kill(-pid, syscall.SIGKILL) // anything left in the group
+	procgroup.Signal(pid, syscall.SIGKILL) // anything left in the group
 	s.cmd = nil
 	for range 200 {
 		c, err := net.DialTimeout("tcp", s.Addr(), 50*time.Millisecond)

@@ -1,0 +1,342 @@
+package scaletest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// staleness is one invalidation probe seen (or not) by one instance.
+type staleness struct {
+	at        time.Duration // when the write was acknowledged, since the load began
+	writer    int
+	reader    int
+	delay     time.Duration // from the acknowledgement to the first read that was fresh
+	seen      bool
+	firstRead bool // the first read after the write was already fresh
+}
+
+// prober writes a probe Patient on one instance and polls the others
+// until they serve the new version.
+type prober struct {
+	c       *client
+	u       *user
+	o       *Options
+	mu      sync.Mutex
+	results []staleness
+	writes  int
+	failed  []string
+}
+
+func (p *prober) record(s staleness) {
+	p.mu.Lock()
+	p.results = append(p.results, s)
+	p.mu.Unlock()
+}
+
+func (p *prober) fail(format string, args ...any) {
+	p.mu.Lock()
+	if len(p.failed) < 20 {
+		p.failed = append(p.failed, fmt.Sprintf(format, args...))
+	}
+	p.mu.Unlock()
+}
+
+// run probes until ctx ends; a probe in flight then finishes within
+// ProbeTimeout.
+func (p *prober) run(ctx context.Context) {
+	n := len(p.c.insts)
+	if n < 2 {
+		return
+	}
+	bg := context.WithoutCancel(ctx)
+	var tok token
+	for k := 0; ctx.Err() == nil; k++ {
+		if tok.value == "" {
+			t, err := p.c.login(bg, k%n, p.u)
+			if err != nil {
+				p.fail("probe login: %v", err)
+				sleep(ctx, time.Second)
+				continue
+			}
+			tok = t
+		}
+		writer := k % n
+		id := probeID(writer + 1)
+		path := "/fhir/R4/Patient/" + id
+		// Every instance reads the current version first, so that each
+		// holds it in its cache when the write happens.
+		for i := range n {
+			p.c.do(bg, i, opProbe, -1, http.MethodGet, path, nil, tok)
+		}
+		marker := fmt.Sprintf("v%d", k+1)
+		body, _ := json.Marshal(patientResource(id, marker))
+		res, err := p.c.do(bg, writer, opProbe, -1, http.MethodPut, path, body, tok)
+		if err != nil || res.status >= 300 {
+			if err == nil && res.status == http.StatusUnauthorized {
+				tok = token{}
+			}
+			p.fail("probe write on instance %d: status %d %v", writer+1, res.status, err)
+			sleep(ctx, p.o.ProbeInterval)
+			continue
+		}
+		p.mu.Lock()
+		p.writes++
+		p.mu.Unlock()
+		ack := res.start.Add(res.dur)
+		var wg sync.WaitGroup
+		for i := range n {
+			if i == writer {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.poll(bg, i, writer, path, `"`+marker+`"`, tok, ack)
+			}()
+		}
+		wg.Wait()
+		sleep(ctx, p.o.ProbeInterval)
+	}
+}
+
+// poll reads path on instance i until the body holds marker. The pause
+// between reads grows with the time waited (a tenth of it, 1–50 ms), so
+// the resolution stays near 10%.
+func (p *prober) poll(ctx context.Context, i, writer int, path, marker string, tok token, ack time.Time) {
+	s := staleness{at: ack.Sub(p.c.rec.start), writer: writer, reader: i}
+	deadline := ack.Add(p.o.ProbeTimeout)
+	for first := true; time.Now().Before(deadline); first = false {
+		res, err := p.c.do(ctx, i, opProbe, -1, http.MethodGet, path, nil, tok)
+		if err == nil && res.status == http.StatusOK && bytes.Contains(res.body, []byte(marker)) {
+			s.seen, s.firstRead = true, first
+			s.delay = max(0, res.start.Sub(ack))
+			break
+		}
+		sleep(ctx, min(max(time.Since(ack)/10, time.Millisecond), 50*time.Millisecond))
+	}
+	p.record(s)
+}
+
+// pingLog is one instance's redis component over time, polled from /ping.
+type pingLog struct {
+	mu     sync.Mutex
+	points []pingPoint
+}
+
+type pingPoint struct {
+	at     time.Duration
+	status string // up, down, … or "" when /ping did not answer
+}
+
+// watch polls every instance's /ping every 25 ms until ctx ends.
+func watch(ctx context.Context, insts []*instance, start time.Time, logs []*pingLog) {
+	var wg sync.WaitGroup
+	for i, in := range insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(25 * time.Millisecond)
+			defer tick.Stop()
+			last := "?"
+			for {
+				st, _ := in.redisStatus(ctx)
+				if ctx.Err() != nil {
+					return
+				}
+				if st != last {
+					logs[i].mu.Lock()
+					logs[i].points = append(logs[i].points, pingPoint{time.Since(start), st})
+					logs[i].mu.Unlock()
+					last = st
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// procSample is one measurement of a process.
+type procSample struct {
+	at   time.Duration
+	cpu  float64 // percent of one core since the previous sample
+	rssB int64
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// readProc returns a process's user+system CPU time and resident memory.
+func readProc(pid int) (time.Duration, int64, error) {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name, which is in parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	cpu := time.Duration(ut+st) * time.Second / clockTicks
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return cpu, 0, err
+	}
+	var rss int64
+	sc := bufio.NewScanner(bytes.NewReader(status))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			rss = kb * 1024
+		}
+	}
+	return cpu, rss, nil
+}
+
+// sampler measures processes every interval until ctx ends. pids is read
+// at each tick (a restarted Redis has a new pid).
+type sampler struct {
+	mu     sync.Mutex
+	series map[string][]procSample
+}
+
+func (s *sampler) run(ctx context.Context, start time.Time, interval time.Duration, pids func() map[string]int) {
+	type prev struct {
+		pid int
+		cpu time.Duration
+		at  time.Time
+	}
+	last := map[string]prev{}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		for name, pid := range pids() {
+			if pid == 0 {
+				continue
+			}
+			cpu, rss, err := readProc(pid)
+			if err != nil {
+				continue
+			}
+			p, ok := last[name]
+			last[name] = prev{pid, cpu, now}
+			if !ok || p.pid != pid {
+				continue
+			}
+			pct := 100 * float64(cpu-p.cpu) / float64(now.Sub(p.at))
+			s.mu.Lock()
+			s.series[name] = append(s.series[name], procSample{now.Sub(start), pct, rss})
+			s.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// scrapeMetrics sums the Prometheus series of interest from every
+// instance's /metrics: metric name plus one label's value → total.
+func scrapeMetrics(ctx context.Context, insts []*instance) map[string]float64 {
+	want := map[string]string{
+		"omnigate_ratelimit_decisions_total": "source",
+		"omnigate_redis_failovers_total":     "",
+		"omnigate_cache_requests_total":      "result",
+		"omnigate_session_checks_total":      "result",
+		"omnigate_session_logins_total":      "result",
+		"omnigate_cache_invalidations_total": "",
+	}
+	out := map[string]float64{}
+	for _, in := range insts {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.adminBase()+"/metrics", nil)
+		resp, err := adminClient.Do(req)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			name, rest, _ := strings.Cut(line, "{")
+			labels := ""
+			if i := strings.LastIndexByte(rest, '}'); i >= 0 {
+				labels, rest = rest[:i], rest[i+1:]
+			} else {
+				name, rest, _ = strings.Cut(line, " ")
+			}
+			label, ok := want[name]
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				continue
+			}
+			key := name
+			if label != "" {
+				key += "/" + labelValue(labels, label)
+			}
+			out[key] += v
+		}
+		resp.Body.Close()
+	}
+	return out
+}
+
+func labelValue(labels, name string) string {
+	for _, kv := range strings.Split(labels, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.TrimSpace(k) == name {
+			return strings.Trim(v, `"`)
+		}
+	}
+	return ""
+}
+
+// verifySessions asks every instance about every token the book kept:
+// each must answer 200 on /auth/session.
+func verifySessions(ctx context.Context, c *client, book *sessionBook) (checked, valid int, failures []string) {
+	book.mu.Lock()
+	defer book.mu.Unlock()
+	for u, ts := range book.tokens {
+		for _, t := range ts {
+			for i := range c.insts {
+				checked++
+				res, err := c.do(ctx, i, opProbe, -1, http.MethodGet, "/auth/session", nil, t)
+				if err == nil && res.status == http.StatusOK {
+					valid++
+					continue
+				}
+				if len(failures) < 10 {
+					failures = append(failures, fmt.Sprintf("user #%d: session made on instance %d at %s refused by instance %d (status %d)",
+						u+1, t.inst+1, ms(t.at), i+1, res.status))
+				}
+			}
+		}
+	}
+	return checked, valid, failures
+}
