@@ -12,6 +12,21 @@
 //	gateway-3noop   the same route with three no-op plugins
 //	proxy-stock     httputil.ReverseProxy with the default transport, to "bare"
 //	proxy-gateway   a gateway upstream route, to "bare"
+//	cache-gateway   the same route with the cache plugin (in memory, L1 on): hits
+//	limit-gateway   the same route with the rate limiter in memory, one client, nothing rejected
+//	limit-gateway-redis  the same on a redis-server started for the run (when installed)
+//
+// Peers (with -peers, the default, when nginx is installed): one nginx
+// started with a generated config under a temporary prefix, as a
+// non-daemon child on loopback ports, in front of the same "bare" handler:
+//
+//	proxy-nginx     proxy_pass with upstream keep-alive
+//	cache-nginx     proxy_cache: hits
+//	limit-nginx     limit_req (one client, a rate no run reaches)
+//
+// and a second table of ratios: OmniGate's requests/s over nginx's for the
+// proxy, cache hits and the limiter, with the server CPU per request of
+// each (this process plus nginx's processes).
 //
 // Targets are measured in turn, round after round, so that noise from other
 // work on the machine spreads over all of them; the table shows medians. It
@@ -81,6 +96,10 @@ func init() {
 
 type target struct {
 	name, baseline, url string
+	// peer names the nginx target this one is compared with.
+	peer string
+	// extraCPU is CPU spent outside this process (nginx).
+	extraCPU func() time.Duration
 }
 
 func main() {
@@ -89,8 +108,9 @@ func main() {
 	tool := flag.String("tool", "", "wrk or go (default: wrk when installed)")
 	only := flag.String("only", "", "run only targets matching this regexp")
 	rounds := flag.Int("rounds", 3, "interleaved rounds; the table shows medians")
+	peers := flag.Bool("peers", true, "also measure nginx (proxy_pass, proxy_cache, limit_req) when installed")
 	flag.Parse()
-	if err := run(*duration, *conns, *rounds, *tool, *only); err != nil {
+	if err := run(*duration, *conns, *rounds, *tool, *only, *peers); err != nil {
 		fmt.Fprintln(os.Stderr, "omnigate-bench:", err)
 		os.Exit(1)
 	}
@@ -118,7 +138,7 @@ func gatewayServer(yaml string, logTo io.Writer) (string, error) {
 	return serve(srv)
 }
 
-func run(duration time.Duration, conns, rounds int, tool, only string) error {
+func run(duration time.Duration, conns, rounds int, tool, only string, peers bool) error {
 	filter, err := regexp.Compile(only)
 	if err != nil {
 		return err
@@ -164,13 +184,19 @@ routes:
 		return err
 	}
 	targets := []target{
-		{"bare", "", bare},
-		{"gateway-empty", "bare", gwEmpty},
-		{"gateway-nolog", "bare", gwNoLog},
-		{"gateway-3noop", "bare", gw3},
-		{"proxy-stock", "", stock},
-		{"proxy-gateway", "proxy-stock", gwProxy},
+		{name: "bare", url: bare},
+		{name: "gateway-empty", baseline: "bare", url: gwEmpty},
+		{name: "gateway-nolog", baseline: "bare", url: gwNoLog},
+		{name: "gateway-3noop", baseline: "bare", url: gw3},
+		{name: "proxy-stock", url: stock},
+		{name: "proxy-gateway", baseline: "proxy-stock", url: gwProxy},
 	}
+	more, cleanup, err := peerTargets(bare, devnull, peers, filter)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	targets = append(targets, more...)
 	fmt.Printf("load: %d connections, %s per target, %d interleaved rounds (medians), tool %s, %d CPUs\n\n",
 		conns, duration, rounds, toolName(tool), runtime.NumCPU())
 	type sample struct {
@@ -188,12 +214,12 @@ routes:
 			}
 			// Warm up connections and caches, then measure.
 			loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: time.Second, Tool: tool})
-			cpu0 := cpuTime()
+			cpu0 := cpuTime() + t.extra()
 			res, err := loadgen.Run(context.Background(), loadgen.Options{URL: t.url + path, Connections: conns, Duration: duration, Tool: tool})
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
-			cpu := cpuTime() - cpu0
+			cpu := cpuTime() + t.extra() - cpu0
 			smp := sample{rps: res.RPS, p50: res.P50, p99: res.P99, errors: res.Errors}
 			if res.Requests > 0 {
 				smp.cpu = cpu / time.Duration(res.Requests)
@@ -235,7 +261,23 @@ routes:
 			round(time.Duration(med(func(s sample) float64 { return float64(s.p99) }))),
 			med(func(s sample) float64 { return float64(s.cpu) })/1000, errs)
 	}
+	rps := map[string][]float64{}
+	cpus := map[string][]time.Duration{}
+	for name, ss := range samples {
+		for _, s := range ss {
+			rps[name] = append(rps[name], s.rps)
+			cpus[name] = append(cpus[name], s.cpu)
+		}
+	}
+	printPeers(rps, cpus)
 	return nil
+}
+
+func (t target) extra() time.Duration {
+	if t.extraCPU == nil {
+		return 0
+	}
+	return t.extraCPU()
 }
 
 func toolName(t string) string {

@@ -239,15 +239,7 @@ func (s *Server) stop(sig syscall.Signal, grace time.Duration) {
 	if s.cmd == nil {
 		return
 	}
-	pid := s.cmd.Process.Pid
-	procgroup.Signal(pid, sig)
-	select {
-	case <-s.done:
-	case <-time.After(grace):
-		procgroup.Signal(pid, syscall.SIGKILL)
-		<-s.done
-	}
-	procgroup.Signal(pid, syscall.SIGKILL) // anything left in the group
+	procgroup.Stop(s.cmd.Process.Pid, s.done, sig, grace)
 	s.cmd = nil
 	for range 200 {
 		c, err := net.DialTimeout("tcp", s.Addr(), 50*time.Millisecond)

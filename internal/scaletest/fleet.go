@@ -17,12 +17,17 @@ import (
 	"text/template"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/omnigate/omnigate/builtin/session"
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/internal/procgroup"
 )
+
+// witnessCount is the number of witness users: each logs in once, in the
+// two seconds before Redis is stopped, and its session must survive.
+const witnessCount = 40
 
 // probeRole is the role of the tool's own checking user: its limit is
 // never reached, so probes measure the cache and sessions, not the
@@ -124,8 +129,7 @@ func writeConfig(dir string, o *Options, redisYAML, upstream string) (string, er
 // makeUsers writes the user directory: the simulated users and the probe
 // user, with random passwords (bcrypt at its lowest cost: this is a load
 // test, and logins are part of the load).
-func makeUsers(path string, o *Options) ([]*user, *user, error) {
-	var users []*user
+func makeUsers(path string, o *Options) (users []*user, probe *user, witnesses []*user, err error) {
 	add := func(role string, n int) {
 		for i := 1; i <= n; i++ {
 			u := &user{idx: len(users), name: fmt.Sprintf("st-%s-%d", role, i), role: role, password: session.RandomPassword()}
@@ -138,17 +142,32 @@ func makeUsers(path string, o *Options) ([]*user, *user, error) {
 	add("physician", o.Physicians)
 	add("nurse", o.Nurses)
 	add("patient", o.Patients)
-	probe := &user{idx: -1, name: "st-probe", role: probeRole, password: session.RandomPassword()}
-	for _, u := range append(slices.Clone(users), probe) {
+	probe = &user{idx: -1, name: "st-probe", role: probeRole, password: session.RandomPassword()}
+	for i := range witnessCount {
+		witnesses = append(witnesses, &user{idx: -1, name: fmt.Sprintf("st-witness-%d", i+1), role: probeRole, password: session.RandomPassword()})
+	}
+	all := append(append(slices.Clone(users), probe), witnesses...)
+	var list []session.User
+	for _, u := range all {
 		su := session.User{Username: u.name, Role: u.role, Scopes: []string{"user/*.cruds"}}
 		if u.patient != "" {
 			su.Patient, su.Scopes = u.patient, []string{"patient/*.rs"}
 		}
-		if err := session.AddUser(path, su, u.password, bcrypt.MinCost); err != nil {
-			return nil, nil, err
+		hash, err := bcrypt.GenerateFromPassword([]byte(u.password), bcrypt.MinCost)
+		if err != nil {
+			return nil, nil, nil, err
 		}
+		su.PasswordHash = string(hash)
+		list = append(list, su)
 	}
-	return users, probe, nil
+	data, err := yaml.Marshal(map[string]any{"users": list})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return nil, nil, nil, err
+	}
+	return users, probe, witnesses, nil
 }
 
 // instance is one gateway child process.
@@ -274,15 +293,7 @@ func (in *instance) stop() {
 	if in.cmd == nil || in.cmd.Process == nil {
 		return
 	}
-	pid := in.cmd.Process.Pid
-	procgroup.Signal(pid, syscall.SIGTERM)
-	select {
-	case <-in.done:
-	case <-time.After(15 * time.Second):
-		procgroup.Signal(pid, syscall.SIGKILL)
-		<-in.done
-	}
-	procgroup.Signal(pid, syscall.SIGKILL)
+	procgroup.Stop(in.cmd.Process.Pid, in.done, syscall.SIGTERM, 15*time.Second)
 }
 
 // runImport loads a Bundle into the FHIR store with "omnigate fhir import".

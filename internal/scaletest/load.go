@@ -1,6 +1,7 @@
 package scaletest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -315,4 +317,38 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// writeSamples writes every request as CSV (times in ms since the load
+// began), for analyses the report does not make. It holds no token and no
+// resource content.
+func writeSamples(path string, rec *recorder, users []*user) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "at_ms,duration_ms,instance,op,status,user,role,cross_instance,session_made_at_ms,rate_limit_policy")
+	rec.mu.Lock()
+	policies := make([]string, len(rec.policies))
+	for k, i := range rec.policyIdx {
+		policies[i] = strings.ReplaceAll(k, `"`, "")
+	}
+	for _, s := range rec.samples {
+		name, role, policy := "probe", probeRole, ""
+		if s.user >= 0 {
+			name, role = users[s.user].name, users[s.user].role
+		}
+		if s.policy >= 0 {
+			policy = policies[s.policy]
+		}
+		fmt.Fprintf(w, "%.3f,%.3f,%d,%s,%d,%s,%s,%t,%.3f,\"%s\"\n", float64(s.at)/1e6, float64(s.dur)/1e6, s.inst+1, opNames[s.op],
+			s.status, name, role, s.cross, float64(s.tokAt)/1e6, policy)
+	}
+	rec.mu.Unlock()
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

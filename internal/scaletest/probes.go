@@ -7,11 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/omnigate/omnigate/internal/procgroup"
 )
 
 // staleness is one invalidation probe seen (or not) by one instance.
@@ -176,42 +177,6 @@ type procSample struct {
 	rssB int64
 }
 
-// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
-const clockTicks = 100
-
-// readProc returns a process's user+system CPU time and resident memory.
-func readProc(pid int) (time.Duration, int64, error) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	// Fields after the command name, which is in parentheses.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14
-	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15
-	cpu := time.Duration(ut+st) * time.Second / clockTicks
-	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return cpu, 0, err
-	}
-	var rss int64
-	sc := bufio.NewScanner(bytes.NewReader(status))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			rss = kb * 1024
-		}
-	}
-	return cpu, rss, nil
-}
-
 // sampler measures processes every interval until ctx ends. pids is read
 // at each tick (a restarted Redis has a new pid).
 type sampler struct {
@@ -234,10 +199,11 @@ func (s *sampler) run(ctx context.Context, start time.Time, interval time.Durati
 			if pid == 0 {
 				continue
 			}
-			cpu, rss, err := readProc(pid)
+			st, err := procgroup.ReadStat(pid)
 			if err != nil {
 				continue
 			}
+			cpu, rss := st.CPU, st.RSS
 			p, ok := last[name]
 			last[name] = prev{pid, cpu, now}
 			if !ok || p.pid != pid {
@@ -339,4 +305,65 @@ func verifySessions(ctx context.Context, c *client, book *sessionBook) (checked,
 		}
 	}
 	return checked, valid, failures
+}
+
+// witnessLog holds the witness sessions: each witness user logs in once,
+// 50 ms apart, in the two seconds before Redis is stopped; after the run
+// each session must be valid on every instance. Sessions made just before
+// a primary dies may not have reached its replica: their age at the stop
+// bounds what a failover can lose.
+type witnessLog struct {
+	mu     sync.Mutex
+	tokens []token
+	failed int
+}
+
+// witnessFrom is when the first witness logs in: two seconds before the
+// stop (at 40% of the load without a failover), or at the start.
+func (o *Options) witnessFrom() time.Duration {
+	at := o.StopAt
+	if o.NoFailover {
+		at = o.Duration * 4 / 10
+	}
+	return max(0, at-time.Duration(witnessCount)*50*time.Millisecond)
+}
+
+func (w *witnessLog) run(ctx context.Context, c *client, witnesses []*user, start time.Time, from time.Duration) {
+	bg := context.WithoutCancel(ctx)
+	for i, u := range witnesses {
+		if !sleepUntil(ctx, start.Add(from+time.Duration(i)*50*time.Millisecond)) {
+			return
+		}
+		t, err := c.login(bg, i%len(c.insts), u)
+		w.mu.Lock()
+		if err != nil {
+			w.failed++
+		} else {
+			w.tokens = append(w.tokens, t)
+		}
+		w.mu.Unlock()
+	}
+}
+
+// witnessResult is one witness session after the run.
+type witnessResult struct {
+	at    time.Duration // login
+	valid bool          // on every instance
+}
+
+func (w *witnessLog) verify(ctx context.Context, c *client) []witnessResult {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []witnessResult
+	for _, t := range w.tokens {
+		r := witnessResult{at: t.at, valid: true}
+		for i := range c.insts {
+			res, err := c.do(ctx, i, opProbe, -1, http.MethodGet, "/auth/session", nil, t)
+			if err != nil || res.status != http.StatusOK {
+				r.valid = false
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }

@@ -61,6 +61,13 @@ func roleLine(m map[string]int) string {
 	return strings.Join(b, ", ")
 }
 
+func lostNote(ss SessionSummary) string {
+	if ss.WitnessLost == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (the oldest made %s before the stop)", fms(ss.LostOldestMS))
+}
+
 // Markdown writes the summary.
 func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
@@ -103,7 +110,7 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("")
 	p("## Rate limit accuracy (fleet-wide)")
 	p("")
-	p("Every span of the window's length, starting at each admitted request, for every user: requests admitted (begun and answered inside the span) against the limit. Windows that overlap the Redis outage are counted apart: there each instance decides from memory with the limit divided by the instances.")
+	p("Every span of the window's length, starting at each admitted request, for every user: requests admitted (begun and answered inside the span) against the limit. Windows that overlap a span in which an instance was off Redis are counted apart: there instances decide from memory, each with the limit divided by the instances.")
 	p("")
 	p("| role | policy | limit | window | users | admitted | limited (429) | most in a window, Redis up | windows over the limit | most in a window overlapping the outage | memory bound |")
 	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -121,7 +128,9 @@ func (r *Report) Markdown(w io.Writer) error {
 		p("- %d refused after the outage, with sessions made in memory during it, before their instance had written them back to Redis (the last %s after the outage's end)",
 			ss.CrossRejectedWriteBack, fms(ss.WriteBackLagMS))
 	}
+	p("- logins answered: %s", statusLine(ss.LoginStatus))
 	p("- after the run, %d of %d checks (each user's last sessions on every instance) were valid", ss.Valid, ss.Checked)
+	p("- %d witness sessions made in the 2 s before the stop: %d lost%s", ss.Witnesses, ss.WitnessLost, lostNote(ss))
 	for _, pr := range ss.Problems {
 		p("  - %s", pr)
 	}
@@ -145,17 +154,41 @@ func (r *Report) Markdown(w io.Writer) error {
 		p("")
 		p("- at %s: %s", fms(fo.StopAtMS), fo.Stop)
 		p("- at %s: %s", fms(fo.RestartMS), fo.Restart)
-		p("- every instance back on Redis at %s: %s after the restart, %s after the stop", fms(fo.AllBackMS), fms(fo.BackAfterRestartMS), fms(fo.BackAfterStopMS))
+		if fo.BackAfterRestartMS >= 0 {
+			p("- every instance back on Redis at %s: %s after the restart began, %s after the stop", fms(fo.AllBackMS), fms(fo.BackAfterRestartMS), fms(fo.BackAfterStopMS))
+		} else {
+			p("- every instance back on Redis at %s, %s after the stop (before the restart)", fms(fo.AllBackMS), fms(fo.BackAfterStopMS))
+		}
 		p("- %d requests answered during the outage (%s); **%d with 5xx**", fo.OutageRequests, statusLine(fo.OutageStatus), fo.FiveXX)
 		p("- rate limit decisions made from memory: %.0f", fo.MemoryDecisions)
 		p("")
-		p("| instance | Redis down seen after the stop | back on Redis after the restart |")
-		p("| --- | ---: | ---: |")
+		p("| instance | Redis down seen after the stop | back on Redis after the stop | after the restart began |")
+		p("| --- | ---: | ---: | ---: |")
 		for _, in := range fo.Instances {
-			p("| %d | %s | %s |", in.Instance, fms(in.DownMS), fms(in.BackMS))
+			after := "—"
+			if in.BackAtMS >= 0 {
+				after = fms(in.BackAtMS - fo.StopAtMS)
+			}
+			p("| %d | %s | %s | %s |", in.Instance, fms(in.DownMS), after, fms(in.BackMS))
 		}
 		p("")
 	}
+	p("## Off Redis")
+	p("")
+	if len(r.OffRedis) == 0 {
+		p("Every instance was on Redis throughout.")
+	} else {
+		p("Spans in which at least one instance decided from memory (from each instance's /ping, polled every 25 ms):")
+		p("")
+		for _, sp := range r.OffRedis {
+			what := "unplanned"
+			if sp.Planned {
+				what = "the planned outage"
+			}
+			p("- %s – %s (%s), %s; instances %v", fms(sp.FromMS), fms(sp.ToMS), fms(sp.ToMS-sp.FromMS), what, sp.Instances)
+		}
+	}
+	p("")
 	p("## CPU and memory")
 	p("")
 	p("From /proc every second (CPU: percent of one core).")
@@ -185,8 +218,12 @@ func (r *Report) Markdown(w io.Writer) error {
 // Charts returns the report's charts as SVG markup, in page order.
 func (r *Report) Charts() []template.HTML {
 	var bands []svgchart.Band
-	if fo := r.Failover; fo != nil {
-		bands = []svgchart.Band{{From: fo.StopAtMS / 1000, To: fo.AllBackMS / 1000, Label: "Redis outage"}}
+	for _, sp := range r.OffRedis {
+		b := svgchart.Band{From: sp.FromMS / 1000, To: sp.ToMS / 1000, Label: "off Redis"}
+		if sp.Planned {
+			b.Label = "Redis outage"
+		}
+		bands = append(bands, b)
 	}
 	var x, total, p50, p99 []float64
 	per := make([][]float64, len(r.Instances))

@@ -18,11 +18,14 @@ type Report struct {
 	Instances []Stats   `json:"instances"`
 	Ops       []Stats   `json:"ops"`
 	// Timeline has one point per second of the load.
-	Timeline  []TimePoint        `json:"timeline"`
-	RateLimit []RoleAccuracy     `json:"rate_limit"`
-	Sessions  SessionSummary     `json:"sessions"`
-	Staleness StalenessSummary   `json:"staleness"`
-	Failover  *FailoverSummary   `json:"failover,omitempty"`
+	Timeline  []TimePoint      `json:"timeline"`
+	RateLimit []RoleAccuracy   `json:"rate_limit"`
+	Sessions  SessionSummary   `json:"sessions"`
+	Staleness StalenessSummary `json:"staleness"`
+	Failover  *FailoverSummary `json:"failover,omitempty"`
+	// OffRedis are the spans in which at least one instance decided from
+	// memory: the planned outage and any other seen on /ping.
+	OffRedis  []Spell            `json:"off_redis"`
 	Processes []ProcessSummary   `json:"processes"`
 	Metrics   map[string]float64 `json:"metrics"`
 	// Failures lists every check that did not hold; empty means passed.
@@ -111,6 +114,14 @@ type SessionSummary struct {
 	Checked  int      `json:"checked"`
 	Valid    int      `json:"valid"`
 	Problems []string `json:"problems,omitempty"`
+	// LoginStatus counts login answers by status.
+	LoginStatus map[string]int `json:"login_status"`
+	// Witnesses are sessions made in the two seconds before the stop,
+	// checked on every instance after the run; Lost were refused
+	// somewhere, the oldest made LostOldestMS before the stop.
+	Witnesses    int     `json:"witnesses"`
+	WitnessLost  int     `json:"witnesses_lost"`
+	LostOldestMS float64 `json:"lost_oldest_before_stop_ms"`
 }
 
 // StalenessSummary is the cache invalidation check.
@@ -165,6 +176,103 @@ type InstanceFailover struct {
 	BackAtMS float64 `json:"back_at_ms"`
 }
 
+// Spell is a span of the load in which at least one instance decided
+// from memory.
+type Spell struct {
+	FromMS    float64 `json:"from_ms"`
+	ToMS      float64 `json:"to_ms"`
+	Planned   bool    `json:"planned"`
+	Instances []int   `json:"instances"`
+}
+
+type spells []Spell
+
+func (sp spells) contains(at time.Duration) bool {
+	t := msf(at)
+	for _, s := range sp {
+		if t >= s.FromMS && t < s.ToMS {
+			return true
+		}
+	}
+	return false
+}
+
+// overlaps reports whether [a, b] meets a spell.
+func (sp spells) overlaps(a, b time.Duration) bool {
+	fa, fb := msf(a), msf(b)
+	for _, s := range sp {
+		if fb > s.FromMS && fa < s.ToMS {
+			return true
+		}
+	}
+	return false
+}
+
+// endOf is the end of the spell holding at.
+func (sp spells) endOf(at time.Duration) time.Duration {
+	t := msf(at)
+	for _, s := range sp {
+		if t >= s.FromMS && t < s.ToMS {
+			return time.Duration(s.ToMS * 1e6)
+		}
+	}
+	return at
+}
+
+// outages merges the instances' down spells (from /ping) with the planned
+// outage, which starts at the stop (instances notice it a little later).
+func outages(rd *runData, fo *FailoverSummary) spells {
+	type iv struct {
+		from, to time.Duration
+		inst     int
+		planned  bool
+	}
+	var ivs []iv
+	if fo != nil {
+		ivs = append(ivs, iv{rd.fo.stopAt, time.Duration(fo.AllBackMS * 1e6), 0, true})
+	}
+	for i, pl := range rd.pings {
+		pl.mu.Lock()
+		var down time.Duration = -1
+		for _, p := range pl.points {
+			switch {
+			case p.status != "up" && p.status != "" && p.status != "?" && down < 0 && p.at > 0:
+				down = p.at
+			case p.status == "up" && down >= 0:
+				ivs = append(ivs, iv{down, p.at, i + 1, false})
+				down = -1
+			}
+		}
+		if down >= 0 {
+			ivs = append(ivs, iv{down, rd.elapsed + time.Hour, i + 1, false})
+		}
+		pl.mu.Unlock()
+	}
+	slices.SortFunc(ivs, func(a, b iv) int { return cmp.Compare(a.from, b.from) })
+	var out spells
+	for _, v := range ivs {
+		n := len(out)
+		if n > 0 && msf(v.from) <= out[n-1].ToMS {
+			last := &out[n-1]
+			last.ToMS = max(last.ToMS, msf(v.to))
+			last.Planned = last.Planned || v.planned
+			if v.inst > 0 && !slices.Contains(last.Instances, v.inst) {
+				last.Instances = append(last.Instances, v.inst)
+			}
+			continue
+		}
+		sp := Spell{FromMS: msf(v.from), ToMS: msf(v.to), Planned: v.planned}
+		if v.inst > 0 {
+			sp.Instances = []int{v.inst}
+		}
+		out = append(out, sp)
+	}
+	for i := range out {
+		slices.Sort(out[i].Instances)
+	}
+	return out
+}
+
 // ProcessSummary is one process's CPU and memory.
 type ProcessSummary struct {
 	Name      string    `json:"name"`
@@ -194,12 +302,13 @@ type runData struct {
 		checked, valid int
 		failures       []string
 	}
+	witnesses []witnessResult
 }
 
 // failoverLog is when Redis was stopped and restarted.
 type failoverLog struct {
 	stopped, restarted bool
-	stopAt, restartAt  time.Duration // when the stop began, when the restart was done
+	stopAt, restartAt  time.Duration // when the stop began, when the restart began
 	stopMsg, restMsg   string
 	err                error
 }
@@ -254,14 +363,15 @@ func analyze(rd *runData) *Report {
 
 	// The outage as the fleet saw it: from the stop until the last
 	// instance was back on Redis.
-	var outFrom, outTo time.Duration = -1, -1
+	// Redis is "out" for the fleet while any instance decides from
+	// memory: from the planned stop until the last instance is back, and
+	// during any other spell an instance's /ping showed Redis down.
 	if rd.fo != nil && rd.fo.stopped {
 		r.Failover = analyzeFailover(rd)
-		outFrom = rd.fo.stopAt
-		outTo = time.Duration(r.Failover.AllBackMS * float64(time.Millisecond))
 	}
-	inOutage := func(at time.Duration) bool { return outFrom >= 0 && at >= outFrom && at < outTo }
-
+	out := outages(rd, r.Failover)
+	r.OffRedis = out
+	inOutage := out.contains
 	var load []sample
 	byInst := make([][]sample, o.Instances)
 	byOp := make([][]sample, nOps)
@@ -283,8 +393,8 @@ func analyze(rd *runData) *Report {
 		}
 	}
 	r.Timeline = timeline(load, o.Instances, rd.elapsed)
-	r.RateLimit = accuracy(rd, outFrom, outTo)
-	r.Sessions = sessionSummary(rd, inOutage, outTo)
+	r.RateLimit = accuracy(rd, out)
+	r.Sessions = sessionSummary(rd, out)
 	r.Staleness = stalenessSummary(rd, inOutage)
 	r.Processes = processSummary(rd)
 	if r.Failover != nil {
@@ -333,7 +443,7 @@ func timeline(load []sample, n int, elapsed time.Duration) []TimePoint {
 }
 
 // accuracy checks every (user, policy item) for windows over the limit.
-func accuracy(rd *runData, outFrom, outTo time.Duration) []RoleAccuracy {
+func accuracy(rd *runData, outage spells) []RoleAccuracy {
 	type key struct {
 		role, item string
 	}
@@ -385,7 +495,7 @@ func accuracy(rd *runData, outFrom, outTo time.Duration) []RoleAccuracy {
 							count++
 						}
 					}
-					if outFrom >= 0 && b > outFrom && a < outTo {
+					if outage.overlaps(a, b) {
 						ra.WindowsOutage++
 						ra.MaxOutage = max(ra.MaxOutage, count)
 						continue
@@ -413,21 +523,35 @@ func accuracy(rd *runData, outFrom, outTo time.Duration) []RoleAccuracy {
 	return out
 }
 
-func sessionSummary(rd *runData, inOutage func(time.Duration) bool, outTo time.Duration) SessionSummary {
+func sessionSummary(rd *runData, out spells) SessionSummary {
 	ss := SessionSummary{Logins: rd.book.logins.Load(), LoginsFailed: rd.book.failed.Load(),
-		Checked: rd.sessCheck.checked, Valid: rd.sessCheck.valid, Problems: rd.sessCheck.failures}
+		Checked: rd.sessCheck.checked, Valid: rd.sessCheck.valid, Problems: rd.sessCheck.failures,
+		LoginStatus: map[string]int{}, Witnesses: len(rd.witnesses)}
+	stop := rd.o.witnessFrom() + time.Duration(witnessCount)*50*time.Millisecond
+	if rd.fo != nil {
+		stop = rd.fo.stopAt
+	}
+	for _, w := range rd.witnesses {
+		if !w.valid {
+			ss.WitnessLost++
+			ss.LostOldestMS = max(ss.LostOldestMS, msf(stop-w.at))
+		}
+	}
 	for _, s := range rd.rec.samples {
+		if s.op == opLogin {
+			ss.LoginStatus[statusKey(s.status)]++
+		}
 		if s.user < 0 || !s.cross || s.status == 0 || s.op == opLogin {
 			continue
 		}
 		ss.CrossRequests++
 		if s.status == 401 {
 			switch {
-			case inOutage(s.at):
+			case out.contains(s.at):
 				ss.CrossRejectedOutage++
-			case inOutage(s.tokAt):
+			case out.contains(s.tokAt):
 				ss.CrossRejectedWriteBack++
-				ss.WriteBackLagMS = max(ss.WriteBackLagMS, msf(s.at+s.dur-outTo))
+				ss.WriteBackLagMS = max(ss.WriteBackLagMS, msf(s.at+s.dur-out.endOf(s.tokAt)))
 			default:
 				ss.CrossRejectedUp++
 			}
@@ -585,6 +709,20 @@ func failures(rd *runData, r *Report) []string {
 	}
 	if s.Logins == 0 {
 		f = append(f, "no login")
+	}
+	if s.Witnesses < witnessCount && rd.fo != nil {
+		f = append(f, fmt.Sprintf("only %d of %d witness sessions were made", s.Witnesses, witnessCount))
+	}
+	// A killed primary may not have passed its last writes to the replica
+	// (asynchronous replication), and a killed single node loses up to a
+	// second of its append-only file: there, sessions made in the last
+	// second before the stop may be lost. Nothing else may.
+	lossBound := 0.0
+	if rd.o.Kill || rd.o.Redis == RedisSentinel {
+		lossBound = 1000
+	}
+	if s.WitnessLost > 0 && s.LostOldestMS > lossBound {
+		f = append(f, fmt.Sprintf("%d of %d sessions made before the stop were lost, the oldest made %s before it", s.WitnessLost, s.Witnesses, time.Duration(s.LostOldestMS*1e6)))
 	}
 	st := r.Staleness
 	if rd.o.Instances > 1 {

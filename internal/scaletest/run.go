@@ -86,7 +86,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write config: %w", err)
 	}
-	users, probeUser, err := makeUsers(filepath.Join(dir, "users.yaml"), &o)
+	users, probeUser, witnesses, err := makeUsers(filepath.Join(dir, "users.yaml"), &o)
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write users: %w", err)
 	}
@@ -129,12 +129,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if topo != nil {
 		topoDesc = topo.describe()
 	}
-	return drive(ctx, &o, dir, topo, topoDesc, insts, users, probeUser, patients, logf)
+	return drive(ctx, &o, topo, topoDesc, insts, users, probeUser, witnesses, patients, logf)
 }
 
 // drive runs the load, the probes and the failover, then the final checks.
-func drive(ctx context.Context, o *Options, dir string, topo topology, topoDesc string, insts []*instance,
-	users []*user, probeUser *user, patients int, logf func(string, ...any)) (*Report, error) {
+func drive(ctx context.Context, o *Options, topo topology, topoDesc string, insts []*instance,
+	users []*user, probeUser *user, witnesses []*user, patients int, logf func(string, ...any)) (*Report, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: len(users) + 8, IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	rec := &recorder{policyIdx: map[string]int16{}}
@@ -206,6 +206,9 @@ func drive(ctx context.Context, o *Options, dir string, topo topology, topoDesc 
 	}
 	probeDone := make(chan struct{})
 	go func() { defer close(probeDone); pr.run(loadCtx) }()
+	wit := &witnessLog{}
+	witDone := make(chan struct{})
+	go func() { defer close(witDone); wit.run(loadCtx, c, witnesses, rec.start, o.witnessFrom()) }()
 
 	bar := newBar(o)
 	barDone := make(chan struct{})
@@ -219,6 +222,7 @@ func drive(ctx context.Context, o *Options, dir string, topo topology, topoDesc 
 	elapsed := time.Since(rec.start)
 	logf("load done after %s; waiting for the last probe", ms(elapsed))
 	<-probeDone
+	<-witDone
 	<-foDone
 	if fo.stopped && !fo.restarted {
 		restart(ctx, topo, fo, &foMu, rec.start, logf)
@@ -236,6 +240,7 @@ func drive(ctx context.Context, o *Options, dir string, topo topology, topoDesc 
 	rd := &runData{o: o, topo: topoDesc, elapsed: elapsed, rec: rec, users: users, book: book, prober: pr,
 		pings: pings, fo: fo, procs: procs}
 	rd.sessCheck.checked, rd.sessCheck.valid, rd.sessCheck.failures = verifySessions(checkCtx, c, book)
+	rd.witnesses = wit.verify(checkCtx, c)
 	rd.metrics = scrapeMetrics(checkCtx, insts)
 	stopWatch()
 	bg.Wait()
@@ -244,15 +249,21 @@ func drive(ctx context.Context, o *Options, dir string, topo topology, topoDesc 
 	}
 	rep := analyze(rd)
 	rep.Setup.CPUs = runtime.NumCPU()
+	if err := writeSamples(filepath.Join(o.Dir, "samples.csv"), rec, users); err != nil {
+		logf("write samples: %v", err)
+	}
 	return rep, nil
 }
 
 func restart(ctx context.Context, topo topology, fo *failoverLog, mu *sync.Mutex, start time.Time, logf func(string, ...any)) {
-	logf("failover: restarting Redis at %s", ms(time.Since(start)))
+	at := time.Since(start)
+	logf("failover: restarting Redis at %s", ms(at))
 	msg, err := topo.restart(ctx)
+	ready := time.Since(start)
 	mu.Lock()
 	defer mu.Unlock()
-	fo.restartAt, fo.restarted, fo.restMsg = time.Since(start), true, msg
+	fo.restartAt, fo.restarted = at, true
+	fo.restMsg = fmt.Sprintf("%s (ready after %s)", msg, ms(ready-at))
 	if err != nil && fo.err == nil {
 		fo.err = err
 	}

@@ -102,15 +102,15 @@ func TestUsers(t *testing.T) {
 	o := Options{Physicians: 2, Nurses: 1, Patients: 2}
 	o.setDefaults()
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	users, probe, err := makeUsers(path, &o)
+	users, probe, witnesses, err := makeUsers(path, &o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(users) != 5 || probe.role != probeRole {
+	if len(users) != 5 || probe.role != probeRole || len(witnesses) != witnessCount {
 		t.Fatalf("users %d, probe %+v", len(users), probe)
 	}
 	b, _ := os.ReadFile(path)
-	for _, u := range append(users, probe) {
+	for _, u := range append(append(users, probe), witnesses...) {
 		if !strings.Contains(string(b), "username: "+u.name) {
 			t.Errorf("%s missing", u.name)
 		}
@@ -180,6 +180,9 @@ func fakeRun(extraAdmitted ...time.Duration) *runData {
 		pings: pings, procs: procs, metrics: map[string]float64{"omnigate_ratelimit_decisions_total/memory": 12},
 		fo: &failoverLog{stopped: true, restarted: true, stopAt: 4 * time.Second, restartAt: 6 * time.Second, stopMsg: "stopped", restMsg: "restarted"}}
 	rd.sessCheck.checked, rd.sessCheck.valid = 6, 6
+	for i := range witnessCount {
+		rd.witnesses = append(rd.witnesses, witnessResult{at: 2*time.Second + time.Duration(i)*50*time.Millisecond, valid: true})
+	}
 	return rd
 }
 
@@ -257,16 +260,6 @@ func TestRender(t *testing.T) {
 	}
 	if err := r.JSON(&js); err != nil || !strings.Contains(js.String(), `"failures": null`) {
 		t.Errorf("json: %v\n%s", err, js.String())
-	}
-}
-
-func TestReadProc(t *testing.T) {
-	cpu, rss, err := readProc(os.Getpid())
-	if err != nil || rss < 1<<20 || cpu < 0 {
-		t.Fatalf("readProc(self) = %v, %d, %v", cpu, rss, err)
-	}
-	if _, _, err := readProc(1 << 30); err == nil {
-		t.Error("no error for a missing process")
 	}
 }
 
