@@ -4,7 +4,7 @@ BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test bench bench-go bench-load lint fmt clean
+.PHONY: all build run test bench bench-go bench-load bench-peers scaletest lint fmt clean
 
 all: build
 
@@ -22,7 +22,8 @@ run: build
 test:
 	$(GO) test -race -timeout 14m ./...
 
-## bench: Go benchmarks, then loopback load against baselines
+## bench: Go benchmarks, then loopback load against baselines and peers
+## (nginx's proxy_pass, proxy_cache and limit_req when nginx is installed)
 bench: bench-go bench-load
 
 bench-go:
@@ -30,6 +31,15 @@ bench-go:
 
 bench-load:
 	$(GO) run ./cmd/omnigate-bench $(BENCHFLAGS)
+
+## bench-peers: only the proxy, cache and limiter targets, OmniGate and nginx
+bench-peers:
+	$(GO) run ./cmd/omnigate-bench -only 'bare|proxy|cache|limit' $(BENCHFLAGS)
+
+## scaletest: the fleet test (3 instances, one Redis stopped and restarted),
+## report in ./scaletest-report; SCALEFLAGS="-redis cluster" etc.
+scaletest: build
+	./$(BIN) scaletest $(SCALEFLAGS)
 
 ## lint: gofmt and go vet
 lint:
