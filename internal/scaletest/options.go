@@ -39,8 +39,14 @@ const (
 
 // Backends of Options.Backend.
 const (
-	BackendFHIR     = "fhir"     // the embedded FHIR server on one shared SQLite file
-	BackendUpstream = "upstream" // a FHIR stand-in served by the tool, as every route's upstream
+	// The embedded FHIR server, run by one more omnigate process that owns
+	// the store (a store file belongs to one process in this release):
+	// every instance proxies its FHIR routes to it, with FHIR-aware
+	// caching (fhir_errors: true).
+	BackendFHIR = "fhir"
+	// A small FHIR stand-in served by the tool in the same place, to
+	// verify the plugins without the embedded FHIR server.
+	BackendUpstream = "upstream"
 )
 
 // Options describe one run. The zero value runs the defaults.

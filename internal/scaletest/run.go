@@ -70,6 +70,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	patients := max(20, o.Patients)
 	seed := seedBundle(patients, 3, o.Instances)
 	upstream := ""
+	extraPIDs := map[string]int{}
 	if o.Backend == BackendUpstream {
 		st, err := startStandIn(seed)
 		if err != nil {
@@ -77,6 +78,15 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		cleanups = append(cleanups, st.close)
 		upstream = st.addr
+	}
+	if o.Backend == BackendFHIR {
+		origin, err := startOrigin(ctx, &o, dir, seed, patients, logf)
+		if err != nil {
+			return nil, fmt.Errorf("scaletest: %w", err)
+		}
+		cleanups = append(cleanups, origin.stop)
+		upstream = origin.base()
+		extraPIDs["fhir-origin"] = origin.pid()
 	}
 	redisYAML := ""
 	if topo != nil {
@@ -90,16 +100,6 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write users: %w", err)
 	}
-	if o.Backend == BackendFHIR {
-		logf("loading %d patients with their observations into the FHIR store", patients)
-		bundle := filepath.Join(dir, "seed.json")
-		if err := os.WriteFile(bundle, seed, 0o600); err != nil {
-			return nil, fmt.Errorf("scaletest: %w", err)
-		}
-		if err := runImport(ctx, &o, cfg, bundle, dir); err != nil {
-			return nil, fmt.Errorf("scaletest: %w", err)
-		}
-	}
 
 	logf("starting %d gateway instances", o.Instances)
 	insts := make([]*instance, o.Instances)
@@ -110,7 +110,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			in, err := startInstance(ctx, &o, i, cfg, dir, topo != nil)
+			in, err := startInstance(ctx, &o, i, fmt.Sprintf("instance-%d", i+1), cfg, dir, topo != nil)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -129,11 +129,30 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if topo != nil {
 		topoDesc = topo.describe()
 	}
-	return drive(ctx, &o, topo, topoDesc, insts, users, probeUser, witnesses, patients, logf)
+	return drive(ctx, &o, topo, topoDesc, insts, extraPIDs, users, probeUser, witnesses, patients, logf)
+}
+
+// startOrigin loads the seed data into a new FHIR store with "omnigate
+// fhir import" and starts the process that serves it.
+func startOrigin(ctx context.Context, o *Options, dir string, seed []byte, patients int, logf func(string, ...any)) (*instance, error) {
+	cfg, err := writeOriginConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	logf("loading %d patients with their observations into the FHIR store", patients)
+	bundle := filepath.Join(dir, "seed.json")
+	if err := os.WriteFile(bundle, seed, 0o600); err != nil {
+		return nil, err
+	}
+	if err := runImport(ctx, o, cfg, bundle, dir); err != nil {
+		return nil, err
+	}
+	logf("starting the FHIR server")
+	return startInstance(ctx, o, -1, "fhir-origin", cfg, dir, false)
 }
 
 // drive runs the load, the probes and the failover, then the final checks.
-func drive(ctx context.Context, o *Options, topo topology, topoDesc string, insts []*instance,
+func drive(ctx context.Context, o *Options, topo topology, topoDesc string, insts []*instance, extraPIDs map[string]int,
 	users []*user, probeUser *user, witnesses []*user, patients int, logf func(string, ...any)) (*Report, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: len(users) + 8, IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
@@ -152,6 +171,9 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		m := map[string]int{}
 		for _, in := range insts {
 			m[fmt.Sprintf("instance %d", in.idx+1)] = in.pid()
+		}
+		for k, v := range extraPIDs {
+			m[k] = v
 		}
 		if topo != nil {
 			foMu.Lock()
