@@ -61,6 +61,8 @@ func runScaletest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		o.Progress = stderr
 	}
 	o.Log = stderr
+	o.Command = "omnigate scaletest " + strings.Join(args, " ")
+	o.Version = version
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	rep, err := scaletest.Run(ctx, o)

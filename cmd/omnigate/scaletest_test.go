@@ -30,7 +30,7 @@ func TestScaletestShort(t *testing.T) {
 		Binary:    binary,
 		Dir:       filepath.Join(dir, "run"),
 		Instances: 3,
-		Backend:   scaletest.BackendUpstream,
+		Backend:   backend(),
 		Duration:  20 * time.Second,
 		StopAt:    7 * time.Second,
 		RestartAt: 11 * time.Second,
@@ -93,6 +93,17 @@ func TestScaletestShort(t *testing.T) {
 	if left := processesUsing(t, dir); len(left) > 0 {
 		t.Errorf("processes left behind: %q", left)
 	}
+}
+
+// backend is the embedded FHIR server when this build has it (its import
+// command), else the tool's stand-in.
+func backend() string {
+	for _, c := range commands() {
+		if c.name == "fhir" {
+			return scaletest.BackendFHIR
+		}
+	}
+	return scaletest.BackendUpstream
 }
 
 // processesUsing lists the command lines that mention dir.

@@ -117,6 +117,9 @@ type Options struct {
 	Log io.Writer
 	// Seed makes the simulated users' choices repeatable. Default 1.
 	Seed int64
+
+	// Command and Version are written into the report as they are.
+	Command, Version string
 }
 
 func (o *Options) setDefaults() error {

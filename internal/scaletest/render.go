@@ -61,6 +61,13 @@ func roleLine(m map[string]int) string {
 	return strings.Join(b, ", ")
 }
 
+func versionNote(v string) string {
+	if v == "" {
+		return ""
+	}
+	return " (omnigate " + v + ")"
+}
+
 func lostNote(ss SessionSummary) string {
 	if ss.WitnessLost == 0 {
 		return ""
@@ -84,7 +91,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("- %d gateway instances, backend: %s, Redis: %s", s.Instances, s.Backend, s.Redis)
 	p("- %s; limits per %s: physician %d, nurse %d, patient %d", roleLine(s.Users), time.Duration(s.WindowMS*1e6),
 		s.Limits["physician"], s.Limits["nurse"], s.Limits["patient"])
-	p("- load for %s (%d CPUs), started %s", time.Duration(s.ElapsedMS*1e6).Round(time.Millisecond), s.CPUs, r.Started.UTC().Format(time.RFC3339))
+	p("- load for %s on %d CPUs, started %s; load average %.1f before, %.1f after", time.Duration(s.ElapsedMS*1e6).Round(time.Millisecond), s.CPUs,
+		r.Started.UTC().Format(time.RFC3339), s.LoadAvg[0], s.LoadAvg[1])
+	if s.Command != "" {
+		p("- command: `%s`%s", s.Command, versionNote(s.Version))
+	}
 	p("")
 	if !r.Passed() {
 		p("## Failures")

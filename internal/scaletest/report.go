@@ -4,8 +4,11 @@ import (
 	"cmp"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -45,6 +48,11 @@ type Setup struct {
 	DurationMS float64          `json:"duration_ms"`
 	ElapsedMS  float64          `json:"elapsed_ms"`
 	CPUs       int              `json:"cpus"`
+	// LoadAvg is the machine's 1-minute load average (from /proc/loadavg)
+	// before and after the load: other work on the machine shows there.
+	LoadAvg [2]float64 `json:"load_average"`
+	Command string     `json:"command,omitempty"`
+	Version string     `json:"version,omitempty"`
 }
 
 // Stats are request counts and latency percentiles of a group of requests.
@@ -303,6 +311,21 @@ type runData struct {
 		failures       []string
 	}
 	witnesses []witnessResult
+	loadAvg   [2]float64
+}
+
+// loadAvg reads the 1-minute load average (0 where /proc is missing).
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 // failoverLog is when Redis was stopped and restarted.
@@ -359,7 +382,8 @@ func analyze(rd *runData) *Report {
 		users[u.role]++
 	}
 	r.Setup = Setup{Instances: o.Instances, Redis: rd.topo, RedisMode: o.Redis, Backend: o.Backend, Users: users,
-		Limits: o.Limits, WindowMS: msf(o.Window), Burst: o.Burst, DurationMS: msf(o.Duration), ElapsedMS: msf(rd.elapsed)}
+		Limits: o.Limits, WindowMS: msf(o.Window), Burst: o.Burst, DurationMS: msf(o.Duration), ElapsedMS: msf(rd.elapsed),
+		LoadAvg: rd.loadAvg, Command: o.Command, Version: o.Version}
 
 	// The outage as the fleet saw it: from the stop until the last
 	// instance was back on Redis.

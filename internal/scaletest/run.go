@@ -186,6 +186,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 	}
 
 	logf("load: %d users for %s%s", len(users), o.Duration, budgetNote(o.Requests))
+	load0 := loadAvg()
 	rec.start = time.Now()
 	loadCtx, stopLoad := context.WithTimeout(ctx, o.Duration)
 	defer stopLoad()
@@ -242,6 +243,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 	stopLoad() // the request budget may end the load before the duration
 	<-barDone
 	elapsed := time.Since(rec.start)
+	load1 := loadAvg()
 	logf("load done after %s; waiting for the last probe", ms(elapsed))
 	<-probeDone
 	<-witDone
@@ -260,7 +262,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 	}
 	checkCtx := context.WithoutCancel(ctx)
 	rd := &runData{o: o, topo: topoDesc, elapsed: elapsed, rec: rec, users: users, book: book, prober: pr,
-		pings: pings, fo: fo, procs: procs}
+		pings: pings, fo: fo, procs: procs, loadAvg: [2]float64{load0, load1}}
 	rd.sessCheck.checked, rd.sessCheck.valid, rd.sessCheck.failures = verifySessions(checkCtx, c, book)
 	rd.witnesses = wit.verify(checkCtx, c)
 	rd.metrics = scrapeMetrics(checkCtx, insts)
