@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,8 +25,8 @@ func TestScaletestShort(t *testing.T) {
 	}
 	redistest.Binary(t)
 	dir := t.TempDir()
-	var log bytes.Buffer
 	start := time.Now()
+	log := &stampWriter{start: start}
 	rep, err := scaletest.Run(context.Background(), scaletest.Options{
 		Binary:    binary,
 		Dir:       filepath.Join(dir, "run"),
@@ -39,12 +40,12 @@ func TestScaletestShort(t *testing.T) {
 		Limits:     map[string]int64{"physician": 200, "nurse": 120, "patient": 40},
 		Physicians: 3, Nurses: 3, Patients: 3,
 		ProbeTimeout: 20 * time.Second,
-		Log:          &log,
+		Log:          log,
 	})
 	if err != nil {
-		t.Fatalf("scaletest: %v\n%s", err, log.String())
+		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
 	}
-	t.Logf("fleet test ran in %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
 	var md bytes.Buffer
 	rep.Markdown(&md)
 	t.Log("\n" + md.String())
@@ -93,6 +94,17 @@ func TestScaletestShort(t *testing.T) {
 	if left := processesUsing(t, dir); len(left) > 0 {
 		t.Errorf("processes left behind: %q", left)
 	}
+}
+
+// stampWriter prefixes each write with the time since start.
+type stampWriter struct {
+	start time.Time
+	b     bytes.Buffer
+}
+
+func (w *stampWriter) Write(p []byte) (int, error) {
+	fmt.Fprintf(&w.b, "%6.1fs %s", time.Since(w.start).Seconds(), p)
+	return len(p), nil
 }
 
 // backend is the embedded FHIR server when this build has it (its import
