@@ -101,15 +101,16 @@ admin: 127.0.0.1:9090
 log: {level: warn, access_log: false}
 fhir:
   store: {path: {{.Store}}, sync: normal}
+  validate: {{.Validate}}
 routes:
   - name: fhir
     fhir: true
 `))
 
 // writeOriginConfig writes the FHIR origin's config file.
-func writeOriginConfig(dir string) (string, error) {
+func writeOriginConfig(dir string, validate bool) (string, error) {
 	var b bytes.Buffer
-	if err := originConfig.Execute(&b, map[string]string{"Store": filepath.Join(dir, "fhir.db")}); err != nil {
+	if err := originConfig.Execute(&b, map[string]any{"Store": filepath.Join(dir, "fhir.db"), "Validate": validate}); err != nil {
 		return "", err
 	}
 	path := filepath.Join(dir, "fhir-origin.yaml")

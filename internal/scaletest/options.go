@@ -71,6 +71,11 @@ type Options struct {
 	RedisURL string
 	// Backend is fhir (default) or upstream.
 	Backend string
+	// NoSchemaValidation turns the embedded FHIR server's schema
+	// validation of writes off (fhir.validate: false). Default false:
+	// validated, as by default. Compiling the R4 schema takes the server
+	// 1–2 s at start, and 15–30 s in a build with the race detector.
+	NoSchemaValidation bool
 
 	// Physicians, Nurses, Patients are the simulated users per role.
 	// Defaults 4, 4, 4.

@@ -135,7 +135,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 // startOrigin loads the seed data into a new FHIR store with "omnigate
 // fhir import" and starts the process that serves it.
 func startOrigin(ctx context.Context, o *Options, dir string, seed []byte, patients int, logf func(string, ...any)) (*instance, error) {
-	cfg, err := writeOriginConfig(dir)
+	cfg, err := writeOriginConfig(dir, !o.NoSchemaValidation)
 	if err != nil {
 		return nil, err
 	}
