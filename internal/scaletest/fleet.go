@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -36,11 +35,12 @@ const probeRole = "ops"
 
 // user is one simulated user (or the probe user).
 type user struct {
-	idx      int
-	name     string
-	role     string
-	patient  string // patient id of a patient user
-	password string // kept in memory only
+	idx        int
+	name       string
+	role       string
+	patient    string // patient id of a patient user
+	patientIdx int    // its index in the dataset
+	password   string // kept in memory only
 }
 
 // configTemplate is the one config every instance runs. Listeners come
@@ -148,12 +148,13 @@ func writeConfig(dir string, o *Options, redisYAML, upstream string) (string, er
 // makeUsers writes the user directory: the simulated users and the probe
 // user, with random passwords (bcrypt at its lowest cost: this is a load
 // test, and logins are part of the load).
-func makeUsers(path string, o *Options) (users []*user, probe *user, witnesses []*user, err error) {
+func makeUsers(path string, o *Options, ds *dataset) (users []*user, probe *user, witnesses []*user, err error) {
 	add := func(role string, n int) {
 		for i := 1; i <= n; i++ {
 			u := &user{idx: len(users), name: fmt.Sprintf("st-%s-%d", role, i), role: role, password: session.RandomPassword()}
 			if role == "patient" {
-				u.patient = patientID(i)
+				u.patientIdx = (i - 1) % len(ds.patients)
+				u.patient = ds.patients[u.patientIdx]
 			}
 			users = append(users, u)
 		}
@@ -316,60 +317,22 @@ func (in *instance) stop() {
 	procgroup.Stop(in.cmd.Process.Pid, in.done, syscall.SIGTERM, 15*time.Second)
 }
 
-// runImport loads a Bundle into the FHIR store with "omnigate fhir import".
-func runImport(ctx context.Context, o *Options, cfg, bundle, dir string) error {
-	cmd := exec.CommandContext(ctx, o.Binary, "fhir", "import", "-config", cfg, "-quiet", bundle)
-	cmd.Env = childEnv(o.Env...)
-	cmd.Dir = dir
-	cmd.SysProcAttr = procgroup.Attr()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("omnigate fhir import: %w: %s", err, out)
-	}
-	return nil
-}
-
-// patientID is the id of the i-th seeded patient (1-based).
-func patientID(i int) string { return "st-p" + strconv.Itoa(i) }
-
-// probeID is the id of the Patient the i-th invalidation probe writes.
-func probeID(i int) string { return "st-probe-" + strconv.Itoa(i) }
-
-// seedBundle is a transaction that creates the seeded patients, their
-// observations and the probe patients. Every name is synthetic.
-func seedBundle(patients, obsPer, probes int) []byte {
-	type entry struct {
-		Resource map[string]any    `json:"resource"`
-		Request  map[string]string `json:"request"`
-	}
-	var entries []entry
-	put := func(r map[string]any) {
-		entries = append(entries, entry{r, map[string]string{"method": "PUT", "url": r["resourceType"].(string) + "/" + r["id"].(string)}})
-	}
-	for i := 1; i <= patients; i++ {
-		put(patientResource(patientID(i), "Synthetic"+strconv.Itoa(i)))
-		for j := 1; j <= obsPer; j++ {
-			o := observation(patientID(i), 60+i%40+j)
-			o["id"] = fmt.Sprintf("st-o%d-%d", i, j)
-			put(o)
-		}
-	}
-	for i := 1; i <= probes; i++ {
-		put(patientResource(probeID(i), "v0"))
-	}
-	b, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries})
-	return b
-}
-
+// patientResource is a synthetic Patient (id "" for the server to
+// choose).
 func patientResource(id, given string) map[string]any {
-	return map[string]any{"resourceType": "Patient", "id": id, "active": true,
+	r := map[string]any{"resourceType": "Patient", "active": true,
 		"name":   []any{map[string]any{"family": "Scaletest", "given": []string{given}}},
 		"gender": "unknown", "birthDate": "1970-01-01"}
+	if id != "" {
+		r["id"] = id
+	}
+	return r
 }
 
-func observation(patient string, value int) map[string]any {
+// observation is a synthetic heart rate of the patient reference ref.
+func observation(ref string, value int) map[string]any {
 	return map[string]any{"resourceType": "Observation", "status": "final",
 		"code":          map[string]any{"coding": []any{map[string]any{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}}},
-		"subject":       map[string]any{"reference": "Patient/" + patient},
+		"subject":       map[string]any{"reference": ref},
 		"valueQuantity": map[string]any{"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}}
 }

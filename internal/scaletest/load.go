@@ -219,7 +219,7 @@ func (b *sessionBook) add(u int, t token) {
 
 // simulate is one simulated user: log in, then read, search and write on
 // random instances until ctx ends or the request budget is spent.
-func (c *client) simulate(ctx context.Context, o *Options, u *user, book *sessionBook, rng *rand.Rand, patients int) {
+func (c *client) simulate(ctx context.Context, o *Options, u *user, book *sessionBook, rng *rand.Rand, ds *dataset) {
 	n := len(c.insts)
 	var tok token
 	for ctx.Err() == nil {
@@ -240,7 +240,7 @@ func (c *client) simulate(ctx context.Context, o *Options, u *user, book *sessio
 			continue
 		}
 		inst := rng.IntN(n)
-		kind, method, path, body := pick(u, rng, patients)
+		kind, method, path, body := pick(u, rng, ds)
 		c.rec.requests.Add(1)
 		res, err := c.do(ctx, inst, kind, u.idx, method, path, body, tok)
 		switch {
@@ -268,11 +268,12 @@ func (c *client) simulate(ctx context.Context, o *Options, u *user, book *sessio
 
 // pick chooses the next request of u: reads, searches and (for
 // physicians and nurses) writes, and now and then a look at the session.
-func pick(u *user, rng *rand.Rand, patients int) (op, string, string, []byte) {
-	pid := u.patient
-	if pid == "" {
-		pid = patientID(1 + rng.IntN(patients))
+func pick(u *user, rng *rand.Rand, ds *dataset) (op, string, string, []byte) {
+	pi := u.patientIdx
+	if u.patient == "" {
+		pi = rng.IntN(len(ds.patients))
 	}
+	pid := ds.patients[pi]
 	x := rng.Float64()
 	var read, search float64
 	switch u.role {
@@ -288,8 +289,7 @@ func pick(u *user, rng *rand.Rand, patients int) (op, string, string, []byte) {
 		if rng.IntN(10) < 7 {
 			return opRead, http.MethodGet, "/fhir/R4/Patient/" + pid, nil
 		}
-		i := strings.TrimPrefix(pid, "st-p")
-		return opRead, http.MethodGet, "/fhir/R4/Observation/st-o" + i + "-" + strconv.Itoa(1+rng.IntN(3)), nil
+		return opRead, http.MethodGet, "/fhir/R4/Observation/" + ds.obs[pi][rng.IntN(len(ds.obs[pi]))], nil
 	case x < search:
 		if u.patient == "" && rng.IntN(10) < 3 {
 			return opSearch, http.MethodGet, "/fhir/R4/Patient?family=Scaletest&_count=10", nil
@@ -297,11 +297,10 @@ func pick(u *user, rng *rand.Rand, patients int) (op, string, string, []byte) {
 		return opSearch, http.MethodGet, "/fhir/R4/Observation?patient=Patient/" + pid + "&_count=10", nil
 	case x < 0.98 && u.patient == "":
 		if rng.IntN(10) < 8 {
-			b, _ := json.Marshal(observation(pid, 50+rng.IntN(80)))
+			b, _ := json.Marshal(observation("Patient/"+pid, 50+rng.IntN(80)))
 			return opWrite, http.MethodPost, "/fhir/R4/Observation", b
 		}
-		i := strings.TrimPrefix(pid, "st-p")
-		b, _ := json.Marshal(patientResource(pid, "Synthetic"+i))
+		b, _ := json.Marshal(patientResource(pid, "Synthetic"+strconv.Itoa(pi+1)))
 		return opWrite, http.MethodPut, "/fhir/R4/Patient/" + pid, b
 	}
 	return opSession, http.MethodGet, "/auth/session", nil

@@ -31,6 +31,7 @@ type prober struct {
 	c       *client
 	u       *user
 	o       *Options
+	ds      *dataset
 	mu      sync.Mutex
 	results []staleness
 	writes  int
@@ -71,7 +72,7 @@ func (p *prober) run(ctx context.Context) {
 			tok = t
 		}
 		writer := k % n
-		id := probeID(writer + 1)
+		id := p.ds.probes[writer]
 		path := "/fhir/R4/Patient/" + id
 		// Every instance reads the current version first, so that each
 		// holds it in its cache when the write happens.

@@ -68,11 +68,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		cleanups = append(cleanups, topo.close)
 	}
 	patients := max(20, o.Patients)
-	seed := seedBundle(patients, 3, o.Instances)
+	var ds *dataset
 	upstream := ""
 	extraPIDs := map[string]int{}
 	if o.Backend == BackendUpstream {
-		st, err := startStandIn(seed)
+		ds = staticDataset(patients, o.Instances)
+		st, err := startStandIn(ds.putBundle())
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: start the upstream stand-in: %w", err)
 		}
@@ -80,13 +81,22 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		upstream = st.addr
 	}
 	if o.Backend == BackendFHIR {
-		origin, err := startOrigin(ctx, &o, dir, seed, patients, logf)
+		logf("starting the FHIR server")
+		cfg, err := writeOriginConfig(dir, !o.NoSchemaValidation)
+		if err != nil {
+			return nil, fmt.Errorf("scaletest: %w", err)
+		}
+		origin, err := startInstance(ctx, &o, -1, "fhir-origin", cfg, dir, false)
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
 		}
 		cleanups = append(cleanups, origin.stop)
 		upstream = origin.base()
 		extraPIDs["fhir-origin"] = origin.pid()
+		logf("loading %d patients with their observations", patients)
+		if ds, err = seedServer(ctx, origin.base(), patients, o.Instances); err != nil {
+			return nil, fmt.Errorf("scaletest: %w", err)
+		}
 	}
 	redisYAML := ""
 	if topo != nil {
@@ -96,7 +106,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write config: %w", err)
 	}
-	users, probeUser, witnesses, err := makeUsers(filepath.Join(dir, "users.yaml"), &o)
+	users, probeUser, witnesses, err := makeUsers(filepath.Join(dir, "users.yaml"), &o, ds)
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write users: %w", err)
 	}
@@ -129,37 +139,18 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if topo != nil {
 		topoDesc = topo.describe()
 	}
-	return drive(ctx, &o, topo, topoDesc, insts, extraPIDs, users, probeUser, witnesses, patients, logf)
-}
-
-// startOrigin loads the seed data into a new FHIR store with "omnigate
-// fhir import" and starts the process that serves it.
-func startOrigin(ctx context.Context, o *Options, dir string, seed []byte, patients int, logf func(string, ...any)) (*instance, error) {
-	cfg, err := writeOriginConfig(dir, !o.NoSchemaValidation)
-	if err != nil {
-		return nil, err
-	}
-	logf("loading %d patients with their observations into the FHIR store", patients)
-	bundle := filepath.Join(dir, "seed.json")
-	if err := os.WriteFile(bundle, seed, 0o600); err != nil {
-		return nil, err
-	}
-	if err := runImport(ctx, o, cfg, bundle, dir); err != nil {
-		return nil, err
-	}
-	logf("starting the FHIR server")
-	return startInstance(ctx, o, -1, "fhir-origin", cfg, dir, false)
+	return drive(ctx, &o, topo, topoDesc, insts, extraPIDs, users, probeUser, witnesses, ds, logf)
 }
 
 // drive runs the load, the probes and the failover, then the final checks.
 func drive(ctx context.Context, o *Options, topo topology, topoDesc string, insts []*instance, extraPIDs map[string]int,
-	users []*user, probeUser *user, witnesses []*user, patients int, logf func(string, ...any)) (*Report, error) {
+	users []*user, probeUser *user, witnesses []*user, ds *dataset, logf func(string, ...any)) (*Report, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: len(users) + 8, IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	rec := &recorder{policyIdx: map[string]int16{}}
 	c := &client{rec: rec, insts: insts, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 	book := &sessionBook{keep: 3, tokens: map[int][]token{}}
-	pr := &prober{c: c, u: probeUser, o: o}
+	pr := &prober{c: c, u: probeUser, o: o, ds: ds}
 	pings := make([]*pingLog, len(insts))
 	for i := range pings {
 		pings[i] = &pingLog{}
@@ -224,7 +215,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		go func() {
 			defer userWG.Done()
 			rng := rand.New(rand.NewPCG(uint64(o.Seed), uint64(u.idx)))
-			c.simulate(loadCtx, o, u, book, rng, patients)
+			c.simulate(loadCtx, o, u, book, rng, ds)
 		}()
 	}
 	probeDone := make(chan struct{})

@@ -3,8 +3,13 @@ package scaletest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +107,7 @@ func TestUsers(t *testing.T) {
 	o := Options{Physicians: 2, Nurses: 1, Patients: 2}
 	o.setDefaults()
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	users, probe, witnesses, err := makeUsers(path, &o)
+	users, probe, witnesses, err := makeUsers(path, &o, staticDataset(20, 3))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,13 +123,14 @@ func TestUsers(t *testing.T) {
 			t.Errorf("password of %s in the clear", u.name)
 		}
 	}
-	if users[3].patient != "st-p1" || users[4].patient != "st-p2" {
+	if users[3].patient != "st-p1" || users[4].patient != "st-p2" || users[4].patientIdx != 1 {
 		t.Errorf("patients %q %q", users[3].patient, users[4].patient)
 	}
 }
 
-func TestSeedBundle(t *testing.T) {
-	b := string(seedBundle(2, 3, 2))
+func TestDataset(t *testing.T) {
+	ds := staticDataset(2, 2)
+	b := string(ds.putBundle())
 	for _, w := range []string{`"type":"transaction"`, `"url":"Patient/st-p2"`, `"url":"Observation/st-o2-3"`, `"url":"Patient/st-probe-2"`, `"reference":"Patient/st-p1"`} {
 		if !strings.Contains(b, w) {
 			t.Errorf("seed bundle lacks %s", w)
@@ -137,6 +143,46 @@ func TestSeedBundle(t *testing.T) {
 	defer st.close()
 	if len(st.res) != 2+6+2 {
 		t.Errorf("stand-in holds %d resources", len(st.res))
+	}
+	if u := uuid(); !regexp.MustCompile(`^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(u) {
+		t.Errorf("uuid %s", u)
+	}
+}
+
+// TestSeedServer answers the transaction like a FHIR server (ids chosen
+// by the server, in entry order) and checks the ids learned.
+func TestSeedServer(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b struct {
+			Type  string `json:"type"`
+			Entry []struct {
+				FullURL  string         `json:"fullUrl"`
+				Resource map[string]any `json:"resource"`
+				Request  struct{ Method, URL string }
+			} `json:"entry"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil || b.Type != "transaction" || r.URL.Path != "/fhir/R4" {
+			http.Error(w, "bad", 400)
+			return
+		}
+		var out []any
+		for i, e := range b.Entry {
+			if e.Request.Method != "POST" || !strings.HasPrefix(e.FullURL, "urn:uuid:") || e.Resource["id"] != nil {
+				http.Error(w, "bad entry", 400)
+				return
+			}
+			out = append(out, map[string]any{"response": map[string]any{"status": "201 Created",
+				"location": fmt.Sprintf("%s/id%d/_history/1", e.Request.URL, i)}})
+		}
+		json.NewEncoder(w).Encode(map[string]any{"resourceType": "Bundle", "type": "transaction-response", "entry": out})
+	}))
+	defer srv.Close()
+	ds, err := seedServer(context.Background(), srv.URL, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.patients) != 2 || ds.patients[1] != "id4" || len(ds.obs[1]) != 3 || ds.obs[1][2] != "id7" || len(ds.probes) != 3 || ds.probes[0] != "id8" {
+		t.Errorf("dataset %+v", ds)
 	}
 }
 
