@@ -174,7 +174,8 @@ func watch(ctx context.Context, insts []*instance, start time.Time, logs []*ping
 // procSample is one measurement of a process.
 type procSample struct {
 	at   time.Duration
-	cpu  float64 // percent of one core since the previous sample
+	cpu  float64       // percent of one core since the previous sample
+	used time.Duration // CPU time since the previous sample
 	rssB int64
 }
 
@@ -212,7 +213,7 @@ func (s *sampler) run(ctx context.Context, start time.Time, interval time.Durati
 			}
 			pct := 100 * float64(cpu-p.cpu) / float64(now.Sub(p.at))
 			s.mu.Lock()
-			s.series[name] = append(s.series[name], procSample{now.Sub(start), pct, rss})
+			s.series[name] = append(s.series[name], procSample{now.Sub(start), pct, cpu - p.cpu, rss})
 			s.mu.Unlock()
 		}
 		select {

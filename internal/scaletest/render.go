@@ -204,10 +204,15 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("")
 	p("From /proc every second (CPU: percent of one core).")
 	p("")
-	p("| process | CPU avg | CPU max | RSS max | RSS at end |")
-	p("| --- | ---: | ---: | ---: | ---: |")
+	if len(r.CPUPerRequestUS) > 0 {
+		p("CPU per request of the load: gateway instances together %s µs, FHIR server %s µs, Redis %s µs.",
+			f1(r.CPUPerRequestUS["gateway"]), f1(r.CPUPerRequestUS["fhir-origin"]), f1(r.CPUPerRequestUS["redis"]))
+		p("")
+	}
+	p("| process | CPU avg | CPU max | CPU time | RSS max | RSS at end |")
+	p("| --- | ---: | ---: | ---: | ---: | ---: |")
 	for _, pr := range r.Processes {
-		p("| %s | %s%% | %s%% | %s MiB | %s MiB |", pr.Name, f1(pr.CPUAvg), f1(pr.CPUMax), f1(pr.RSSMaxMiB), f1(pr.RSSEndMiB))
+		p("| %s | %s%% | %s%% | %.1f s | %s MiB | %s MiB |", pr.Name, f1(pr.CPUAvg), f1(pr.CPUMax), pr.CPUSeconds, f1(pr.RSSMaxMiB), f1(pr.RSSEndMiB))
 	}
 	p("")
 	if len(r.Metrics) > 0 {

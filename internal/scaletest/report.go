@@ -31,6 +31,10 @@ type Report struct {
 	OffRedis  []Spell            `json:"off_redis"`
 	Processes []ProcessSummary   `json:"processes"`
 	Metrics   map[string]float64 `json:"metrics"`
+	// CPUPerRequestUS is CPU time per request of the load, in µs, by
+	// tier: the gateway instances together, the FHIR origin, Redis (all
+	// its processes).
+	CPUPerRequestUS map[string]float64 `json:"cpu_per_request_us"`
 	// Failures lists every check that did not hold; empty means passed.
 	Failures []string `json:"failures"`
 }
@@ -283,14 +287,16 @@ func outages(rd *runData, fo *FailoverSummary) spells {
 
 // ProcessSummary is one process's CPU and memory.
 type ProcessSummary struct {
-	Name      string    `json:"name"`
-	CPUAvg    float64   `json:"cpu_avg_percent"`
-	CPUMax    float64   `json:"cpu_max_percent"`
-	RSSMaxMiB float64   `json:"rss_max_mib"`
-	RSSEndMiB float64   `json:"rss_end_mib"`
-	at        []float64 // seconds, for the charts
-	cpu       []float64
-	rss       []float64
+	Name string `json:"name"`
+	// CPUSeconds is the CPU time the process used during the load.
+	CPUSeconds float64   `json:"cpu_seconds"`
+	CPUAvg     float64   `json:"cpu_avg_percent"`
+	CPUMax     float64   `json:"cpu_max_percent"`
+	RSSMaxMiB  float64   `json:"rss_max_mib"`
+	RSSEndMiB  float64   `json:"rss_end_mib"`
+	at         []float64 // seconds, for the charts
+	cpu        []float64
+	rss        []float64
 }
 
 // run data handed to analyze.
@@ -421,6 +427,22 @@ func analyze(rd *runData) *Report {
 	r.Sessions = sessionSummary(rd, out)
 	r.Staleness = stalenessSummary(rd, inOutage)
 	r.Processes = processSummary(rd)
+	r.CPUPerRequestUS = map[string]float64{}
+	if n := len(load); n > 0 {
+		for _, p := range r.Processes {
+			tier := "redis"
+			switch {
+			case strings.HasPrefix(p.Name, "instance"):
+				tier = "gateway"
+			case p.Name == "fhir-origin":
+				tier = "fhir-origin"
+			}
+			r.CPUPerRequestUS[tier] += p.CPUSeconds * 1e6 / float64(n)
+		}
+		for k, v := range r.CPUPerRequestUS {
+			r.CPUPerRequestUS[k] = math.Round(v*10) / 10
+		}
+	}
 	if r.Failover != nil {
 		r.Failover.OutageStatus = map[string]int{}
 		for _, s := range rd.rec.samples {
@@ -684,8 +706,10 @@ func processSummary(rd *runData) []ProcessSummary {
 	for name, ss := range rd.procs.series {
 		p := ProcessSummary{Name: name}
 		var sum float64
+		var used time.Duration
 		for _, s := range ss {
 			sum += s.cpu
+			used += s.used
 			p.CPUMax = max(p.CPUMax, s.cpu)
 			mib := float64(s.rssB) / (1 << 20)
 			p.RSSMaxMiB = max(p.RSSMaxMiB, mib)
@@ -695,6 +719,7 @@ func processSummary(rd *runData) []ProcessSummary {
 			p.CPUAvg = sum / float64(len(ss))
 			p.RSSEndMiB = float64(ss[len(ss)-1].rssB) / (1 << 20)
 		}
+		p.CPUSeconds = math.Round(used.Seconds()*100) / 100
 		p.CPUAvg, p.CPUMax = math.Round(p.CPUAvg*10)/10, math.Round(p.CPUMax*10)/10
 		p.RSSMaxMiB, p.RSSEndMiB = math.Round(p.RSSMaxMiB*10)/10, math.Round(p.RSSEndMiB*10)/10
 		out = append(out, p)

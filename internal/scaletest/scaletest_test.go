@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -219,8 +220,8 @@ func fakeRun(extraAdmitted ...time.Duration) *runData {
 		{points: []pingPoint{{0, "up"}, {4030 * time.Millisecond, "down"}, {6400 * time.Millisecond, "up"}}},
 	}
 	procs := &sampler{series: map[string][]procSample{
-		"instance 1": {{time.Second, 20, 30 << 20}, {2 * time.Second, 30, 31 << 20}},
-		"instance 2": {{time.Second, 25, 32 << 20}, {2 * time.Second, 35, 33 << 20}},
+		"instance 1": {{time.Second, 20, 200 * time.Millisecond, 30 << 20}, {2 * time.Second, 30, 300 * time.Millisecond, 31 << 20}},
+		"instance 2": {{time.Second, 25, 250 * time.Millisecond, 32 << 20}, {2 * time.Second, 35, 350 * time.Millisecond, 33 << 20}},
 	}}
 	rd := &runData{o: o, topo: "test", elapsed: 10 * time.Second, rec: rec, users: users, book: book, prober: pr,
 		pings: pings, procs: procs, metrics: map[string]float64{"omnigate_ratelimit_decisions_total/memory": 12},
@@ -273,6 +274,10 @@ func TestAnalyze(t *testing.T) {
 			}
 			if r.Staleness.Up.Probes != 2 || r.Staleness.Up.FirstRead != 1 || r.Staleness.Outage.Seen != 1 || r.Staleness.Outage.MaxMS != 1500 {
 				t.Errorf("staleness %+v", r.Staleness)
+			}
+			// 1.1 s of gateway CPU over the 70 requests of the load.
+			if got := r.CPUPerRequestUS["gateway"]; math.Abs(got-1.1e6/float64(r.Overall.Requests)) > 0.1 {
+				t.Errorf("gateway CPU per request %v µs over %d requests", got, r.Overall.Requests)
 			}
 			if len(r.Timeline) != 10 || r.Timeline[0].Total != 7 || r.Timeline[0].Limited != 1 {
 				t.Errorf("timeline[0] %+v", r.Timeline[0])
