@@ -4,7 +4,7 @@ BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test bench bench-go bench-load bench-peers scaletest lint fmt clean
+.PHONY: all build run test bench bench-go bench-load bench-peers bench-wasm scaletest plugins lint fmt clean proto
 
 all: build
 
@@ -17,6 +17,12 @@ build:
 run: build
 	@mkdir -p data
 	./$(BIN) serve $(if $(CONFIG),-config $(CONFIG))
+
+## plugins: build the example WebAssembly policy plugins into data/plugins
+plugins: build
+	@for d in examples/*/; do \
+		if [ -f $$d/cases.yaml ]; then ./$(BIN) plugin build -o data/plugins/$$(basename $$d).wasm ./$$d || exit 1; fi; \
+	done
 
 ## test: every test, with the race detector
 test:
@@ -41,6 +47,10 @@ bench-peers:
 scaletest: build
 	./$(BIN) scaletest $(SCALEFLAGS)
 
+## bench-wasm: WebAssembly plugins in the gateway on loopback (docs/BENCHMARKS.md)
+bench-wasm:
+	$(GO) run ./plugins/wasm/internal/wasmbench $(BENCHFLAGS)
+
 ## lint: gofmt and go vet
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -48,6 +58,21 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+## proto: regenerate the external plugin contract's Go code from its .proto
+## with protoc (Debian: apt-get install -y protobuf-compiler) and pinned
+## protoc-gen-go and protoc-gen-go-grpc, installed into bin/proto
+PROTOC_GEN_GO      := v1.36.12
+PROTOC_GEN_GO_GRPC := v1.6.2
+PROTO_BIN          := $(CURDIR)/bin/proto
+proto:
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install -y protobuf-compiler"; exit 1; }
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO)
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC)
+	PATH="$(PROTO_BIN):$$PATH" protoc -I sdk/external/proto \
+		--go_out=sdk/external/proto --go_opt=paths=source_relative \
+		--go-grpc_out=sdk/external/proto --go-grpc_opt=paths=source_relative \
+		sdk/external/proto/policy.proto
 
 clean:
 	rm -rf bin

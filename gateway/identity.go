@@ -105,3 +105,13 @@ func RouteFrom(ctx context.Context) (info RouteInfo, ok bool) {
 	}
 	return st.route.info, true
 }
+
+// NewRequestContext returns a context that carries what the gateway puts on
+// a routed request: the matched route, the request id and the caller's
+// identity (nil for anonymous). It is for running plugins outside a
+// gateway, in test harnesses and benchmarks; on it RouteFrom, RequestID,
+// IdentityFrom and SetIdentity behave as on a request the gateway routed.
+func NewRequestContext(ctx context.Context, info RouteInfo, requestID string, id *Identity) context.Context {
+	st := &reqState{route: &route{info: info}, requestID: requestID, start: time.Now(), identity: id}
+	return context.WithValue(ctx, stateKey{}, st)
+}

@@ -16,6 +16,7 @@ func managerFor(t *testing.T, srv *redistest.Server) (*Manager, *syncBuilder) {
 	t.Helper()
 	cfg := gateway.DefaultConfig().Redis
 	cfg.URL = srv.URL()
+	cfg.ReadTimeout = time.Second // -race on a busy machine
 	logs := &syncBuilder{}
 	m, err := New(context.Background(), cfg, Options{Logger: newTestLogger(logs), Heartbeat: time.Hour})
 	if err != nil {

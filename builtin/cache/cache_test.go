@@ -376,7 +376,7 @@ func TestRedisDownMidTest(t *testing.T) {
 func TestSeparateCacheRedis(t *testing.T) {
 	state, cacheRedis := redistest.Start(t), redistest.Start(t)
 	up := newFakeFHIR(t)
-	g := newGatewayText(t, "redis: {url: "+state.URL()+"}\ncache_redis: {url: "+cacheRedis.URL()+"}\n", up, "")
+	g := newGatewayText(t, "redis: {url: "+state.URL()+", read_timeout: 1s}\ncache_redis: {url: "+cacheRedis.URL()+", read_timeout: 1s}\n", up, "")
 	g.get("/fhir/R4/Patient/1", "u")
 	if x, _, _ := g.get("/fhir/R4/Patient/1", "u"); x != "HIT" {
 		t.Fatalf("second read: %s", x)

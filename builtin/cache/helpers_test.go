@@ -117,7 +117,7 @@ func newGateway(t testing.TB, redisURL string, up *fakeFHIR, cacheYAML string) *
 	t.Helper()
 	redis := ""
 	if redisURL != "" {
-		redis = "redis:\n  url: " + redisURL + "\n  reconnect_min: 20ms\n  reconnect_max: 200ms\n"
+		redis = "redis:\n  url: " + redisURL + "\n  read_timeout: 1s\n  write_timeout: 1s\n  dial_timeout: 1s\n  reconnect_min: 20ms\n  reconnect_max: 200ms\n"
 	}
 	return newGatewayText(t, redis, up, cacheYAML)
 }

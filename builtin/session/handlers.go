@@ -124,7 +124,7 @@ func (p *Plugin) start(w http.ResponseWriter, r *http.Request, id *gateway.Ident
 		slog.Int("evicted_sessions", len(evicted)))
 	p.setCookie(w, r, token, rec.Expires)
 	w.Header().Set("Cache-Control", "no-store")
-	gateway.WriteJSON(w, http.StatusOK, loginResponse{
+	writeCompactJSON(w, loginResponse{
 		Token: token, TokenType: "Bearer", ExpiresAt: rec.Ends().UTC(), IdleTimeout: int64(pol.Idle / time.Second),
 		User: rec.UserID, Role: rec.Role, Scopes: rec.Scopes, Patient: rec.PatientID, SessionID: rec.ID,
 	})
@@ -414,4 +414,13 @@ func (p *Plugin) failed(ctx context.Context, username string, ip netip.Addr) {
 			p.throttle.Decide(ctx, k.key, "login", ratelimit.Policy{Limit: k.lim.Limit, Window: k.lim.Window}, 1)
 		}
 	}
+}
+
+// writeCompactJSON answers 200 with v as one line of JSON, easy to pick
+// apart in a shell script.
+func writeCompactJSON(w http.ResponseWriter, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(append(b, '\n'))
 }

@@ -181,7 +181,7 @@ jwt:
 		t.Errorf("stateless off, but a JWT authenticated a request: %d", rec.Code)
 	}
 	rec := g.do("POST", "/auth/session", "", bearer(tok)...)
-	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"role": "nurse"`) {
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"role":"nurse"`) {
 		t.Fatalf("exchange with a JWKS URL: %d %s", rec.Code, rec.Body)
 	}
 	if fetches == 0 {

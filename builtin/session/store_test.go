@@ -34,6 +34,8 @@ func testManager(t *testing.T, url string) *backbone.Manager {
 	cfg := gateway.DefaultConfig().Redis
 	cfg.URL = url
 	cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 200*time.Millisecond
+	// Generous timeouts: a loaded test machine must not look like an outage.
+	cfg.ReadTimeout, cfg.WriteTimeout, cfg.DialTimeout = time.Second, time.Second, time.Second
 	m, err := backbone.New(context.Background(), cfg, backbone.Options{Heartbeat: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,9 @@ package main
 // the gateway when imported.
 import (
 	_ "github.com/omnigate/omnigate/builtin/cache"
+	_ "github.com/omnigate/omnigate/builtin/fhir"
 	_ "github.com/omnigate/omnigate/builtin/ratelimit"
 	_ "github.com/omnigate/omnigate/builtin/session"
+	_ "github.com/omnigate/omnigate/plugins/external"
+	_ "github.com/omnigate/omnigate/plugins/wasm"
 )

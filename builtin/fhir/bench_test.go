@@ -1,0 +1,238 @@
+package fhir
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// openFile opens a Handler on a store file in dir.
+func openFile(b testing.TB, path string, mod ...func(*Config)) *Handler {
+	cfg := DefaultConfig()
+	cfg.Store.Path = path
+	for _, m := range mod {
+		m(cfg)
+	}
+	h, err := Open(context.Background(), cfg, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+// BenchmarkIngest POSTs the 473-entry Synthea transaction Bundle of
+// patient 355 to a store file, and reports resources per second.
+func BenchmarkIngest(b *testing.B) {
+	data := sharedExample(b, "uscore_bundle_patient_355.json")
+	for _, c := range []struct {
+		name     string
+		validate bool
+		sync     string
+	}{
+		{"validate=on/sync=full", true, "full"},
+		{"validate=off/sync=full", false, "full"},
+		{"validate=on/sync=normal", true, "normal"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			h := openFile(b, filepath.Join(b.TempDir(), "ingest.db"), func(cfg *Config) {
+				cfg.SchemaValidation = &c.validate
+				cfg.Store.Sync = c.sync
+			})
+			defer h.Close()
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			for i := 0; i < b.N; i++ {
+				r := do(b, h, "POST", "/fhir/R4", data)
+				if r.status != 200 {
+					b.Fatalf("status %d: %.300s", r.status, r.body)
+				}
+			}
+			b.ReportMetric(float64(473*b.N)/b.Elapsed().Seconds(), "resources/s")
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(473*b.N), "cpu-µs/resource")
+		})
+	}
+}
+
+// cpuTime is the CPU time (user and system) the process has used: on a
+// machine shared with other work it measures cost better than wall time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkValidate measures schema validation alone on a Synthea
+// Observation, the cost validate: true adds to every write.
+func BenchmarkValidate(b *testing.B) {
+	h := newTestServer(b)
+	body := []byte(`{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7","display":"Body Weight"}],"text":"Body Weight"},"subject":{"reference":"Patient/85"},"encounter":{"reference":"Encounter/1"},"effectiveDateTime":"2015-01-01T10:30:00-05:00","issued":"2015-01-01T10:30:00.715-05:00","valueQuantity":{"value":70.3,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}`)
+	for _, on := range []bool{true, false} {
+		b.Run(fmt.Sprintf("validate=%v", on), func(b *testing.B) {
+			v := h.validator
+			if !on {
+				h.validator = nil
+			}
+			defer func() { h.validator = v }()
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := h.parseResource(body, "Observation", ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// bareHandler serves one stored resource's bytes with the headers a read
+// sends: the floor any FHIR read is compared with.
+func bareHandler(body []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", ContentType)
+		h.Set("ETag", `W/"1"`)
+		h.Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	})
+}
+
+// BenchmarkRead reads one Synthea Patient by id: the bare handler, the FHIR
+// handler, and the FHIR handler behind the gateway (in process, no network).
+func BenchmarkRead(b *testing.B) {
+	dir := b.TempDir()
+	yaml := fmt.Sprintf("listen: \"127.0.0.1:0\"\nadmin: \"off\"\nlog: {access_log: false}\nfhir:\n  store: {path: %q}\nroutes:\n  - name: fhir\n    fhir: true\n", filepath.Join(dir, "read.db"))
+	gw := newGateway(b, yaml)
+	mustStatus(b, do(b, gw, "POST", "/fhir/R4", sharedExample(b, "uscore_bundle_patient_85.json")), 200)
+	body := do(b, gw, "GET", "/fhir/R4/Patient/85", nil).body
+	direct := openFile(b, filepath.Join(dir, "direct.db")) // a store file has one owner
+	defer direct.Close()
+	mustStatus(b, do(b, direct, "POST", "/fhir/R4", sharedExample(b, "uscore_bundle_patient_85.json")), 200)
+	for _, c := range []struct {
+		name string
+		h    http.Handler
+	}{{"bare", bareHandler(body)}, {"handler", direct}, {"gateway", gw}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					r := httptest.NewRequest("GET", "http://fhir.test/fhir/R4/Patient/85", nil)
+					w := httptest.NewRecorder()
+					c.h.ServeHTTP(w, r)
+					if w.Code != 200 {
+						b.Fatalf("status %d", w.Code)
+					}
+				}
+			})
+		})
+	}
+}
+
+// copies is how many re-identified copies of the two US Core Synthea
+// patients the search benchmark loads: 135 × 741 = 100,035 resources.
+const copies = 135
+
+// reidentify makes copy k of a Synthea transaction Bundle: the patient's id
+// and identifiers get a suffix, everything else is created anew.
+func reidentify(data []byte, patient string, k int) []byte {
+	id := fmt.Sprintf("%s-c%d", patient, k)
+	out := bytes.ReplaceAll(data, []byte(`"Patient/`+patient+`"`), []byte(`"Patient/`+id+`"`))
+	out = bytes.Replace(out, []byte(`"id": "`+patient+`"`), []byte(`"id": "`+id+`"`), 1)
+	return out
+}
+
+var searchFixture100k struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// bigStore returns a store file holding at least 100,000 resources, made
+// once and kept in the temp folder across runs.
+func bigStore(b *testing.B) string {
+	f := &searchFixture100k
+	f.once.Do(func() {
+		f.path = filepath.Join(os.TempDir(), "omnigate-fhir-bench-100k-v1.db")
+		if _, err := os.Stat(f.path + ".done"); err == nil {
+			return
+		}
+		os.Remove(f.path)
+		off := false
+		h := openFile(b, f.path, func(c *Config) { c.SchemaValidation = &off; c.Store.Sync = "normal" })
+		defer h.Close()
+		b85 := sharedExample(b, "uscore_bundle_patient_85.json")
+		b355 := sharedExample(b, "uscore_bundle_patient_355.json")
+		start := time.Now()
+		for k := 0; k < copies; k++ {
+			for _, x := range []struct {
+				data []byte
+				id   string
+			}{{b85, "85"}, {b355, "355"}} {
+				if r := do(b, h, "POST", "/fhir/R4", reidentify(x.data, x.id, k)); r.status != 200 {
+					f.err = fmt.Errorf("load copy %d: %d %.300s", k, r.status, r.body)
+					return
+				}
+			}
+		}
+		b.Logf("loaded %d resources in %s", copies*741, time.Since(start))
+		f.err = os.WriteFile(f.path+".done", nil, 0o644)
+	})
+	if f.err != nil {
+		b.Fatal(f.err)
+	}
+	return f.path
+}
+
+// BenchmarkSearch100k runs patient-scoped searches over 100,035 resources
+// (re-identified copies of the Synthea patients), each for a random patient,
+// and reports the latency percentiles.
+func BenchmarkSearch100k(b *testing.B) {
+	path := bigStore(b)
+	h := openFile(b, path)
+	defer h.Close()
+	for _, c := range []struct{ name, query string }{
+		{"observation-code", "/fhir/R4/Observation?patient=%s&code=" + url.QueryEscape("http://loinc.org|72166-2")},
+		{"encounter-date-sort", "/fhir/R4/Encounter?patient=%s&date=ge2015-01-01&_sort=-date"},
+		{"condition-include", "/fhir/R4/Condition?patient=%s&_include=Condition:encounter"},
+		{"compartment-all-observations", "/fhir/R4/Patient/%s/Observation"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var mu sync.Mutex
+			var lat []time.Duration
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				var mine []time.Duration
+				for pb.Next() {
+					patient := fmt.Sprintf("%s-c%d", []string{"85", "355"}[rand.IntN(2)], rand.IntN(copies))
+					r := httptest.NewRequest("GET", "http://fhir.test"+fmt.Sprintf(c.query, patient), nil)
+					w := httptest.NewRecorder()
+					t0 := time.Now()
+					h.ServeHTTP(w, r)
+					mine = append(mine, time.Since(t0))
+					if w.Code != 200 {
+						b.Fatalf("status %d: %s", w.Code, w.Body)
+					}
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			})
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			if len(lat) > 0 {
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			}
+		})
+	}
+}

@@ -1,0 +1,232 @@
+package fhir
+
+import (
+	"errors"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/omnigate/omnigate/gateway"
+)
+
+// Config configures the embedded FHIR server: the top-level "fhir:" key of
+// omnigate.yaml. Every field documents its default.
+type Config struct {
+	// Base is where the server answers. Default "/fhir/R4". Must begin
+	// with "/" and not end with one.
+	Base string `yaml:"base_path"`
+	// BaseURL is the absolute URL of the base as clients see it, used in
+	// Location headers, fullUrl and paging links (for example
+	// "https://fhir.example.org/fhir/R4"). Default "": built from each
+	// request's Host header and scheme (X-Forwarded-Proto is honoured).
+	BaseURL string `yaml:"base_url"`
+	// Store configures where resources are kept.
+	Store StoreConfig `yaml:"store"`
+	// CORS configures cross-origin access for browser apps.
+	CORS CORSConfig `yaml:"cors"`
+	// UpdateCreate lets PUT create a resource with the id the client
+	// chose. Default true; when false such a PUT is answered 405.
+	UpdateCreate *bool `yaml:"update_create"`
+	// SchemaValidation checks every written resource against the official
+	// R4 JSON schema (unknown elements, wrong types, bad primitive
+	// formats). Default true.
+	SchemaValidation *bool `yaml:"validate"`
+	// RejectUnknownElements makes schema validation also reject elements
+	// that R4 does not define. Default false: they are stored as sent, as
+	// real-world data (Synthea's exports among it) carries some.
+	RejectUnknownElements bool `yaml:"reject_unknown_elements"`
+	// DefaultCount is the page size of searches and histories without
+	// _count. Default 20.
+	DefaultCount int `yaml:"default_count"`
+	// MaxCount caps _count. Default 1000.
+	MaxCount int `yaml:"max_count"`
+	// MaxBody caps request bodies; larger ones get 413. Default 0: the
+	// route's limit (server.max_body, 16MiB by default) applies.
+	MaxBody gateway.ByteSize `yaml:"max_body"`
+	// PageSnapshots is how many search result sets are kept so that
+	// next/prev links page over the results as they were when the search
+	// ran, while others write. Default 1000; each holds up to
+	// SnapshotSize matches (16 bytes each). 0 turns snapshots off: pages
+	// are then read at their offset from the current data.
+	PageSnapshots *int `yaml:"page_snapshots"`
+	// SnapshotSize is the most matches a snapshot keeps; pages beyond it
+	// are read at their offset. Default 10000.
+	SnapshotSize int `yaml:"snapshot_size"`
+	// SnapshotTTL is how long a snapshot is kept after its last use.
+	// Default 10m.
+	SnapshotTTL time.Duration `yaml:"snapshot_ttl"`
+	// SMART is served at [base]/.well-known/smart-configuration, where SMART
+	// on FHIR apps discover how to authorize.
+	SMART SMARTConfig `yaml:"smart"`
+}
+
+// SMARTConfig is the SMART App Launch discovery document. Apps authorize
+// with an OAuth server (the identity provider whose JWTs the session
+// plugin accepts); name its endpoints here. Fields left empty are left
+// out of the document.
+type SMARTConfig struct {
+	// Issuer and JWKSURI of the identity provider (for OpenID Connect).
+	Issuer  string `yaml:"issuer" json:"issuer,omitempty"`
+	JWKSURI string `yaml:"jwks_uri" json:"jwks_uri,omitempty"`
+	// AuthorizationEndpoint and TokenEndpoint of the OAuth server.
+	AuthorizationEndpoint string `yaml:"authorization_endpoint" json:"authorization_endpoint,omitempty"`
+	TokenEndpoint         string `yaml:"token_endpoint" json:"token_endpoint,omitempty"`
+	// GrantTypes supported. Default: authorization_code when an
+	// authorization endpoint is set.
+	GrantTypes []string `yaml:"grant_types" json:"grant_types_supported,omitempty"`
+	// Scopes supported. Default: the SMART v1 and v2 resource scopes.
+	Scopes []string `yaml:"scopes" json:"scopes_supported,omitempty"`
+	// Capabilities. Default: permission-v1, permission-v2,
+	// permission-patient, permission-user, launch-standalone,
+	// client-public, client-confidential-symmetric.
+	Capabilities []string `yaml:"capabilities" json:"capabilities"`
+	// CodeChallengeMethods, default S256 (PKCE).
+	CodeChallengeMethods []string `yaml:"code_challenge_methods" json:"code_challenge_methods_supported,omitempty"`
+}
+
+// document returns the discovery document with defaults filled in.
+func (s SMARTConfig) document() SMARTConfig {
+	if len(s.Capabilities) == 0 {
+		s.Capabilities = []string{"permission-v1", "permission-v2", "permission-patient", "permission-user",
+			"launch-standalone", "client-public", "client-confidential-symmetric"}
+	}
+	if len(s.Scopes) == 0 {
+		s.Scopes = []string{"openid", "fhirUser", "launch/patient", "offline_access",
+			"patient/*.rs", "user/*.rs", "user/*.cruds", "patient/*.read", "user/*.read", "user/*.write"}
+	}
+	if len(s.GrantTypes) == 0 && s.AuthorizationEndpoint != "" {
+		s.GrantTypes = []string{"authorization_code"}
+	}
+	if len(s.CodeChallengeMethods) == 0 && s.AuthorizationEndpoint != "" {
+		s.CodeChallengeMethods = []string{"S256"}
+	}
+	return s
+}
+
+// StoreConfig selects the store.
+type StoreConfig struct {
+	// Path of the SQLite database file, created with its folder if
+	// missing. Default "./data/omnigate.db". ":memory:" keeps everything
+	// in memory (tests).
+	Path string `yaml:"path"`
+	// Sync is "full" (default): every acknowledged write is fsynced and
+	// survives a power loss; or "normal": acknowledged writes survive a
+	// crash of the process (kill -9) but the last ones may be lost if the
+	// machine fails. "normal" makes small writes several times faster.
+	Sync string `yaml:"sync"`
+	// ReadCache bounds the memory (resource JSON sizes added up) that keeps
+	// recently read resources for reads by id. Default 64MiB; 0 turns it
+	// off. The store file is locked to one process while open, so the
+	// cache never serves what another writer changed.
+	ReadCache gateway.ByteSize `yaml:"read_cache"`
+	// BackupDir is where POST /admin/fhir/backup (on the admin listener)
+	// writes consistent copies of the store while it serves. Default
+	// "./data/backups".
+	BackupDir string `yaml:"backup_dir"`
+}
+
+// CORSConfig configures Cross-Origin Resource Sharing.
+type CORSConfig struct {
+	// AllowedOrigins lists the origins (scheme://host[:port]) that browser
+	// apps may call from; "*" allows any. Default: none (no CORS headers).
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// MaxAge is how long browsers may cache a preflight answer. Default 10m.
+	MaxAge time.Duration `yaml:"max_age"`
+}
+
+// DefaultConfig returns the configuration with every default set.
+func DefaultConfig() *Config {
+	t := true
+	snaps := 1000
+	return &Config{
+		Base:             "/fhir/R4",
+		Store:            StoreConfig{Path: "./data/omnigate.db", Sync: "full", ReadCache: 64 << 20},
+		CORS:             CORSConfig{MaxAge: 10 * time.Minute},
+		UpdateCreate:     &t,
+		SchemaValidation: &t,
+		DefaultCount:     20,
+		MaxCount:         1000,
+		PageSnapshots:    &snaps,
+		SnapshotSize:     10000,
+		SnapshotTTL:      10 * time.Minute,
+	}
+}
+
+// BasePath returns where the server answers (Base, default "/fhir/R4").
+func (c *Config) BasePath() string {
+	if c.Base == "" {
+		return "/fhir/R4"
+	}
+	return c.Base
+}
+
+func boolOr(p *bool, def bool) bool {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// Validate checks the configuration; each error names its key.
+func (c *Config) Validate() error {
+	for key, u := range map[string]string{"smart.issuer": c.SMART.Issuer, "smart.jwks_uri": c.SMART.JWKSURI,
+		"smart.authorization_endpoint": c.SMART.AuthorizationEndpoint, "smart.token_endpoint": c.SMART.TokenEndpoint} {
+		if u == "" {
+			continue
+		}
+		if p, err := url.Parse(u); err != nil || p.Scheme != "https" && p.Scheme != "http" || p.Host == "" {
+			return gateway.FieldErrorf(key, "must be an absolute http(s) URL")
+		}
+	}
+	var errs []error
+	if b := c.BasePath(); !strings.HasPrefix(b, "/") || (len(b) > 1 && strings.HasSuffix(b, "/")) || strings.ContainsAny(b, ":*?# ") {
+		errs = append(errs, gateway.FieldErrorf("base_path", "must begin with '/', not end with one, and hold no ':', '*', '?', '#' or spaces: %q", b))
+	}
+	if c.BaseURL != "" {
+		u, err := url.Parse(c.BaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, gateway.FieldErrorf("base_url", "must be an absolute http(s) URL without query: %q", c.BaseURL))
+		}
+	}
+	if c.Store.Path == "" {
+		errs = append(errs, gateway.FieldErrorf("store.path", "required (a file name, or :memory:)"))
+	}
+	if c.Store.ReadCache < 0 {
+		errs = append(errs, gateway.FieldErrorf("store.read_cache", "must not be negative"))
+	}
+	if c.Store.Sync != "full" && c.Store.Sync != "normal" {
+		errs = append(errs, gateway.FieldErrorf("store.sync", "must be full or normal, not %q", c.Store.Sync))
+	}
+	for i, o := range c.CORS.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, gateway.FieldErrorf("cors.allowed_origins["+strconv.Itoa(i)+"]", "want scheme://host[:port] or *, not %q", o))
+		}
+	}
+	if c.CORS.MaxAge < 0 {
+		errs = append(errs, gateway.FieldErrorf("cors.max_age", "must not be negative"))
+	}
+	if c.DefaultCount < 1 {
+		errs = append(errs, gateway.FieldErrorf("default_count", "must be at least 1"))
+	}
+	if c.MaxCount < c.DefaultCount {
+		errs = append(errs, gateway.FieldErrorf("max_count", "must be at least default_count (%d)", c.DefaultCount))
+	}
+	if c.MaxBody < 0 {
+		errs = append(errs, gateway.FieldErrorf("max_body", "must not be negative"))
+	}
+	if c.PageSnapshots != nil && *c.PageSnapshots < 0 {
+		errs = append(errs, gateway.FieldErrorf("page_snapshots", "must not be negative"))
+	}
+	if c.SnapshotSize < 1 {
+		errs = append(errs, gateway.FieldErrorf("snapshot_size", "must be at least 1"))
+	}
+	if c.SnapshotTTL <= 0 {
+		errs = append(errs, gateway.FieldErrorf("snapshot_ttl", "must be positive"))
+	}
+	return errors.Join(errs...)
+}

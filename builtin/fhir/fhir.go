@@ -1,0 +1,312 @@
+// Package fhir is OmniGate's embedded FHIR R4 (4.0.1) server, the terminal
+// handler of routes with "fhir: true". It serves the REST API in JSON for
+// every R4 resource type: read, vread, create, update, patch, delete,
+// history, search with includes and paging, conditional requests, batch and
+// transaction Bundles, and a CapabilityStatement that lists what works.
+//
+// Resources are stored as the JSON the client sent plus the server's id and
+// meta, in an embedded SQLite file (see Config.Store), and indexed for
+// search at write time from the official SearchParameter definitions.
+//
+// Importing the package registers the server with the gateway; its
+// configuration is the top-level "fhir:" key of omnigate.yaml (see Config).
+package fhir
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store/sqlite"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/validate"
+	"github.com/omnigate/omnigate/gateway"
+)
+
+func init() {
+	gateway.RegisterFHIRHandler(DefaultConfig, build)
+}
+
+// build is the gateway's constructor: the store and the schema validator
+// are shared objects, so a config reload that names the same store path
+// reuses the open store.
+func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, error) {
+	v, err := env.Shared("fhir-store:"+cfg.Store.Path, func() (any, error) {
+		return sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	opts := Options{Logger: env.Logger}
+	if boolOr(cfg.SchemaValidation, true) {
+		val, err := env.Shared("fhir-validator", func() (any, error) { return newValidator() })
+		if err != nil {
+			return nil, err
+		}
+		opts.validator = val.(*validate.Validator)
+	}
+	h, err := newHandler(cfg, v.(store.Store), opts)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := v.(backuper); ok {
+		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger))
+	}
+	return h, nil
+}
+
+// backuper is a store that can copy itself while it serves.
+type backuper interface {
+	Backup(ctx context.Context, path string) error
+}
+
+// backupHandler answers POST /admin/fhir/backup: a consistent copy of the
+// store in dir, named after the time, and its path in the answer.
+func backupHandler(b backuper, dir string, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if dir == "" {
+			dir = "./data/backups"
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			gateway.Error(w, r, http.StatusInternalServerError, "backup folder: "+err.Error())
+			return
+		}
+		path := filepath.Join(dir, "omnigate-"+time.Now().UTC().Format("20060102T150405.000Z")+".db")
+		start := time.Now()
+		if err := b.Backup(r.Context(), path); err != nil {
+			logger.Error("store backup failed", "error", err)
+			gateway.Error(w, r, http.StatusInternalServerError, err.Error())
+			return
+		}
+		st, _ := os.Stat(path)
+		logger.Info("store backed up", "path", path, "bytes", st.Size(), "duration", time.Since(start))
+		gateway.WriteJSON(w, http.StatusOK, map[string]any{"path": path, "bytes": st.Size(),
+			"duration": time.Since(start).Round(time.Millisecond).String()})
+	})
+}
+
+// newValidator returns the process's schema validator, built on first use:
+// the schema never changes, and compiling it takes about half a second.
+func newValidator() (*validate.Validator, error) { return sharedValidator() }
+
+func storeOptions(cfg *Config) sqlite.Options {
+	return sqlite.Options{Sync: cfg.Store.Sync, CacheBytes: int64(cfg.Store.ReadCache)}
+}
+
+var sharedValidator = sync.OnceValues(func() (*validate.Validator, error) {
+	v, err := validate.New()
+	if err != nil {
+		return nil, fmt.Errorf("load schema: %w", err)
+	}
+	// Compiling the first type compiles what every type refers to (about
+	// half a second); do it now rather than on the first request.
+	if err := v.Precompile("Patient"); err != nil {
+		return nil, err
+	}
+	return v, nil
+})
+
+// Options configure a Handler beyond its Config.
+type Options struct {
+	// Logger receives errors the server could not answer otherwise. It
+	// never receives resource content. Default: slog.Default().
+	Logger *slog.Logger
+
+	validator *validate.Validator
+}
+
+// Handler serves the FHIR REST API. It is safe for concurrent use.
+type Handler struct {
+	cfg       Config
+	base      string
+	store     store.Store
+	ownStore  bool
+	validator *validate.Validator
+	log       *slog.Logger
+	pages     *snapshots
+	capJSON   []byte
+	smartJSON []byte
+	origins   map[string]bool
+	anyOrigin bool
+
+	mu      sync.RWMutex
+	onWrite []func(ctx context.Context, w Write)
+	now     func() time.Time
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// Open builds a Handler with a store of its own, opened from cfg.Store and
+// closed by Close. It is what programs other than the gateway use (the
+// import command, tests). cfg is validated first.
+func Open(ctx context.Context, cfg *Config, opts Options) (*Handler, error) {
+	if cfg == nil {
+		cfg = DefaultConfig()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("fhir config: %w", err)
+	}
+	st, err := sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if boolOr(cfg.SchemaValidation, true) {
+		if opts.validator, err = newValidator(); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
+	h, err := newHandler(cfg, st, opts)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	h.ownStore = true
+	return h, nil
+}
+
+func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	h := &Handler{
+		cfg:       *cfg,
+		base:      cfg.BasePath(),
+		store:     st,
+		validator: opts.validator,
+		log:       opts.Logger,
+		origins:   map[string]bool{},
+		now:       time.Now,
+	}
+	if n := 1000; cfg.PageSnapshots == nil || *cfg.PageSnapshots > 0 {
+		if cfg.PageSnapshots != nil {
+			n = *cfg.PageSnapshots
+		}
+		h.pages = newSnapshots(n, cfg.SnapshotTTL)
+	}
+	for _, o := range cfg.CORS.AllowedOrigins {
+		if o == "*" {
+			h.anyOrigin = true
+		}
+		h.origins[o] = true
+	}
+	var err error
+	if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
+		return nil, err
+	}
+	if h.capJSON, err = capabilityStatement(cfg); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Close closes the store if the Handler opened it (Open); a store shared
+// through the gateway is closed by the gateway.
+func (h *Handler) Close() error {
+	if h.ownStore {
+		return h.store.Close()
+	}
+	return nil
+}
+
+// Write describes one committed change to a resource.
+type Write struct {
+	// Type and ID name the resource.
+	Type, ID string
+	// Version is the version the write created.
+	Version int64
+	// Deleted is set when the write was a delete.
+	Deleted bool
+	// Compartments lists the Patient compartments ("Patient/85") the
+	// resource was in before the write or is in after it, sorted.
+	Compartments []string
+}
+
+// OnWrite registers f to be called after every successful write: creates,
+// updates, patches and deletes, including each entry of a batch or
+// transaction (after the transaction commits). f runs synchronously, before
+// the response is sent, so that caches can drop what the write made stale;
+// it must be quick and must not write to the server. Writes that change
+// nothing (a conditional create that found a match, the delete of a deleted
+// resource) are not reported.
+func (h *Handler) OnWrite(f func(ctx context.Context, w Write)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.onWrite = append(h.onWrite, f)
+}
+
+func (h *Handler) notify(ctx context.Context, ws []Write) {
+	h.mu.RLock()
+	fs := h.onWrite
+	h.mu.RUnlock()
+	for _, w := range ws {
+		for _, f := range fs {
+			f(ctx, w)
+		}
+	}
+}
+
+// httpError is an error with its status and OperationOutcome.
+type httpError struct {
+	status int
+	issues []issue
+}
+
+func (e *httpError) Error() string {
+	if len(e.issues) == 0 {
+		return http.StatusText(e.status)
+	}
+	return e.issues[0].Diagnostics
+}
+
+func errorf(status int, format string, args ...any) *httpError {
+	return &httpError{status: status, issues: []issue{newIssue(status, fmt.Sprintf(format, args...))}}
+}
+
+// asHTTPError maps err to a status: *httpError keeps its own, a request
+// body over the limit is 413, a cancelled request 499 (never sent), and
+// anything else 500.
+func asHTTPError(err error) *httpError {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", mbe.Limit)
+	}
+	if errors.Is(err, context.Canceled) {
+		return errorf(499, "request cancelled")
+	}
+	return nil
+}
+
+// readBody reads the request body within the configured limit.
+func (h *Handler) readBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	var rd io.Reader = r.Body
+	if h.cfg.MaxBody > 0 {
+		if r.ContentLength > int64(h.cfg.MaxBody) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the limit of %d bytes", r.ContentLength, int64(h.cfg.MaxBody))
+		}
+		rd = http.MaxBytesReader(nil, r.Body, int64(h.cfg.MaxBody))
+	}
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		if he := asHTTPError(err); he != nil {
+			return nil, he
+		}
+		return nil, errorf(http.StatusBadRequest, "read request body: %v", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,114 @@
+package fhir
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/omnigate/omnigate/gateway"
+)
+
+func newGateway(t testing.TB, yaml string) *gateway.Server {
+	t.Helper()
+	cfg, err := gateway.Parse("t.yaml", []byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv
+}
+
+const gatewayYAML = `
+listen: "127.0.0.1:0"
+admin: "off"
+log: {access_log: false}
+fhir:
+  store: {path: ":memory:"}
+routes:
+  - name: fhir
+    fhir: true
+`
+
+// The server answers through the real gateway: routing at the base path
+// and below it, body limits, errors as OperationOutcomes.
+func TestThroughGateway(t *testing.T) {
+	srv := newGateway(t, gatewayYAML)
+	r := do(t, srv, "PUT", "/fhir/R4/Patient/g1", `{"resourceType":"Patient","id":"g1","gender":"female"}`)
+	mustStatus(t, r, 201)
+	if r.header.Get("X-Request-Id") == "" {
+		t.Error("no request id: the gateway did not handle the request")
+	}
+	r = do(t, srv, "GET", "/fhir/R4/Patient/g1", nil)
+	mustStatus(t, r, 200)
+	if r.json(t)["gender"] != "female" || r.header.Get("ETag") != `W/"1"` {
+		t.Errorf("read through the gateway: %s", r.body)
+	}
+	mustStatus(t, do(t, srv, "GET", "/fhir/R4/metadata", nil), 200)
+	b := `{"resourceType":"Bundle","type":"transaction","entry":[{"fullUrl":"urn:uuid:1","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}}]}`
+	mustStatus(t, do(t, srv, "POST", "/fhir/R4", b), 200)
+	r = do(t, srv, "GET", "/fhir/R4/Patient?gender=female", nil)
+	mustStatus(t, r, 200)
+	if r.json(t)["total"].(float64) != 1 {
+		t.Errorf("search: %s", r.body)
+	}
+	r = do(t, srv, "GET", "/fhir/R4/Nope", nil)
+	mustStatus(t, r, 404)
+	if r.json(t)["resourceType"] != "OperationOutcome" {
+		t.Error("404 is not an OperationOutcome")
+	}
+}
+
+func TestGatewayConfig(t *testing.T) {
+	srv := newGateway(t, strings.Replace(gatewayYAML, "fhir:\n", "fhir:\n  base_path: /api/fhir\n  default_count: 5\n", 1))
+	mustStatus(t, do(t, srv, "GET", "/api/fhir/metadata", nil), 200)
+	mustStatus(t, do(t, srv, "GET", "/fhir/R4/metadata", nil), 404)
+
+	for _, c := range []struct{ yaml, want string }{
+		{"fhir:\n  store: {path: \"\"}\n", `t.yaml:2`},
+		{"fhir:\n  store: {sync: sometimes}\n", "store.sync"},
+		{"fhir:\n  base_path: fhir\n", "base_path"},
+		{"fhir:\n  unknown_key: 1\n", "unknown_key"},
+		{"fhir:\n  cors: {allowed_origins: [\"not a url\"]}\n", "cors.allowed_origins[0]"},
+		{"fhir:\n  default_count: 50\n  max_count: 10\n", "max_count"},
+	} {
+		_, err := gateway.Parse("t.yaml", []byte(c.yaml+"routes:\n  - name: fhir\n    fhir: true\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want it to mention %q", c.yaml, err, c.want)
+		}
+	}
+}
+
+// A reload that keeps the store path keeps the open store and its data.
+func TestGatewayReloadKeepsStore(t *testing.T) {
+	srv := newGateway(t, gatewayYAML)
+	mustStatus(t, do(t, srv, "PUT", "/fhir/R4/Patient/r1", `{"resourceType":"Patient","id":"r1"}`), 201)
+	cfg, err := gateway.Parse("t.yaml", []byte(strings.Replace(gatewayYAML, "fhir:\n", "fhir:\n  default_count: 7\n", 1)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	mustStatus(t, do(t, srv, "GET", "/fhir/R4/Patient/r1", nil), 200)
+}
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := gateway.Parse("t.yaml", []byte("fhir:\n  store: {path: /tmp/x.db}\nroutes:\n  - name: fhir\n    fhir: true\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConfigFrom(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Store.Path != "/tmp/x.db" || c.Store.Sync != "full" || c.Store.ReadCache != 64<<20 || c.BasePath() != "/fhir/R4" ||
+		c.DefaultCount != 20 || c.MaxCount != 1000 || !boolOr(c.UpdateCreate, false) || !boolOr(c.SchemaValidation, false) {
+		t.Errorf("defaults: %+v", c)
+	}
+}

@@ -1,0 +1,55 @@
+// Package spec holds the FHIR R4 (4.0.1) tables the server needs at run
+// time, generated from the official definitions by ../gen: resource types,
+// data type names, search parameters, the Patient compartment, summary
+// elements, and the official JSON schema (gzip-compressed).
+package spec
+
+//go:generate go run ../gen -defs ../../../../../shared/fhir-r4 -out .
+
+import (
+	"bytes"
+	"compress/gzip"
+	_ "embed"
+	"fmt"
+	"io"
+	"sort"
+)
+
+// SearchParam is one search parameter of one resource type.
+type SearchParam struct {
+	// Resource is the resource type it applies to.
+	Resource string
+	// Code is the name used in queries ("patient", "_tag").
+	Code string
+	// Type is number, date, string, token, reference, quantity or uri.
+	Type string
+	// Expression is the FHIRPath expression that selects the values to
+	// index, restricted to Resource.
+	Expression string
+	// Target lists the resource types a reference parameter may point to.
+	Target []string
+	// URL is the canonical URL of the SearchParameter definition.
+	URL string
+}
+
+//go:embed fhir.schema.json.gz
+var schemaGz []byte
+
+// Schema returns the official FHIR R4 JSON schema (draft-06), decompressed.
+func Schema() ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(schemaGz))
+	if err != nil {
+		return nil, fmt.Errorf("open embedded schema: %w", err)
+	}
+	data, err := io.ReadAll(zr)
+	if err != nil {
+		return nil, fmt.Errorf("read embedded schema: %w", err)
+	}
+	return data, nil
+}
+
+// IsResourceType reports whether t is an R4 resource type.
+func IsResourceType(t string) bool {
+	i := sort.SearchStrings(ResourceTypes, t)
+	return i < len(ResourceTypes) && ResourceTypes[i] == t
+}

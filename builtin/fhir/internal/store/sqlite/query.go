@@ -1,0 +1,284 @@
+package sqlite
+
+import (
+	"strings"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+)
+
+// sqlBuilder accumulates a WHERE clause over "resources r" and its
+// arguments.
+type sqlBuilder struct {
+	where strings.Builder
+	args  []any
+	order []string
+}
+
+func (b *sqlBuilder) add(s string, args ...any) {
+	b.where.WriteString(s)
+	b.args = append(b.args, args...)
+}
+
+// maxRune is appended to a prefix to bound a range of strings starting
+// with it.
+const maxRune = "\U0010FFFF"
+
+var tables = map[string]string{
+	search.TypeString: "sp_string", search.TypeToken: "sp_token", search.TypeReference: "sp_ref",
+	search.TypeDate: "sp_date", search.TypeNumber: "sp_number", search.TypeQuantity: "sp_quantity",
+	search.TypeURI: "sp_uri",
+}
+
+func buildSearch(q *search.Query) *sqlBuilder {
+	b := &sqlBuilder{}
+	driver := -1
+	if q.Compartment == "" {
+		driver = pickDriver(q.Clauses)
+	}
+	if q.Compartment != "" || driver >= 0 {
+		// Another condition finds the candidates: keep SQLite from
+		// scanning every resource of the type ("+" disables the index).
+		b.add(`+r.type = ? AND r.deleted = 0`, q.Type)
+	} else {
+		b.add(`r.type = ? AND r.deleted = 0`, q.Type)
+	}
+	if q.Compartment != "" {
+		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, q.Compartment)
+	}
+	for i := range q.Clauses {
+		b.where.WriteString(" AND ")
+		b.clause(&q.Clauses[i], i == driver)
+	}
+	for _, k := range q.Sort {
+		b.sortKey(k)
+	}
+	return b
+}
+
+// driverRank orders parameter types by how few rows a value usually
+// matches: the best clause drives the search, the others are checked per
+// candidate.
+var driverRank = map[string]int{
+	search.TypeReference: 1, search.TypeToken: 2, search.TypeString: 3, search.TypeURI: 4,
+	search.TypeDate: 5, search.TypeQuantity: 6, search.TypeNumber: 7,
+}
+
+// pickDriver returns the index of the clause to drive the search, -1 for
+// none (then the resources of the type are scanned).
+func pickDriver(cs []search.Clause) int {
+	best, rank := -1, 100
+	for i, c := range cs {
+		if c.Param == nil || c.Modifier == "not" || c.Modifier == "missing" {
+			continue
+		}
+		if r := driverRank[c.Type]; r < rank {
+			best, rank = i, r
+		}
+	}
+	return best
+}
+
+func (b *sqlBuilder) orderBy() string {
+	keys := append(b.order, "r.rid")
+	return " ORDER BY " + strings.Join(keys, ", ")
+}
+
+// clause adds one parameter's condition: as the set of candidates when it
+// drives the search, else as a check of each candidate through the index
+// table's primary key (rid, p, …).
+func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
+	switch c.Name {
+	case "_id":
+		if c.Modifier == "missing" {
+			b.add(boolSQL(!c.Values[0].Missing))
+			return
+		}
+		op := "IN"
+		if c.Modifier == "not" {
+			op = "NOT IN"
+		}
+		b.add(`r.id ` + op + ` (` + placeholders(len(c.Values)) + `)`)
+		for _, v := range c.Values {
+			b.args = append(b.args, v.Code)
+		}
+		return
+	case "_lastUpdated":
+		if c.Modifier == "missing" {
+			b.add(boolSQL(!c.Values[0].Missing))
+			return
+		}
+		// updated is in microseconds: the range of one millisecond.
+		b.where.WriteString("(")
+		for i, v := range c.Values {
+			if i > 0 {
+				b.where.WriteString(" OR ")
+			}
+			b.dateCond(v, "(r.updated / 1000)", "(r.updated / 1000 + 1)")
+		}
+		b.where.WriteString(")")
+		return
+	}
+	table := tables[c.Type]
+	p := c.Param.Key()
+	if c.Modifier == "missing" {
+		not := ""
+		if c.Values[0].Missing {
+			not = "NOT "
+		}
+		b.add(not+`EXISTS (SELECT 1 FROM `+table+` t WHERE t.rid = r.rid AND t.p = ?)`, p)
+		return
+	}
+	switch {
+	case driver:
+		b.add(`r.rid IN (SELECT rid FROM `+table+` WHERE p = ? AND (`, p)
+	case c.Modifier == "not":
+		b.add(`NOT EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
+	default:
+		b.add(`EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
+	}
+	for i, v := range c.Values {
+		if i > 0 {
+			b.where.WriteString(" OR ")
+		}
+		b.value(c, v)
+	}
+	b.where.WriteString("))")
+}
+
+func boolSQL(v bool) string {
+	if v {
+		return "1"
+	}
+	return "0"
+}
+
+func (b *sqlBuilder) value(c *search.Clause, v search.Value) {
+	switch c.Type {
+	case search.TypeString:
+		switch c.Modifier {
+		case "exact":
+			b.add(`exact = ?`, v.Str)
+		case "contains":
+			b.add(`instr(norm, ?) > 0`, v.Str)
+		default:
+			b.add(`(norm >= ? AND norm < ?)`, v.Str, v.Str+maxRune)
+		}
+	case search.TypeToken:
+		switch {
+		case c.Modifier == "text":
+			b.add(`instr(text, ?) > 0`, v.Str)
+		case v.AnySystem:
+			b.add(`code = ?`, v.Code)
+		case v.Code == "":
+			b.add(`sys = ?`, v.System)
+		default:
+			b.add(`(code = ? AND sys = ?)`, v.Code, v.System)
+		}
+	case search.TypeReference:
+		switch {
+		case v.URL != "":
+			b.add(`url = ?`, v.URL)
+		case v.RefType != "":
+			b.add(`(tid = ? AND ttype = ?)`, v.RefID, v.RefType)
+		default:
+			b.add(`tid = ?`, v.RefID)
+		}
+	case search.TypeDate:
+		b.dateCond(v, "lo", "hi")
+	case search.TypeNumber:
+		b.numberCond(v)
+	case search.TypeQuantity:
+		b.where.WriteString("(")
+		b.numberCond(v)
+		if v.Code != "" {
+			b.add(` AND code = ?`, v.Code)
+		}
+		if v.System != "" {
+			b.add(` AND sys = ?`, v.System)
+		}
+		b.where.WriteString(")")
+	case search.TypeURI:
+		switch c.Modifier {
+		case "below":
+			b.add(`(v >= ? AND v < ?)`, v.Str, v.Str+maxRune)
+		case "above":
+			b.add(`substr(?, 1, length(v)) = v`, v.Str)
+		default:
+			b.add(`v = ?`, v.Str)
+		}
+	}
+}
+
+// dateCond compares the target range [lo, hi) with the search range
+// [v.Lo, v.Hi) as the prefix asks.
+func (b *sqlBuilder) dateCond(v search.Value, lo, hi string) {
+	switch v.Prefix {
+	case "eq":
+		b.add(`(`+lo+` >= ? AND `+hi+` <= ?)`, v.Lo, v.Hi)
+	case "ne":
+		b.add(`NOT (`+lo+` >= ? AND `+hi+` <= ?)`, v.Lo, v.Hi)
+	case "gt":
+		b.add(hi+` > ?`, v.Hi)
+	case "lt":
+		b.add(lo+` < ?`, v.Lo)
+	case "ge":
+		b.add(`(`+hi+` > ? OR (`+lo+` >= ? AND `+hi+` <= ?))`, v.Hi, v.Lo, v.Hi)
+	case "le":
+		b.add(`(`+lo+` < ? OR (`+lo+` >= ? AND `+hi+` <= ?))`, v.Lo, v.Lo, v.Hi)
+	case "sa":
+		b.add(lo+` >= ?`, v.Hi)
+	case "eb":
+		b.add(hi+` <= ?`, v.Lo)
+	case "ap":
+		a, z := search.ApproxRange(v.Lo, v.Hi, time.Now())
+		b.add(`(`+lo+` < ? AND `+hi+` > ?)`, z, a)
+	}
+}
+
+func (b *sqlBuilder) numberCond(v search.Value) {
+	switch v.Prefix {
+	case "eq":
+		b.add(`(v >= ? AND v < ?)`, v.Num-v.Half, v.Num+v.Half)
+	case "ne":
+		b.add(`NOT (v >= ? AND v < ?)`, v.Num-v.Half, v.Num+v.Half)
+	case "gt", "sa":
+		b.add(`v > ?`, v.Num)
+	case "lt", "eb":
+		b.add(`v < ?`, v.Num)
+	case "ge":
+		b.add(`v >= ?`, v.Num)
+	case "le":
+		b.add(`v <= ?`, v.Num)
+	case "ap":
+		lo, hi := search.ApproxNumber(v.Num, v.Half)
+		b.add(`(v >= ? AND v <= ?)`, lo, hi)
+	}
+}
+
+func (b *sqlBuilder) sortKey(k search.SortKey) {
+	dir := " ASC"
+	agg := "min"
+	if k.Desc {
+		dir, agg = " DESC", "max"
+	}
+	switch k.Name {
+	case "_id":
+		b.order = append(b.order, "r.id"+dir)
+		return
+	case "_lastUpdated":
+		b.order = append(b.order, "r.seq"+dir)
+		return
+	}
+	col := map[string]string{
+		search.TypeString: "norm", search.TypeToken: "code", search.TypeDate: "lo",
+		search.TypeNumber: "v", search.TypeQuantity: "v", search.TypeURI: "v",
+	}[k.Param.Type]
+	if k.Param.Type == search.TypeDate && k.Desc {
+		col = "hi"
+	}
+	// Arguments of ORDER BY come after those of WHERE; the key is a
+	// generated parameter name, safe to inline as a literal.
+	b.order = append(b.order, `(SELECT `+agg+`(`+col+`) FROM `+tables[k.Param.Type]+` s WHERE s.rid = r.rid AND s.p = '`+
+		strings.ReplaceAll(k.Param.Key(), "'", "''")+`')`+dir+` NULLS LAST`)
+}

@@ -1,0 +1,104 @@
+// Package store defines what the FHIR server needs from its storage: the
+// versions of resources, their search index, and serialized read-write
+// transactions. The embedded implementation is in store/sqlite; a shared
+// SQL database (PostgreSQL) for several gateway instances fits behind the
+// same interfaces.
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+)
+
+// ErrNotFound is returned when a resource or version does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Version is one stored version of a resource.
+type Version struct {
+	// Key identifies the resource (all its versions) within the store.
+	Key int64
+	// Type and ID name the resource.
+	Type, ID string
+	// Version counts from 1, one more for every write of the resource.
+	Version int64
+	// Updated is when the version was written (meta.lastUpdated).
+	Updated time.Time
+	// Deleted marks the tombstone a delete writes; Body is nil then.
+	Deleted bool
+	// Method is the HTTP method that wrote the version: POST, PUT, PATCH
+	// or DELETE.
+	Method string
+	// Body is the resource JSON with the server's id and meta.
+	Body []byte
+	// Seq orders all versions of the store by write (history order).
+	Seq int64
+}
+
+// Match is one search result: a resource key and the version that matched.
+type Match struct {
+	Key     int64
+	Version int64
+}
+
+// HistoryQuery selects versions for a history interaction, newest first.
+type HistoryQuery struct {
+	// Type and ID narrow to a resource type or one resource; both empty
+	// means the whole store.
+	Type, ID string
+	// Since keeps versions written at or after it (zero: all).
+	Since time.Time
+	// Before keeps versions with Seq below it (0: no bound); paging links
+	// carry it so that later writes do not shift pages.
+	Before int64
+	// Count is the page size.
+	Count int
+}
+
+// Reader is the read side of a store. Reads outside a transaction see the
+// last committed state.
+type Reader interface {
+	// Read returns the current version of a resource, a tombstone if it
+	// was deleted, or ErrNotFound.
+	Read(ctx context.Context, typ, id string) (*Version, error)
+	// VRead returns one version, or ErrNotFound.
+	VRead(ctx context.Context, typ, id string, version int64) (*Version, error)
+	// History returns versions newest first and how many match in all.
+	History(ctx context.Context, q HistoryQuery) ([]*Version, int, error)
+	// Search returns up to limit matches of q from offset on, in the
+	// query's sort order (without _sort: in order of creation). Deleted
+	// resources never match.
+	Search(ctx context.Context, q *search.Query, offset, limit int) ([]Match, error)
+	// Count returns how many resources match q.
+	Count(ctx context.Context, q *search.Query) (int, error)
+	// Fetch returns the matched versions, in order; versions that no
+	// longer exist are left out.
+	Fetch(ctx context.Context, ms []Match) ([]*Version, error)
+	// Include returns the current versions that inc asks for, given the
+	// resources of a page: those they reference (_include) or those that
+	// reference them (_revinclude). Deleted resources are left out.
+	Include(ctx context.Context, page []*Version, inc search.Include) ([]*Version, error)
+}
+
+// Tx is a read-write transaction. Its reads see its own writes.
+type Tx interface {
+	Reader
+	// Put stores v as the new current version of its resource, replacing
+	// the resource's index entries with idx (nil for a tombstone). The
+	// caller sets v.Version to one more than the current version (1 for a
+	// new resource) and v.Updated; Put fills in Key and Seq.
+	Put(ctx context.Context, v *Version, idx *search.Entries) error
+}
+
+// Store is a FHIR resource store.
+type Store interface {
+	Reader
+	// Update runs fn in a serialized read-write transaction, committed
+	// durably when fn returns nil and rolled back when it returns an
+	// error (which Update returns).
+	Update(ctx context.Context, fn func(tx Tx) error) error
+	io.Closer
+}

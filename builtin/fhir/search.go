@@ -1,0 +1,531 @@
+package fhir
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
+)
+
+// link is a Bundle link.
+type link struct{ rel, url string }
+
+// entry is a Bundle entry being written.
+type entry struct {
+	fullURL  string
+	resource []byte
+	mode     string // search mode: match, include, outcome
+	request  *entryRequest
+	response *entryResponse
+}
+
+type entryRequest struct {
+	Method string `json:"method"`
+	URL    string `json:"url"`
+}
+
+type entryResponse struct {
+	Status       string          `json:"status"`
+	Location     string          `json:"location,omitempty"`
+	Etag         string          `json:"etag,omitempty"`
+	LastModified string          `json:"lastModified,omitempty"`
+	Outcome      json.RawMessage `json:"outcome,omitempty"`
+}
+
+// writeBundle serializes a Bundle; resources are copied as stored.
+func writeBundle(typ string, total int, links []link, entries []entry) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"resourceType":"Bundle","id":"`)
+	b.WriteString(newID())
+	b.WriteString(`","meta":{"lastUpdated":"`)
+	b.WriteString(time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+	b.WriteString(`"},"type":"`)
+	b.WriteString(typ)
+	b.WriteByte('"')
+	if total >= 0 {
+		b.WriteString(`,"total":`)
+		b.WriteString(strconv.Itoa(total))
+	}
+	if len(links) > 0 {
+		b.WriteString(`,"link":[`)
+		for i, l := range links {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			u := marshal(l.url)
+			b.WriteString(`{"relation":"` + l.rel + `","url":`)
+			b.Write(u)
+			b.WriteByte('}')
+		}
+		b.WriteByte(']')
+	}
+	if len(entries) > 0 {
+		b.WriteString(`,"entry":[`)
+		for i, e := range entries {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteByte('{')
+			sep := ""
+			if e.fullURL != "" {
+				u := marshal(e.fullURL)
+				b.WriteString(`"fullUrl":`)
+				b.Write(u)
+				sep = ","
+			}
+			if e.resource != nil {
+				b.WriteString(sep + `"resource":`)
+				b.Write(e.resource)
+				sep = ","
+			}
+			if e.mode != "" {
+				b.WriteString(sep + `"search":{"mode":"` + e.mode + `"}`)
+				sep = ","
+			}
+			if e.request != nil {
+				r := marshal(e.request)
+				b.WriteString(sep + `"request":`)
+				b.Write(r)
+				sep = ","
+			}
+			if e.response != nil {
+				r := marshal(e.response)
+				b.WriteString(sep + `"response":`)
+				b.Write(r)
+			}
+			b.WriteByte('}')
+		}
+		b.WriteByte(']')
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// marshal encodes v without escaping <, > and & (URLs keep their &).
+func marshal(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return []byte("null")
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
+
+func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment string, params url.Values) error {
+	ctx := req.Context()
+	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict})
+	if err != nil {
+		return searchError(err, "")
+	}
+	path := req.base + "/" + typ
+	if compartment != "" {
+		if _, ok := spec.PatientCompartment[typ]; !ok && typ != "Patient" {
+			return errorf(http.StatusBadRequest, "%s resources are not in the Patient compartment", typ)
+		}
+		q.Compartment = compartment
+		path = req.base + "/Patient/" + compartment + "/" + typ
+	}
+	if q.Summary == "count" {
+		n, err := h.store.Count(ctx, q)
+		if err != nil {
+			return err
+		}
+		return h.writeRaw(w, req, http.StatusOK, writeBundle("searchset", n, []link{{"self", pageURL(path, q, q.Count, 0, "")}}, nil))
+	}
+	pg, err := h.page(ctx, q)
+	if err != nil {
+		return err
+	}
+	versions, err := h.store.Fetch(ctx, pg.matches)
+	if err != nil {
+		return err
+	}
+	entries := make([]entry, 0, len(versions))
+	seen := map[string]bool{}
+	for _, v := range versions {
+		body, err := h.shape(v, q)
+		if err != nil {
+			return err
+		}
+		seen[v.Type+"/"+v.ID] = true
+		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: body, mode: "match"})
+	}
+	included, err := h.includes(ctx, q, versions, seen)
+	if err != nil {
+		return err
+	}
+	for _, v := range included {
+		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: v.Body, mode: "include"})
+	}
+	links := []link{{"self", pageURL(path, q, q.Count, q.Offset, pg.token)}}
+	if pg.hasNext {
+		links = append(links, link{"next", pageURL(path, q, q.Count, q.Offset+q.Count, pg.token)})
+	}
+	if q.Offset > 0 {
+		links = append(links, link{"previous", pageURL(path, q, q.Count, max(0, q.Offset-q.Count), pg.token)})
+	}
+	total := pg.total
+	if q.Total == "none" {
+		total = -1
+	}
+	return h.writeRaw(w, req, http.StatusOK, writeBundle("searchset", total, links, entries))
+}
+
+// includes resolves _include and _revinclude for a page, then the
+// :iterate ones once more over what they found.
+func (h *Handler) includes(ctx context.Context, q *search.Query, page []*store.Version, seen map[string]bool) ([]*store.Version, error) {
+	var out []*store.Version
+	from := page
+	for round := 0; round < 2 && len(from) > 0; round++ {
+		var found []*store.Version
+		for _, inc := range q.Includes {
+			if round > 0 && !inc.Iterate {
+				continue
+			}
+			vs, err := h.store.Include(ctx, from, inc)
+			if err != nil {
+				return nil, err
+			}
+			for _, v := range vs {
+				if k := v.Type + "/" + v.ID; !seen[k] {
+					seen[k] = true
+					found = append(found, v)
+				}
+			}
+		}
+		out = append(out, found...)
+		from = found
+	}
+	return out, nil
+}
+
+// shape applies _summary and _elements to a search match.
+func (h *Handler) shape(v *store.Version, q *search.Query) ([]byte, error) {
+	if q.Summary == "" && len(q.Elements) == 0 {
+		return v.Body, nil
+	}
+	return subset(v.Type, v.Body, q.Summary, q.Elements)
+}
+
+// pageURL is a link to one page of a search.
+func pageURL(path string, q *search.Query, count, offset int, token string) string {
+	vals := url.Values{}
+	for k, v := range q.Self {
+		vals[k] = v
+	}
+	vals.Set("_count", strconv.Itoa(count))
+	if offset > 0 {
+		vals.Set("_offset", strconv.Itoa(offset))
+	}
+	if token != "" {
+		vals.Set("_page", token)
+	}
+	return path + "?" + vals.Encode()
+}
+
+// queryKey identifies a search for its snapshot: the same type,
+// compartment and parameters.
+func queryKey(q *search.Query) string {
+	return q.Type + "|" + q.Compartment + "|" + q.Self.Encode()
+}
+
+type page struct {
+	matches []store.Match
+	total   int
+	hasNext bool
+	token   string
+}
+
+// page finds the matches of one page. The first page of a search with more
+// than one page stores a snapshot of up to SnapshotSize matches; the links
+// to other pages name it, so that they show the results as they were when
+// the search ran even while others write. Without a snapshot (expired,
+// turned off, or past its end), a page is read at its offset.
+func (h *Handler) page(ctx context.Context, q *search.Query) (page, error) {
+	key := queryKey(q)
+	count := q.Count
+	if q.Page != "" && h.pages != nil {
+		if s := h.pages.get(q.Page, key); s != nil && (q.Offset < len(s.matches) || s.complete) {
+			end := min(len(s.matches), q.Offset+count)
+			start := min(q.Offset, end)
+			return page{
+				matches: s.matches[start:end],
+				total:   s.total,
+				hasNext: q.Offset+count < s.total,
+				token:   q.Page,
+			}, nil
+		}
+	}
+	if q.Offset == 0 && h.pages != nil && count > 0 {
+		limit := h.cfg.SnapshotSize + 1
+		ms, err := h.store.Search(ctx, q, 0, max(limit, count+1))
+		if err != nil {
+			return page{}, err
+		}
+		if len(ms) <= count {
+			return page{matches: ms, total: len(ms)}, nil
+		}
+		complete := len(ms) <= h.cfg.SnapshotSize
+		total := len(ms)
+		if !complete {
+			ms = ms[:h.cfg.SnapshotSize]
+			if total, err = h.total(ctx, q); err != nil {
+				return page{}, err
+			}
+		}
+		token := h.pages.put(key, ms, total, complete)
+		return page{matches: ms[:count], total: total, hasNext: true, token: token}, nil
+	}
+	ms, err := h.store.Search(ctx, q, q.Offset, count+1)
+	if err != nil {
+		return page{}, err
+	}
+	pg := page{matches: ms, hasNext: len(ms) > count}
+	if pg.hasNext {
+		pg.matches = ms[:count]
+	}
+	if q.Offset == 0 && !pg.hasNext {
+		pg.total = len(pg.matches)
+	} else if pg.total, err = h.total(ctx, q); err != nil {
+		return page{}, err
+	}
+	return pg, nil
+}
+
+func (h *Handler) total(ctx context.Context, q *search.Query) (int, error) {
+	if q.Total == "none" {
+		return -1, nil
+	}
+	return h.store.Count(ctx, q)
+}
+
+// snapshots keeps recent search results for paging, least recently used
+// first out.
+type snapshots struct {
+	mu    sync.Mutex
+	max   int
+	ttl   time.Duration
+	byTok map[string]*list.Element
+	lru   *list.List // of *snapshot, most recent at the front
+}
+
+type snapshot struct {
+	token    string
+	key      string
+	matches  []store.Match
+	total    int
+	complete bool
+	used     time.Time
+}
+
+func newSnapshots(n int, ttl time.Duration) *snapshots {
+	return &snapshots{max: n, ttl: ttl, byTok: map[string]*list.Element{}, lru: list.New()}
+}
+
+func (s *snapshots) put(key string, ms []store.Match, total int, complete bool) string {
+	var b [12]byte
+	rand.Read(b[:])
+	tok := hex.EncodeToString(b[:])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byTok[tok] = s.lru.PushFront(&snapshot{token: tok, key: key, matches: ms, total: total, complete: complete, used: time.Now()})
+	for s.lru.Len() > s.max {
+		old := s.lru.Remove(s.lru.Back()).(*snapshot)
+		delete(s.byTok, old.token)
+	}
+	return tok
+}
+
+func (s *snapshots) get(tok, key string) *snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.byTok[tok]
+	if !ok {
+		return nil
+	}
+	snap := e.Value.(*snapshot)
+	if time.Since(snap.used) > s.ttl {
+		s.lru.Remove(e)
+		delete(s.byTok, tok)
+		return nil
+	}
+	if snap.key != key {
+		return nil
+	}
+	snap.used = time.Now()
+	s.lru.MoveToFront(e)
+	return snap
+}
+
+// subsetTag marks resources that _summary or _elements cut.
+var subsetTag = map[string]string{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+// subset keeps the elements _summary and _elements ask for.
+func subset(typ string, body []byte, summary string, elems []string) ([]byte, error) {
+	if summary == "false" || (summary == "" && len(elems) == 0) {
+		return body, nil
+	}
+	ms, err := members(body)
+	if err != nil {
+		return nil, err
+	}
+	keep := func(k string) bool {
+		switch k {
+		case "resourceType", "id", "meta":
+			return true
+		}
+		switch summary {
+		case "data":
+			return k != "text"
+		case "text":
+			return k == "text"
+		case "true":
+			return matchesElement(k, spec.SummaryElements[typ])
+		}
+		return matchesElement(k, elems)
+	}
+	var b bytes.Buffer
+	b.WriteByte('{')
+	n := 0
+	for _, m := range ms {
+		if !keep(m.key) {
+			continue
+		}
+		raw := []byte(m.raw)
+		if m.key == "meta" {
+			raw = tagSubsetted(raw)
+		}
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		n++
+		k, _ := json.Marshal(m.key)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(raw)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// matchesElement reports whether JSON key k is one of names, choice
+// elements included (valueQuantity for value).
+func matchesElement(k string, names []string) bool {
+	for _, n := range names {
+		if k == n || (strings.HasPrefix(k, n) && len(k) > len(n) && k[len(n)] >= 'A' && k[len(n)] <= 'Z') {
+			return true
+		}
+	}
+	return false
+}
+
+func tagSubsetted(meta []byte) []byte {
+	var m map[string]any
+	if json.Unmarshal(meta, &m) != nil {
+		return meta
+	}
+	tags, _ := m["tag"].([]any)
+	m["tag"] = append(tags, subsetTag)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return meta
+	}
+	return out
+}
+
+// history serves instance, type and system history.
+func (h *Handler) history(w http.ResponseWriter, req *request, typ, id string) error {
+	ctx := req.Context()
+	hq := store.HistoryQuery{Type: typ, ID: id, Count: h.cfg.DefaultCount}
+	var bad []issue
+	if s := req.query.Get("_count"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			bad = append(bad, newIssue(http.StatusBadRequest, "_count must be a non-negative integer"))
+		}
+		hq.Count = min(n, h.cfg.MaxCount)
+	}
+	if s := req.query.Get("_since"); s != "" {
+		lo, _, err := search.ParseDate(strings.ReplaceAll(s, " ", "+"))
+		if err != nil {
+			bad = append(bad, newIssue(http.StatusBadRequest, "_since: "+err.Error()))
+		}
+		hq.Since = time.UnixMilli(lo)
+	}
+	if s := req.query.Get("_page"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 1 {
+			bad = append(bad, newIssue(http.StatusBadRequest, "bad _page"))
+		}
+		hq.Before = n
+	}
+	if len(bad) > 0 {
+		return &httpError{status: http.StatusBadRequest, issues: bad}
+	}
+	vs, total, err := h.store.History(ctx, hq)
+	if err != nil {
+		return err
+	}
+	if id != "" && total == 0 && hq.Since.IsZero() {
+		return errorf(http.StatusNotFound, "%s/%s is not known", typ, id)
+	}
+	path := req.base
+	if typ != "" {
+		path += "/" + typ
+	}
+	if id != "" {
+		path += "/" + id
+	}
+	path += "/_history"
+	self := url.Values{}
+	for _, k := range []string{"_since", "_count", "_page"} {
+		if v := req.query.Get(k); v != "" {
+			self.Set(k, v)
+		}
+	}
+	links := []link{{"self", path + "?" + self.Encode()}}
+	if len(vs) == hq.Count && len(vs) > 0 {
+		next := url.Values{}
+		for k, v := range self {
+			next[k] = v
+		}
+		next.Set("_count", strconv.Itoa(hq.Count))
+		next.Set("_page", strconv.FormatInt(vs[len(vs)-1].Seq, 10))
+		links = append(links, link{"next", path + "?" + next.Encode()})
+	}
+	entries := make([]entry, len(vs))
+	for i, v := range vs {
+		e := entry{fullURL: req.base + "/" + v.Type + "/" + v.ID}
+		status := "200 OK"
+		rq := &entryRequest{Method: v.Method, URL: v.Type + "/" + v.ID}
+		switch {
+		case v.Deleted:
+			status = "204 No Content"
+		case v.Version == 1 || v.Method == http.MethodPost:
+			status = "201 Created"
+			if v.Method == http.MethodPost {
+				rq.URL = v.Type
+			}
+		}
+		if !v.Deleted {
+			e.resource = v.Body
+		}
+		e.request = rq
+		e.response = &entryResponse{Status: status, Etag: etag(v.Version), LastModified: v.Updated.UTC().Format(time.RFC3339Nano)}
+		entries[i] = e
+	}
+	return h.writeRaw(w, req, http.StatusOK, writeBundle("history", total, links, entries))
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/omnigate/omnigate/builtin/fhir"
+)
+
+// runFHIR runs "omnigate fhir import [-config FILE] FILE...".
+func runFHIR(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "import" {
+		fmt.Fprintln(stderr, "usage: omnigate fhir import [-config FILE] [-quiet] FILE...")
+		return 2
+	}
+	fs := flag.NewFlagSet("fhir import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", os.Getenv(EnvConfig), "config file whose fhir.store is loaded (default: $"+EnvConfig+", else the embedded default)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "omnigate fhir import: name at least one file (transaction or batch Bundles, or NDJSON)")
+		return 2
+	}
+	gcfg, err := loadConfig(*file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	cfg, err := fhir.ConfigFrom(gcfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	h, err := fhir.Open(ctx, cfg, fhir.Options{})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer h.Close()
+	start := time.Now()
+	var total fhir.ImportSummary
+	failedFiles := 0
+	for _, name := range fs.Args() {
+		sum, err := importFile(ctx, h, name, *quiet, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+			failedFiles++
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: %d resources: %d created, %d updated, %d unchanged, %d failed\n",
+			name, sum.Resources, sum.Created, sum.Updated, sum.Unchanged, sum.Failed)
+		for _, e := range sum.Errors {
+			fmt.Fprintf(stdout, "  %s\n", e)
+		}
+		total.Resources += sum.Resources
+		total.Created += sum.Created
+		total.Updated += sum.Updated
+		total.Unchanged += sum.Unchanged
+		total.Failed += sum.Failed
+	}
+	el := time.Since(start)
+	fmt.Fprintf(stdout, "imported %d files into %s in %s: %d resources (%.0f/s), %d created, %d updated, %d unchanged, %d failed\n",
+		len(fs.Args())-failedFiles, cfg.Store.Path, el.Round(time.Millisecond), total.Resources,
+		float64(total.Resources)/el.Seconds(), total.Created, total.Updated, total.Unchanged, total.Failed)
+	if failedFiles > 0 || total.Failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+func importFile(ctx context.Context, h *fhir.Handler, name string, quiet bool, stderr io.Writer) (fhir.ImportSummary, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return fhir.ImportSummary{}, err
+	}
+	defer f.Close()
+	var progress func(int64)
+	if !quiet {
+		size := int64(-1)
+		if st, err := f.Stat(); err == nil {
+			size = st.Size()
+		}
+		bar := progressbar.NewOptions64(size,
+			progressbar.OptionSetWriter(stderr),
+			progressbar.OptionSetDescription(name),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+		defer bar.Finish()
+		progress = func(n int64) { bar.Set64(n) }
+	}
+	return h.Import(ctx, f, progress)
+}

@@ -1,0 +1,356 @@
+// Command smart-scopes enforces SMART on FHIR scopes on FHIR routes: the
+// caller's scopes must grant the interaction on the resource type, and
+// patient/ scopes only reach the patient's own compartment, as the FHIR R4
+// Patient CompartmentDefinition draws it (compartment.go, generated).
+//
+// Scopes understood: SMART v2 (patient/Observation.rs, user/*.cruds,
+// system/Patient.r) and v1 (patient/Observation.read, user/*.write,
+// patient/*.*). Scopes with constraints (patient/Observation.rs?category=…)
+// grant nothing here: refusing is the safe reading.
+//
+// Build it with "omnigate plugin build ./examples/smart-scopes".
+//
+//go:generate go run ./gen -defs ${FHIR_R4_DEFINITIONS} -o compartment.go
+package main
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/omnigate/omnigate/sdk/wasm"
+)
+
+var config struct {
+	// BreakGlassHeader, when set, lets requests that carry it pass: the
+	// break-glass plugin, earlier in the chain, sets it (and strips it from
+	// clients). Default "": no bypass.
+	BreakGlassHeader string `json:"break_glass_header"`
+	// AllowOperations lists operations ($everything, …) that scopes for
+	// reading may run. Default none: operations are refused.
+	AllowOperations []string `json:"allow_operations"`
+}
+
+func init() {
+	wasm.OnStart(func() error { return wasm.DecodeConfig(&config) })
+	wasm.ReadRequestBody()
+	wasm.OnRequest(onRequest)
+	wasm.OnResponse(onResponse)
+}
+
+func main() {}
+
+// scope is one parsed SMART scope.
+type scope struct {
+	context string // patient, user, system
+	typ     string // resource type or *
+	perms   string // subset of "cruds"
+}
+
+// parseScope reads v2 (".cruds" letters) and v1 (".read", ".write", ".*")
+// scopes; other scopes (openid, launch, constrained scopes) give false.
+func parseScope(s string) (scope, bool) {
+	ctx, rest, ok := strings.Cut(s, "/")
+	if !ok || (ctx != "patient" && ctx != "user" && ctx != "system") || strings.Contains(rest, "?") {
+		return scope{}, false
+	}
+	typ, action, ok := strings.Cut(rest, ".")
+	if !ok || typ == "" {
+		return scope{}, false
+	}
+	sc := scope{context: ctx, typ: typ}
+	switch action {
+	case "read":
+		sc.perms = "rs"
+	case "write":
+		sc.perms = "cud"
+	case "*":
+		sc.perms = "cruds"
+	default:
+		// v2: letters of "cruds", in that order, each at most once.
+		last := -1
+		for _, c := range action {
+			i := strings.IndexRune("cruds", c)
+			if i <= last {
+				return scope{}, false
+			}
+			last = i
+		}
+		if action == "" {
+			return scope{}, false
+		}
+		sc.perms = action
+	}
+	return sc, true
+}
+
+// permission is the SMART v2 letter an interaction needs.
+func permission(f wasm.FHIR) byte {
+	switch f.Interaction {
+	case "create":
+		return 'c'
+	case "read", "vread", "history-instance":
+		return 'r'
+	case "update", "patch":
+		return 'u'
+	case "delete":
+		return 'd'
+	case "search-type", "search-system", "history-type", "history-system":
+		return 's'
+	case "operation":
+		for _, op := range config.AllowOperations {
+			if op == f.Operation {
+				return 'r'
+			}
+		}
+	}
+	return 0
+}
+
+// access is what the caller's scopes grant for one request.
+type access int
+
+const (
+	denied access = iota
+	granted
+	confined // granted by patient/ scopes: the patient's compartment only
+)
+
+func decide(r *wasm.Request) (access, string, wasm.FHIR) {
+	f, ok := r.FHIR()
+	if !ok {
+		return denied, "not a FHIR request path", f
+	}
+	if f.Interaction == "capabilities" {
+		return granted, "", f
+	}
+	if config.BreakGlassHeader != "" && r.Header.Get(config.BreakGlassHeader) != "" {
+		return granted, "", f
+	}
+	id := r.Identity()
+	if id == nil {
+		return denied, "authentication required", f
+	}
+	need := permission(f)
+	if need == 0 {
+		return denied, f.Interaction + " is not allowed by SMART scopes here", f
+	}
+	typ := f.Type
+	patientScope := false
+	for _, s := range id.Scopes {
+		sc, ok := parseScope(s)
+		if !ok || strings.IndexByte(sc.perms, need) < 0 || sc.typ != "*" && sc.typ != typ {
+			continue
+		}
+		if typ == "" && sc.typ != "*" {
+			continue
+		}
+		if sc.context != "patient" {
+			return granted, "", f
+		}
+		patientScope = true
+	}
+	if !patientScope {
+		return denied, "no scope grants " + string(need) + " on " + orAll(typ), f
+	}
+	if id.Patient == "" {
+		return denied, "patient scopes without a patient in context", f
+	}
+	return confined, "", f
+}
+
+func orAll(typ string) string {
+	if typ == "" {
+		return "all types"
+	}
+	return typ
+}
+
+// inCompartmentRequest checks, before the request goes on, what can be
+// checked: the compartment in the path, the patient's own id, a search
+// parameter naming the patient, a created resource's links. It reports
+// whether the request may go on (the response is checked again) and why
+// not.
+func inCompartmentRequest(r *wasm.Request, f wasm.FHIR, patient string) (bool, string) {
+	if f.CompartmentType != "" {
+		if f.CompartmentType == "Patient" && f.CompartmentID == patient && (f.Type == "" || compartment[f.Type].params != nil) {
+			return true, ""
+		}
+		return false, "outside the patient's compartment"
+	}
+	if f.Type != "Patient" && compartment[f.Type].params == nil {
+		return false, f.Type + " is not in the patient compartment"
+	}
+	switch f.Interaction {
+	case "read", "vread", "history-instance", "search-type", "history-type", "operation":
+		return true, "" // checked on the response
+	case "create":
+		body, err := r.ResourceFields(topFields(f.Type)...)
+		if err != nil {
+			return false, "cannot read the resource to create"
+		}
+		if !allLinked(body, patient) {
+			return false, "the new resource does not belong to the patient"
+		}
+		return true, ""
+	case "update", "patch", "delete":
+		if f.Type == "Patient" && f.ID == patient {
+			return true, ""
+		}
+		return false, "patient scopes may change only the patient's own Patient resource here"
+	}
+	return false, "outside the patient's compartment"
+}
+
+func onRequest(r *wasm.Request) {
+	acc, why, f := decide(r)
+	switch acc {
+	case denied:
+		deny(r, f, why)
+		return
+	case granted:
+		r.SkipResponse()
+		return
+	}
+	if ok, why := inCompartmentRequest(r, f, r.Identity().Patient); !ok {
+		deny(r, f, why)
+	}
+}
+
+func deny(r *wasm.Request, f wasm.FHIR, why string) {
+	wasm.Count("denied", 1)
+	status := 403
+	if why == "authentication required" {
+		status = 401
+	}
+	wasm.Infof("smart-scopes denied %s %s: %s", f.Interaction, f.Type, why)
+	r.Deny(status, "access denied: "+why)
+}
+
+// onResponse confines patient-scoped reads and searches: every resource
+// returned must be in the patient's compartment.
+func onResponse(w *wasm.Response) {
+	acc, _, f := decide(w.Request)
+	if acc != confined || f.Interaction == "create" || w.Status() < 200 || w.Status() > 299 {
+		return // a created resource was checked on the way in
+	}
+	patient := w.Request.Identity().Patient
+	fields := topFields(f.Type)
+	if f.Type == "" || f.Interaction == "operation" || f.Interaction == "search-type" {
+		fields = allTopFields()
+	}
+	body, err := w.ResourceFields(fields...)
+	if err != nil {
+		wasm.Count("denied", 1)
+		w.Deny(403, "access denied: the response cannot be checked against the patient's compartment")
+		return
+	}
+	if !allLinked(body, patient) {
+		wasm.Count("denied", 1)
+		wasm.Infof("smart-scopes withheld a %s response outside the patient's compartment", f.Interaction)
+		w.Deny(403, "access denied: outside the patient's compartment")
+	}
+}
+
+// topFields returns the top-level elements that hold a type's patient links.
+func topFields(typ string) []string {
+	var out []string
+	for _, p := range compartment[typ].paths {
+		top, _, _ := strings.Cut(p, ".")
+		out = append(out, top)
+	}
+	return out
+}
+
+var allTop []string
+
+func allTopFields() []string {
+	if allTop == nil {
+		seen := map[string]bool{}
+		for _, l := range compartment {
+			for _, p := range l.paths {
+				top, _, _ := strings.Cut(p, ".")
+				if !seen[top] {
+					seen[top] = true
+					allTop = append(allTop, top)
+				}
+			}
+		}
+	}
+	return allTop
+}
+
+// allLinked reports whether every resource in extract (json_extract's
+// array) is in the patient's compartment. OperationOutcomes (search
+// warnings) pass.
+func allLinked(extract []byte, patient string) bool {
+	var resources []map[string]json.RawMessage
+	if err := json.Unmarshal(extract, &resources); err != nil {
+		return false
+	}
+	for _, res := range resources {
+		var typ, id string
+		json.Unmarshal(res["resourceType"], &typ)
+		json.Unmarshal(res["id"], &id)
+		switch {
+		case typ == "OperationOutcome":
+			continue
+		case typ == "Patient" && id == patient:
+			continue
+		}
+		links, ok := compartment[typ]
+		if !ok || !linked(res, links.paths, patient) {
+			return false
+		}
+	}
+	return true
+}
+
+// linked reports whether one of paths in res refers to Patient/patient.
+func linked(res map[string]json.RawMessage, paths []string, patient string) bool {
+	for _, p := range paths {
+		top, rest, _ := strings.Cut(p, ".")
+		raw, ok := res[top]
+		if !ok {
+			continue
+		}
+		var v any
+		if json.Unmarshal(raw, &v) != nil {
+			continue
+		}
+		if refersTo(v, strings.Split(rest, "."), patient) {
+			return true
+		}
+	}
+	return false
+}
+
+// refersTo walks path (possibly empty) through v, through arrays, to
+// References, and reports whether one refers to the patient.
+func refersTo(v any, path []string, patient string) bool {
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			if refersTo(e, path, patient) {
+				return true
+			}
+		}
+		return false
+	case map[string]any:
+		if len(path) > 0 && path[0] != "" {
+			return refersTo(x[path[0]], path[1:], patient)
+		}
+		ref, _ := x["reference"].(string)
+		return isPatientRef(ref, patient)
+	}
+	return false
+}
+
+// isPatientRef matches "Patient/123", absolute URLs ending in it, and
+// versioned references.
+func isPatientRef(ref, patient string) bool {
+	want := "Patient/" + patient
+	if i := strings.Index(ref, "/_history/"); i >= 0 {
+		ref = ref[:i]
+	}
+	return ref == want || strings.HasSuffix(ref, "/"+want)
+}

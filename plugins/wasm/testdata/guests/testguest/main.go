@@ -1,0 +1,56 @@
+// Command testguest misbehaves on request, for the host's failure tests:
+// the X-Test header says how.
+package main
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/omnigate/omnigate/sdk/wasm"
+)
+
+var keep [][]byte
+
+func init() {
+	wasm.OnRequest(func(r *wasm.Request) {
+		switch r.Header.Get("X-Test") {
+		case "panic":
+			panic("testguest panics")
+		case "trap":
+			var p *[4]int
+			_ = p[1] // nil dereference
+		case "loop":
+			for {
+			}
+		case "membomb":
+			for {
+				keep = append(keep, make([]byte, 1<<20))
+			}
+		case "deadlock":
+			select {}
+		case "sleep": // busy for 200ms of host time
+			for start := wasm.Now(); wasm.Now().Sub(start) < 200*time.Millisecond; {
+			}
+		case "print":
+			println("to stderr from the guest")
+		case "echo":
+			r.Header.Set("X-Seen-Method", r.Method())
+			r.Header.Set("X-Seen-Path", r.Path())
+			r.Header.Set("X-Seen-Route", r.Route())
+			if id := r.Identity(); id != nil {
+				r.Header.Set("X-Seen-User", id.User+"/"+id.Role)
+			}
+			if f, ok := r.FHIR(); ok {
+				r.Header.Set("X-Seen-FHIR", f.Interaction+" "+f.Type+" "+f.ID+" "+f.CompartmentType+"/"+f.CompartmentID)
+			}
+			n, _ := wasm.KV.Incr("hits", 1, 0)
+			r.Header.Set("X-Hits", strconv.FormatInt(n, 10))
+			wasm.Infof("echo %s", r.Path())
+			wasm.Count("echoes", 1)
+		case "respond":
+			r.Respond(202, []byte("accepted locally"), "X-Local", "yes")
+		}
+	})
+}
+
+func main() {}

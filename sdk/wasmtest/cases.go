@@ -1,0 +1,290 @@
+package wasmtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/omnigate/omnigate/gateway"
+)
+
+// Cases is a file of table-driven cases: the plugin's setup and the
+// requests to run, in order, through one loaded plugin (so KV state and the
+// clock carry from case to case).
+//
+//	config: {header: X-Tenant}       # the plugin's config
+//	kv: {quota:acme: "5"}            # KV contents at load
+//	now: 2026-01-01T09:00:00Z        # the clock at load
+//	fail: closed                     # or open
+//	cases:
+//	  - name: request without the header is denied
+//	    request: {method: GET, path: /fhir/R4/Patient/1}
+//	    identity: {user: u1, role: nurse, scopes: [patient/*.rs], patient: p1}
+//	    expect: {decision: deny, status: 400, body_contains: [missing required header]}
+//	  - name: request with the header passes
+//	    request: {path: /fhir/R4/Patient/1, headers: {X-Tenant: acme}}
+//	    upstream: {status: 200, body: '{"resourceType":"Patient","id":"1"}'}
+//	    advance: 1h                   # move the clock first
+//	    expect:
+//	      decision: allow
+//	      upstream_headers: {X-Tenant: acme}
+//	      headers: {X-Removed: ""}    # "" means absent
+//	      kv: {"count:acme": "1"}
+//	      counters: {allowed: 1}
+//	      logs: [allowed for acme]
+type Cases struct {
+	Config  any               `yaml:"config"`
+	KV      map[string]string `yaml:"kv"`
+	Now     time.Time         `yaml:"now"`
+	Fail    string            `yaml:"fail"`
+	Timeout time.Duration     `yaml:"timeout"`
+	Cases   []Case            `yaml:"cases"`
+}
+
+// Case is one request and what it must get.
+type Case struct {
+	Name     string            `yaml:"name"`
+	Request  CaseRequest       `yaml:"request"`
+	Identity *CaseIdentity     `yaml:"identity"`
+	Upstream CaseUpstream      `yaml:"upstream"`
+	KV       map[string]string `yaml:"kv"`
+	Advance  time.Duration     `yaml:"advance"`
+	Expect   Expect            `yaml:"expect"`
+}
+
+// CaseRequest is a Request in YAML.
+type CaseRequest struct {
+	Method   string            `yaml:"method"`
+	Path     string            `yaml:"path"`
+	Headers  map[string]string `yaml:"headers"`
+	Body     string            `yaml:"body"`
+	Route    string            `yaml:"route"`
+	FHIR     *bool             `yaml:"fhir"`
+	FHIRBase string            `yaml:"fhir_base"`
+}
+
+// CaseIdentity is a gateway.Identity in YAML.
+type CaseIdentity struct {
+	User    string   `yaml:"user"`
+	Role    string   `yaml:"role"`
+	Scopes  []string `yaml:"scopes"`
+	Patient string   `yaml:"patient"`
+	Session string   `yaml:"session"`
+}
+
+// CaseUpstream is an Upstream in YAML.
+type CaseUpstream struct {
+	Status  int               `yaml:"status"`
+	Headers map[string]string `yaml:"headers"`
+	Body    string            `yaml:"body"`
+}
+
+// Expect is what a case checks; empty fields are not checked.
+type Expect struct {
+	Decision        string             `yaml:"decision"`
+	Status          int                `yaml:"status"`
+	Headers         map[string]string  `yaml:"headers"`
+	UpstreamHeaders map[string]string  `yaml:"upstream_headers"`
+	BodyContains    []string           `yaml:"body_contains"`
+	BodyExcludes    []string           `yaml:"body_excludes"`
+	KV              map[string]string  `yaml:"kv"`
+	Counters        map[string]float64 `yaml:"counters"`
+	Logs            []string           `yaml:"logs"`
+}
+
+// ReadCases reads and decodes a cases file; unknown keys are errors.
+func ReadCases(file string) (*Cases, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read cases: %w", err)
+	}
+	var cs Cases
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cs); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if cs.Fail != "" && cs.Fail != "open" && cs.Fail != "closed" {
+		return nil, fmt.Errorf("%s: fail must be open or closed, not %q", file, cs.Fail)
+	}
+	for i, c := range cs.Cases {
+		if c.Name == "" {
+			cs.Cases[i].Name = fmt.Sprintf("case %d", i+1)
+		}
+	}
+	return &cs, nil
+}
+
+// Open loads the module at path with the cases' setup.
+func (cs *Cases) Open(path string) (*Plugin, error) {
+	return Open(path, Options{Config: jsonable(cs.Config), KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open", Timeout: cs.Timeout})
+}
+
+// jsonable turns YAML-decoded maps (map[string]any, and
+// map[any]any from older decoders) into values encoding/json takes.
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonable(e)
+		}
+	case map[any]any:
+		m := map[string]any{}
+		for k, e := range x {
+			m[fmt.Sprint(k)] = jsonable(e)
+		}
+		return m
+	case []any:
+		for i, e := range x {
+			x[i] = jsonable(e)
+		}
+	}
+	return v
+}
+
+// Run runs the case against p and returns what did not match.
+func (c *Case) Run(p *Plugin) (*Result, []string) {
+	for k, v := range c.KV {
+		p.SetKV(k, v, 0)
+	}
+	if c.Advance > 0 {
+		p.Advance(c.Advance)
+	}
+	req := Request{
+		Method: c.Request.Method, Path: c.Request.Path, Header: c.Request.Headers, Body: c.Request.Body,
+		Route: c.Request.Route, FHIRBase: c.Request.FHIRBase,
+		NotFHIR:  c.Request.FHIR != nil && !*c.Request.FHIR,
+		Upstream: Upstream{Status: c.Upstream.Status, Header: c.Upstream.Headers, Body: c.Upstream.Body},
+	}
+	if id := c.Identity; id != nil {
+		req.Identity = &gateway.Identity{UserID: id.User, Role: id.Role, Scopes: id.Scopes, PatientID: id.Patient, SessionID: id.Session}
+	}
+	res := p.Serve(req)
+	return res, c.Expect.Check(p, res)
+}
+
+// Check compares a result (and the plugin's KV, counters) with e.
+func (e *Expect) Check(p *Plugin, res *Result) []string {
+	var bad []string
+	if e.Decision != "" && res.Decision != e.Decision {
+		bad = append(bad, fmt.Sprintf("decision = %s, want %s", res.Decision, e.Decision))
+	}
+	if e.Status != 0 && res.Status != e.Status {
+		bad = append(bad, fmt.Sprintf("status = %d, want %d", res.Status, e.Status))
+	}
+	for k, v := range e.Headers {
+		if got := res.Header.Get(k); got != v {
+			bad = append(bad, fmt.Sprintf("header %s = %q, want %q", k, got, v))
+		}
+	}
+	for k, v := range e.UpstreamHeaders {
+		got := ""
+		if res.UpstreamHeader != nil {
+			got = res.UpstreamHeader.Get(k)
+		}
+		if got != v {
+			bad = append(bad, fmt.Sprintf("upstream header %s = %q, want %q", k, got, v))
+		}
+	}
+	for _, s := range e.BodyContains {
+		if !strings.Contains(res.Body, s) {
+			bad = append(bad, fmt.Sprintf("body does not contain %q", s))
+		}
+	}
+	for _, s := range e.BodyExcludes {
+		if strings.Contains(res.Body, s) {
+			bad = append(bad, fmt.Sprintf("body contains %q", s))
+		}
+	}
+	for k, v := range e.KV {
+		got, ok := p.KV(k)
+		if v == "" && ok || v != "" && got != v {
+			bad = append(bad, fmt.Sprintf("kv %s = %q (present %v), want %q", k, got, ok, v))
+		}
+	}
+	for k, v := range e.Counters {
+		if got := p.Counter(k); got != v {
+			bad = append(bad, fmt.Sprintf("counter %s = %v, want %v", k, got, v))
+		}
+	}
+	for _, s := range e.Logs {
+		found := false
+		for _, l := range res.Logs {
+			found = found || strings.Contains(l.String(), s)
+		}
+		if !found {
+			bad = append(bad, fmt.Sprintf("no log record of this request contains %q", s))
+		}
+	}
+	if len(bad) > 0 {
+		b, _ := json.Marshal(res.Body)
+		bad = append(bad, fmt.Sprintf("response: %d %s", res.Status, b))
+	}
+	return bad
+}
+
+// RunCases runs the cases in file against the module at path as subtests.
+func RunCases(t *testing.T, path, file string) {
+	t.Helper()
+	cs, err := ReadCases(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cs.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := range cs.Cases {
+		c := &cs.Cases[i]
+		t.Run(c.Name, func(t *testing.T) {
+			if _, bad := c.Run(p); len(bad) > 0 {
+				t.Error(strings.Join(bad, "\n"))
+			}
+		})
+	}
+}
+
+// RunFile runs the cases in file against the module at path and reports
+// like go test: "ok" or "FAIL" per case with what did not match, then a
+// summary line. It returns the number of failed cases.
+func RunFile(w io.Writer, path, file string) (failed int, err error) {
+	cs, err := ReadCases(file)
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	p, err := cs.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	for i := range cs.Cases {
+		c := &cs.Cases[i]
+		start := time.Now()
+		_, bad := c.Run(p)
+		d := time.Since(start).Round(10 * time.Microsecond)
+		if len(bad) == 0 {
+			fmt.Fprintf(w, "ok    %s (%s)\n", c.Name, d)
+			continue
+		}
+		failed++
+		fmt.Fprintf(w, "FAIL  %s (%s)\n", c.Name, d)
+		for _, b := range bad {
+			fmt.Fprintf(w, "        %s\n", b)
+		}
+	}
+	total := time.Since(t0).Round(time.Millisecond)
+	if failed > 0 {
+		fmt.Fprintf(w, "FAIL  %s: %d of %d cases failed (%s)\n", file, failed, len(cs.Cases), total)
+	} else {
+		fmt.Fprintf(w, "ok    %s: %d cases passed (%s)\n", file, len(cs.Cases), total)
+	}
+	return failed, nil
+}

@@ -1,0 +1,96 @@
+package wasmtest
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/omnigate/omnigate/gateway"
+)
+
+const requireHeader = "../../examples/require-header"
+
+func TestDo(t *testing.T) {
+	p := Load(t, Build(t, requireHeader), Options{Config: map[string]any{"header": "X-Tenant"}, KV: map[string]string{"k": "v"}})
+	res := p.Do(t, Request{Path: "/fhir/R4/Patient/1", Identity: &gateway.Identity{UserID: "u"}})
+	if res.Decision != Deny || res.Status != 400 || res.UpstreamCalled {
+		t.Fatalf("got %+v", res)
+	}
+	res = p.Do(t, Request{Path: "/x", NotFHIR: true, Header: map[string]string{"X-Tenant": "a"}})
+	if res.Decision != Allow || res.UpstreamHeader.Get("X-Tenant") != "a" {
+		t.Fatalf("got %+v", res)
+	}
+	if v, ok := p.KV("k"); !ok || v != "v" {
+		t.Errorf("seeded KV = %q %v", v, ok)
+	}
+	if p.Counter("denied") != 1 {
+		t.Errorf("denied = %v", p.Counter("denied"))
+	}
+}
+
+// A deliberately wrong case must fail, in go test and in RunFile.
+func TestWrongCaseFails(t *testing.T) {
+	cases := filepath.Join(t.TempDir(), "wrong.yaml")
+	os.WriteFile(cases, []byte(`
+config: {header: X-Tenant}
+cases:
+  - name: right
+    request: {path: /fhir/R4/Patient/1}
+    expect: {decision: deny, status: 400}
+  - name: wrong on purpose
+    request: {path: /fhir/R4/Patient/1}
+    expect: {decision: allow, status: 200, body_contains: [Patient], headers: {X-Nope: "1"}, counters: {denied: 5}}
+`), 0o644)
+	var out bytes.Buffer
+	failed, err := RunFile(&out, Build(t, requireHeader), cases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed != 1 {
+		t.Fatalf("failed = %d\n%s", failed, &out)
+	}
+	for _, want := range []string{
+		"ok    right (",
+		"FAIL  wrong on purpose (",
+		"decision = deny, want allow",
+		"status = 400, want 200",
+		`header X-Nope = "", want "1"`,
+		"counter denied = 2, want 5",
+		"wrong.yaml: 1 of 2 cases failed",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, &out)
+		}
+	}
+	// The same file through RunCases fails its subtest.
+	cs, _ := ReadCases(cases)
+	p, err := cs.Open(Build(t, requireHeader))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, bad := cs.Cases[0].Run(p); len(bad) != 0 {
+		t.Errorf("right case failed: %v", bad)
+	}
+	if _, bad := cs.Cases[1].Run(p); len(bad) == 0 {
+		t.Error("wrong case passed")
+	}
+}
+
+func TestReadCasesErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key": "cases:\n  - name: x\n    expect: {stauts: 200}\n",
+		"bad fail":    "fail: maybe\ncases: []\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+			os.WriteFile(f, []byte(body), 0o644)
+			if _, err := ReadCases(f); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
