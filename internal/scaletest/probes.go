@@ -52,21 +52,20 @@ func (p *prober) fail(format string, args ...any) {
 	p.mu.Unlock()
 }
 
-// run probes until ctx ends; a probe in flight then finishes within
-// ProbeTimeout.
-func (p *prober) run(ctx context.Context) {
+// run probes until load ends; a probe in flight then finishes within
+// ProbeTimeout, unless ctx (the whole run) ends first.
+func (p *prober) run(ctx, load context.Context) {
 	n := len(p.c.insts)
 	if n < 2 {
 		return
 	}
-	bg := context.WithoutCancel(ctx)
 	var tok token
-	for k := 0; ctx.Err() == nil; k++ {
+	for k := 0; load.Err() == nil; k++ {
 		if tok.value == "" {
-			t, err := p.c.login(bg, k%n, p.u)
+			t, err := p.c.login(ctx, k%n, p.u)
 			if err != nil {
 				p.fail("probe login: %v", err)
-				sleep(ctx, time.Second)
+				sleep(load, time.Second)
 				continue
 			}
 			tok = t
@@ -77,17 +76,17 @@ func (p *prober) run(ctx context.Context) {
 		// Every instance reads the current version first, so that each
 		// holds it in its cache when the write happens.
 		for i := range n {
-			p.c.do(bg, i, opProbe, -1, http.MethodGet, path, nil, tok)
+			p.c.do(ctx, i, opProbe, -1, http.MethodGet, path, nil, tok)
 		}
 		marker := fmt.Sprintf("v%d", k+1)
 		body, _ := json.Marshal(patientResource(id, marker))
-		res, err := p.c.do(bg, writer, opProbe, -1, http.MethodPut, path, body, tok)
+		res, err := p.c.do(ctx, writer, opProbe, -1, http.MethodPut, path, body, tok)
 		if err != nil || res.status >= 300 {
 			if err == nil && res.status == http.StatusUnauthorized {
 				tok = token{}
 			}
 			p.fail("probe write on instance %d: status %d %v", writer+1, res.status, err)
-			sleep(ctx, p.o.ProbeInterval)
+			sleep(load, p.o.ProbeInterval)
 			continue
 		}
 		p.mu.Lock()
@@ -102,11 +101,11 @@ func (p *prober) run(ctx context.Context) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p.poll(bg, i, writer, path, `"`+marker+`"`, tok, ack)
+				p.poll(ctx, i, writer, path, `"`+marker+`"`, tok, ack)
 			}()
 		}
 		wg.Wait()
-		sleep(ctx, p.o.ProbeInterval)
+		sleep(load, p.o.ProbeInterval)
 	}
 }
 
@@ -116,7 +115,7 @@ func (p *prober) run(ctx context.Context) {
 func (p *prober) poll(ctx context.Context, i, writer int, path, marker string, tok token, ack time.Time) {
 	s := staleness{at: ack.Sub(p.c.rec.start), writer: writer, reader: i}
 	deadline := ack.Add(p.o.ProbeTimeout)
-	for first := true; time.Now().Before(deadline); first = false {
+	for first := true; time.Now().Before(deadline) && ctx.Err() == nil; first = false {
 		res, err := p.c.do(ctx, i, opProbe, -1, http.MethodGet, path, nil, tok)
 		if err == nil && res.status == http.StatusOK && bytes.Contains(res.body, []byte(marker)) {
 			s.seen, s.firstRead = true, first

@@ -219,7 +219,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		}()
 	}
 	probeDone := make(chan struct{})
-	go func() { defer close(probeDone); pr.run(loadCtx) }()
+	go func() { defer close(probeDone); pr.run(ctx, loadCtx) }()
 	wit := &witnessLog{}
 	witDone := make(chan struct{})
 	go func() { defer close(witDone); wit.run(loadCtx, c, witnesses, rec.start, o.witnessFrom()) }()
