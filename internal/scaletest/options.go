@@ -92,8 +92,10 @@ type Options struct {
 	// Window is the rate limit window of every role. Default 5s.
 	Window time.Duration
 	// Limits are the requests per Window by role. Defaults: physician
-	// 600, nurse 400, patient 100. The tool's own probe user has a limit
-	// it never reaches.
+	// 3000 (more than the simulated physicians send on a small machine,
+	// so that they measure the fleet's capacity), nurse 400, patient 100
+	// (reached, so that they test the limiter). The tool's own probe user
+	// has a limit it never reaches.
 	Limits map[string]int64
 	// Burst is the limit per second of every role; 0 (default) turns
 	// burst protection off.
@@ -174,7 +176,7 @@ func (o *Options) setDefaults() error {
 	if o.Window < 100*time.Millisecond {
 		return fmt.Errorf("window %s is too short (at least 100ms)", o.Window)
 	}
-	limits := map[string]int64{"physician": 600, "nurse": 400, "patient": 100}
+	limits := map[string]int64{"physician": 3000, "nurse": 400, "patient": 100}
 	for r, l := range o.Limits {
 		if _, ok := limits[r]; !ok {
 			return fmt.Errorf("limit for unknown role %q (physician, nurse, patient)", r)
