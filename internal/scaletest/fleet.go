@@ -232,6 +232,18 @@ func childEnv(extra ...string) []string {
 // startInstance starts "omnigate serve -config cfg" and waits until it is
 // ready (and on Redis, when wantRedis).
 func startInstance(ctx context.Context, o *Options, idx int, name, cfg, dir string, wantRedis bool) (*instance, error) {
+	for attempt := 1; ; attempt++ {
+		in, err := startOnce(ctx, o, idx, name, cfg, dir, wantRedis)
+		// A free port found for a listener can be taken by another
+		// process (any outgoing connection) before the child binds it.
+		if err != nil && attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			continue
+		}
+		return in, err
+	}
+}
+
+func startOnce(ctx context.Context, o *Options, idx int, name, cfg, dir string, wantRedis bool) (*instance, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
