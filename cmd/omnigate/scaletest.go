@@ -24,7 +24,7 @@ func runScaletest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.IntVar(&o.Instances, "instances", 3, "gateway instances")
 	fs.StringVar(&o.Redis, "redis", "single", "Redis to start: single, cluster (three masters), sentinel (primary, replica, three sentinels), url (with -redis-url), none")
 	fs.StringVar(&o.RedisURL, "redis-url", "", "an existing Redis to use with -redis url (it is not stopped)")
-	fs.StringVar(&o.Backend, "backend", "fhir", "fhir (the embedded FHIR server, one shared store) or upstream (a FHIR stand-in served by the tool)")
+	fs.StringVar(&o.Backend, "backend", "fhir", "fhir (the embedded FHIR server, in one more process that owns the store) or upstream (a FHIR stand-in served by the tool)")
 	fs.BoolVar(&o.NoSchemaValidation, "no-validate", false, "turn the embedded FHIR server's schema validation of writes off")
 	fs.DurationVar(&o.Duration, "duration", 60*time.Second, "how long the load runs")
 	fs.Int64Var(&o.Requests, "requests", 0, "stop the load after this many requests (0: only -duration)")
@@ -62,7 +62,7 @@ func runScaletest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		o.Progress = stderr
 	}
 	o.Log = stderr
-	o.Command = "omnigate scaletest " + strings.Join(args, " ")
+	o.Command = "omnigate scaletest " + strings.Join(redactArgs(args), " ")
 	o.Version = version
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -104,4 +104,21 @@ func writeReports(rep *scaletest.Report, dir string) error {
 		}
 	}
 	return nil
+}
+
+// redactArgs hides the password of a -redis-url in the command line the
+// report shows.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	copy(out, args)
+	for i, a := range out {
+		switch {
+		case (a == "-redis-url" || a == "--redis-url") && i+1 < len(out):
+			out[i+1] = redactedURL(out[i+1])
+		case strings.HasPrefix(a, "-redis-url="), strings.HasPrefix(a, "--redis-url="):
+			k, v, _ := strings.Cut(a, "=")
+			out[i] = k + "=" + redactedURL(v)
+		}
+	}
+	return out
 }

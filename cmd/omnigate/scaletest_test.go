@@ -141,3 +141,16 @@ func processesUsing(t *testing.T, dir string) []string {
 	}
 	return left
 }
+
+func TestRedactArgs(t *testing.T) {
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"-redis", "url", "-redis-url", "redis://u:secret@127.0.0.1:7000/0"}, []string{"-redis", "url", "-redis-url", "redis://u:xxxxx@127.0.0.1:7000/0"}},
+		{[]string{"-redis-url=redis://:secret@127.0.0.1:7000"}, []string{"-redis-url=redis://:xxxxx@127.0.0.1:7000"}},
+		{[]string{"-duration", "10s"}, []string{"-duration", "10s"}},
+	} {
+		got := strings.Join(redactArgs(tc.in), " ")
+		if want := strings.Join(tc.want, " "); got != want || strings.Contains(got, "secret") {
+			t.Errorf("redactArgs(%q) = %q, want %q", tc.in, got, want)
+		}
+	}
+}

@@ -141,7 +141,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	}
 	p("- logins answered: %s", statusLine(ss.LoginStatus))
 	p("- after the run, %d of %d checks (each user's last sessions on every instance) were valid", ss.Valid, ss.Checked)
-	p("- %d witness sessions made in the 2 s before the stop: %d lost%s", ss.Witnesses, ss.WitnessLost, lostNote(ss))
+	when := "in the 2 s before the stop"
+	if r.Failover == nil {
+		when = "50 ms apart, in the 2 s before 40% of the load"
+	}
+	p("- %d witness sessions made %s: %d lost%s", ss.Witnesses, when, ss.WitnessLost, lostNote(ss))
 	for _, pr := range ss.Problems {
 		p("  - %s", pr)
 	}
