@@ -18,6 +18,7 @@ import (
 // with their observations, and one Patient per instance that the
 // invalidation probes write. Every name in it is synthetic.
 type dataset struct {
+	base     string     // the FHIR base path, e.g. /fhir/R4
 	patients []string   // Patient ids
 	obs      [][]string // Observation ids, per patient
 	probes   []string   // Patient ids, one per instance
@@ -28,7 +29,7 @@ const obsPerPatient = 3
 // staticDataset names every resource itself (st-p1, st-o1-1, …), for a
 // server that creates resources by PUT.
 func staticDataset(patients, probes int) *dataset {
-	ds := &dataset{}
+	ds := &dataset{base: "/fhir/R4"}
 	for i := 1; i <= patients; i++ {
 		ds.patients = append(ds.patients, "st-p"+strconv.Itoa(i))
 		var obs []string
@@ -80,7 +81,7 @@ func uuid() string {
 // seedServer creates the dataset on a FHIR server with one transaction of
 // POSTs (the server chooses the ids; observations refer to their patient
 // by its fullUrl) and learns the ids from the transaction-response.
-func seedServer(ctx context.Context, base string, patients, probes int) (*dataset, error) {
+func seedServer(ctx context.Context, server, base string, patients, probes int) (*dataset, error) {
 	var entries []bundleEntry
 	post := func(r map[string]any, fullURL string) {
 		entries = append(entries, bundleEntry{FullURL: fullURL, Resource: r, Request: map[string]string{"method": "POST", "url": r["resourceType"].(string)}})
@@ -98,7 +99,7 @@ func seedServer(ctx context.Context, base string, patients, probes int) (*datase
 	body, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries})
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/fhir/R4", bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, server+base, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/fhir+json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -122,7 +123,7 @@ func seedServer(ctx context.Context, base string, patients, probes int) (*datase
 	ids := make([]string, len(entries))
 	for i, e := range out.Entry {
 		// Location is [base/]Type/id[/_history/n].
-		parts := strings.Split(strings.TrimPrefix(e.Response.Location, base+"/fhir/R4/"), "/")
+		parts := strings.Split(strings.TrimPrefix(e.Response.Location, server+base+"/"), "/")
 		for k := 0; k+1 < len(parts); k++ {
 			if parts[k] == entries[i].Resource["resourceType"] {
 				ids[i] = parts[k+1]
@@ -133,7 +134,7 @@ func seedServer(ctx context.Context, base string, patients, probes int) (*datase
 			return nil, fmt.Errorf("seed the FHIR server: entry %d: no id in location %q", i, e.Response.Location)
 		}
 	}
-	ds := &dataset{}
+	ds := &dataset{base: base}
 	k := 0
 	for range patients {
 		ds.patients = append(ds.patients, ids[k])

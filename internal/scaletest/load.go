@@ -287,21 +287,21 @@ func pick(u *user, rng *rand.Rand, ds *dataset) (op, string, string, []byte) {
 	switch {
 	case x < read:
 		if rng.IntN(10) < 7 {
-			return opRead, http.MethodGet, "/fhir/R4/Patient/" + pid, nil
+			return opRead, http.MethodGet, ds.base + "/Patient/" + pid, nil
 		}
-		return opRead, http.MethodGet, "/fhir/R4/Observation/" + ds.obs[pi][rng.IntN(len(ds.obs[pi]))], nil
+		return opRead, http.MethodGet, ds.base + "/Observation/" + ds.obs[pi][rng.IntN(len(ds.obs[pi]))], nil
 	case x < search:
 		if u.patient == "" && rng.IntN(10) < 3 {
-			return opSearch, http.MethodGet, "/fhir/R4/Patient?family=Scaletest&_count=10", nil
+			return opSearch, http.MethodGet, ds.base + "/Patient?family=Scaletest&_count=10", nil
 		}
-		return opSearch, http.MethodGet, "/fhir/R4/Observation?patient=Patient/" + pid + "&_count=10", nil
+		return opSearch, http.MethodGet, ds.base + "/Observation?patient=Patient/" + pid + "&_count=10", nil
 	case x < 0.98 && u.patient == "":
 		if rng.IntN(10) < 8 {
 			b, _ := json.Marshal(observation("Patient/"+pid, 50+rng.IntN(80)))
-			return opWrite, http.MethodPost, "/fhir/R4/Observation", b
+			return opWrite, http.MethodPost, ds.base + "/Observation", b
 		}
 		b, _ := json.Marshal(patientResource(pid, "Synthetic"+strconv.Itoa(pi+1)))
-		return opWrite, http.MethodPut, "/fhir/R4/Patient/" + pid, b
+		return opWrite, http.MethodPut, ds.base + "/Patient/" + pid, b
 	}
 	return opSession, http.MethodGet, "/auth/session", nil
 }

@@ -71,6 +71,14 @@ type Options struct {
 	RedisURL string
 	// Backend is fhir (default) or upstream.
 	Backend string
+	// Config is the user's omnigate.yaml to run instead of the generated
+	// config: its plugins, routes and settings, with the changes a fleet
+	// on loopback needs (the tool's Redis and users, the FHIR routes
+	// proxied to the FHIR server, which gets the config's fhir section;
+	// see userFleet). It needs a session plugin and a route with
+	// fhir: true. Limits come from its rate limiter (read from the
+	// responses); Window, Limits and Burst are ignored.
+	Config string
 	// NoSchemaValidation turns the embedded FHIR server's schema
 	// validation of writes off (fhir.validate: false). Default false:
 	// validated, as by default. Compiling the R4 schema takes the server

@@ -89,8 +89,12 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("%s", verdict)
 	p("")
 	p("- %d gateway instances, backend: %s, Redis: %s", s.Instances, s.Backend, s.Redis)
-	p("- %s; limits per %s: physician %d, nurse %d, patient %d", roleLine(s.Users), time.Duration(s.WindowMS*1e6),
-		s.Limits["physician"], s.Limits["nurse"], s.Limits["patient"])
+	if s.Config != "" {
+		p("- %s; the config %s (limits as its rate limiter announces them)", roleLine(s.Users), s.Config)
+	} else {
+		p("- %s; limits per %s: physician %d, nurse %d, patient %d", roleLine(s.Users), time.Duration(s.WindowMS*1e6),
+			s.Limits["physician"], s.Limits["nurse"], s.Limits["patient"])
+	}
 	p("- load for %s on %d CPUs, started %s; load average %.1f before, %.1f after", time.Duration(s.ElapsedMS*1e6).Round(time.Millisecond), s.CPUs,
 		r.Started.UTC().Format(time.RFC3339), s.LoadAvg[0], s.LoadAvg[1])
 	if s.Command != "" {
@@ -126,8 +130,12 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("| role | policy | limit | window | users | admitted | limited (429) | most in a window, Redis up | windows over the limit | most in a window overlapping the outage | memory bound |")
 	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, ra := range r.RateLimit {
-		p("| %s | %s | %d | %s | %d | %d | %d | %d (%.0f%%) | %d | %d | %d |", ra.Role, ra.Policy, ra.Limit, time.Duration(ra.WindowMS*1e6), ra.Users,
-			ra.Admitted, ra.Limited, ra.MaxUp, 100*float64(ra.MaxUp)/float64(ra.Limit), ra.Violations, ra.MaxOutage, ra.Bound)
+		most := "— (no window fits)"
+		if ra.WindowsUp > 0 {
+			most = fmt.Sprintf("%d (%.0f%%)", ra.MaxUp, 100*float64(ra.MaxUp)/float64(ra.Limit))
+		}
+		p("| %s | %s | %d | %s | %d | %d | %d | %s | %d | %d | %d |", ra.Role, ra.Policy, ra.Limit, time.Duration(ra.WindowMS*1e6), ra.Users,
+			ra.Admitted, ra.Limited, most, ra.Violations, ra.MaxOutage, ra.Bound)
 	}
 	p("")
 	ss := r.Sessions

@@ -56,6 +56,7 @@ type Setup struct {
 	// before and after the load: other work on the machine shows there.
 	LoadAvg [2]float64 `json:"load_average"`
 	Command string     `json:"command,omitempty"`
+	Config  string     `json:"config,omitempty"`
 	Version string     `json:"version,omitempty"`
 }
 
@@ -389,7 +390,7 @@ func analyze(rd *runData) *Report {
 	}
 	r.Setup = Setup{Instances: o.Instances, Redis: rd.topo, RedisMode: o.Redis, Backend: o.Backend, Users: users,
 		Limits: o.Limits, WindowMS: msf(o.Window), Burst: o.Burst, DurationMS: msf(o.Duration), ElapsedMS: msf(rd.elapsed),
-		LoadAvg: rd.loadAvg, Command: o.Command, Version: o.Version}
+		LoadAvg: rd.loadAvg, Command: o.Command, Version: o.Version, Config: o.Config}
 
 	// The outage as the fleet saw it: from the stop until the last
 	// instance was back on Redis.

@@ -73,7 +73,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	extraPIDs := map[string]int{}
 	if o.Backend == BackendUpstream {
 		ds = staticDataset(patients, o.Instances)
-		st, err := startStandIn(ds.putBundle())
+		if o.Config != "" {
+			if ds.base, err = userBase(&o); err != nil {
+				return nil, fmt.Errorf("scaletest: %w", err)
+			}
+		}
+		st, err := startStandIn(ds.putBundle(), ds.base)
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: start the upstream stand-in: %w", err)
 		}
@@ -82,7 +87,13 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	if o.Backend == BackendFHIR {
 		logf("starting the FHIR server")
-		cfg, err := writeOriginConfig(dir, !o.NoSchemaValidation)
+		var cfg, base string
+		if o.Config != "" {
+			cfg, base, err = userOrigin(&o, dir)
+		} else {
+			cfg, err = writeOriginConfig(dir, !o.NoSchemaValidation)
+			base = "/fhir/R4"
+		}
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
 		}
@@ -94,7 +105,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		upstream = origin.base()
 		extraPIDs["fhir-origin"] = origin.pid()
 		logf("loading %d patients with their observations", patients)
-		if ds, err = seedServer(ctx, origin.base(), patients, o.Instances); err != nil {
+		if ds, err = seedServer(ctx, origin.base(), base, patients, o.Instances); err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
 		}
 	}
@@ -102,7 +113,12 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if topo != nil {
 		redisYAML = topo.yaml()
 	}
-	cfg, err := writeConfig(dir, &o, redisYAML, upstream)
+	var cfg string
+	if o.Config != "" {
+		cfg, err = userFleet(&o, dir, redisYAML, upstream)
+	} else {
+		cfg, err = writeConfig(dir, &o, redisYAML, upstream)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write config: %w", err)
 	}

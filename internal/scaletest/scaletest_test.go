@@ -16,6 +16,7 @@ import (
 	"time"
 
 	_ "github.com/omnigate/omnigate/builtin/cache"
+	_ "github.com/omnigate/omnigate/builtin/fhir"
 	_ "github.com/omnigate/omnigate/builtin/ratelimit"
 	_ "github.com/omnigate/omnigate/builtin/session"
 	"github.com/omnigate/omnigate/gateway"
@@ -137,7 +138,7 @@ func TestDataset(t *testing.T) {
 			t.Errorf("seed bundle lacks %s", w)
 		}
 	}
-	st, err := startStandIn([]byte(b))
+	st, err := startStandIn([]byte(b), "/fhir/R4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +179,11 @@ func TestSeedServer(t *testing.T) {
 		json.NewEncoder(w).Encode(map[string]any{"resourceType": "Bundle", "type": "transaction-response", "entry": out})
 	}))
 	defer srv.Close()
-	ds, err := seedServer(context.Background(), srv.URL, 2, 3)
+	ds, err := seedServer(context.Background(), srv.URL, "/fhir/R4", 2, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ds.patients) != 2 || ds.patients[1] != "id4" || len(ds.obs[1]) != 3 || ds.obs[1][2] != "id7" || len(ds.probes) != 3 || ds.probes[0] != "id8" {
+	if ds.base != "/fhir/R4" || len(ds.patients) != 2 || ds.patients[1] != "id4" || len(ds.obs[1]) != 3 || ds.obs[1][2] != "id7" || len(ds.probes) != 3 || ds.probes[0] != "id8" {
 		t.Errorf("dataset %+v", ds)
 	}
 }
@@ -317,5 +318,58 @@ func TestRender(t *testing.T) {
 func TestRunRejectsBadOptions(t *testing.T) {
 	if _, err := Run(context.Background(), Options{Redis: "nope"}); err == nil || !strings.Contains(err.Error(), "unknown redis mode") {
 		t.Fatalf("err %v", err)
+	}
+}
+
+// TestUserConfig turns the embedded default config into the fleet's and
+// the FHIR server's, and checks that the gateway accepts both and that
+// they say what the fleet needs.
+func TestUserConfig(t *testing.T) {
+	dir := t.TempDir()
+	o := &Options{Config: "../../cmd/omnigate/default.yaml"}
+	origin, base, err := userOrigin(o, dir)
+	if err != nil || base != "/fhir/R4" {
+		t.Fatalf("userOrigin: %q, %v", base, err)
+	}
+	ocfg, err := gateway.Load(origin)
+	if err != nil {
+		t.Fatalf("FHIR server config rejected: %v", err)
+	}
+	if len(ocfg.Routes) != 1 || ocfg.Redis.Enabled() {
+		t.Errorf("FHIR server config: %d routes, redis %v", len(ocfg.Routes), ocfg.Redis.Enabled())
+	}
+	fleet, err := userFleet(o, dir, "  cluster: {addrs: [127.0.0.1:7001, 127.0.0.1:7002, 127.0.0.1:7003]}", "http://127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := gateway.Load(fleet)
+	if err != nil {
+		b, _ := os.ReadFile(fleet)
+		t.Fatalf("fleet config rejected: %v\n%s", err, b)
+	}
+	if cfg.Redis.Cluster == nil || len(cfg.Redis.Cluster.Addrs) != 3 {
+		t.Errorf("redis %+v", cfg.Redis)
+	}
+	for _, r := range cfg.Routes {
+		if r.FHIR || !r.IsFHIR() || r.Upstream == nil || r.Upstream.URL != "http://127.0.0.1:9" {
+			t.Errorf("route %s: fhir %v, fhir errors %v, upstream %+v", r.Name, r.FHIR, r.IsFHIR(), r.Upstream)
+		}
+	}
+	b, _ := os.ReadFile(fleet)
+	for _, w := range []string{"file: " + filepath.Join(dir, "users.yaml"), "ops:", "limit: 1000000000", "path: /fhir/R4/*path", "fhir_errors: true"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("fleet config lacks %q:\n%s", w, b)
+		}
+	}
+	for _, bad := range []struct{ yaml, err string }{
+		{"routes:\n  - fhir: true\n", "no session plugin"},
+		{"plugins:\n  s: {type: session}\nroutes:\n  - path: /x\n    upstream: http://127.0.0.1:9\n", "no route with fhir: true"},
+		{"- a list", "not a mapping"},
+	} {
+		p := filepath.Join(dir, "bad.yaml")
+		os.WriteFile(p, []byte(bad.yaml), 0o600)
+		if _, err := userFleet(&Options{Config: p}, dir, "", "http://127.0.0.1:9"); err == nil || !strings.Contains(err.Error(), bad.err) {
+			t.Errorf("%q: error %v, want %q", bad.yaml, err, bad.err)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 // patient or subject, enough for the simulated users. It lets the plugins
 // be verified without the embedded FHIR server.
 type standIn struct {
+	base string
 	mu   sync.RWMutex
 	res  map[string][]byte // "Type/id" → JSON
 	next int
@@ -23,8 +24,8 @@ type standIn struct {
 	addr string
 }
 
-func startStandIn(seed []byte) (*standIn, error) {
-	s := &standIn{res: map[string][]byte{}}
+func startStandIn(seed []byte, base string) (*standIn, error) {
+	s := &standIn{res: map[string][]byte{}, base: base}
 	var b struct {
 		Entry []struct {
 			Resource json.RawMessage `json:"resource"`
@@ -51,7 +52,7 @@ func startStandIn(seed []byte) (*standIn, error) {
 func (s *standIn) close() { s.srv.Close() }
 
 func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p := strings.Trim(strings.TrimPrefix(r.URL.Path, "/fhir/R4"), "/")
+	p := strings.Trim(strings.TrimPrefix(r.URL.Path, s.base), "/")
 	parts := strings.Split(p, "/")
 	w.Header().Set("Content-Type", "application/fhir+json")
 	switch {
@@ -89,7 +90,7 @@ func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		key := parts[0] + "/" + m["id"].(string)
 		s.res[key] = b
 		s.mu.Unlock()
-		w.Header().Set("Location", "/fhir/R4/"+key)
+		w.Header().Set("Location", s.base+"/"+key)
 		w.WriteHeader(status)
 		w.Write(b)
 	default:
