@@ -4,7 +4,7 @@ BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test bench bench-go bench-load bench-wasm plugins lint fmt clean proto
+.PHONY: all build run test bench bench-go bench-load bench-peers bench-wasm scaletest plugins lint fmt clean proto
 
 all: build
 
@@ -28,7 +28,8 @@ plugins: build
 test:
 	$(GO) test -race -timeout 14m ./...
 
-## bench: Go benchmarks, then loopback load against baselines
+## bench: Go benchmarks, then loopback load against baselines and peers
+## (nginx's proxy_pass, proxy_cache and limit_req when nginx is installed)
 bench: bench-go bench-load
 
 bench-go:
@@ -36,6 +37,15 @@ bench-go:
 
 bench-load:
 	$(GO) run ./cmd/omnigate-bench $(BENCHFLAGS)
+
+## bench-peers: only the proxy, cache and limiter targets, OmniGate and nginx
+bench-peers:
+	$(GO) run ./cmd/omnigate-bench -only 'bare|proxy|cache|limit' $(BENCHFLAGS)
+
+## scaletest: the fleet test (3 instances, one Redis stopped and restarted),
+## report in ./scaletest-report; SCALEFLAGS="-redis cluster" etc.
+scaletest: build
+	./$(BIN) scaletest $(SCALEFLAGS)
 
 ## bench-wasm: WebAssembly plugins in the gateway on loopback (docs/BENCHMARKS.md)
 bench-wasm:

@@ -329,6 +329,16 @@ func (m *Manager) Do(ctx context.Context, op *Op, fn func(ctx context.Context, c
 	}
 	t0 := time.Now()
 	err := fn(ctx, c)
+	if errors.Is(err, redis.ErrClosed) {
+		// The call raced with the swap to a new client, which closed the
+		// one it had: make it once more on the current client, or answer
+		// ErrDown so that the caller uses memory.
+		if c2 := m.Client(); c2 == nil {
+			err = ErrDown
+		} else if c2 != c {
+			err = fn(ctx, c2)
+		}
+	}
 	if op != nil {
 		op.dur.Observe(time.Since(t0).Seconds())
 	}

@@ -312,3 +312,74 @@ func TestBatch(t *testing.T) {
 		t.Fatalf("Batch while down = %v, want ErrDown", err)
 	}
 }
+
+// TestDoRetriesAfterClientSwap: a call that raced with the swap to a new
+// client (and so met redis.ErrClosed) is made again on the new client,
+// instead of failing the request.
+func TestDoRetriesAfterClientSwap(t *testing.T) {
+	srv := redistest.Start(t)
+	m := newManager(t, testConfig(srv.URL()), Options{})
+	calls := 0
+	err := m.Do(context.Background(), nil, func(ctx context.Context, c redis.UniversalClient) error {
+		calls++
+		if calls == 1 {
+			if err := m.connect(ctx); err != nil { // swaps in a new client and closes c
+				t.Fatal(err)
+			}
+		}
+		return c.Set(ctx, "k", "v", 0).Err()
+	})
+	if err != nil || calls != 2 {
+		t.Fatalf("Do = %v after %d calls; want nil after 2", err, calls)
+	}
+	if !m.Up() {
+		t.Error("a closed client marked Redis down")
+	}
+}
+
+// TestClusterUpOnlyWhenClusterOK: after a Cluster restart its nodes answer
+// PING before the cluster serves keys; the manager must stay down until
+// every master reports cluster_state:ok, not flap on CLUSTERDOWN.
+func TestClusterUpOnlyWhenClusterOK(t *testing.T) {
+	c := redistest.Cluster(t)
+	cfg := gateway.DefaultConfig().Redis
+	cfg.Cluster = &gateway.ClusterConfig{Addrs: c.Addrs()}
+	cfg.ReconnectMin, cfg.ReconnectMax = 20*time.Millisecond, 100*time.Millisecond
+	m := newManager(t, cfg, Options{})
+	ctx := context.Background()
+	if !m.Up() {
+		t.Fatal("not up on a healthy cluster")
+	}
+	c.Shutdown()
+	m.Do(ctx, nil, func(ctx context.Context, c redis.UniversalClient) error { return c.Ping(ctx).Err() })
+	if m.Up() {
+		t.Fatal("up with every node stopped")
+	}
+	// Two of three masters back: they answer PING, but a third of the
+	// slots has no master, so the cluster is down.
+	for _, n := range c.Nodes[:2] {
+		if err := n.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.connect(ctx); err == nil || !strings.Contains(err.Error(), "cluster") {
+		t.Fatalf("connect with a third of the slots uncovered = %v; want a cluster error", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if m.Up() {
+		t.Fatal("marked up while the cluster was down")
+	}
+	if err := c.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !m.Up() {
+		if time.Now().After(deadline) {
+			t.Fatal("not back up 10 s after the cluster was ok")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := m.Do(ctx, nil, func(ctx context.Context, c redis.UniversalClient) error { return c.Set(ctx, "k", "v", 0).Err() }); err != nil {
+		t.Fatal(err)
+	}
+}

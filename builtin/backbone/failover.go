@@ -2,8 +2,11 @@ package backbone
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +71,10 @@ func (m *Manager) connect(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("ping: %w", err)
 	}
+	if err := clusterOK(ctx, c); err != nil {
+		c.Close()
+		return err
+	}
 	m.mu.Lock()
 	scripts := append([]*redis.Script(nil), m.scripts...)
 	m.mu.Unlock()
@@ -93,6 +100,33 @@ func (m *Manager) connect(ctx context.Context) error {
 	m.up.Store(true)
 	m.metrics.up.Set(1)
 	return nil
+}
+
+// clusterOK checks, on a Redis Cluster, that every master reports
+// cluster_state:ok. A node answers PING while the cluster is still down
+// (after a restart, before the nodes agree), and every keyed command then
+// fails with CLUSTERDOWN: going back up on PING alone would flap.
+func clusterOK(ctx context.Context, c redis.UniversalClient) error {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	var masters atomic.Int32
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		masters.Add(1)
+		info, err := n.ClusterInfo(ctx).Result()
+		if err != nil {
+			return fmt.Errorf("cluster info: %w", err)
+		}
+		if !strings.Contains(info, "cluster_state:ok") {
+			return fmt.Errorf("cluster %s: not cluster_state:ok", n.Options().Addr)
+		}
+		return nil
+	})
+	if err == nil && masters.Load() == 0 {
+		err = errors.New("cluster: no master known")
+	}
+	return err
 }
 
 // markDown switches to in-process state once, after a failed call.

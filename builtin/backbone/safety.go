@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -59,11 +60,14 @@ func readSettings(ctx context.Context, c redis.UniversalClient) redisSettings {
 	if cc, ok := c.(*redis.ClusterClient); ok {
 		var out redisSettings
 		first := true
+		var mu sync.Mutex // ForEachMaster calls concurrently
 		err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
 			s, ok := get(node)
 			if !ok {
 				return fmt.Errorf("config get refused")
 			}
+			mu.Lock()
+			defer mu.Unlock()
 			if first || s.maxmemory > 0 && evicting(s.policy) {
 				out.maxmemory, out.policy = s.maxmemory, s.policy
 			}

@@ -137,14 +137,15 @@ type CORSConfig struct {
 
 // DefaultConfig returns the configuration with every default set.
 func DefaultConfig() *Config {
-	t := true
+	// Each *bool its own variable: YAML decodes through the pointer.
+	updateCreate, validate := true, true
 	snaps := 1000
 	return &Config{
 		Base:             "/fhir/R4",
 		Store:            StoreConfig{Path: "./data/omnigate.db", Sync: "full", ReadCache: 64 << 20},
 		CORS:             CORSConfig{MaxAge: 10 * time.Minute},
-		UpdateCreate:     &t,
-		SchemaValidation: &t,
+		UpdateCreate:     &updateCreate,
+		SchemaValidation: &validate,
 		DefaultCount:     20,
 		MaxCount:         1000,
 		PageSnapshots:    &snaps,

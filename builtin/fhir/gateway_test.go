@@ -112,3 +112,28 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 }
+
+// The boolean settings are independent: turning one off leaves the other
+// at its default.
+func TestConfigBoolsIndependent(t *testing.T) {
+	for _, tc := range []struct {
+		yaml                   string
+		updateCreate, validate bool
+	}{
+		{"validate: false", true, false},
+		{"update_create: false", false, true},
+		{"validate: false\n  update_create: true", true, false},
+	} {
+		cfg, err := gateway.Parse("t.yaml", []byte("fhir:\n  "+tc.yaml+"\nroutes:\n  - name: fhir\n    fhir: true\n"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ConfigFrom(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if boolOr(c.UpdateCreate, false) != tc.updateCreate || boolOr(c.SchemaValidation, false) != tc.validate {
+			t.Errorf("%q: update_create %v, validate %v; want %v, %v", tc.yaml, *c.UpdateCreate, *c.SchemaValidation, tc.updateCreate, tc.validate)
+		}
+	}
+}

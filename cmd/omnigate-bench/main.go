@@ -19,6 +19,21 @@
 //	cache-l1-hit         cache hits from the in-process L1 (Redis behind it) [bare]
 //	cache-redis-hit      cache hits from Redis [bare]
 //	cache-miss           every request a miss (Cache-Control: no-cache), stored again [bare]
+//	cache-gateway        an upstream route with the cache (in memory, L1 on): hits [proxy-gateway]
+//	limit-gateway        the same route with the rate limiter in memory, nothing rejected [proxy-gateway]
+//	limit-gateway-redis  the same on a redis-server started for the run [proxy-gateway]
+//
+// Peers (with -peers, the default, when nginx is installed): one nginx
+// started with a generated config under a temporary prefix, as a
+// non-daemon child on loopback ports, in front of the same "bare" handler:
+//
+//	proxy-nginx     proxy_pass with upstream keep-alive
+//	cache-nginx     proxy_cache: hits
+//	limit-nginx     limit_req (one client, a rate no run reaches)
+//
+// and a second table of ratios: OmniGate's requests/s over nginx's for the
+// proxy, cache hits and the limiter, with the server CPU per request of
+// each (this process plus nginx's processes).
 //
 // -only picks targets by name (their baselines are measured too);
 // "invalidation" picks the cross-instance measurements.
@@ -111,6 +126,17 @@ func init() {
 type target struct {
 	name, baseline, url string
 	header              http.Header
+	// peer names the nginx target this one is compared with.
+	peer string
+	// extraCPU is CPU spent outside this process (nginx).
+	extraCPU func() time.Duration
+}
+
+func (t target) extra() time.Duration {
+	if t.extraCPU == nil {
+		return 0
+	}
+	return t.extraCPU()
 }
 
 func main() {
@@ -121,6 +147,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "interleaved rounds; the table shows medians")
 	trials := flag.Int("trials", 200, "invalidation and revocation trials")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	peers := flag.Bool("peers", true, "also measure nginx (proxy_pass, proxy_cache, limit_req) when installed")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -131,7 +158,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	b := &bench{duration: *duration, conns: *conns, rounds: *rounds, tool: *tool, trials: *trials}
+	b := &bench{duration: *duration, conns: *conns, rounds: *rounds, tool: *tool, trials: *trials, peers: *peers}
 	err := b.run(*only)
 	b.cleanup()
 	if err != nil {
@@ -146,6 +173,7 @@ type bench struct {
 	conns, rounds int
 	tool          string
 	trials        int
+	peers         bool
 	dir           string
 	redis         *exec.Cmd
 	devnull       *os.File
@@ -171,17 +199,28 @@ func serve(h http.Handler) (string, error) {
 }
 
 func (b *bench) gateway(yaml string) (*gateway.Server, string, error) {
+	return newGateway(yaml, b.devnull)
+}
+
+// newGateway serves a gateway built from yaml whose logs go to logTo, as
+// in production (JSON lines, the access log buffered).
+func newGateway(yaml string, logTo io.Writer) (*gateway.Server, string, error) {
 	cfg, err := gateway.Parse("bench.yaml", []byte(yaml), nil)
 	if err != nil {
 		return nil, "", err
 	}
-	// The access log goes to /dev/null as in production: JSON lines, buffered.
-	srv, err := gateway.New(context.Background(), cfg, gateway.Options{LogOutput: b.devnull})
+	srv, err := gateway.New(context.Background(), cfg, gateway.Options{LogOutput: logTo})
 	if err != nil {
 		return nil, "", err
 	}
 	u, err := serve(srv)
 	return srv, u, err
+}
+
+// gatewayServer is newGateway for callers that need only the URL.
+func gatewayServer(yaml string, logTo io.Writer) (string, error) {
+	_, u, err := newGateway(yaml, logTo)
+	return u, err
 }
 
 // startRedis runs a redis-server without persistence on a free port.
@@ -307,6 +346,12 @@ func (b *bench) run(only string) error {
 		}
 	}
 	targets = slices.Insert(targets, 4, target{name: "proxy-stock", url: stock})
+	more, cleanup, err := peerTargets(bare, b.devnull, b.peers, filter)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	targets = append(targets, more...)
 	if err := b.table(targets, filter); err != nil {
 		return err
 	}
@@ -345,12 +390,12 @@ func (b *bench) table(targets []target, filter *regexp.Regexp) error {
 			opts.Duration = time.Second
 			loadgen.Run(context.Background(), opts)
 			opts.Duration = b.duration
-			cpu0 := cpuTime()
+			cpu0 := cpuTime() + t.extra()
 			res, err := loadgen.Run(context.Background(), opts)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
-			cpu := cpuTime() - cpu0
+			cpu := cpuTime() + t.extra() - cpu0
 			smp := sample{rps: res.RPS, p50: res.P50, p99: res.P99, errors: res.Errors}
 			if res.Requests > 0 {
 				smp.cpu = cpu / time.Duration(res.Requests)
@@ -392,6 +437,15 @@ func (b *bench) table(targets []target, filter *regexp.Regexp) error {
 			round(time.Duration(med(func(s sample) float64 { return float64(s.p99) }))),
 			med(func(s sample) float64 { return float64(s.cpu) })/1000, errs)
 	}
+	rps := map[string][]float64{}
+	cpus := map[string][]time.Duration{}
+	for name, ss := range samples {
+		for _, s := range ss {
+			rps[name] = append(rps[name], s.rps)
+			cpus[name] = append(cpus[name], s.cpu)
+		}
+	}
+	printPeers(rps, cpus)
 	return nil
 }
 

@@ -12,6 +12,7 @@
 //	omnigate plugin build [-o OUT] DIR   build a Go WebAssembly policy plugin
 //	omnigate plugin test PLUGIN.wasm CASES.yaml   run a plugin's test cases
 //	omnigate fhir import FILE...      load Bundles or NDJSON into the FHIR store
+//	omnigate scaletest [flags]        start a fleet on one Redis, load it, fail Redis over, report
 //	omnigate version                  print the version
 package main
 
@@ -37,6 +38,7 @@ func commands() []command {
 		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
 		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", runPlugin},
 		{"fhir", "fhir import [-config FILE] FILE...   load transaction/batch Bundles or NDJSON into the FHIR store", runFHIR},
+		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", runScaletest},
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/omnigate/omnigate/internal/redisproc"
 )
 
 // Server is a redis-server started for one test.
@@ -143,75 +145,34 @@ func (s *Server) Running() bool {
 // text (simple strings, integers and bulk strings; arrays joined by
 // newlines). It is for test setup and checks, without a client library.
 func (s *Server) Do(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.Addr())
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return "", err
-	}
-	return readReply(bufio.NewReader(c))
+	return redisproc.Do(context.Background(), s.Addr(), args...)
 }
 
-func readReply(r *bufio.Reader) (string, error) {
-	line, err := r.ReadString('\n')
+// Cluster starts a three-master Redis Cluster on free loopback ports
+// (see redisproc.StartCluster) and registers its cleanup with t.
+func Cluster(t testing.TB) *redisproc.Cluster {
+	t.Helper()
+	Binary(t)
+	c, err := redisproc.StartCluster(context.Background(), redisproc.ClusterOptions{Dir: t.TempDir()})
 	if err != nil {
-		return "", err
+		t.Fatalf("redistest: %v", err)
 	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return "", fmt.Errorf("redistest: empty reply")
-	}
-	switch line[0] {
-	case '+', ':':
-		return line[1:], nil
-	case '-':
-		return "", fmt.Errorf("redis: %s", line[1:])
-	case '$':
-		n, _ := strconv.Atoi(line[1:])
-		if n < 0 {
-			return "", nil
-		}
-		buf := make([]byte, n+2)
-		if _, err := ioReadFull(r, buf); err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, _ := strconv.Atoi(line[1:])
-		parts := make([]string, 0, max(n, 0))
-		for range n {
-			p, err := readReply(r)
-			if err != nil {
-				return "", err
-			}
-			parts = append(parts, p)
-		}
-		return strings.Join(parts, "\n"), nil
-	}
-	return "", fmt.Errorf("redistest: unexpected reply %q", line)
+	t.Cleanup(c.Close)
+	return c
 }
 
-func ioReadFull(r *bufio.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
+// Sentinel starts a primary, a replica and three sentinels on free
+// loopback ports (see redisproc.StartSentinel) and registers their cleanup
+// with t.
+func Sentinel(t testing.TB) *redisproc.Sentinel {
+	t.Helper()
+	Binary(t)
+	s, err := redisproc.StartSentinel(context.Background(), redisproc.SentinelOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
 	}
-	return n, nil
+	t.Cleanup(s.Close)
+	return s
 }
 
 func ping(addr string) error {

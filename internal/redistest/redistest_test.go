@@ -57,3 +57,14 @@ func TestTwoServersDiffer(t *testing.T) {
 		t.Fatal("two servers on one address")
 	}
 }
+
+func TestClusterAndSentinel(t *testing.T) {
+	c := Cluster(t)
+	if len(c.Addrs()) != 3 {
+		t.Fatalf("cluster addrs %v", c.Addrs())
+	}
+	s := Sentinel(t)
+	if len(s.SentinelAddrs()) != 3 {
+		t.Fatalf("sentinel addrs %v", s.SentinelAddrs())
+	}
+}

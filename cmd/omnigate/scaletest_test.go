@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/omnigate/omnigate/internal/redistest"
+	"github.com/omnigate/omnigate/internal/scaletest"
+)
+
+// TestScaletestShort is the short fleet test: three instances (built with
+// the race detector) on one Redis that is stopped and restarted under
+// load. It asserts correctness only: no 5xx, no fleet-wide window over its
+// limit while on Redis, sessions valid on every instance, every write seen
+// by every instance. The figures are in the report it logs.
+func TestScaletestShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet for about 30 s")
+	}
+	redistest.Binary(t)
+	dir := t.TempDir()
+	start := time.Now()
+	log := &stampWriter{start: start}
+	rep, err := scaletest.Run(context.Background(), scaletest.Options{
+		Binary:    binary,
+		Dir:       filepath.Join(dir, "run"),
+		Instances: 3,
+		Backend:   backend(),
+		// Compiling the R4 schema takes the race-instrumented FHIR server
+		// 15–30 s: too long for this test, and not what it checks.
+		NoSchemaValidation: true,
+		Duration:           20 * time.Second,
+		StopAt:             7 * time.Second,
+		RestartAt:          11 * time.Second,
+		Window:             2 * time.Second,
+		// Low limits, so that the race-instrumented fleet reaches them.
+		Limits:     map[string]int64{"physician": 200, "nurse": 120, "patient": 40},
+		Physicians: 3, Nurses: 3, Patients: 3,
+		ProbeTimeout: 20 * time.Second,
+		Log:          log,
+	})
+	if err != nil {
+		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
+	}
+	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
+	var md bytes.Buffer
+	rep.Markdown(&md)
+	t.Log("\n" + md.String())
+
+	// The properties, one by one, so that a failure says which.
+	if rep.Failover == nil {
+		t.Fatal("Redis was not stopped")
+	}
+	if rep.Failover.FiveXX != 0 || rep.Overall.Status["500"]+rep.Overall.Status["502"]+rep.Overall.Status["503"] != 0 {
+		t.Errorf("5xx responses: %d during the outage, statuses %v", rep.Failover.FiveXX, rep.Overall.Status)
+	}
+	if rep.Failover.OutageRequests == 0 {
+		t.Error("no request was answered during the outage")
+	}
+	limited := 0
+	for _, ra := range rep.RateLimit {
+		if ra.Violations != 0 {
+			t.Errorf("%s: %d windows over the limit %d on Redis (most %d)", ra.Policy, ra.Violations, ra.Limit, ra.MaxUp)
+		}
+		limited += ra.Limited
+	}
+	if limited == 0 {
+		t.Error("no request was limited: the limit check tested nothing")
+	}
+	s := rep.Sessions
+	if s.CrossRequests == 0 || s.CrossRejectedUp != 0 {
+		t.Errorf("sessions across instances: %d requests, %d refused while Redis was up", s.CrossRequests, s.CrossRejectedUp)
+	}
+	if s.Checked == 0 || s.Valid != s.Checked {
+		t.Errorf("sessions after the run: %d of %d valid: %v", s.Valid, s.Checked, s.Problems)
+	}
+	st := rep.Staleness
+	if st.Writes == 0 || st.Up.Seen != st.Up.Probes || st.Outage.Seen != st.Outage.Probes {
+		t.Errorf("invalidation: %d writes, seen %d/%d while up and %d/%d during the outage",
+			st.Writes, st.Up.Seen, st.Up.Probes, st.Outage.Seen, st.Outage.Probes)
+	}
+	for _, in := range rep.Failover.Instances {
+		if in.BackAtMS < 0 {
+			t.Errorf("instance %d never back on Redis", in.Instance)
+		}
+	}
+	if len(rep.Failures) > 0 {
+		t.Errorf("failures: %q", rep.Failures)
+	}
+	// Everything the run started is gone.
+	if left := processesUsing(t, dir); len(left) > 0 {
+		t.Errorf("processes left behind: %q", left)
+	}
+}
+
+// stampWriter prefixes each write with the time since start.
+type stampWriter struct {
+	start time.Time
+	b     bytes.Buffer
+}
+
+func (w *stampWriter) Write(p []byte) (int, error) {
+	fmt.Fprintf(&w.b, "%6.1fs %s", time.Since(w.start).Seconds(), p)
+	return len(p), nil
+}
+
+// backend is the embedded FHIR server when this build has it (its import
+// command), else the tool's stand-in.
+func backend() string {
+	for _, c := range commands() {
+		if c.name == "fhir" {
+			return scaletest.BackendFHIR
+		}
+	}
+	return scaletest.BackendUpstream
+}
+
+// processesUsing lists the command lines that mention dir.
+func processesUsing(t *testing.T, dir string) []string {
+	t.Helper()
+	var left []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmd, dir) {
+			left = append(left, e.Name()+": "+cmd)
+		}
+	}
+	return left
+}
+
+func TestRedactArgs(t *testing.T) {
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"-redis", "url", "-redis-url", "redis://u:secret@127.0.0.1:7000/0"}, []string{"-redis", "url", "-redis-url", "redis://u:xxxxx@127.0.0.1:7000/0"}},
+		{[]string{"-redis-url=redis://:secret@127.0.0.1:7000"}, []string{"-redis-url=redis://:xxxxx@127.0.0.1:7000"}},
+		{[]string{"-duration", "10s"}, []string{"-duration", "10s"}},
+	} {
+		got := strings.Join(redactArgs(tc.in), " ")
+		if want := strings.Join(tc.want, " "); got != want || strings.Contains(got, "secret") {
+			t.Errorf("redactArgs(%q) = %q, want %q", tc.in, got, want)
+		}
+	}
+}
