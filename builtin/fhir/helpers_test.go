@@ -88,13 +88,13 @@ func truncateBody(b []byte) string {
 	return string(b)
 }
 
-// sharedExample reads a file of the shared R4 examples, skipping the test
-// where they are not present.
+// sharedExample reads one of the synthetic patient Bundles in
+// testdata/synthea.
 func sharedExample(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "fhir-r4", "examples", name))
+	b, err := os.ReadFile(filepath.Join("testdata", "synthea", name))
 	if err != nil {
-		t.Skipf("shared examples not available: %v", err)
+		t.Fatalf("synthetic example: %v", err)
 	}
 	return b
 }
