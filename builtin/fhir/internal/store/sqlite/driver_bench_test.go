@@ -35,7 +35,7 @@ type prepared struct {
 // synthea returns the resources of the patient 355 Bundle with their index
 // entries, references pointing at Patient/355.
 func synthea(b *testing.B) []prepared {
-	data, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "..", "..", "shared", "fhir-r4", "examples", "uscore_bundle_patient_355.json"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "testdata", "synthea", "uscore_bundle_patient_355.json"))
 	if err != nil {
 		b.Skip(err)
 	}
