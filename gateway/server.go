@@ -587,7 +587,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.adminSrv != nil {
 		s.adminSrv.Shutdown(dctx)
 	}
+	s.closeLogs() // the access log's last lines before the last word
 	s.logger.Info("stopped")
-	s.closeLogs()
 	return err
 }
