@@ -38,10 +38,12 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get(RequestIDHeader)
 	if !validRequestID(id) {
 		id = newRequestID()
-		r.Header.Set(RequestIDHeader, id)
+		st.idHeader[0] = id
+		r.Header[RequestIDHeader] = st.idHeader[0:1:1]
 	}
 	st.requestID = id
-	w.Header().Set(RequestIDHeader, id)
+	st.idHeader[1] = id
+	w.Header()[RequestIDHeader] = st.idHeader[1:2:2]
 	st.sw.ResponseWriter = w
 	sw := &st.sw
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))

@@ -41,6 +41,9 @@ type reqState struct {
 	// ran last, so each link can record its own time.
 	inner time.Duration
 	sw    statusWriter
+	// idHeader backs the X-Request-Id header values, so setting them
+	// costs no allocation of its own.
+	idHeader [2]string
 }
 
 type stateKey struct{}

@@ -66,6 +66,12 @@ func newUpstream(s *Server, routeName string, cfg *UpstreamConfig) (*upstream, e
 				pr.Out.Host = pr.In.Host
 			}
 		},
+		// The gateway answers with its own X-Request-Id (the one it sent
+		// upstream); an upstream that echoes it would double it.
+		ModifyResponse: func(res *http.Response) error {
+			res.Header.Del(RequestIDHeader)
+			return nil
+		},
 		Transport:     tr,
 		FlushInterval: cfg.FlushInterval,
 		BufferPool:    bufferPool{},

@@ -289,7 +289,11 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 				gz.ServeHTTP(w, r)
 				return
 			}
-			w.Header().Add("Vary", "Accept-Encoding")
+			if h := w.Header(); h["Vary"] == nil {
+				h["Vary"] = varyAcceptEncoding // shared: full capacity, so an Add copies
+			} else {
+				h.Add("Vary", "Accept-Encoding")
+			}
 			plain.ServeHTTP(w, r)
 		})
 	}
@@ -300,6 +304,8 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 		trusted:   cfg.Server.trusted,
 	}, nil
 }
+
+var varyAcceptEncoding = []string{"Accept-Encoding"}[:1:1]
 
 func (r *route) handle(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
 	r.ServeHTTP(w, req)
