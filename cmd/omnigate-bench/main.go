@@ -65,7 +65,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -73,6 +73,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -83,6 +84,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/session"
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/internal/loadgen"
+	"github.com/omnigate/omnigate/internal/redisproc"
 )
 
 // body is a 300-byte FHIR-like JSON document.
@@ -159,6 +161,15 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	b := &bench{duration: *duration, conns: *conns, rounds: *rounds, tool: *tool, trials: *trials, peers: *peers}
+	// Ctrl-C or SIGTERM still stops what the run started (redis-server,
+	// nginx).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		b.cleanup()
+		os.Exit(1)
+	}()
 	err := b.run(*only)
 	b.cleanup()
 	if err != nil {
@@ -175,14 +186,30 @@ type bench struct {
 	trials        int
 	peers         bool
 	dir           string
-	redis         *exec.Cmd
+	redis         *redisproc.Server
+	mu            sync.Mutex
+	stops         []func()
 	devnull       *os.File
 }
 
+// onCleanup registers f to run at cleanup.
+func (b *bench) onCleanup(f func()) {
+	b.mu.Lock()
+	b.stops = append(b.stops, f)
+	b.mu.Unlock()
+}
+
+// cleanup stops what the run started; it runs once.
 func (b *bench) cleanup() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := len(b.stops) - 1; i >= 0; i-- {
+		b.stops[i]()
+	}
+	b.stops = nil
 	if b.redis != nil {
-		b.redis.Process.Kill()
-		b.redis.Wait()
+		b.redis.Kill()
+		b.redis = nil
 	}
 	if b.dir != "" {
 		os.RemoveAll(b.dir)
@@ -225,26 +252,12 @@ func gatewayServer(yaml string, logTo io.Writer) (string, error) {
 
 // startRedis runs a redis-server without persistence on a free port.
 func (b *bench) startRedis() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := redisproc.Start(context.Background(), redisproc.Options{Dir: filepath.Join(b.dir, "redis")})
 	if err != nil {
 		return "", err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	b.redis = exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "no", "--dir", b.dir, "--logfile", filepath.Join(b.dir, "redis.log"))
-	if err := b.redis.Start(); err != nil {
-		return "", fmt.Errorf("start redis-server: %w", err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return "redis://" + addr, nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return "", fmt.Errorf("redis-server did not start")
+	b.redis = srv
+	return srv.URL(), nil
 }
 
 // login returns a session token for user on the gateway at base.
@@ -347,7 +360,7 @@ func (b *bench) run(only string) error {
 	}
 	targets = slices.Insert(targets, 4, target{name: "proxy-stock", url: stock})
 	more, cleanup, err := peerTargets(bare, b.devnull, b.peers, filter)
-	defer cleanup()
+	b.onCleanup(cleanup)
 	if err != nil {
 		return err
 	}
