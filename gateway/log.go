@@ -3,7 +3,6 @@ package gateway
 import (
 	"io"
 	"log/slog"
-	"net/http"
 )
 
 // NewLogger returns the process logger described by cfg, writing to w.
@@ -22,17 +21,4 @@ func NewLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
-}
-
-func levelFor(status int) slog.Level {
-	if status >= 500 {
-		return slog.LevelError
-	}
-	return slog.LevelWarn
-}
-
-func slogString(k, v string) slog.Attr { return slog.String(k, v) }
-
-func slogRequestID(r *http.Request) slog.Attr {
-	return slog.String("request_id", RequestID(r.Context()))
 }

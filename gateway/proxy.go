@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -109,8 +110,12 @@ func (u *upstream) errorHandler(w http.ResponseWriter, r *http.Request, err erro
 		kind, msg = "connect", "upstream unreachable"
 	}
 	u.srv.metrics.upstreamErrors.WithLabelValues(u.route, kind).Inc()
-	u.srv.logger.LogAttrs(r.Context(), levelFor(status), "upstream error",
-		slogRequestID(r), slogString("route", u.route), slogString("kind", kind), slogString("error", err.Error()))
+	level := slog.LevelWarn
+	if status >= 500 {
+		level = slog.LevelError
+	}
+	u.srv.logger.LogAttrs(r.Context(), level, "upstream error", slog.String("request_id", RequestID(r.Context())),
+		slog.String("route", u.route), slog.String("kind", kind), slog.String("error", err.Error()))
 	Error(w, r, status, msg)
 }
 

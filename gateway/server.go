@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -334,22 +335,11 @@ func (s *Server) env(rt *runtime, name, typ string) *Env {
 // exists for other methods, 404 otherwise.
 func (rt *runtime) notFound(w http.ResponseWriter, r *http.Request) {
 	if _, _, allow := rt.router.lookup(r.Method, r.URL.Path); len(allow) > 0 {
-		w.Header().Set("Allow", joinComma(allow))
+		w.Header().Set("Allow", strings.Join(allow, ", "))
 		Error(w, r, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed here")
 		return
 	}
 	Error(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
-}
-
-func joinComma(s []string) string {
-	out := ""
-	for i, v := range s {
-		if i > 0 {
-			out += ", "
-		}
-		out += v
-	}
-	return out
 }
 
 // ServeHTTP serves a request on the public listener.

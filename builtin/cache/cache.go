@@ -35,6 +35,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -247,12 +248,13 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	_, noCache := reqCC["no-cache"]
 	noCache = noCache || r.Header.Get("Pragma") == "no-cache"
 
+	vals, qerr := url.ParseQuery(r.URL.RawQuery) // once, for the tags and the key
 	var tags []string
 	ttl := c.cfg.TTL
 	if info.FHIR {
 		var typ string
 		var patient bool
-		tags, typ, patient = readTags(r.URL.Path, r.URL.Query(), c.fhirBase)
+		tags, typ, patient = readTags(r.URL.Path, vals, c.fhirBase)
 		if patient {
 			ttl = c.cfg.PatientTTL
 		}
@@ -265,7 +267,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	if d, ok := c.cfg.RouteTTLs[info.Name]; ok {
 		ttl = d
 	}
-	key := keyOf(r, part, c.cfg.Vary)
+	key := keyOf(r, vals, qerr, part, c.cfg.Vary)
 	now := c.now()
 	if c.hot != nil && !isWarming(r.Context()) {
 		c.hot.record(key, r, gateway.IdentityFrom(r.Context()))

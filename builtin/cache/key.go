@@ -17,13 +17,14 @@ import (
 // SHA-256 of the normalized path, the sorted query, the response format
 // asked for (Accept or _format), the configured Vary headers and the
 // partition. Hashing keeps queries (which may hold names or birth dates)
-// and user ids out of Redis key names.
-func keyOf(r *http.Request, partition string, vary []string) string {
+// and user ids out of Redis key names. vals and qerr are
+// url.ParseQuery(r.URL.RawQuery), parsed once by the caller.
+func keyOf(r *http.Request, vals url.Values, qerr error, partition string, vary []string) string {
 	var b strings.Builder
 	b.WriteString("v1\n")
 	b.WriteString(normalizePath(r.URL.Path))
 	b.WriteByte('\n')
-	q, format := normalizeQuery(r.URL.RawQuery)
+	q, format := normalizeQuery(r.URL.RawQuery, vals, qerr)
 	b.WriteString(q)
 	b.WriteByte('\n')
 	if format == "" {
@@ -57,22 +58,22 @@ func normalizePath(p string) string {
 // values sorted within a name (repeated FHIR search parameters are ANDed,
 // so their order does not matter), without _format, which it returns as
 // the format asked for.
-func normalizeQuery(raw string) (query, format string) {
+func normalizeQuery(raw string, vals url.Values, err error) (query, format string) {
 	if raw == "" {
 		return "", ""
 	}
-	vals, err := url.ParseQuery(raw)
 	if err != nil {
 		// Unparsable: keep it verbatim so distinct queries stay distinct.
 		return "raw:" + raw, ""
 	}
 	if f, ok := vals["_format"]; ok {
 		format = normalizeAccept(strings.Join(f, ","))
-		delete(vals, "_format")
 	}
 	names := make([]string, 0, len(vals))
 	for k := range vals {
-		names = append(names, k)
+		if k != "_format" {
+			names = append(names, k)
+		}
 	}
 	slices.Sort(names)
 	var b strings.Builder
