@@ -188,16 +188,16 @@ func (p *Plugin) current(w http.ResponseWriter, r *http.Request) (*Record, bool)
 		return nil, false
 	}
 	if cred.fromCookie && !p.csrfOK(r) {
-		gateway.Error(w, r, http.StatusForbidden, "cross-site request refused")
+		p.csrfRefused(w, r)
 		return nil, false
 	}
-	rec, err := p.store.get(r.Context(), recordID(cred.value), p.cfg.TouchInterval)
-	if errors.Is(err, ErrNotFound) {
-		p.unauthorized(w, r, errBadSession)
+	rec, err := p.sessionOf(r.Context(), cred)
+	if errors.Is(err, errStore) {
+		gateway.Error(w, r, http.StatusServiceUnavailable, "session store unavailable")
 		return nil, false
 	}
 	if err != nil {
-		gateway.Error(w, r, http.StatusServiceUnavailable, "session store unavailable")
+		p.unauthorized(w, r, err)
 		return nil, false
 	}
 	gateway.SetIdentity(r.Context(), identityOf(rec))

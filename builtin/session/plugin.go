@@ -176,7 +176,7 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 	case err == nil:
 		if cred.fromCookie && !p.csrfOK(r) {
 			p.metrics.checks.WithLabelValues("csrf").Inc()
-			gateway.Error(w, r, http.StatusForbidden, "cross-site request refused: send the "+p.cfg.CSRF.Header+" header or a same-origin Origin")
+			p.csrfRefused(w, r)
 			return
 		}
 		p.metrics.checks.WithLabelValues("valid").Inc()
@@ -231,14 +231,24 @@ func (p *Plugin) authenticate(ctx context.Context, r *http.Request) (*gateway.Id
 		}
 		return id, cred, nil
 	}
-	rec, err := p.store.get(ctx, recordID(cred.value), p.cfg.TouchInterval)
-	if errors.Is(err, ErrNotFound) {
-		return nil, cred, errBadSession
-	}
+	rec, err := p.sessionOf(ctx, cred)
 	if err != nil {
-		return nil, cred, fmt.Errorf("%w: %w", errStore, err)
+		return nil, cred, err
 	}
 	return identityOf(rec), cred, nil
+}
+
+// sessionOf loads the session of a session-token credential: errBadSession
+// when there is no live one, errStore when the store failed.
+func (p *Plugin) sessionOf(ctx context.Context, cred credential) (*Record, error) {
+	rec, err := p.store.get(ctx, recordID(cred.value), p.cfg.TouchInterval)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errBadSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errStore, err)
+	}
+	return rec, nil
 }
 
 func (p *Plugin) jwtStateless() bool { return p.cfg.JWT.Stateless == nil || *p.cfg.JWT.Stateless }
@@ -246,6 +256,10 @@ func (p *Plugin) jwtStateless() bool { return p.cfg.JWT.Stateless == nil || *p.c
 func identityOf(r *Record) *gateway.Identity {
 	return &gateway.Identity{UserID: r.UserID, Role: r.Role, Scopes: r.Scopes, PatientID: r.PatientID,
 		SessionID: r.ID, Method: "session"}
+}
+
+func (p *Plugin) csrfRefused(w http.ResponseWriter, r *http.Request) {
+	gateway.Error(w, r, http.StatusForbidden, "cross-site request refused: send the "+p.cfg.CSRF.Header+" header or a same-origin Origin")
 }
 
 // csrfOK checks a cookie-authenticated request (see CSRFConfig).
