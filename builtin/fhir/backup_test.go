@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store/sqlite"
@@ -65,5 +66,67 @@ routes:
 	srv.ServeHTTP(rec, httptest.NewRequest("GET", "/fhir/R4/Patient/a", nil))
 	if rec.Code != http.StatusOK {
 		t.Errorf("read after backup: %d", rec.Code)
+	}
+}
+
+// TestConcurrentBackups runs backups at once, into the default folder:
+// each writes a complete file of its own.
+func TestConcurrentBackups(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir) // the default backup folder is relative
+	srv := newGateway(t, `
+log: {access_log: false}
+fhir:
+  store: {path: `+filepath.Join(dir, "omnigate.db")+`}
+routes:
+  - name: fhir
+    fhir: true
+`)
+	req := httptest.NewRequest("PUT", "/fhir/R4/Patient/a", strings.NewReader(`{"resourceType":"Patient","id":"a"}`))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	if rec.Code/100 != 2 {
+		t.Fatalf("PUT: %d %s", rec.Code, rec.Body)
+	}
+	const n = 4
+	paths := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := httptest.NewRecorder()
+			srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("POST", "/admin/fhir/backup", nil))
+			if rec.Code != http.StatusOK {
+				t.Errorf("backup %d: %d %s", i, rec.Code, rec.Body)
+				return
+			}
+			var out struct{ Path string }
+			json.Unmarshal(rec.Body.Bytes(), &out)
+			paths[i] = out.Path
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if seen[p] {
+			t.Fatalf("two backups wrote %s", p)
+		}
+		seen[p] = true
+		copyStore, err := sqlite.Open(context.Background(), p, sqlite.Options{})
+		if err != nil {
+			t.Fatalf("open %s: %v", p, err)
+		}
+		if _, err := copyStore.Read(context.Background(), "Patient", "a"); err != nil {
+			t.Errorf("Patient/a not in %s: %v", p, err)
+		}
+		copyStore.Close()
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "data", "backups", "*.db")); len(files) != n || len(seen) != n {
+		t.Errorf("%d backup files, %d answered, want %d", len(files), len(seen), n)
 	}
 }

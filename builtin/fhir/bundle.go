@@ -412,7 +412,7 @@ func (h *Handler) bundleResponse(ctx context.Context, req *request, typ string, 
 			out[i] = h.entryFor(req, e, results[i])
 		}
 	}
-	return writeBundle(typ, -1, nil, out)
+	return writeBundle(h.now(), typ, -1, nil, out)
 }
 
 func statusLine(status int) string {

@@ -35,7 +35,7 @@ type capResource struct {
 
 // capabilityStatement describes what the server supports: every resource
 // type, its interactions and exactly the search parameters it evaluates.
-func capabilityStatement(cfg *Config) ([]byte, error) {
+func capabilityStatement(cfg *Config, now time.Time) ([]byte, error) {
 	updateCreate := boolOr(cfg.UpdateCreate, true)
 	var resources []capResource
 	for _, t := range spec.ResourceTypes {
@@ -68,7 +68,7 @@ func capabilityStatement(cfg *Config) ([]byte, error) {
 	cs := map[string]any{
 		"resourceType": "CapabilityStatement",
 		"status":       "active",
-		"date":         time.Now().UTC().Format("2006-01-02"),
+		"date":         now.UTC().Format("2006-01-02"),
 		"publisher":    "OmniGate",
 		"kind":         "instance",
 		"software":     map[string]any{"name": "OmniGate embedded FHIR server"},

@@ -66,8 +66,9 @@ func TestMetadata(t *testing.T) {
 }
 
 func TestCreateReadVreadUpdateDelete(t *testing.T) {
-	h := newTestServer(t)
-	before := time.Now().Add(-time.Second)
+	clock := newTestClock(testEpoch)
+	h := newTestServerAt(t, clock)
+	before := testEpoch
 	r := do(t, h, "POST", "/fhir/R4/Patient", patientJSON)
 	mustStatus(t, r, 201)
 	p := r.json(t)
@@ -80,7 +81,7 @@ func TestCreateReadVreadUpdateDelete(t *testing.T) {
 		t.Fatalf("meta = %v, want versionId 1 and the client's profile", meta)
 	}
 	lu, err := time.Parse(time.RFC3339, meta["lastUpdated"].(string))
-	if err != nil || lu.Before(before) {
+	if err != nil || lu.Before(before) || lu.After(clock.Now()) {
 		t.Fatalf("lastUpdated %v not set by the server", meta["lastUpdated"])
 	}
 	if loc := r.header.Get("Location"); loc != "http://fhir.test/fhir/R4/Patient/"+id+"/_history/1" {
@@ -175,7 +176,7 @@ func TestCreateReadVreadUpdateDelete(t *testing.T) {
 	if n := len(entries(t, r.json(t))); n != 2 {
 		t.Errorf("second history page has %d entries", n)
 	}
-	r = do(t, h, "GET", "/fhir/R4/Patient/_history?_since="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339), nil)
+	r = do(t, h, "GET", "/fhir/R4/Patient/_history?_since="+testEpoch.Add(time.Hour).UTC().Format(time.RFC3339), nil)
 	mustStatus(t, r, 200)
 	if n := r.json(t)["total"].(float64); n != 0 {
 		t.Errorf("_since in the future: total %v", n)
@@ -221,8 +222,8 @@ func TestConditionalRequests(t *testing.T) {
 		mustStatus(t, do(t, h, "GET", "/fhir/R4/Patient/"+id, nil, "If-None-Match", `W/"1"`), 200)
 	})
 	t.Run("If-Modified-Since", func(t *testing.T) {
-		future := time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)
-		past := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+		future := testEpoch.Add(time.Hour).UTC().Format(http.TimeFormat)
+		past := testEpoch.Add(-time.Hour).UTC().Format(http.TimeFormat)
 		mustStatus(t, do(t, h, "GET", "/fhir/R4/Patient/"+id, nil, "If-Modified-Since", future), 304)
 		mustStatus(t, do(t, h, "GET", "/fhir/R4/Patient/"+id, nil, "If-Modified-Since", past), 200)
 	})

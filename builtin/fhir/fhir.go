@@ -14,6 +14,8 @@ package fhir
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,39 +60,76 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 		return nil, err
 	}
 	if b, ok := v.(backuper); ok {
-		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger))
+		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger, time.Now))
 	}
 	return h, nil
 }
 
 // backuper is a store that can copy itself while it serves.
 type backuper interface {
+	// Backup writes a consistent copy of the store to path, which must
+	// not exist or be empty.
 	Backup(ctx context.Context, path string) error
 }
 
+// defaultBackupDir is where backups go when fhir.store.backup_dir is unset.
+const defaultBackupDir = "./data/backups"
+
 // backupHandler answers POST /admin/fhir/backup: a consistent copy of the
-// store in dir, named after the time, and its path in the answer.
-func backupHandler(b backuper, dir string, logger *slog.Logger) http.Handler {
+// store in dir (default ./data/backups), named after the time with a random
+// suffix, and its path in the answer. Concurrent backups write separate
+// files.
+func backupHandler(b backuper, dir string, logger *slog.Logger, now func() time.Time) http.Handler {
+	if dir == "" {
+		dir = defaultBackupDir
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if dir == "" {
-			dir = "./data/backups"
-		}
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			gateway.Error(w, r, http.StatusInternalServerError, "backup folder: "+err.Error())
 			return
 		}
-		path := filepath.Join(dir, "omnigate-"+time.Now().UTC().Format("20060102T150405.000Z")+".db")
-		start := time.Now()
-		if err := b.Backup(r.Context(), path); err != nil {
+		start := now()
+		path, err := newBackupFile(dir, start)
+		if err != nil {
 			logger.Error("store backup failed", "error", err)
 			gateway.Error(w, r, http.StatusInternalServerError, err.Error())
 			return
 		}
-		st, _ := os.Stat(path)
-		logger.Info("store backed up", "path", path, "bytes", st.Size(), "duration", time.Since(start))
-		gateway.WriteJSON(w, http.StatusOK, map[string]any{"path": path, "bytes": st.Size(),
-			"duration": time.Since(start).Round(time.Millisecond).String()})
+		if err := b.Backup(r.Context(), path); err != nil {
+			os.Remove(path)
+			logger.Error("store backup failed", "error", err)
+			gateway.Error(w, r, http.StatusInternalServerError, err.Error())
+			return
+		}
+		var size int64
+		if st, err := os.Stat(path); err == nil {
+			size = st.Size()
+		}
+		took := now().Sub(start)
+		logger.Info("store backed up", "path", path, "bytes", size, "duration", took.Round(time.Millisecond).String())
+		gateway.WriteJSON(w, http.StatusOK, map[string]any{"path": path, "bytes": size,
+			"duration": took.Round(time.Millisecond).String()})
 	})
+}
+
+// newBackupFile creates an empty file, readable by its owner only (it will
+// hold patient data), named after t with a random suffix; creation is
+// exclusive, so two backups never share a file.
+func newBackupFile(dir string, t time.Time) (string, error) {
+	for range 3 {
+		var sfx [4]byte
+		rand.Read(sfx[:])
+		path := filepath.Join(dir, "omnigate-"+t.UTC().Format("20060102T150405.000Z")+"-"+hex.EncodeToString(sfx[:])+".db")
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("backup file: %w", err)
+		}
+		return path, f.Close()
+	}
+	return "", errors.New("backup file: no free name")
 }
 
 // newValidator returns the process's schema validator, built on first use:
@@ -119,6 +158,10 @@ type Options struct {
 	// Logger receives errors the server could not answer otherwise. It
 	// never receives resource content. Default: slog.Default().
 	Logger *slog.Logger
+	// Now is the server's clock: it stamps meta.lastUpdated and Bundles,
+	// anchors the "ap" prefix on dates, expires paging snapshots and names
+	// backups. Default: time.Now.
+	Now func() time.Time
 
 	validator *validate.Validator
 }
@@ -177,6 +220,9 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	h := &Handler{
 		cfg:       *cfg,
 		base:      cfg.BasePath(),
@@ -184,13 +230,13 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 		validator: opts.validator,
 		log:       opts.Logger,
 		origins:   map[string]bool{},
-		now:       time.Now,
+		now:       opts.Now,
 	}
 	if n := 1000; cfg.PageSnapshots == nil || *cfg.PageSnapshots > 0 {
 		if cfg.PageSnapshots != nil {
 			n = *cfg.PageSnapshots
 		}
-		h.pages = newSnapshots(n, cfg.SnapshotTTL)
+		h.pages = newSnapshots(n, cfg.SnapshotTTL, opts.Now)
 	}
 	for _, o := range cfg.CORS.AllowedOrigins {
 		if o == "*" {
@@ -202,7 +248,7 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 	if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
 		return nil, err
 	}
-	if h.capJSON, err = capabilityStatement(cfg); err != nil {
+	if h.capJSON, err = capabilityStatement(cfg, opts.Now()); err != nil {
 		return nil, err
 	}
 	return h, nil

@@ -10,18 +10,55 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
-// newTestServer opens a Handler on an in-memory store.
+// testEpoch is the instant test servers' clocks start at: no expectation
+// depends on the day the tests run.
+var testEpoch = time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// testClock is a deterministic clock: it starts at a fixed instant and
+// moves one millisecond forward on every reading, so that successive
+// writes get increasing times.
+type testClock struct {
+	mu  sync.Mutex
+	cur time.Time
+}
+
+func newTestClock(start time.Time) *testClock { return &testClock{cur: start} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur = c.cur.Add(time.Millisecond)
+	return c.cur
+}
+
+// Advance moves the clock forward by d.
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.cur = c.cur.Add(d)
+	c.mu.Unlock()
+}
+
+// newTestServer opens a Handler on an in-memory store, with a test clock
+// starting at testEpoch.
 func newTestServer(t testing.TB, mod ...func(*Config)) *Handler {
+	t.Helper()
+	return newTestServerAt(t, newTestClock(testEpoch), mod...)
+}
+
+// newTestServerAt is newTestServer with the given clock.
+func newTestServerAt(t testing.TB, clock *testClock, mod ...func(*Config)) *Handler {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Store.Path = ":memory:"
 	for _, m := range mod {
 		m(cfg)
 	}
-	h, err := Open(context.Background(), cfg, Options{})
+	h, err := Open(context.Background(), cfg, Options{Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

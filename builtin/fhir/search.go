@@ -45,12 +45,12 @@ type entryResponse struct {
 }
 
 // writeBundle serializes a Bundle; resources are copied as stored.
-func writeBundle(typ string, total int, links []link, entries []entry) []byte {
+func writeBundle(now time.Time, typ string, total int, links []link, entries []entry) []byte {
 	var b bytes.Buffer
 	b.WriteString(`{"resourceType":"Bundle","id":"`)
 	b.WriteString(newID())
 	b.WriteString(`","meta":{"lastUpdated":"`)
-	b.WriteString(time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+	b.WriteString(now.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
 	b.WriteString(`"},"type":"`)
 	b.WriteString(typ)
 	b.WriteByte('"')
@@ -126,7 +126,7 @@ func marshal(v any) []byte {
 
 func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment string, params url.Values) error {
 	ctx := req.Context()
-	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict})
+	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict, Now: h.now()})
 	if err != nil {
 		return searchError(err, "")
 	}
@@ -143,7 +143,7 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 		if err != nil {
 			return err
 		}
-		return h.writeRaw(w, req, http.StatusOK, writeBundle("searchset", n, []link{{"self", pageURL(path, q, q.Count, 0, "")}}, nil))
+		return h.writeRaw(w, req, http.StatusOK, writeBundle(h.now(), "searchset", n, []link{{"self", pageURL(path, q, q.Count, 0, "")}}, nil))
 	}
 	pg, err := h.page(ctx, q)
 	if err != nil {
@@ -181,7 +181,7 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 	if q.Total == "none" {
 		total = -1
 	}
-	return h.writeRaw(w, req, http.StatusOK, writeBundle("searchset", total, links, entries))
+	return h.writeRaw(w, req, http.StatusOK, writeBundle(h.now(), "searchset", total, links, entries))
 }
 
 // includes resolves _include and _revinclude for a page, then the
@@ -318,6 +318,7 @@ type snapshots struct {
 	mu    sync.Mutex
 	max   int
 	ttl   time.Duration
+	now   func() time.Time
 	byTok map[string]*list.Element
 	lru   *list.List // of *snapshot, most recent at the front
 }
@@ -331,8 +332,8 @@ type snapshot struct {
 	used     time.Time
 }
 
-func newSnapshots(n int, ttl time.Duration) *snapshots {
-	return &snapshots{max: n, ttl: ttl, byTok: map[string]*list.Element{}, lru: list.New()}
+func newSnapshots(n int, ttl time.Duration, now func() time.Time) *snapshots {
+	return &snapshots{max: n, ttl: ttl, now: now, byTok: map[string]*list.Element{}, lru: list.New()}
 }
 
 func (s *snapshots) put(key string, ms []store.Match, total int, complete bool) string {
@@ -341,7 +342,7 @@ func (s *snapshots) put(key string, ms []store.Match, total int, complete bool) 
 	tok := hex.EncodeToString(b[:])
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.byTok[tok] = s.lru.PushFront(&snapshot{token: tok, key: key, matches: ms, total: total, complete: complete, used: time.Now()})
+	s.byTok[tok] = s.lru.PushFront(&snapshot{token: tok, key: key, matches: ms, total: total, complete: complete, used: s.now()})
 	for s.lru.Len() > s.max {
 		old := s.lru.Remove(s.lru.Back()).(*snapshot)
 		delete(s.byTok, old.token)
@@ -357,7 +358,8 @@ func (s *snapshots) get(tok, key string) *snapshot {
 		return nil
 	}
 	snap := e.Value.(*snapshot)
-	if time.Since(snap.used) > s.ttl {
+	now := s.now()
+	if now.Sub(snap.used) > s.ttl {
 		s.lru.Remove(e)
 		delete(s.byTok, tok)
 		return nil
@@ -365,7 +367,7 @@ func (s *snapshots) get(tok, key string) *snapshot {
 	if snap.key != key {
 		return nil
 	}
-	snap.used = time.Now()
+	snap.used = now
 	s.lru.MoveToFront(e)
 	return snap
 }
@@ -527,5 +529,5 @@ func (h *Handler) history(w http.ResponseWriter, req *request, typ, id string) e
 		e.response = &entryResponse{Status: status, Etag: etag(v.Version), LastModified: v.Updated.UTC().Format(time.RFC3339Nano)}
 		entries[i] = e
 	}
-	return h.writeRaw(w, req, http.StatusOK, writeBundle("history", total, links, entries))
+	return h.writeRaw(w, req, http.StatusOK, writeBundle(h.now(), "history", total, links, entries))
 }

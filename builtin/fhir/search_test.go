@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // put stores a resource with a chosen id.
@@ -61,6 +62,29 @@ func searchFixture(t testing.TB) *Handler {
 	put(t, h, "ValueSet", "v2", `"status":"active","url":"http://example.org/fhir/ValueSet/a/b"`)
 	put(t, h, "ValueSet", "v3", `"status":"active","url":"http://other.org/vs"`)
 	return h
+}
+
+// TestSearchApproxDateFollowsClock checks that "ap" on a date widens by
+// 10% of the distance from the server's clock, not from the wall clock.
+func TestSearchApproxDateFollowsClock(t *testing.T) {
+	for _, tc := range []struct {
+		now  time.Time
+		want string
+	}{
+		// 49.5 years away: ±4.95 years reaches 1979-12, not 1980-03.
+		{time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC), "p1"},
+		// 125 years away: ±12.5 years reaches p2 (1980-03) too.
+		{time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC), "p1,p2"},
+		// Near the date, the widening is at least a day.
+		{time.Date(1974, 12, 21, 0, 0, 0, 0, time.UTC), ""},
+	} {
+		h := newTestServerAt(t, newTestClock(tc.now))
+		put(t, h, "Patient", "p1", `"birthDate":"1974-12-25"`)
+		put(t, h, "Patient", "p2", `"birthDate":"1980-03"`)
+		if got := strings.Join(ids(t, h, "Patient?birthdate=ap1974-12-20"), ","); got != tc.want {
+			t.Errorf("now %s: got [%s], want [%s]", tc.now.Format("2006-01-02"), got, tc.want)
+		}
+	}
 }
 
 func TestSearchParameterTypes(t *testing.T) {

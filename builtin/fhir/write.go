@@ -82,7 +82,7 @@ func (h *Handler) hasListeners() bool {
 // matchOne runs conditional criteria in tx: it returns the matching
 // resource, nil for none, or 412 for several.
 func (h *Handler) matchOne(ctx context.Context, tx store.Tx, typ string, crit url.Values, where string) (*store.Version, error) {
-	q, err := search.Parse(typ, crit, search.Options{DefaultCount: 2, MaxCount: 2})
+	q, err := search.Parse(typ, crit, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now()})
 	if err != nil {
 		return nil, searchError(err, where)
 	}

@@ -6,16 +6,23 @@
 //
 // Run it with go generate in builtin/fhir/internal/spec, or by hand:
 //
-//	go run ./builtin/fhir/internal/gen -defs ../shared/fhir-r4 -out builtin/fhir/internal/spec
+//	go run ./builtin/fhir/internal/gen -out builtin/fhir/internal/spec
+//
+// Its input is the folder -defs (default: the gzip copies of the official
+// definitions committed in builtin/fhir/internal/gen/defs, see its README);
+// each file is read as it is or, when absent, from its .gz copy.
 package main
 
 import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"go/format"
+	"io"
+	"io/fs"
 	"log"
 	"os"
 	"path/filepath"
@@ -27,7 +34,7 @@ import (
 )
 
 func main() {
-	defs := flag.String("defs", "../shared/fhir-r4", "folder with the R4 definitions (search-parameters.json, …)")
+	defs := flag.String("defs", "builtin/fhir/internal/gen/defs", "folder with the R4 definitions (search-parameters.json, …, or their .gz copies)")
 	out := flag.String("out", "builtin/fhir/internal/spec", "folder of the generated package")
 	flag.Parse()
 	if err := run(*defs, *out); err != nil {
@@ -77,7 +84,7 @@ type compartmentDef struct {
 }
 
 func readBundle(file string) ([]json.RawMessage, error) {
-	data, err := os.ReadFile(file)
+	data, err := readDef(file)
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +309,7 @@ func splitUnion(expr string) []string {
 }
 
 func readCompartment(file string) (map[string][]string, error) {
-	data, err := os.ReadFile(file)
+	data, err := readDef(file)
 	if err != nil {
 		return nil, err
 	}
@@ -319,8 +326,27 @@ func readCompartment(file string) (map[string][]string, error) {
 	return out, nil
 }
 
+// readDef reads a definitions file, or its gzip-compressed copy (file.gz)
+// when the file itself is not there.
+func readDef(file string) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return data, err
+	}
+	f, err := os.Open(file + ".gz")
+	if err != nil {
+		return nil, fmt.Errorf("%s: neither it nor its .gz copy can be read: %w", file, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s.gz: %w", file, err)
+	}
+	return io.ReadAll(zr)
+}
+
 func writeSchema(src, dst string) error {
-	data, err := os.ReadFile(src)
+	data, err := readDef(src)
 	if err != nil {
 		return err
 	}

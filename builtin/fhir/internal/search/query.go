@@ -41,6 +41,9 @@ type Query struct {
 	Self url.Values
 	// Unknown lists the parameters that were ignored.
 	Unknown []string
+	// Now is the instant the search runs at: the "ap" prefix on dates
+	// widens a range by 10% of its distance from Now (see ApproxRange).
+	Now time.Time
 }
 
 // Clause is one search parameter with its modifier and values.
@@ -109,6 +112,9 @@ type Options struct {
 	MaxCount int
 	// Strict rejects unknown parameters (Prefer: handling=strict).
 	Strict bool
+	// Now is the instant the search runs at, copied to Query.Now.
+	// Default: the time Parse is called.
+	Now time.Time
 }
 
 // Error is a query that cannot be run; Problems lists each bad parameter.
@@ -160,7 +166,10 @@ func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 	if opt.MaxCount <= 0 {
 		opt.MaxCount = 1000
 	}
-	q := &Query{Type: typ, Count: opt.DefaultCount, Self: url.Values{}}
+	if opt.Now.IsZero() {
+		opt.Now = time.Now()
+	}
+	q := &Query{Type: typ, Count: opt.DefaultCount, Self: url.Values{}, Now: opt.Now}
 	errs := &Error{}
 	bad := func(name, format string, args ...any) {
 		errs.Problems = append(errs.Problems, Problem{name, fmt.Sprintf(format, args...)})

@@ -4,7 +4,7 @@
 // elements, and the official JSON schema (gzip-compressed).
 package spec
 
-//go:generate go run ../gen -defs ../../../../../shared/fhir-r4 -out .
+//go:generate go run ../gen -defs ../gen/defs -out .
 
 import (
 	"bytes"

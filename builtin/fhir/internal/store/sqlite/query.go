@@ -13,6 +13,7 @@ type sqlBuilder struct {
 	where strings.Builder
 	args  []any
 	order []string
+	now   time.Time // the query's instant, for "ap" on dates
 }
 
 func (b *sqlBuilder) add(s string, args ...any) {
@@ -31,7 +32,7 @@ var tables = map[string]string{
 }
 
 func buildSearch(q *search.Query) *sqlBuilder {
-	b := &sqlBuilder{}
+	b := &sqlBuilder{now: q.Now}
 	driver := -1
 	if q.Compartment == "" {
 		driver = pickDriver(q.Clauses)
@@ -231,7 +232,7 @@ func (b *sqlBuilder) dateCond(v search.Value, lo, hi string) {
 	case "eb":
 		b.add(hi+` <= ?`, v.Lo)
 	case "ap":
-		a, z := search.ApproxRange(v.Lo, v.Hi, time.Now())
+		a, z := search.ApproxRange(v.Lo, v.Hi, b.now)
 		b.add(`(`+lo+` < ? AND `+hi+` > ?)`, z, a)
 	}
 }

@@ -206,14 +206,15 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 // Path is the database file ("":memory:" for an in-memory store).
 func (s *Store) Path() string { return s.path }
 
-// Backup writes a consistent copy of the database to path (which must
-// not exist) while the store keeps serving: SQLite's VACUUM INTO reads one
-// snapshot, so writes made meanwhile are either all in the copy or not.
+// Backup writes a consistent copy of the database to path (which must not
+// exist, or be empty) while the store keeps serving: SQLite's VACUUM INTO
+// reads one snapshot, so writes made meanwhile are either all in the copy
+// or not.
 func (s *Store) Backup(ctx context.Context, path string) error {
 	if s.path == ":memory:" {
 		return errors.New("backup: an in-memory store has no file to copy")
 	}
-	if _, err := os.Stat(path); err == nil {
+	if st, err := os.Stat(path); err == nil && st.Size() > 0 {
 		return fmt.Errorf("backup: %s exists", path)
 	}
 	// Its own connection: the read pool is query-only, and the writer
