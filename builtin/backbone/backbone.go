@@ -105,6 +105,7 @@ type Manager struct {
 	fails     atomic.Int32
 	instances atomic.Int32
 	downSince atomic.Int64 // unix nanoseconds
+	misses    atomic.Int64 // reconnect attempts that failed
 
 	mu        sync.Mutex
 	listeners map[int]func(up bool)

@@ -105,7 +105,8 @@ func TestFailoverAndReconnect(t *testing.T) {
 	if err := set(); err == nil {
 		t.Fatal("SET succeeded on a stopped server")
 	}
-	if took := time.Since(t0); took > 2*time.Second {
+	// Not a timing check (that is for benchmarks): a hang guard.
+	if took := time.Since(t0); took > 30*time.Second {
 		t.Errorf("a call to a dead redis took %s", took)
 	}
 	if m.Up() {
@@ -365,20 +366,17 @@ func TestClusterUpOnlyWhenClusterOK(t *testing.T) {
 	if err := m.connect(ctx); err == nil || !strings.Contains(err.Error(), "cluster") {
 		t.Fatalf("connect with a third of the slots uncovered = %v; want a cluster error", err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The prober tries again and again meanwhile: after three failed
+	// attempts the manager must still be down.
+	misses := m.misses.Load()
+	waitFor(t, "three reconnect attempts", 30*time.Second, func() bool { return m.misses.Load() >= misses+3 || m.Up() })
 	if m.Up() {
 		t.Fatal("marked up while the cluster was down")
 	}
 	if err := c.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !m.Up() {
-		if time.Now().After(deadline) {
-			t.Fatal("not back up 10 s after the cluster was ok")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, "the manager up after the cluster is ok", 30*time.Second, m.Up)
 	if err := m.Do(ctx, nil, func(ctx context.Context, c redis.UniversalClient) error { return c.Set(ctx, "k", "v", 0).Err() }); err != nil {
 		t.Fatal(err)
 	}

@@ -199,6 +199,7 @@ func (m *Manager) probe() {
 			m.beat()
 			return
 		}
+		m.misses.Add(1)
 		m.logger.Debug("redis reconnect attempt failed", "redis", m.mode, "error", err.Error())
 		backoff = min(backoff*2, m.cfg.ReconnectMax)
 	}

@@ -21,7 +21,7 @@ plugins:
   limit:
     type: ratelimit
     key: ip
-    default: {limit: 40, window: 10m, burst: 0}
+    default: {limit: 40, window: 24h, burst: 0}
 routes:
   - name: api
     path: /api
@@ -31,7 +31,8 @@ routes:
 
 // TestFleet offers 10x the limit, concurrently, to four gateways sharing
 // one Redis: exactly the limit is admitted per key, since the whole run
-// fits in one window.
+// fits in one window (a day: far longer than any test may run, so the
+// count does not depend on the machine's speed).
 func TestFleet(t *testing.T) {
 	rs := redistest.Start(t)
 	var fleet []*gateway.Server
@@ -60,15 +61,11 @@ func TestFleet(t *testing.T) {
 			}
 		}()
 	}
-	start := time.Now()
 	for j := 0; j < keys*offered; j++ {
 		jobs <- j
 	}
 	close(jobs)
 	wg.Wait()
-	if time.Since(start) > 9*time.Minute {
-		t.Skip("the run outlasted the window; counts are not comparable")
-	}
 	if n := other.Load(); n != 0 {
 		t.Fatalf("%d responses were neither 200 nor 429", n)
 	}

@@ -177,13 +177,27 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestServeReloadOnSIGHUPAndDrainOnSIGTERM(t *testing.T) {
+	// /slow is answered when the test says so: it is in flight while the
+	// gateway drains.
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
-			time.Sleep(700 * time.Millisecond)
+			arrived <- struct{}{}
+			select {
+			case <-release:
+			case <-time.After(time.Minute):
+			}
 		}
 		io.WriteString(w, "upstream "+r.URL.Path)
 	}))
 	defer up.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
 	file := filepath.Join(t.TempDir(), "omnigate.yaml")
 	write := func(s string) {
 		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
@@ -223,8 +237,14 @@ func TestServeReloadOnSIGHUPAndDrainOnSIGTERM(t *testing.T) {
 	// SIGTERM drains: an in-flight request completes, then the process exits 0.
 	slow := make(chan int, 1)
 	go func() { code, _ := httpGet(t, base+"/slow"); slow <- code }()
-	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-arrived:
+	case <-time.After(time.Minute):
+		t.Fatal("the slow request never reached the upstream")
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "the drain", func() bool { return strings.Contains(p.logs(), `"msg":"draining"`) })
+	close(release)
 	if code := <-slow; code != 200 {
 		t.Errorf("in-flight request during drain: %d", code)
 	}

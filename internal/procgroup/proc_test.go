@@ -24,17 +24,33 @@ func TestStatAndStop(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	time.Sleep(100 * time.Millisecond)
+	// Both the shell and its child are running before Stop.
+	waitFor(t, "the shell and its child", func() bool { return len(Alive(cmd.Process.Pid)) >= 2 })
 	if GroupCPU(cmd.Process.Pid) < 0 {
 		t.Error("negative CPU")
 	}
-	start := time.Now()
-	Stop(cmd.Process.Pid, done, syscall.SIGTERM, 200*time.Millisecond)
-	if time.Since(start) > 5*time.Second {
-		t.Errorf("Stop took %s", time.Since(start))
+	stopped := make(chan struct{})
+	go func() {
+		Stop(cmd.Process.Pid, done, syscall.SIGTERM, 200*time.Millisecond)
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(time.Minute): // a hang guard, not a timing check
+		t.Fatal("Stop did not return")
 	}
-	time.Sleep(50 * time.Millisecond)
-	if left := Alive(cmd.Process.Pid); len(left) > 0 {
-		t.Errorf("processes of the group outlived Stop: %v", left)
+	// The kernel reaps the killed child shortly after: wait for it.
+	waitFor(t, "no process left in the group", func() bool { return len(Alive(cmd.Process.Pid)) == 0 })
+}
+
+// waitFor polls cond until it holds, failing the test after a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
