@@ -282,9 +282,7 @@ func (s *sessions) writeBack() {
 	for _, r := range recs {
 		if err := s.redis.restore(ctx, r); err != nil {
 			// Keep it in memory; the next recovery tries again.
-			s.mem.mu.Lock()
-			s.mem.put(r)
-			s.mem.mu.Unlock()
+			s.mem.restore(r)
 			continue
 		}
 		written++
