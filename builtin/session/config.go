@@ -56,6 +56,10 @@ type Config struct {
 	SkipPreflight *bool `yaml:"skip_preflight"`
 	// MaxMemorySessions bounds the in-process store. Default 100000.
 	MaxMemorySessions int `yaml:"max_memory_sessions"`
+
+	// now replaces time.Now, and Redis TIME in the store's scripts, for
+	// tests. Default nil: the real clocks.
+	now func() time.Time
 }
 
 // CookieConfig is the session cookie. It is always HttpOnly.

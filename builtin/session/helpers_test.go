@@ -50,3 +50,17 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
 }
+
+// waitFor polls cond until it holds, and fails the test when it still does
+// not after timeout. Timeouts only bound a failing test: they are long, so
+// a loaded machine does not fail a correct one.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		}
 	}
 	if cfg.JWT != nil {
-		if p.jwt, err = newVerifier(*cfg.JWT, cfg.roleNames(), env.Logger); err != nil {
+		if p.jwt, err = newVerifier(*cfg.JWT, cfg.roleNames(), cfg.now, env.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -107,8 +107,10 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		if cfg.LocalCache.Enabled {
 			ttl = cfg.LocalCache.TTL
 		}
-		return &sharedSessions{newSessions(ctx, m, ttl, cfg.LocalCache.MaxEntries, cfg.OnRedisDown, cfg.OutageSessions,
-			cfg.MaxMemorySessions, env.Logger)}, nil
+		return &sharedSessions{newSessions(ctx, m, storeOptions{
+			CacheTTL: ttl, CacheMax: cfg.LocalCache.MaxEntries, OnDown: cfg.OnRedisDown, Outage: cfg.OutageSessions,
+			MaxMemory: cfg.MaxMemorySessions, Clock: cfg.now, Logger: env.Logger,
+		})}, nil
 	})
 	if err != nil {
 		return nil, err

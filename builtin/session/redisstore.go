@@ -25,8 +25,12 @@ import (
 //
 // Reading a session (and refreshing its activity when due) is one script
 // on one key: one round trip per validated request, on Cluster too.
+//
+// Times come from Redis TIME, so gateway clocks do not matter, unless now
+// is set (tests): the scripts then take the time as their first argument.
 type redisStore struct {
 	m                                  *backbone.Manager
+	now                                func() time.Time
 	opCreate, opGet, opDel, opList     *backbone.Op
 	opCount                            *backbone.Op
 	createScript, getScript, delScript *redis.Script
@@ -41,23 +45,27 @@ const (
 
 var getFields = []string{fUser, fRole, fScopes, fPatient, fMethod, fCreated, fLast, fAbs, fIdle, fUA, fIP}
 
-const nowLua = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+// nowLua sets now (ms) from ARGV[1], or from Redis TIME when it is 0.
+const nowLua = `local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 `
 
-// createLua stores a session. ARGV: absolute_ms, idle_ms, then field/value
-// pairs. Returns now (ms).
+// createLua stores a session. ARGV: now, absolute_ms, idle_ms, then
+// field/value pairs. Returns now (ms).
 var createLua = nowLua + `
-local abs, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+local abs, idle = tonumber(ARGV[2]), tonumber(ARGV[3])
 local args = {KEYS[1], 'c', now, 'l', now, 'a', now + abs, 'i', idle}
-for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
 redis.call('HSET', unpack(args))
 redis.call('PEXPIRE', KEYS[1], math.min(idle, abs))
 return now
 `
 
 // getLua reads a live session, deleting an ended one, and refreshes its
-// activity when it is older than ARGV[1] ms. Returns the fields of
+// activity when it is older than ARGV[2] ms. Returns the fields of
 // getFields, then touched (0/1) and now, or nil.
 var getLua = nowLua + `
 local v = redis.call('HMGET', KEYS[1], 'u', 'r', 's', 'p', 'm', 'c', 'l', 'a', 'i', 'ua', 'ip')
@@ -68,7 +76,7 @@ if now >= abs or now - last >= idle then
   return false
 end
 local touched = 0
-if now - last >= tonumber(ARGV[1]) then
+if now - last >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'l', now)
   redis.call('PEXPIRE', KEYS[1], math.min(idle, abs - now))
   v[7] = tostring(now)
@@ -87,11 +95,11 @@ return v
 `
 
 // countLua counts live sessions by role. KEYS[1] is the role name set;
-// ARGV[1] the prefix of the role sets. Returns role, count pairs.
+// ARGV[2] the prefix of the role sets. Returns role, count pairs.
 var countLua = nowLua + `
 local out = {}
 for _, role in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local k = ARGV[1] .. role
+  local k = ARGV[2] .. role
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   local n = redis.call('ZCARD', k)
   if n == 0 then redis.call('SREM', KEYS[1], role) end
@@ -101,9 +109,12 @@ end
 return out
 `
 
-func newRedisStore(ctx context.Context, m *backbone.Manager) *redisStore {
+// newRedisStore returns the Redis store. now replaces Redis TIME when it
+// is not nil (tests).
+func newRedisStore(ctx context.Context, m *backbone.Manager, now func() time.Time) *redisStore {
 	s := &redisStore{
 		m:            m,
+		now:          now,
 		opCreate:     m.Op("session.create"),
 		opGet:        m.Op("session.get"),
 		opDel:        m.Op("session.delete"),
@@ -129,8 +140,25 @@ func ms(d time.Duration) int64 { return d.Milliseconds() }
 
 func fromMS(v int64) time.Time { return time.UnixMilli(v) }
 
+// nowArg is the time the scripts get: 0 for Redis TIME, or the injected
+// clock's (ms).
+func (s *redisStore) nowArg() int64 {
+	if s.now == nil {
+		return 0
+	}
+	return s.now().UnixMilli()
+}
+
+// clock returns the injected time, or the gateway's.
+func (s *redisStore) clock() time.Time {
+	if s.now == nil {
+		return time.Now()
+	}
+	return s.now()
+}
+
 func (s *redisStore) Create(ctx context.Context, rec *Record, absolute time.Duration, maxSessions int) ([]string, error) {
-	args := []any{ms(absolute), ms(rec.IdleTimeout),
+	args := []any{s.nowArg(), ms(absolute), ms(rec.IdleTimeout),
 		fUser, rec.UserID, fRole, rec.Role, fScopes, strings.Join(rec.Scopes, " "), fPatient, rec.PatientID,
 		fMethod, rec.Method, fUA, rec.UserAgent, fIP, rec.ClientIP}
 	var now int64
@@ -170,7 +198,7 @@ func (s *redisStore) Create(ctx context.Context, rec *Record, absolute time.Dura
 // its times; it is skipped when it has ended meanwhile.
 func (s *redisStore) restore(ctx context.Context, r *Record) error {
 	return s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
-		ttl := time.Until(r.Ends())
+		ttl := r.Ends().Sub(s.clock())
 		if ttl <= 0 {
 			return nil
 		}
@@ -199,7 +227,7 @@ func (s *redisStore) Get(ctx context.Context, id string, touchAfter time.Duratio
 	var rec *Record
 	var touched bool
 	err := s.m.Do(ctx, s.opGet, func(ctx context.Context, c redis.UniversalClient) error {
-		v, err := s.getScript.Run(ctx, c, []string{s.sessKey(id)}, ms(touchAfter)).StringSlice()
+		v, err := s.getScript.Run(ctx, c, []string{s.sessKey(id)}, s.nowArg(), ms(touchAfter)).StringSlice()
 		if errors.Is(err, redis.Nil) {
 			return nil
 		}
@@ -283,9 +311,11 @@ func (s *redisStore) List(ctx context.Context, user string) ([]*Record, error) {
 		if err != nil {
 			return err
 		}
-		now, err := c.Time(ctx).Result()
-		if err != nil {
-			return err
+		now := s.clock()
+		if s.now == nil {
+			if now, err = c.Time(ctx).Result(); err != nil {
+				return err
+			}
 		}
 		var gone []any
 		for i, cmd := range cmds {
@@ -330,7 +360,7 @@ func (s *redisStore) DeleteUser(ctx context.Context, user, keep string) ([]strin
 func (s *redisStore) Count(ctx context.Context) (map[string]int, error) {
 	out := map[string]int{}
 	err := s.m.Do(ctx, s.opCount, func(ctx context.Context, c redis.UniversalClient) error {
-		v, err := s.countScript.Run(ctx, c, []string{s.rolesKey()}, s.rolePrefix()).Slice()
+		v, err := s.countScript.Run(ctx, c, []string{s.rolesKey()}, s.nowArg(), s.rolePrefix()).Slice()
 		if err != nil {
 			return err
 		}

@@ -57,15 +57,37 @@ type sessions struct {
 // revocation channel payloads: "s <id>" or "u <user> <keep>".
 const revokeChannel = "session:revoke"
 
-func newSessions(ctx context.Context, m *backbone.Manager, cacheTTL time.Duration, cacheMax int,
-	onDown, outage string, maxMem int, logger *slog.Logger) *sessions {
-	s := &sessions{m: m, onDown: onDown, outage: outage, now: time.Now, logger: logger, done: make(chan struct{})}
-	s.mem = newMemStore(maxMem, s.now)
-	if cacheTTL > 0 {
-		s.cache = newLocalCache(cacheTTL, cacheMax)
+// storeOptions configure the session store.
+type storeOptions struct {
+	// CacheTTL is the local cache's TTL; 0 turns the cache off.
+	CacheTTL time.Duration
+	// CacheMax bounds the local cache.
+	CacheMax int
+	// OnDown is on_redis_down: DownMemory or DownDeny.
+	OnDown string
+	// Outage is outage_sessions: OutageCached or OutageReject.
+	Outage string
+	// MaxMemory bounds the memory store.
+	MaxMemory int
+	// Clock replaces time.Now and Redis TIME, for tests. Default nil: the
+	// real clocks.
+	Clock func() time.Time
+	// Logger receives the write-back lines.
+	Logger *slog.Logger
+}
+
+func newSessions(ctx context.Context, m *backbone.Manager, o storeOptions) *sessions {
+	now := o.Clock
+	if now == nil {
+		now = time.Now
+	}
+	s := &sessions{m: m, onDown: o.OnDown, outage: o.Outage, now: now, logger: o.Logger, done: make(chan struct{})}
+	s.mem = newMemStore(o.MaxMemory, s.now)
+	if o.CacheTTL > 0 {
+		s.cache = newLocalCache(o.CacheTTL, o.CacheMax)
 	}
 	if m != nil && m.Enabled() {
-		s.redis = newRedisStore(ctx, m)
+		s.redis = newRedisStore(ctx, m, o.Clock)
 		s.opRevoke = m.Op("session.revoke")
 		s.unsub = m.Subscribe(revokeChannel, s.onRevoke)
 		s.unwatch = m.OnChange(func(up bool) {
