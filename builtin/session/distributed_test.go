@@ -1,13 +1,52 @@
 package session
 
 import (
+	"encoding/json"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/omnigate/omnigate/internal/redisproc"
 	"github.com/omnigate/omnigate/internal/redistest"
 )
+
+// persistent makes the test's redis-server keep its data when it is
+// killed and restarted, as a production Redis with an append-only file
+// does; without it every session would be gone after the restart anyway.
+func persistent() redistest.Option {
+	return func(o *redisproc.Options) {
+		o.Persistent = true
+		o.Args = append(o.Args, "--appendfsync", "always")
+	}
+}
+
+// storeStats is the body of GET /admin/sessions/stats.
+type storeStats struct {
+	Store         string `json:"store"`
+	PendingReplay int    `json:"pending_replay"`
+}
+
+func (g *gw) stats() storeStats {
+	g.t.Helper()
+	rec := httptest.NewRecorder()
+	g.admin.ServeHTTP(rec, httptest.NewRequest("GET", "/admin/sessions/stats", nil))
+	var st storeStats
+	if err := json.Unmarshal(rec.Body.Bytes(), &st); rec.Code != 200 || err != nil {
+		g.t.Fatalf("stats: %d %v %s", rec.Code, err, rec.Body)
+	}
+	return st
+}
+
+// onRedisAndReplayed reports whether g is back on Redis with everything
+// it queued during an outage replayed.
+func (g *gw) onRedisAndReplayed() bool {
+	st := g.stats()
+	return st.Store == "redis" && st.PendingReplay == 0
+}
+
+// sessionKey is the Redis key of a token's session (default key prefix).
+func sessionKey(token string) string { return "omnigate:{s:" + recordID(token) + "}" }
 
 func TestSessionWorksOnEveryInstanceAndSurvivesRestart(t *testing.T) {
 	redis := redistest.Start(t)
@@ -24,11 +63,12 @@ func TestSessionWorksOnEveryInstanceAndSurvivesRestart(t *testing.T) {
 	if rec := c.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 200 {
 		t.Fatalf("session after a gateway restart: %d", rec.Code)
 	}
-	// Logout on C ends it on B.
+	// Logout on C ends it on B, once the broadcast reaches B's local
+	// cache (its TTL never passes on the test's clock).
 	c.do("POST", "/auth/logout", "", bearer(tok)...)
-	if rec := b.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 401 {
-		t.Fatalf("logged-out session still valid on B: %d", rec.Code)
-	}
+	waitFor(t, 30*time.Second, "logged-out session still valid on B", func() bool {
+		return b.do("GET", "/fhir/R4/x", "", bearer(tok)...).Code == 401
+	})
 }
 
 // TestRevokeAllReachesCachedInstances: B caches validated sessions for 30s
@@ -55,11 +95,13 @@ func TestRevokeAllReachesCachedInstances(t *testing.T) {
 	}
 }
 
+// TestRedisDownRejectsRedisOnlySessionsAndWritesBackMemorySessions: without
+// the local cache, outage_sessions defaults to reject.
 func TestRedisDownRejectsRedisOnlySessionsAndWritesBackMemorySessions(t *testing.T) {
 	redis := redistest.Start(t)
 	users := usersFile(t)
-	a := newGateway(t, redis.URL(), users, "")
-	b := newGateway(t, redis.URL(), users, "")
+	a := newGateway(t, redis.URL(), users, "local_cache: {enabled: false}")
+	b := newGateway(t, redis.URL(), users, "local_cache: {enabled: false}")
 	before := a.login("nina")
 
 	redis.Stop()
@@ -116,4 +158,58 @@ func TestDenyLoginsWhileRedisDown(t *testing.T) {
 	if rec := g.do("POST", "/auth/login", `{"username":"nina","password":"nina-password"}`); rec.Code != 503 {
 		t.Errorf("login with on_redis_down: deny while down: %d", rec.Code)
 	}
+}
+
+// TestOutageKeepsValidatedSessionsUntilTheirOwnTimeouts: with the default
+// config, a Redis outage does not log out users whose sessions an instance
+// has created or validated: each instance accepts them from its local
+// cache until they end by their own timeouts, on its clock. A logout
+// during the outage is honored at once where it was made, and replayed to
+// Redis when Redis returns.
+func TestOutageKeepsValidatedSessionsUntilTheirOwnTimeouts(t *testing.T) {
+	redis := redistest.Start(t, persistent())
+	users := usersFile(t)
+	clk := newFakeClock()
+	a := newGatewayAt(t, clk, redis.URL(), users, "")
+	b := newGatewayAt(t, clk, redis.URL(), users, "")
+	stay, leave := a.login("nina"), a.login("nina") // nurse: 15m idle
+	for _, tok := range []string{stay, leave} {
+		if rec := b.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 200 {
+			t.Fatalf("session from A on B: %d", rec.Code)
+		}
+	}
+	if n, err := redis.Do("EXISTS", sessionKey(leave)); n != "1" {
+		t.Fatalf("session key not found in redis: %q %v", n, err)
+	}
+
+	redis.Stop()
+	clk.Advance(14 * time.Minute) // past the cache TTL, within the idle timeout
+	for name, g := range map[string]*gw{"A (made them)": a, "B (validated them)": b} {
+		for _, tok := range []string{stay, leave} {
+			if rec := g.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 200 {
+				t.Errorf("valid session refused on %s during the outage: %d %s", name, rec.Code, rec.Body)
+			}
+		}
+	}
+	if rec := b.do("POST", "/auth/logout", "", bearer(leave)...); rec.Code != 204 {
+		t.Fatalf("logout on B during the outage: %d %s", rec.Code, rec.Body)
+	}
+	if rec := b.do("GET", "/fhir/R4/x", "", bearer(leave)...); rec.Code != 401 {
+		t.Errorf("logged-out session still valid on B: %d", rec.Code)
+	}
+	clk.Advance(2 * time.Minute) // 16m without activity: past the idle timeout
+	for name, g := range map[string]*gw{"A": a, "B": b} {
+		if rec := g.do("GET", "/fhir/R4/x", "", bearer(stay)...); rec.Code != 401 {
+			t.Errorf("session idle past its timeout still valid on %s: %d", name, rec.Code)
+		}
+	}
+
+	redis.Restart()
+	waitFor(t, 30*time.Second, "B not back on redis with its logout replayed", b.onRedisAndReplayed)
+	if n, err := redis.Do("EXISTS", sessionKey(leave)); n != "0" {
+		t.Errorf("logout made during the outage not replayed to redis: EXISTS %q %v", n, err)
+	}
+	waitFor(t, 30*time.Second, "session logged out on B during the outage still valid on A", func() bool {
+		return a.do("GET", "/fhir/R4/x", "", bearer(leave)...).Code == 401
+	})
 }

@@ -328,7 +328,7 @@ func (p *Plugin) stats(w http.ResponseWriter, r *http.Request) {
 	if p.store.redisUp() {
 		store = "redis"
 	}
-	out := map[string]any{"active": total, "by_role": counts, "store": store}
+	out := map[string]any{"active": total, "by_role": counts, "store": store, "pending_replay": p.store.pendingReplays()}
 	if p.store.cache != nil {
 		out["local_cache_entries"] = p.store.cache.len()
 	}

@@ -157,7 +157,11 @@ func (p *Plugin) Health() gateway.Health {
 	case p.store.redisUp():
 		return gateway.Health{Status: gateway.StatusUp, Detail: "sessions in redis"}
 	}
-	return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: new sessions in memory, redis-only sessions " + p.cfg.OutageSessions + "ed"}
+	detail := "redis down: new sessions in memory; sessions only redis knows are rejected"
+	if p.cfg.OutageSessions == OutageCached {
+		detail = "redis down: new sessions in memory; sessions this instance validated are accepted from its local cache until their own timeouts"
+	}
+	return gateway.Health{Status: gateway.StatusDegraded, Detail: detail}
 }
 
 // ServeHTTP authenticates the request and passes it on with its identity.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,8 +25,11 @@ const (
 const (
 	// OutageReject answers 401: the session cannot be checked.
 	OutageReject = "reject"
-	// OutageCached accepts sessions this instance validated recently (in
-	// the local cache), until they expire by their own timeouts.
+	// OutageCached accepts sessions this instance validated or created
+	// (those in its local cache), until they end by their own idle or
+	// absolute timeout as last known: the outage does not log users out.
+	// Sessions revoked on another instance whose broadcast this instance
+	// missed stay valid here until then too.
 	OutageCached = "cached"
 )
 
@@ -47,6 +51,7 @@ type sessions struct {
 
 	mu             sync.Mutex
 	pendingDeletes []string // deleted during an outage, to delete in Redis on return
+	replaying      sync.Mutex
 
 	opRevoke       *backbone.Op
 	unsub, unwatch func()
@@ -126,6 +131,10 @@ func (s *sessions) create(ctx context.Context, rec *Record, absolute time.Durati
 		evicted, err := s.redis.Create(ctx, rec, absolute, max)
 		if err == nil || !outageErr(ctx, err) {
 			s.revokeAll(ctx, evicted)
+			if err == nil {
+				// The instance that made it can check it in an outage too.
+				s.remember(rec)
+			}
 			return evicted, err
 		}
 	}
@@ -138,7 +147,9 @@ func (s *sessions) create(ctx context.Context, rec *Record, absolute time.Durati
 }
 
 // get returns the live session id, refreshing its activity at most every
-// touchAfter.
+// touchAfter. While Redis is down it answers from memory (sessions made
+// during the outage) and, with OutageCached, from the local cache until
+// the session ends by its last known times.
 func (s *sessions) get(ctx context.Context, id string, touchAfter time.Duration) (*Record, error) {
 	now := s.now()
 	if s.cache != nil {
@@ -287,18 +298,23 @@ func (s *sessions) onRevoke(payload string) {
 	}
 }
 
-// writeBack moves sessions created in memory during an outage to Redis
-// and replays deletions made meanwhile.
+// pendingReplays is the number of deletions made during an outage that
+// are not yet replayed to Redis.
+func (s *sessions) pendingReplays() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pendingDeletes)
+}
+
+// writeBack replays the deletions made during an outage and moves the
+// sessions created in memory meanwhile to Redis. What fails stays queued
+// for the next recovery. One runs at a time.
 func (s *sessions) writeBack() {
+	s.replaying.Lock()
+	defer s.replaying.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s.mu.Lock()
-	deletes := s.pendingDeletes
-	s.pendingDeletes = nil
-	s.mu.Unlock()
-	for _, id := range deletes {
-		s.redis.Delete(ctx, id)
-	}
+	deleted := s.replayDeletes(ctx)
 	recs := s.mem.drain()
 	written := 0
 	for _, r := range recs {
@@ -309,7 +325,29 @@ func (s *sessions) writeBack() {
 		}
 		written++
 	}
-	if len(recs) > 0 || len(deletes) > 0 {
-		s.logger.Info("sessions written back to redis", "sessions", written, "deletions", len(deletes))
+	if len(recs) > 0 || deleted > 0 {
+		s.logger.Info("sessions written back to redis", "sessions", written, "deletions", deleted)
 	}
+}
+
+// replayDeletes deletes in Redis the sessions deleted during an outage,
+// and tells every instance. It returns how many it replayed; the others
+// stay queued.
+func (s *sessions) replayDeletes(ctx context.Context) int {
+	s.mu.Lock()
+	ids := slices.Clone(s.pendingDeletes)
+	s.mu.Unlock()
+	var failed []string
+	for _, id := range ids {
+		if err := s.redis.Delete(ctx, id); err != nil {
+			failed = append(failed, id)
+			continue
+		}
+		s.m.Publish(ctx, s.opRevoke, revokeChannel, "s "+id)
+	}
+	s.mu.Lock()
+	// Deletions queued while this ran stay after the failed ones.
+	s.pendingDeletes = append(failed, s.pendingDeletes[len(ids):]...)
+	s.mu.Unlock()
+	return len(ids) - len(failed)
 }
