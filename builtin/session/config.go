@@ -283,6 +283,16 @@ func (c *Config) policy(role string) RolePolicy {
 	return c.Roles["default"]
 }
 
+// longestAbsolute is the longest absolute timeout of any role: no session
+// lives longer.
+func (c *Config) longestAbsolute() time.Duration {
+	var d time.Duration
+	for _, p := range c.Roles {
+		d = max(d, p.Absolute)
+	}
+	return d
+}
+
 // roleNames lists the configured roles except "default", sorted.
 func (c *Config) roleNames() []string {
 	var out []string

@@ -3,6 +3,7 @@ package session
 import (
 	"encoding/json"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +213,72 @@ func TestOutageKeepsValidatedSessionsUntilTheirOwnTimeouts(t *testing.T) {
 	waitFor(t, 30*time.Second, "session logged out on B during the outage still valid on A", func() bool {
 		return a.do("GET", "/fhir/R4/x", "", bearer(leave)...).Code == 401
 	})
+}
+
+// TestRevokeAllDuringOutageIsReplayed: a revoke-all made while Redis is
+// down answers that it is pending, holds on the instance that made it at
+// once, and, once that instance is back on Redis and has replayed it,
+// holds on every instance, B's local cache included, although the
+// sessions come back with Redis (it keeps its data across the crash).
+func TestRevokeAllDuringOutageIsReplayed(t *testing.T) {
+	redis := redistest.Start(t, persistent())
+	users := usersFile(t)
+	clk := newFakeClock()
+	a := newGatewayAt(t, clk, redis.URL(), users, "")
+	b := newGatewayAt(t, clk, redis.URL(), users, "")
+	revoked := []string{a.login("alice"), a.login("alice"), a.login("alice")}
+	keep, gone := a.login("nina"), a.login("nina")
+	revoked = append(revoked, gone)
+	for _, tok := range append(revoked, keep) {
+		if rec := b.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 200 {
+			t.Fatalf("session from A on B: %d", rec.Code)
+		}
+	}
+
+	redis.Stop()
+	// A login on B during the outage, before the revoke-all: a memory
+	// session that B writes back when Redis returns, which must not
+	// revive it.
+	revoked = append(revoked, b.login("alice"))
+	rec := httptest.NewRecorder()
+	a.admin.ServeHTTP(rec, httptest.NewRequest("DELETE", "/admin/users/alice/sessions", nil))
+	var ans struct {
+		Revoked int   `json:"revoked"`
+		Pending *bool `json:"pending"`
+	}
+	json.Unmarshal(rec.Body.Bytes(), &ans)
+	if rec.Code != 200 || ans.Pending == nil || !*ans.Pending || ans.Revoked != 3 {
+		t.Errorf("admin revoke-all during the outage: %d %s; want 200, pending, the 3 sessions A holds", rec.Code, rec.Body)
+	}
+	rec = a.do("DELETE", "/auth/sessions?keep=current", "", bearer(keep)...)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"pending": true`) {
+		t.Errorf("DELETE /auth/sessions?keep=current during the outage: %d %s", rec.Code, rec.Body)
+	}
+	for _, tok := range revoked[:4] { // those A knew
+		if rec := a.do("GET", "/fhir/R4/x", "", bearer(tok)...); rec.Code != 401 {
+			t.Errorf("revoked session still valid on A during the outage: %d", rec.Code)
+		}
+		// B cannot hear of it before Redis returns: its cache keeps the
+		// session (the documented trade-off), which the replay must end.
+		b.do("GET", "/fhir/R4/x", "", bearer(tok)...)
+	}
+
+	redis.Restart()
+	waitFor(t, 30*time.Second, "A not back on redis with its revocations replayed", a.onRedisAndReplayed)
+	waitFor(t, 30*time.Second, "B not back on redis", b.onRedisAndReplayed)
+	for i, tok := range revoked {
+		if n, err := redis.Do("EXISTS", sessionKey(tok)); n != "0" {
+			t.Errorf("session %d still in redis after the replay: EXISTS %q %v", i, n, err)
+		}
+		for name, g := range map[string]*gw{"A": a, "B": b} {
+			waitFor(t, 30*time.Second, "revoked session "+strconv.Itoa(i)+" still valid on "+name, func() bool {
+				return g.do("GET", "/fhir/R4/x", "", bearer(tok)...).Code == 401
+			})
+		}
+	}
+	for name, g := range map[string]*gw{"A": a, "B": b} {
+		if rec := g.do("GET", "/fhir/R4/x", "", bearer(keep)...); rec.Code != 200 {
+			t.Errorf("the session kept by ?keep=current was revoked on %s: %d", name, rec.Code)
+		}
+	}
 }

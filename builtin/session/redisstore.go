@@ -20,6 +20,11 @@ import (
 //	{s:<id>}             hash: the session; its TTL is whichever of the idle
 //	                     and absolute expiry comes first
 //	{u:<user>}:sessions  sorted set: the user's session ids by creation time
+//	{u:<user>}:revoked   hash: the user's revoke-all marker: t (ms) and k, the
+//	                     session kept; sessions of the user created at or
+//	                     before t, except k, are revoked. Kept as long as the
+//	                     longest absolute timeout, after which every session
+//	                     it covers has ended.
 //	{sessions}:role:<r>  sorted set: session ids of role r by expiry, for counts
 //	{sessions}:roles     set: role names seen
 //
@@ -32,10 +37,15 @@ type redisStore struct {
 	m                                  *backbone.Manager
 	now                                func() time.Time
 	opCreate, opGet, opDel, opList     *backbone.Op
-	opCount                            *backbone.Op
+	opCount, opRevoke                  *backbone.Op
 	createScript, getScript, delScript *redis.Script
-	countScript                        *redis.Script
+	countScript, revokeScript          *redis.Script
+	indexScript                        *redis.Script
 }
+
+// defaultLifetime is how long DeleteUser keeps a revoke-all marker: the
+// longest absolute timeout of the default roles.
+const defaultLifetime = 24 * time.Hour
 
 // Session hash fields.
 const (
@@ -111,6 +121,34 @@ return out
 
 // newRedisStore returns the Redis store. now replaces Redis TIME when it
 // is not nil (tests).
+// revokeLua records a revoke-all marker and returns its time and the ids
+// it covers. KEYS[1] is the user's marker, KEYS[2] the user's index.
+// ARGV: now, before (ms; 0 or later than now: now), keep, marker TTL (ms).
+// A marker never moves back: the later one stays. Returns {before, ids}.
+var revokeLua = nowLua + `
+local before = tonumber(ARGV[2])
+if before == 0 or before > now then before = now end
+local cur = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+if before >= cur then
+  redis.call('HSET', KEYS[1], 't', before, 'k', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {before, redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', before)}
+`
+
+// indexLua adds a session written back after an outage to its user's
+// index, unless the user's revoke-all marker covers it. KEYS[1] is the
+// index, KEYS[2] the marker; ARGV: id, created (ms). Returns 1 when
+// indexed, 0 when revoked. It runs after the session's own key is
+// written, and revokeLua before the index is read, on the same slot: either
+// the revoke-all sees the session, or the write-back sees the marker.
+const indexLua = `
+local m = redis.call('HMGET', KEYS[2], 't', 'k')
+if m[1] and tonumber(ARGV[2]) <= tonumber(m[1]) and ARGV[1] ~= m[2] then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+`
+
 func newRedisStore(ctx context.Context, m *backbone.Manager, now func() time.Time) *redisStore {
 	s := &redisStore{
 		m:            m,
@@ -120,18 +158,24 @@ func newRedisStore(ctx context.Context, m *backbone.Manager, now func() time.Tim
 		opDel:        m.Op("session.delete"),
 		opList:       m.Op("session.list"),
 		opCount:      m.Op("session.count"),
+		opRevoke:     m.Op("session.revoke_user"),
 		createScript: redis.NewScript(createLua),
 		getScript:    redis.NewScript(getLua),
 		delScript:    redis.NewScript(delLua),
 		countScript:  redis.NewScript(countLua),
+		revokeScript: redis.NewScript(revokeLua),
+		indexScript:  redis.NewScript(indexLua),
 	}
-	m.Load(ctx, s.createScript, s.getScript, s.delScript, s.countScript)
+	m.Load(ctx, s.createScript, s.getScript, s.delScript, s.countScript, s.revokeScript, s.indexScript)
 	return s
 }
 
 func (s *redisStore) sessKey(id string) string { return s.m.Key("s:"+id, "") }
 func (s *redisStore) userKey(user string) string {
 	return s.m.Key("u:"+backbone.Tag(user), ":sessions")
+}
+func (s *redisStore) markerKey(user string) string {
+	return s.m.Key("u:"+backbone.Tag(user), ":revoked")
 }
 func (s *redisStore) rolesKey() string   { return s.m.Key("sessions", ":roles") }
 func (s *redisStore) rolePrefix() string { return s.m.Key("sessions", ":role:") }
@@ -194,16 +238,22 @@ func (s *redisStore) Create(ctx context.Context, rec *Record, absolute time.Dura
 	return evicted, nil
 }
 
+// errRevokedSession means a session written back after an outage was
+// revoked meanwhile by a revoke-all of its user.
+var errRevokedSession = errors.New("session revoked while redis was down")
+
 // restore writes a session created in memory during an outage, keeping
-// its times; it is skipped when it has ended meanwhile.
+// its times; it is skipped when it has ended meanwhile, and removed again
+// (errRevokedSession) when a revoke-all of its user covers it.
 func (s *redisStore) restore(ctx context.Context, r *Record) error {
-	return s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
+	revoked := false
+	err := s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
 		ttl := r.Ends().Sub(s.clock())
 		if ttl <= 0 {
 			return nil
 		}
+		k := s.sessKey(r.ID)
 		_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			k := s.sessKey(r.ID)
 			p.HSet(ctx, k, fUser, r.UserID, fRole, r.Role, fScopes, strings.Join(r.Scopes, " "), fPatient, r.PatientID,
 				fMethod, r.Method, fUA, r.UserAgent, fIP, r.ClientIP, fCreated, r.Created.UnixMilli(),
 				fLast, r.LastSeen.UnixMilli(), fAbs, r.Expires.UnixMilli(), fIdle, ms(r.IdleTimeout))
@@ -213,14 +263,26 @@ func (s *redisStore) restore(ctx context.Context, r *Record) error {
 		if err != nil {
 			return err
 		}
+		indexed, err := s.indexScript.Run(ctx, c, []string{s.userKey(r.UserID), s.markerKey(r.UserID)},
+			r.ID, r.Created.UnixMilli()).Int()
+		if err != nil {
+			return err
+		}
+		if revoked = indexed == 0; revoked {
+			// Not an error of the call: Do would count it as an outage.
+			return c.Del(ctx, k).Err()
+		}
 		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZAdd(ctx, s.userKey(r.UserID), redis.Z{Score: float64(r.Created.UnixMilli()), Member: r.ID})
 			p.ZAdd(ctx, s.rolePrefix()+backbone.Tag(r.Role), redis.Z{Score: float64(r.Ends().UnixMilli()), Member: r.ID})
 			p.SAdd(ctx, s.rolesKey(), backbone.Tag(r.Role))
 			return nil
 		})
 		return err
 	})
+	if err == nil && revoked {
+		return errRevokedSession
+	}
+	return err
 }
 
 func (s *redisStore) Get(ctx context.Context, id string, touchAfter time.Duration) (*Record, error) {
@@ -274,14 +336,21 @@ func parseRecord(id string, v []string) (*Record, error) {
 }
 
 func (s *redisStore) Delete(ctx context.Context, id string) error {
-	return s.m.Do(ctx, s.opDel, func(ctx context.Context, c redis.UniversalClient) error {
+	_, err := s.del(ctx, id)
+	return err
+}
+
+// del deletes a session and reports whether it was there.
+func (s *redisStore) del(ctx context.Context, id string) (bool, error) {
+	existed := false
+	err := s.m.Do(ctx, s.opDel, func(ctx context.Context, c redis.UniversalClient) error {
 		v, err := s.delScript.Run(ctx, c, []string{s.sessKey(id)}).Slice()
 		if err != nil {
 			return err
 		}
 		user, _ := v[0].(string)
 		role, _ := v[1].(string)
-		if user == "" {
+		if existed = user != ""; !existed {
 			return nil
 		}
 		_, err = c.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -291,6 +360,7 @@ func (s *redisStore) Delete(ctx context.Context, id string) error {
 		})
 		return err
 	})
+	return existed, err
 }
 
 func (s *redisStore) List(ctx context.Context, user string) ([]*Record, error) {
@@ -339,22 +409,71 @@ func (s *redisStore) List(ctx context.Context, user string) ([]*Record, error) {
 	return out, err
 }
 
+// DeleteUser revokes all of the user's sessions except keep (see
+// revokeBefore), keeping the marker for defaultLifetime.
 func (s *redisStore) DeleteUser(ctx context.Context, user, keep string) ([]string, error) {
-	live, err := s.List(ctx, user)
+	_, removed, err := s.revokeBefore(ctx, user, keep, time.Time{}, defaultLifetime)
+	return removed, err
+}
+
+// revokeBefore revokes the user's sessions created at or before before
+// (zero: now, by the store's clock; a time later than now counts as now),
+// except keep: it records the user's marker for lifetime, so that a
+// session of the user written back later from an instance's memory is
+// refused too (see restore), and deletes the sessions the index holds.
+// It returns the marker's time and the ids of the sessions deleted. On an
+// error the marker may be recorded and some sessions deleted: calling it
+// again with the same arguments completes it.
+func (s *redisStore) revokeBefore(ctx context.Context, user, keep string, before time.Time, lifetime time.Duration) (time.Time, []string, error) {
+	var t int64
+	var ids []string
+	err := s.m.Do(ctx, s.opRevoke, func(ctx context.Context, c redis.UniversalClient) error {
+		arg := int64(0)
+		if !before.IsZero() {
+			arg = before.UnixMilli()
+		}
+		v, err := s.revokeScript.Run(ctx, c, []string{s.markerKey(user), s.userKey(user)},
+			s.nowArg(), arg, keep, ms(lifetime)).Slice()
+		if err != nil {
+			return err
+		}
+		if len(v) != 2 {
+			return fmt.Errorf("revoke script returned %d values", len(v))
+		}
+		t, _ = v[0].(int64)
+		list, _ := v[1].([]any)
+		ids = ids[:0]
+		for _, x := range list {
+			if id, _ := x.(string); id != "" && id != keep {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return time.Time{}, nil, err
 	}
 	var removed []string
-	for _, r := range live {
-		if r.ID == keep {
-			continue
+	for _, id := range ids {
+		existed, err := s.del(ctx, id)
+		if err != nil {
+			return fromMS(t), removed, err
 		}
-		if err := s.Delete(ctx, r.ID); err != nil {
-			return removed, err
+		if existed {
+			removed = append(removed, id)
 		}
-		removed = append(removed, r.ID)
 	}
-	return removed, nil
+	if len(ids) > 0 {
+		// Ids of sessions that had ended already linger in the index.
+		err = s.m.Do(ctx, s.opRevoke, func(ctx context.Context, c redis.UniversalClient) error {
+			members := make([]any, len(ids))
+			for i, id := range ids {
+				members[i] = id
+			}
+			return c.ZRem(ctx, s.userKey(user), members...).Err()
+		})
+	}
+	return fromMS(t), removed, err
 }
 
 func (s *redisStore) Count(ctx context.Context) (map[string]int, error) {

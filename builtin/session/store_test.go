@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +242,48 @@ func TestRedisStoreKeepsNoToken(t *testing.T) {
 	}
 	if ttl, _ := srv.Do("PTTL", s.sessKey(id)); ttl == "-1" || ttl == "-2" {
 		t.Fatalf("session key has no TTL (%s): Redis must expire it by itself", ttl)
+	}
+}
+
+// TestRedisRevokeAllBarsLaterWriteBacks: a session made in an instance's
+// memory during an outage, and written back after a revoke-all of its
+// user recorded in Redis, is refused if the revoke-all covers it.
+func TestRedisRevokeAllBarsLaterWriteBacks(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	clk := newFakeClock()
+	s := newRedisStore(ctx, testManager(t, srv.URL()), clk.Now)
+	mk := func(created time.Time) *Record {
+		r := rec("gus", "nurse", time.Hour)
+		r.Created, r.LastSeen, r.Expires = created, created, created.Add(12*time.Hour)
+		return r
+	}
+	before, kept := mk(testT0.Add(-time.Minute)), mk(testT0.Add(-time.Minute))
+	after := mk(testT0.Add(time.Second))
+	at, _, err := s.revokeBefore(ctx, "gus", kept.ID, testT0, time.Hour)
+	if err != nil || !at.Equal(testT0) {
+		t.Fatalf("revokeBefore: %s %v", at, err)
+	}
+	clk.Advance(time.Minute)
+	if err := s.restore(ctx, before); !errors.Is(err, errRevokedSession) {
+		t.Errorf("write-back of a session the revoke-all covers: %v", err)
+	}
+	if _, err := s.Get(ctx, before.ID, time.Minute); !errors.Is(err, ErrNotFound) {
+		t.Errorf("revoked session readable after its write-back: %v", err)
+	}
+	for name, r := range map[string]*Record{"the kept session": kept, "a later session": after} {
+		if err := s.restore(ctx, r); err != nil {
+			t.Errorf("write-back of %s: %v", name, err)
+		}
+		if _, err := s.Get(ctx, r.ID, time.Minute); err != nil {
+			t.Errorf("%s refused: %v", name, err)
+		}
+	}
+	// An older revoke-all replayed late does not move the marker back.
+	if at, _, _ := s.revokeBefore(ctx, "gus", "", testT0.Add(-time.Hour), time.Hour); !at.Equal(testT0.Add(-time.Hour)) {
+		t.Errorf("replayed marker time %s", at)
+	}
+	if m, _ := srv.Do("HGET", s.markerKey("gus"), "t"); m != strconv.FormatInt(testT0.UnixMilli(), 10) {
+		t.Errorf("marker moved back to %s", m)
 	}
 }
