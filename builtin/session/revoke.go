@@ -71,3 +71,13 @@ func (v *revocations) covers(r *Record) bool {
 	v.mu.RUnlock()
 	return ok && m.covers(r)
 }
+
+// replace sets user's marker to m when it is still from (the marker that
+// was queued, which the replay moved back to Redis's time).
+func (v *revocations) replace(user string, from, m marker) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cur, ok := v.byUser[user]; ok && cur.marker == from {
+		v.byUser[user] = markerEntry{marker: m, until: cur.until}
+	}
+}

@@ -464,7 +464,9 @@ func (s *sessions) replayRevokes(ctx context.Context) int {
 		if err != nil {
 			continue
 		}
-		s.publishMarker(ctx, user, marker{before: before, keep: m.keep})
+		replayed := marker{before: before, keep: m.keep}
+		s.markers.replace(user, m, replayed)
+		s.publishMarker(ctx, user, replayed)
 		s.mu.Lock()
 		if s.pendingRevokes[user] == m {
 			delete(s.pendingRevokes, user)
