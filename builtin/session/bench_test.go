@@ -48,7 +48,7 @@ func TestRedisRoundTripsPerRequest(t *testing.T) {
 		yaml      string
 		maxPer100 int
 	}{
-		{"no local cache", "", 100},
+		{"no local cache", "local_cache: {enabled: false}", 100},
 		{"local cache", "local_cache: {enabled: true, ttl: 30s}", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -106,7 +106,7 @@ func BenchmarkSessionCheck(b *testing.B) {
 	})
 	for _, tc := range []struct{ name, url, yaml string }{
 		{"memory", "", ""},
-		{"redis", redis.URL(), ""},
+		{"redis", redis.URL(), "local_cache: {enabled: false}"},
 		{"redis+local-cache", redis.URL(), "local_cache: {enabled: true, ttl: 5s}"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

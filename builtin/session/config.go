@@ -36,15 +36,19 @@ type Config struct {
 	// JWT accepts bearer JWTs from an identity provider. Default: off.
 	JWT *JWTConfig `yaml:"jwt"`
 	// LocalCache keeps validated sessions in process so most requests
-	// cost no Redis round trip; revocations reach every instance over
-	// Redis pub/sub.
+	// cost no Redis round trip, and so that they can still be checked
+	// while Redis is down; revocations reach every instance over Redis
+	// pub/sub. On by default.
 	LocalCache LocalCacheConfig `yaml:"local_cache"`
 	// OnRedisDown is what logins do while Redis is down: memory (default;
 	// sessions are written back when it returns) or deny (503).
 	OnRedisDown string `yaml:"on_redis_down"`
 	// OutageSessions is what happens to sessions only Redis knows while it
-	// is down: reject (default, 401: this is authentication) or cached
-	// (accept those this instance has in its local cache).
+	// is down: cached (accept those this instance validated, from its
+	// local cache, until they end by their own idle or absolute timeout as
+	// last known) or reject (401). Default: cached when the local cache is
+	// on (the default), reject when it is off. cached with the local cache
+	// off is an error.
 	OutageSessions string `yaml:"outage_sessions"`
 	// LoginThrottle limits failed logins per username and per client IP.
 	LoginThrottle ThrottleConfig `yaml:"login_throttle"`
@@ -56,6 +60,10 @@ type Config struct {
 	SkipPreflight *bool `yaml:"skip_preflight"`
 	// MaxMemorySessions bounds the in-process store. Default 100000.
 	MaxMemorySessions int `yaml:"max_memory_sessions"`
+
+	// now replaces time.Now, and Redis TIME in the store's scripts, for
+	// tests. Default nil: the real clocks.
+	now func() time.Time
 }
 
 // CookieConfig is the session cookie. It is always HttpOnly.
@@ -102,13 +110,15 @@ type RolePolicy struct {
 
 // LocalCacheConfig is the in-process session cache.
 type LocalCacheConfig struct {
-	// Enabled turns the cache on. Default false.
+	// Enabled turns the cache on. Default true.
 	Enabled bool `yaml:"enabled"`
-	// TTL is the longest an entry is used without asking the store; it
-	// bounds how late a revocation takes effect when its broadcast is
-	// lost. Default 5s.
+	// TTL is the longest an entry is used without asking the store while
+	// Redis is up; it bounds how late a revocation takes effect when its
+	// broadcast is lost. Entries are kept past it, until their session
+	// ends, for use while Redis is down. Default 5s.
 	TTL time.Duration `yaml:"ttl"`
-	// MaxEntries bounds the cache. Default 100000.
+	// MaxEntries bounds the cache; when it is full, ended sessions are
+	// dropped first, then the ones closest to their end. Default 100000.
 	MaxEntries int `yaml:"max_entries"`
 }
 
@@ -158,16 +168,16 @@ func Defaults() *Config {
 		Mount:             "/auth",
 		Users:             UsersConfig{File: "./data/users.yaml", FirstRunPatient: "example"},
 		TouchInterval:     time.Minute,
-		LocalCache:        LocalCacheConfig{TTL: 5 * time.Second, MaxEntries: 100000},
+		LocalCache:        LocalCacheConfig{Enabled: true, TTL: 5 * time.Second, MaxEntries: 100000},
 		OnRedisDown:       DownMemory,
-		OutageSessions:    OutageReject,
 		LoginThrottle:     ThrottleConfig{PerUser: Limit{5, 15 * time.Minute}, PerIP: Limit{20, 15 * time.Minute}},
 		CSRF:              CSRFConfig{Header: "X-Requested-With"},
 		MaxMemorySessions: 100000,
 	}
 }
 
-// Validate checks the config and fills in role defaults.
+// Validate checks the config and fills in the role defaults and the
+// outage_sessions default (cached with the local cache on, else reject).
 func (c *Config) Validate() error {
 	var errs []error
 	fail := func(key, format string, args ...any) { errs = append(errs, gateway.FieldErrorf(key, format, args...)) }
@@ -222,6 +232,12 @@ func (c *Config) Validate() error {
 	if c.OnRedisDown != DownMemory && c.OnRedisDown != DownDeny {
 		fail("on_redis_down", "must be memory or deny (allow would let unauthenticated requests in)")
 	}
+	if c.OutageSessions == "" {
+		c.OutageSessions = OutageReject
+		if c.LocalCache.Enabled {
+			c.OutageSessions = OutageCached
+		}
+	}
 	if c.OutageSessions != OutageReject && c.OutageSessions != OutageCached {
 		fail("outage_sessions", "must be reject or cached")
 	}
@@ -265,6 +281,16 @@ func (c *Config) policy(role string) RolePolicy {
 		return p
 	}
 	return c.Roles["default"]
+}
+
+// longestAbsolute is the longest absolute timeout of any role: no session
+// lives longer.
+func (c *Config) longestAbsolute() time.Duration {
+	var d time.Duration
+	for _, p := range c.Roles {
+		d = max(d, p.Absolute)
+	}
+	return d
 }
 
 // roleNames lists the configured roles except "default", sorted.

@@ -306,12 +306,24 @@ func (p *Plugin) revokeMine(w http.ResponseWriter, r *http.Request) {
 	} else {
 		p.setCookie(w, r, "", time.Time{})
 	}
-	removed, err := p.store.deleteUser(r.Context(), rec.UserID, keep)
+	res, err := p.store.deleteUser(r.Context(), rec.UserID, keep)
 	if err != nil {
 		gateway.Error(w, r, http.StatusServiceUnavailable, "session store unavailable")
 		return
 	}
-	gateway.WriteJSON(w, http.StatusOK, map[string]int{"revoked": len(removed)})
+	gateway.WriteJSON(w, http.StatusOK, revokeAnswer(res))
+}
+
+// revokeAnswer is the body of a revoke-all (DELETE /auth/sessions and
+// DELETE /admin/users/:user/sessions).
+type revokeAnswer struct {
+	// Revoked is the number of sessions ended now.
+	Revoked int `json:"revoked"`
+	// Pending is true when Redis is down: the revocation holds on this
+	// instance now, covers every session of the user created up to now,
+	// and is replayed to Redis, and so to every instance, when Redis
+	// returns.
+	Pending bool `json:"pending"`
 }
 
 func (p *Plugin) stats(w http.ResponseWriter, r *http.Request) {
@@ -328,7 +340,7 @@ func (p *Plugin) stats(w http.ResponseWriter, r *http.Request) {
 	if p.store.redisUp() {
 		store = "redis"
 	}
-	out := map[string]any{"active": total, "by_role": counts, "store": store}
+	out := map[string]any{"active": total, "by_role": counts, "store": store, "pending_replay": p.store.pendingReplays()}
 	if p.store.cache != nil {
 		out["local_cache_entries"] = p.store.cache.len()
 	}
@@ -337,13 +349,13 @@ func (p *Plugin) stats(w http.ResponseWriter, r *http.Request) {
 
 func (p *Plugin) revokeUser(w http.ResponseWriter, r *http.Request) {
 	user := httprouter.ParamsFromContext(r.Context()).ByName("user")
-	removed, err := p.store.deleteUser(r.Context(), user, "")
+	res, err := p.store.deleteUser(r.Context(), user, "")
 	if err != nil {
 		gateway.Error(w, r, http.StatusServiceUnavailable, "session store unavailable")
 		return
 	}
-	p.logger.Info("sessions revoked by an administrator", "user", user, "sessions", len(removed))
-	gateway.WriteJSON(w, http.StatusOK, map[string]int{"revoked": len(removed)})
+	p.logger.Info("sessions revoked by an administrator", "user", user, "sessions", res.Revoked, "pending_replay", res.Pending)
+	gateway.WriteJSON(w, http.StatusOK, revokeAnswer(res))
 }
 
 // readLogin reads the credentials from a JSON or form body of at most 8 KiB.

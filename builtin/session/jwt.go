@@ -156,16 +156,22 @@ type verifier struct {
 	cancel context.CancelFunc
 }
 
-func newVerifier(cfg JWTConfig, roles []string, logger *slog.Logger) (*verifier, error) {
+// newVerifier builds the JWT verifier. now replaces time.Now for exp, nbf
+// and iat (tests); nil means time.Now.
+func newVerifier(cfg JWTConfig, roles []string, now func() time.Time, logger *slog.Logger) (*verifier, error) {
 	v := &verifier{cfg: cfg, roles: roles, cancel: func() {}}
-	v.parser = jwt.NewParser(
+	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(cfg.Algorithms),
 		jwt.WithIssuer(cfg.Issuer),
 		jwt.WithAudience(cfg.Audience),
 		jwt.WithLeeway(cfg.Leeway),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
-	)
+	}
+	if now != nil {
+		opts = append(opts, jwt.WithTimeFunc(now))
+	}
+	v.parser = jwt.NewParser(opts...)
 	switch {
 	case cfg.HS256Secret != "":
 		v.secret = []byte(cfg.HS256Secret)

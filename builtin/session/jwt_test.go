@@ -55,8 +55,9 @@ func newJWTKeys(t *testing.T) *jwtKeys {
 
 const hsSecret = "0123456789abcdef0123456789abcdef-secret"
 
+// claims are valid at testT0, the test gateways' time.
 func claims(mod func(jwt.MapClaims)) jwt.MapClaims {
-	now := time.Now()
+	now := testT0
 	c := jwt.MapClaims{
 		"iss": "https://idp.example.org", "aud": "omnigate", "sub": "dr-who",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
@@ -107,11 +108,11 @@ jwt:
 		{"ES256 valid", sign(t, jwt.SigningMethodES256, "ec1", keys.ec, claims(nil)), 200},
 		{"HS256 valid", sign(t, jwt.SigningMethodHS256, "", []byte(hsSecret), claims(nil)), 200},
 		{"expired", sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsa, claims(func(c jwt.MapClaims) {
-			c["exp"] = time.Now().Add(-time.Minute).Unix()
+			c["exp"] = testT0.Add(-time.Minute).Unix()
 		})), 401},
 		{"no exp", sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsa, claims(func(c jwt.MapClaims) { delete(c, "exp") })), 401},
 		{"not yet valid", sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsa, claims(func(c jwt.MapClaims) {
-			c["nbf"] = time.Now().Add(time.Hour).Unix()
+			c["nbf"] = testT0.Add(time.Hour).Unix()
 		})), 401},
 		{"wrong signature", sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsaOther, claims(nil)), 401},
 		{"wrong issuer", sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsa, claims(func(c jwt.MapClaims) { c["iss"] = "https://evil" })), 401},

@@ -11,8 +11,12 @@
 // instance allows anonymous access.
 //
 // Sessions live in Redis (the backbone), so they survive gateway restarts
-// and work on every instance; without Redis, or while it is down, they live
-// in memory (see Config.OnRedisDown). Tokens are 256 bits from crypto/rand;
+// and work on every instance; without Redis, or while it is down, new ones
+// live in memory (see Config.OnRedisDown), and while it is down the
+// sessions an instance validated are accepted from its local cache until
+// their own timeouts (see Config.OutageSessions). Revocations made during
+// an outage are replayed when Redis returns; a revoke-all is kept as a
+// per-user marker that every instance checks. Tokens are 256 bits from crypto/rand;
 // the store keys records by the token's SHA-256, so a dump of Redis holds
 // no usable token. A session ends after its role's idle timeout without
 // requests or its absolute timeout, whichever comes first; Redis expires
@@ -95,7 +99,7 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		}
 	}
 	if cfg.JWT != nil {
-		if p.jwt, err = newVerifier(*cfg.JWT, cfg.roleNames(), env.Logger); err != nil {
+		if p.jwt, err = newVerifier(*cfg.JWT, cfg.roleNames(), cfg.now, env.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -107,13 +111,16 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		if cfg.LocalCache.Enabled {
 			ttl = cfg.LocalCache.TTL
 		}
-		return &sharedSessions{newSessions(ctx, m, ttl, cfg.LocalCache.MaxEntries, cfg.OnRedisDown, cfg.OutageSessions,
-			cfg.MaxMemorySessions, env.Logger)}, nil
+		return &sharedSessions{newSessions(ctx, m, storeOptions{
+			CacheTTL: ttl, CacheMax: cfg.LocalCache.MaxEntries, OnDown: cfg.OnRedisDown, Outage: cfg.OutageSessions,
+			MaxMemory: cfg.MaxMemorySessions, Lifetime: cfg.longestAbsolute(), Clock: cfg.now, Logger: env.Logger,
+		})}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	p.store = v.(*sharedSessions).sessions
+	p.store.raiseLifetime(cfg.longestAbsolute())
 	if p.throttle, err = ratelimit.NewEngine(ctx, m, ratelimit.EngineOptions{Name: "login", MaxKeys: 100000}); err != nil {
 		return nil, err
 	}
@@ -155,7 +162,11 @@ func (p *Plugin) Health() gateway.Health {
 	case p.store.redisUp():
 		return gateway.Health{Status: gateway.StatusUp, Detail: "sessions in redis"}
 	}
-	return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: new sessions in memory, redis-only sessions " + p.cfg.OutageSessions + "ed"}
+	detail := "redis down: new sessions in memory; sessions only redis knows are rejected"
+	if p.cfg.OutageSessions == OutageCached {
+		detail = "redis down: new sessions in memory; sessions this instance validated are accepted from its local cache until their own timeouts"
+	}
+	return gateway.Health{Status: gateway.StatusDegraded, Detail: detail}
 }
 
 // ServeHTTP authenticates the request and passes it on with its identity.

@@ -67,12 +67,20 @@ type gw struct {
 	srv   *gateway.Server
 	logs  *bytes.Buffer
 	admin http.Handler
+	clock *fakeClock
 }
 
 // newGateway builds a gateway with the session plugin configured by
 // sessionYAML (indented under the plugin) on the given Redis URL ("" for
-// none).
+// none). The plugin's clock is a fake clock of its own, at testT0.
 func newGateway(t testing.TB, redisURL, users, sessionYAML string) *gw {
+	t.Helper()
+	return newGatewayAt(t, newFakeClock(), redisURL, users, sessionYAML)
+}
+
+// newGatewayAt is newGateway on the given clock: instances of one test
+// share one, as the machines of a fleet share the time.
+func newGatewayAt(t testing.TB, clk *fakeClock, redisURL, users, sessionYAML string) *gw {
 	t.Helper()
 	redis := ""
 	if redisURL != "" {
@@ -101,13 +109,18 @@ routes:
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
 	}
+	for _, p := range cfg.Plugins {
+		if c, ok := p.Config.(*Config); ok {
+			c.now = clk.Now
+		}
+	}
 	logs := &bytes.Buffer{}
 	srv, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: discard()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return &gw{t: t, srv: srv, logs: logs, admin: srv.AdminHandler()}
+	return &gw{t: t, srv: srv, logs: logs, admin: srv.AdminHandler(), clock: clk}
 }
 
 func indent(s, pre string) string {
@@ -275,16 +288,16 @@ func TestRoleTimeouts(t *testing.T) {
 	for _, be := range backends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			g := newGateway(t, be.url, usersFile(t), `
-touch_interval: 50ms
+touch_interval: 1m
 roles:
-  nurse: {idle: 300ms, absolute: 10s}
-  physician: {idle: 10s, absolute: 10s}
-  patient: {idle: 600ms, absolute: 700ms}
+  nurse: {idle: 5m, absolute: 10h}
+  physician: {idle: 1h, absolute: 10h}
+  patient: {idle: 20m, absolute: 25m}
 `)
 			nurse, doc, patient := g.login("nina"), g.login("alice"), g.login("pat")
-			time.Sleep(450 * time.Millisecond)
+			g.clock.Advance(7 * time.Minute)
 			if rec := g.do("GET", "/fhir/R4/x", "", bearer(nurse)...); rec.Code != 401 {
-				t.Errorf("nurse session survived its 300ms idle timeout: %d", rec.Code)
+				t.Errorf("nurse session survived its 5m idle timeout: %d", rec.Code)
 			}
 			if rec := g.do("GET", "/fhir/R4/x", "", bearer(doc)...); rec.Code != 200 {
 				t.Errorf("physician session ended early: %d", rec.Code)
@@ -292,9 +305,10 @@ roles:
 			if rec := g.do("GET", "/fhir/R4/x", "", bearer(patient)...); rec.Code != 200 {
 				t.Errorf("patient session ended early: %d", rec.Code)
 			}
-			time.Sleep(400 * time.Millisecond)
+			// Active at 7m, so idle until 27m, but the absolute timeout is 25m.
+			g.clock.Advance(18 * time.Minute)
 			if rec := g.do("GET", "/fhir/R4/x", "", bearer(patient)...); rec.Code != 401 {
-				t.Errorf("patient session survived its 700ms absolute timeout: %d", rec.Code)
+				t.Errorf("patient session survived its 25m absolute timeout: %d", rec.Code)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,18 +14,19 @@ import (
 	"github.com/omnigate/omnigate/internal/redistest"
 )
 
-// storeUnderTest builds a Store on memory or on a real redis-server.
+// storeUnderTest builds a Store on memory or on a real redis-server, with
+// its times from clk.
 type storeUnderTest struct {
 	name string
-	make func(t *testing.T) Store
+	make func(t *testing.T, clk *fakeClock) Store
 }
 
 func stores() []storeUnderTest {
 	return []storeUnderTest{
-		{"memory", func(t *testing.T) Store { return newMemStore(1000, time.Now) }},
-		{"redis", func(t *testing.T) Store {
+		{"memory", func(t *testing.T, clk *fakeClock) Store { return newMemStore(1000, clk.Now) }},
+		{"redis", func(t *testing.T, clk *fakeClock) Store {
 			srv := redistest.Start(t)
-			return newRedisStore(context.Background(), testManager(t, srv.URL()))
+			return newRedisStore(context.Background(), testManager(t, srv.URL()), clk.Now)
 		}},
 	}
 }
@@ -50,19 +52,22 @@ func rec(user, role string, idle time.Duration) *Record {
 		Method: "password", IdleTimeout: idle, UserAgent: "curl/8", ClientIP: "127.0.0.1"}
 }
 
-// TestStoreContract runs the same checks against memory and Redis.
+// TestStoreContract runs the same checks against memory and Redis. Time
+// moves only when a check advances the stores' clock; timeouts are minutes
+// long, so Redis's own key expiry (on the real clock) never decides.
 func TestStoreContract(t *testing.T) {
 	for _, st := range stores() {
 		t.Run(st.name, func(t *testing.T) {
 			ctx := context.Background()
 			t.Run("create get delete", func(t *testing.T) {
-				s := st.make(t)
+				clk := newFakeClock()
+				s := st.make(t, clk)
 				r := rec("alice", "nurse", time.Minute)
 				if _, err := s.Create(ctx, r, time.Hour, 0); err != nil {
 					t.Fatal(err)
 				}
-				if r.Created.IsZero() || !r.Expires.After(r.Created) {
-					t.Errorf("times not set: %+v", r)
+				if !r.Created.Equal(testT0) || !r.Expires.Equal(testT0.Add(time.Hour)) {
+					t.Errorf("times not set from the store's clock: %+v", r)
 				}
 				got, err := s.Get(ctx, r.ID, time.Minute)
 				if err != nil {
@@ -87,52 +92,60 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 			t.Run("idle expiry and touch", func(t *testing.T) {
-				s := st.make(t)
-				r := rec("bob", "physician", 300*time.Millisecond)
-				s.Create(ctx, r, time.Hour, 0)
-				// Activity every 150ms keeps it alive past its idle timeout.
+				clk := newFakeClock()
+				s := st.make(t, clk)
+				r := rec("bob", "physician", 10*time.Minute)
+				s.Create(ctx, r, 12*time.Hour, 0)
+				// Activity every 5m keeps it alive past its idle timeout.
 				for i := 0; i < 5; i++ {
-					time.Sleep(150 * time.Millisecond)
-					if _, err := s.Get(ctx, r.ID, 50*time.Millisecond); err != nil {
+					clk.Advance(5 * time.Minute)
+					got, err := s.Get(ctx, r.ID, time.Minute)
+					if err != nil {
 						t.Fatalf("active session ended after %d touches: %v", i, err)
 					}
+					if !got.LastSeen.Equal(clk.Now()) {
+						t.Errorf("touch %d: last seen %s, want %s", i, got.LastSeen, clk.Now())
+					}
 				}
-				time.Sleep(400 * time.Millisecond)
-				if _, err := s.Get(ctx, r.ID, 50*time.Millisecond); !errors.Is(err, ErrNotFound) {
+				clk.Advance(10 * time.Minute)
+				if _, err := s.Get(ctx, r.ID, time.Minute); !errors.Is(err, ErrNotFound) {
 					t.Errorf("idle session still valid: %v", err)
 				}
 			})
 			t.Run("touch is rate limited", func(t *testing.T) {
-				s := st.make(t)
-				r := rec("bob", "physician", 300*time.Millisecond)
-				s.Create(ctx, r, time.Hour, 0)
-				time.Sleep(150 * time.Millisecond)
+				clk := newFakeClock()
+				s := st.make(t, clk)
+				r := rec("bob", "physician", 10*time.Minute)
+				s.Create(ctx, r, 12*time.Hour, 0)
+				clk.Advance(5 * time.Minute)
 				// Not due: the check does not count as activity.
 				if _, err := s.Get(ctx, r.ID, time.Hour); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(200 * time.Millisecond)
+				clk.Advance(5 * time.Minute)
 				if _, err := s.Get(ctx, r.ID, time.Hour); !errors.Is(err, ErrNotFound) {
 					t.Errorf("a check that was not a touch extended the session: %v", err)
 				}
 			})
 			t.Run("absolute expiry", func(t *testing.T) {
-				s := st.make(t)
+				clk := newFakeClock()
+				s := st.make(t, clk)
 				r := rec("carol", "admin", time.Hour)
-				s.Create(ctx, r, 400*time.Millisecond, 0)
+				s.Create(ctx, r, 40*time.Minute, 0)
 				for i := 0; i < 3; i++ {
-					time.Sleep(100 * time.Millisecond)
+					clk.Advance(10 * time.Minute)
 					if _, err := s.Get(ctx, r.ID, 0); err != nil {
 						t.Fatal(err)
 					}
 				}
-				time.Sleep(200 * time.Millisecond)
+				clk.Advance(10 * time.Minute)
 				if _, err := s.Get(ctx, r.ID, 0); !errors.Is(err, ErrNotFound) {
-					t.Errorf("session valid past its absolute expiry despite activity: %v", err)
+					t.Errorf("session valid at its absolute expiry despite activity: %v", err)
 				}
 			})
 			t.Run("list, max sessions, delete user", func(t *testing.T) {
-				s := st.make(t)
+				clk := newFakeClock()
+				s := st.make(t, clk)
 				var ids []string
 				for i := 0; i < 4; i++ {
 					r := rec("dave", "nurse", time.Minute)
@@ -144,7 +157,7 @@ func TestStoreContract(t *testing.T) {
 					if i == 3 && !slices.Equal(evicted, ids[:1]) {
 						t.Errorf("evicted %v, want the oldest %v", evicted, ids[:1])
 					}
-					time.Sleep(5 * time.Millisecond) // distinct creation times
+					clk.Advance(time.Second) // distinct creation times
 				}
 				other := rec("erin", "patient", time.Minute)
 				s.Create(ctx, other, time.Hour, 0)
@@ -188,12 +201,13 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 			t.Run("list drops ended sessions", func(t *testing.T) {
-				s := st.make(t)
-				short := rec("fay", "nurse", 100*time.Millisecond)
-				long := rec("fay", "nurse", time.Minute)
-				s.Create(ctx, short, time.Hour, 0)
-				s.Create(ctx, long, time.Hour, 0)
-				time.Sleep(200 * time.Millisecond)
+				clk := newFakeClock()
+				s := st.make(t, clk)
+				short := rec("fay", "nurse", time.Minute)
+				long := rec("fay", "nurse", time.Hour)
+				s.Create(ctx, short, 12*time.Hour, 0)
+				s.Create(ctx, long, 12*time.Hour, 0)
+				clk.Advance(2 * time.Minute)
 				list, _ := s.List(ctx, "fay")
 				if len(list) != 1 || list[0].ID != long.ID {
 					t.Errorf("list %d sessions, want only the live one", len(list))
@@ -209,7 +223,7 @@ func TestStoreContract(t *testing.T) {
 
 func TestRedisStoreKeepsNoToken(t *testing.T) {
 	srv := redistest.Start(t)
-	s := newRedisStore(context.Background(), testManager(t, srv.URL()))
+	s := newRedisStore(context.Background(), testManager(t, srv.URL()), nil)
 	token, id := newToken()
 	r := rec("gus", "nurse", time.Minute)
 	r.ID = id
@@ -228,5 +242,48 @@ func TestRedisStoreKeepsNoToken(t *testing.T) {
 	}
 	if ttl, _ := srv.Do("PTTL", s.sessKey(id)); ttl == "-1" || ttl == "-2" {
 		t.Fatalf("session key has no TTL (%s): Redis must expire it by itself", ttl)
+	}
+}
+
+// TestRedisRevokeAllBarsLaterWriteBacks: a session made in an instance's
+// memory during an outage, and written back after a revoke-all of its
+// user recorded in Redis, is refused if the revoke-all covers it.
+func TestRedisRevokeAllBarsLaterWriteBacks(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	clk := newFakeClock()
+	s := newRedisStore(ctx, testManager(t, srv.URL()), clk.Now)
+	mk := func(created time.Time) *Record {
+		r := rec("gus", "nurse", time.Hour)
+		r.Created, r.LastSeen, r.Expires = created, created, created.Add(12*time.Hour)
+		return r
+	}
+	before, kept := mk(testT0.Add(-time.Minute)), mk(testT0.Add(-time.Minute))
+	after := mk(testT0.Add(time.Second))
+	at, _, err := s.revokeBefore(ctx, "gus", kept.ID, testT0, time.Hour)
+	if err != nil || !at.Equal(testT0) {
+		t.Fatalf("revokeBefore: %s %v", at, err)
+	}
+	clk.Advance(time.Minute)
+	if err := s.restore(ctx, before); !errors.Is(err, errRevokedSession) {
+		t.Errorf("write-back of a session the revoke-all covers: %v", err)
+	}
+	if _, err := s.Get(ctx, before.ID, time.Minute); !errors.Is(err, ErrNotFound) {
+		t.Errorf("revoked session readable after its write-back: %v", err)
+	}
+	for name, r := range map[string]*Record{"the kept session": kept, "a later session": after} {
+		if err := s.restore(ctx, r); err != nil {
+			t.Errorf("write-back of %s: %v", name, err)
+		}
+		if _, err := s.Get(ctx, r.ID, time.Minute); err != nil {
+			t.Errorf("%s refused: %v", name, err)
+		}
+	}
+	// An older revoke-all replayed late does not move the marker back.
+	if at, _, _ := s.revokeBefore(ctx, "gus", "", testT0.Add(-time.Hour), time.Hour); !at.Equal(testT0.Add(-time.Hour)) {
+		t.Errorf("replayed marker time %s", at)
+	}
+	if m, _ := srv.Do("HGET", s.markerKey("gus"), "t"); m != strconv.FormatInt(testT0.UnixMilli(), 10) {
+		t.Errorf("marker moved back to %s", m)
 	}
 }
