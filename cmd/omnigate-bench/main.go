@@ -345,7 +345,7 @@ func (b *bench) run(only string) error {
 		add("proxy-gateway", "proxy-stock", "routes:\n  - path: /fhir/R4/*path\n    upstream: "+bare+"\n", nil),
 		add("session-off", "bare", "routes:\n  - fhir: true\n", anyToken),
 		add("session-memory", "session-off", sess(""), loginHeader),
-		add("session-redis", "session-off", redis+sess(""), loginHeader),
+		add("session-redis", "session-off", redis+sess(", local_cache: {enabled: false}"), loginHeader),
 		add("session-redis-cache", "session-off", redis+sess(", local_cache: {enabled: true}"), loginHeader),
 		add("cache-l1-hit", "bare", redis+cache(true), nil),
 		add("cache-redis-hit", "bare", redis+cache(false), nil),
