@@ -59,7 +59,7 @@ func TestPerm(t *testing.T) {
 			t.Errorf("ParsePerm(%q) = %v %v", s, p, ok)
 		}
 	}
-	if (Read | Search).String() != "rs" || All.String() != "cruds" || Perm(0).String() != "" {
+	if (Read|Search).String() != "rs" || All.String() != "cruds" || Perm(0).String() != "" {
 		t.Error("Perm.String")
 	}
 }
