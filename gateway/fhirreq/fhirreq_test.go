@@ -1,6 +1,7 @@
 package fhirreq
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -80,4 +81,82 @@ func BenchmarkParse(b *testing.B) {
 	for b.Loop() {
 		Parse("GET", "/fhir/R4/Patient/p1/Observation", "/fhir/R4")
 	}
+}
+
+func TestParseBundle(t *testing.T) {
+	body := `{"resourceType":"Bundle","type":"batch","entry":[
+	 {"request":{"method":"GET","url":"Patient/85"}},
+	 {"request":{"method":"GET","url":"Observation?patient=85&code=1"}},
+	 {"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient","ifNoneExist":"identifier=x|1"}},
+	 {"resource":{"resourceType":"Patient"},"request":{"method":"PUT","url":"Patient?identifier=x|2"}},
+	 {"request":{"method":"DELETE","url":"http://fhir.example/fhir/R4/Patient/9"}},
+	 {"request":{"method":"delete","url":"Patient?name=x"}},
+	 {"request":{"method":"GET","url":"Patient/85/_history/2"}},
+	 {"request":{"method":"POST","url":"Patient/$validate"}},
+	 {"request":{"method":"GET","url":"not a url"}},
+	 {"resource":{"resourceType":"Patient"}}
+	]}`
+	b, err := ParseBundle([]byte(body), "/fhir/R4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		interaction, typ, id string
+		conditional         bool
+	}
+	wants := []want{
+		{Read, "Patient", "85", false},
+		{SearchType, "Observation", "", false},
+		{Create, "Patient", "", true},
+		{Update, "Patient", "", true},
+		{Delete, "Patient", "9", false},
+		{Delete, "Patient", "", true},
+		{VRead, "Patient", "85", false},
+		{Operation, "Patient", "", false},
+		{"", "", "", false},
+		{"", "", "", false},
+	}
+	if b.Type != "batch" || len(b.Entries) != len(wants) {
+		t.Fatalf("type %q, %d entries", b.Type, len(b.Entries))
+	}
+	for i, w := range wants {
+		e := &b.Entries[i]
+		got := want{e.Interaction, e.Type, e.ID, e.Conditional()}
+		if got != w || e.Index != i {
+			t.Errorf("entry %d (%s %s): %+v, want %+v", i, e.Method, e.URL, got, w)
+		}
+	}
+	if q := b.Entries[1].Query; q.Get("patient") != "85" || q.Get("code") != "1" {
+		t.Errorf("query %v", q)
+	}
+	if string(b.Entries[2].Resource) != `{"resourceType":"Patient"}` {
+		t.Errorf("resource %s", b.Entries[2].Resource)
+	}
+	for _, bad := range []string{`{"resourceType":"Bundle","type":"searchset"}`, `{"resourceType":"Patient"}`, `[]`} {
+		if _, err := ParseBundle([]byte(bad), ""); !errors.Is(err, ErrNotBundle) && err == nil {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	if _, err := ParseBundle([]byte(`{`), ""); err == nil || errors.Is(err, ErrNotBundle) {
+		t.Errorf("malformed JSON: %v", err)
+	}
+}
+
+func FuzzParseBundle(f *testing.F) {
+	f.Add([]byte(`{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"PUT","url":"Patient?identifier=a|b"}}]}`))
+	f.Add([]byte(`{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"http://x/fhir/Patient/1"}}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		b, err := ParseBundle(body, "/fhir")
+		if err != nil {
+			return
+		}
+		for i, e := range b.Entries {
+			if e.Index != i {
+				t.Fatalf("entry %d has index %d", i, e.Index)
+			}
+			if e.Interaction != "" && e.Type != "" && !IsResourceType(e.Type) {
+				t.Fatalf("entry %d: type %q", i, e.Type)
+			}
+		}
+	})
 }
