@@ -18,6 +18,9 @@ type Identity struct {
 	Scopes []string `json:"scopes,omitempty"`
 	// PatientID is the patient the user is (or acts for), for patient users.
 	PatientID string `json:"patient,omitempty"`
+	// FHIRUser is the FHIR resource of the user, as SMART's fhirUser claim
+	// gives it: "Practitioner/12", "Patient/85", "RelatedPerson/3".
+	FHIRUser string `json:"fhir_user,omitempty"`
 	// SessionID identifies the server session (never the token itself).
 	SessionID string `json:"session,omitempty"`
 	// Method says how the identity was established: session, jwt, ….

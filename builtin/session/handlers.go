@@ -77,7 +77,8 @@ func (p *Plugin) login(w http.ResponseWriter, r *http.Request) {
 		gateway.Error(w, r, http.StatusUnauthorized, "invalid username or password")
 		return
 	}
-	p.start(w, r, &gateway.Identity{UserID: u.Username, Role: u.Role, Scopes: u.Scopes, PatientID: u.Patient}, "password")
+	p.start(w, r, &gateway.Identity{UserID: u.Username, Role: u.Role, Scopes: u.Scopes,
+		PatientID: patientOf(u.Patient, u.FHIRUser), FHIRUser: u.FHIRUser}, "password")
 }
 
 // exchange trades a valid bearer JWT for a server session.
@@ -108,7 +109,7 @@ func (p *Plugin) start(w http.ResponseWriter, r *http.Request, id *gateway.Ident
 	pol := p.cfg.policy(id.Role)
 	token, rid := newToken()
 	rec := &Record{
-		ID: rid, UserID: id.UserID, Role: id.Role, Scopes: id.Scopes, PatientID: id.PatientID, Method: method,
+		ID: rid, UserID: id.UserID, Role: id.Role, Scopes: id.Scopes, PatientID: id.PatientID, FHIRUser: id.FHIRUser, Method: method,
 		IdleTimeout: pol.Idle, UserAgent: truncate(r.UserAgent(), 256), ClientIP: gateway.ClientIP(r).String(),
 	}
 	evicted, err := p.store.create(ctx, rec, pol.Absolute, pol.MaxSessions)

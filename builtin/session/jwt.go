@@ -68,6 +68,10 @@ type ClaimsConfig struct {
 	Scopes string `yaml:"scopes"`
 	// Patient, default "patient".
 	Patient string `yaml:"patient"`
+	// FHIRUser, default "fhirUser" (SMART). When the patient claim is
+	// absent and fhirUser names a Patient ("Patient/85"), that patient is
+	// the identity's patient.
+	FHIRUser string `yaml:"fhir_user"`
 }
 
 var knownAlgs = []string{"RS256", "ES256", "HS256"}
@@ -90,6 +94,9 @@ func (c *JWTConfig) setDefaults() {
 	}
 	if c.Claims.Patient == "" {
 		c.Claims.Patient = "patient"
+	}
+	if c.Claims.FHIRUser == "" {
+		c.Claims.FHIRUser = "fhirUser"
 	}
 	if c.DefaultRole == "" {
 		c.DefaultRole = "user"
@@ -272,6 +279,8 @@ func (v *verifier) verify(ctx context.Context, token string) (*gateway.Identity,
 	id.Role = v.role(claimPath(claims, v.cfg.Claims.Role))
 	id.Scopes = stringsOf(claimPath(claims, v.cfg.Claims.Scopes))
 	id.PatientID, _ = claimPath(claims, v.cfg.Claims.Patient).(string)
+	id.FHIRUser, _ = claimPath(claims, v.cfg.Claims.FHIRUser).(string)
+	id.PatientID = patientOf(id.PatientID, id.FHIRUser)
 	exp, _ := claims.GetExpirationTime()
 	return id, exp.Time, nil
 }

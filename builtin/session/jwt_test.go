@@ -141,6 +141,16 @@ jwt:
 		})
 	}
 
+	// A SMART fhirUser that is a Patient gives the patient when the
+	// patient claim is absent.
+	patientTok := sign(t, jwt.SigningMethodRS256, "rsa1", keys.rsa, claims(func(c jwt.MapClaims) {
+		delete(c, "patient")
+		c["fhirUser"] = "https://fhir.example/fhir/Patient/355"
+	}))
+	if rec := g.do("GET", "/fhir/R4/Observation", "", bearer(patientTok)...); rec.Code != 200 || rec.Header().Get("X-Patient") != "355" {
+		t.Errorf("fhirUser Patient: %d, X-Patient %q", rec.Code, rec.Header().Get("X-Patient"))
+	}
+
 	// Exchange a JWT for a server session.
 	jwtTok := sign(t, jwt.SigningMethodES256, "ec1", keys.ec, claims(nil))
 	rec := g.do("POST", "/auth/session", "", bearer(jwtTok)...)

@@ -266,7 +266,7 @@ func (p *Plugin) jwtStateless() bool { return p.cfg.JWT.Stateless == nil || *p.c
 
 func identityOf(r *Record) *gateway.Identity {
 	return &gateway.Identity{UserID: r.UserID, Role: r.Role, Scopes: r.Scopes, PatientID: r.PatientID,
-		SessionID: r.ID, Method: "session"}
+		FHIRUser: r.FHIRUser, SessionID: r.ID, Method: "session"}
 }
 
 func (p *Plugin) csrfRefused(w http.ResponseWriter, r *http.Request) {

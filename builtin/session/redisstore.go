@@ -51,9 +51,10 @@ const defaultLifetime = 24 * time.Hour
 const (
 	fUser, fRole, fScopes, fPatient, fMethod = "u", "r", "s", "p", "m"
 	fCreated, fLast, fAbs, fIdle, fUA, fIP   = "c", "l", "a", "i", "ua", "ip"
+	fFHIRUser                                = "f"
 )
 
-var getFields = []string{fUser, fRole, fScopes, fPatient, fMethod, fCreated, fLast, fAbs, fIdle, fUA, fIP}
+var getFields = []string{fUser, fRole, fScopes, fPatient, fMethod, fCreated, fLast, fAbs, fIdle, fUA, fIP, fFHIRUser}
 
 // nowLua sets now (ms) from ARGV[1], or from Redis TIME when it is 0.
 const nowLua = `local now = tonumber(ARGV[1])
@@ -78,7 +79,7 @@ return now
 // activity when it is older than ARGV[2] ms. Returns the fields of
 // getFields, then touched (0/1) and now, or nil.
 var getLua = nowLua + `
-local v = redis.call('HMGET', KEYS[1], 'u', 'r', 's', 'p', 'm', 'c', 'l', 'a', 'i', 'ua', 'ip')
+local v = redis.call('HMGET', KEYS[1], 'u', 'r', 's', 'p', 'm', 'c', 'l', 'a', 'i', 'ua', 'ip', 'f')
 if not v[1] then return false end
 local last, abs, idle = tonumber(v[7]), tonumber(v[8]), tonumber(v[9])
 if now >= abs or now - last >= idle then
@@ -92,8 +93,8 @@ if now - last >= tonumber(ARGV[2]) then
   v[7] = tostring(now)
   touched = 1
 end
-v[12] = tostring(touched)
-v[13] = tostring(now)
+v[13] = tostring(touched)
+v[14] = tostring(now)
 return v
 `
 
@@ -204,7 +205,7 @@ func (s *redisStore) clock() time.Time {
 func (s *redisStore) Create(ctx context.Context, rec *Record, absolute time.Duration, maxSessions int) ([]string, error) {
 	args := []any{s.nowArg(), ms(absolute), ms(rec.IdleTimeout),
 		fUser, rec.UserID, fRole, rec.Role, fScopes, strings.Join(rec.Scopes, " "), fPatient, rec.PatientID,
-		fMethod, rec.Method, fUA, rec.UserAgent, fIP, rec.ClientIP}
+		fMethod, rec.Method, fUA, rec.UserAgent, fIP, rec.ClientIP, fFHIRUser, rec.FHIRUser}
 	var now int64
 	err := s.m.Do(ctx, s.opCreate, func(ctx context.Context, c redis.UniversalClient) error {
 		var err error
@@ -255,7 +256,7 @@ func (s *redisStore) restore(ctx context.Context, r *Record) error {
 		k := s.sessKey(r.ID)
 		_, err := c.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.HSet(ctx, k, fUser, r.UserID, fRole, r.Role, fScopes, strings.Join(r.Scopes, " "), fPatient, r.PatientID,
-				fMethod, r.Method, fUA, r.UserAgent, fIP, r.ClientIP, fCreated, r.Created.UnixMilli(),
+				fMethod, r.Method, fUA, r.UserAgent, fIP, r.ClientIP, fFHIRUser, r.FHIRUser, fCreated, r.Created.UnixMilli(),
 				fLast, r.LastSeen.UnixMilli(), fAbs, r.Expires.UnixMilli(), fIdle, ms(r.IdleTimeout))
 			p.PExpire(ctx, k, ttl)
 			return nil
@@ -324,7 +325,7 @@ func parseRecord(id string, v []string) (*Record, error) {
 	r := &Record{
 		ID: id, UserID: v[0], Role: v[1], PatientID: v[3], Method: v[4],
 		Created: fromMS(num(v[5])), LastSeen: fromMS(num(v[6])), Expires: fromMS(num(v[7])),
-		IdleTimeout: time.Duration(num(v[8])) * time.Millisecond, UserAgent: v[9], ClientIP: v[10],
+		IdleTimeout: time.Duration(num(v[8])) * time.Millisecond, UserAgent: v[9], ClientIP: v[10], FHIRUser: v[11],
 	}
 	if v[2] != "" {
 		r.Scopes = strings.Split(v[2], " ")

@@ -9,14 +9,17 @@ import (
 // Record is one session as stored. It never holds the token, only ID, the
 // token's SHA-256.
 type Record struct {
-	ID        string    `json:"id"`
-	UserID    string    `json:"user"`
-	Role      string    `json:"role"`
-	Scopes    []string  `json:"scopes,omitempty"`
-	PatientID string    `json:"patient,omitempty"`
-	Method    string    `json:"method"` // password or jwt
-	Created   time.Time `json:"created"`
-	LastSeen  time.Time `json:"last_seen"`
+	ID        string   `json:"id"`
+	UserID    string   `json:"user"`
+	Role      string   `json:"role"`
+	Scopes    []string `json:"scopes,omitempty"`
+	PatientID string   `json:"patient,omitempty"`
+	// FHIRUser is the FHIR resource of the user (Practitioner/12), from
+	// the user directory or the JWT's fhirUser claim.
+	FHIRUser string    `json:"fhir_user,omitempty"`
+	Method   string    `json:"method"` // password or jwt
+	Created  time.Time `json:"created"`
+	LastSeen time.Time `json:"last_seen"`
 	// Expires is the absolute expiry; the session also ends IdleTimeout
 	// after LastSeen.
 	Expires     time.Time     `json:"expires"`

@@ -49,7 +49,7 @@ func testManager(t *testing.T, url string) *backbone.Manager {
 func rec(user, role string, idle time.Duration) *Record {
 	_, id := newToken()
 	return &Record{ID: id, UserID: user, Role: role, Scopes: []string{"user/*.rs", "openid"}, PatientID: "85",
-		Method: "password", IdleTimeout: idle, UserAgent: "curl/8", ClientIP: "127.0.0.1"}
+		FHIRUser: "Practitioner/12", Method: "password", IdleTimeout: idle, UserAgent: "curl/8", ClientIP: "127.0.0.1"}
 }
 
 // TestStoreContract runs the same checks against memory and Redis. Time
@@ -75,7 +75,7 @@ func TestStoreContract(t *testing.T) {
 				}
 				if got.UserID != "alice" || got.Role != "nurse" || !slices.Equal(got.Scopes, r.Scopes) ||
 					got.PatientID != "85" || got.UserAgent != "curl/8" || got.ClientIP != "127.0.0.1" ||
-					got.Method != "password" || got.IdleTimeout != time.Minute {
+					got.Method != "password" || got.IdleTimeout != time.Minute || got.FHIRUser != "Practitioner/12" {
 					t.Errorf("got %+v", got)
 				}
 				if _, err := s.Get(ctx, "0000", time.Minute); !errors.Is(err, ErrNotFound) {
@@ -285,5 +285,22 @@ func TestRedisRevokeAllBarsLaterWriteBacks(t *testing.T) {
 	}
 	if m, _ := srv.Do("HGET", s.markerKey("gus"), "t"); m != strconv.FormatInt(testT0.UnixMilli(), 10) {
 		t.Errorf("marker moved back to %s", m)
+	}
+}
+
+func TestPatientOf(t *testing.T) {
+	for _, tc := range []struct{ patient, fhirUser, want string }{
+		{"85", "Patient/9", "85"},
+		{"", "Patient/9", "9"},
+		{"", "https://fhir.example/fhir/Patient/9", "9"},
+		{"", "Practitioner/12", ""},
+		{"", "RelatedPatient/9", ""},
+		{"", "Patient/", ""},
+		{"", "Patient/a b", ""},
+		{"", "", ""},
+	} {
+		if got := patientOf(tc.patient, tc.fhirUser); got != tc.want {
+			t.Errorf("patientOf(%q, %q) = %q, want %q", tc.patient, tc.fhirUser, got, tc.want)
+		}
 	}
 }

@@ -11,11 +11,14 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/omnigate/omnigate/gateway/fhirreq"
 )
 
 // User is one entry of the user directory file.
@@ -30,6 +33,9 @@ type User struct {
 	// Patient is the patient id of a patient user (or of the patient a
 	// proxy user acts for).
 	Patient string `yaml:"patient,omitempty"`
+	// FHIRUser is the user's FHIR resource (Practitioner/12); a Patient
+	// resource there sets Patient when it is empty.
+	FHIRUser string `yaml:"fhir_user,omitempty"`
 	// Disabled users cannot log in.
 	Disabled bool `yaml:"disabled,omitempty"`
 }
@@ -247,4 +253,22 @@ func createFirstRun(path string, roles []string, patient string, console io.Writ
 	}
 	fmt.Fprintln(console)
 	return nil
+}
+
+// patientOf returns patient, or the id of fhirUser when patient is empty
+// and fhirUser is a Patient reference ("Patient/85", or an absolute URL
+// ending so): a SMART fhirUser that is a Patient is that patient.
+func patientOf(patient, fhirUser string) string {
+	if patient != "" || fhirUser == "" {
+		return patient
+	}
+	i := strings.LastIndex(fhirUser, "Patient/")
+	if i < 0 || i > 0 && fhirUser[i-1] != '/' {
+		return ""
+	}
+	id := fhirUser[i+len("Patient/"):]
+	if !fhirreq.IsID(id) {
+		return ""
+	}
+	return id
 }
