@@ -102,7 +102,7 @@ func TestParseBundle(t *testing.T) {
 	}
 	type want struct {
 		interaction, typ, id string
-		conditional         bool
+		conditional          bool
 	}
 	wants := []want{
 		{Read, "Patient", "85", false},
