@@ -239,3 +239,21 @@ func FuzzParseScope(f *testing.F) {
 		}
 	})
 }
+
+func TestRecord(t *testing.T) {
+	var none *Record
+	none.Set(RecordData{Allowed: true}) // a nil record ignores what it is told
+	if none.Get().Decided {
+		t.Fatal("nil record")
+	}
+	ctx, r := WithRecord(context.Background())
+	if RecordFrom(ctx) != r || RecordFrom(context.Background()) != nil {
+		t.Fatal("record not carried")
+	}
+	r.Set(RecordData{Decided: true, Interaction: "batch", Entries: []EntryDecision{{Index: 0, Allowed: true}}})
+	got := r.Get()
+	got.Entries[0].Allowed = false
+	if !r.Get().Entries[0].Allowed || !r.Get().Decided {
+		t.Fatal("Get must return a copy")
+	}
+}
