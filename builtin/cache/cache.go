@@ -61,7 +61,7 @@ type Cache struct {
 	mem      *memTier
 	l1       *l1 // nil when off
 	fhirBase string
-	now      func() time.Time
+	clock    clock
 	flights  flights
 	metrics  *metrics
 	stats    sync.Map // route -> *routeStats
@@ -84,12 +84,21 @@ const invalidateChannel = "cache:invalidate"
 
 // New builds the cache on the Redis backbone (or memory without Redis).
 func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
+	c, err := newCache(ctx, cfg, env, systemClock{})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newCache is New on the clock clk.
+func newCache(ctx context.Context, cfg *Config, env *gateway.Env, clk clock) (*Cache, error) {
 	m, err := backbone.ForCache(ctx, env)
 	if err != nil {
 		return nil, err
 	}
 	m.Declare("cache", backbone.Cache)
-	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), now: time.Now,
+	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), clock: clk,
 		metrics: newMetrics(env.Registerer)}
 	longest := max(cfg.TTL, cfg.PatientTTL)
 	for _, d := range cfg.TypeTTLs {
@@ -99,12 +108,12 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		longest = max(longest, d)
 	}
 	versionTTL := 2 * (longest + cfg.StaleIfError)
-	c.mem = newMemTier(int64(cfg.MaxMemory), versionTTL, c.now, func() { c.metrics.evictions.WithLabelValues("memory").Inc() })
+	c.mem = newMemTier(int64(cfg.MaxMemory), versionTTL, clk.Now, func() { c.metrics.evictions.WithLabelValues("memory").Inc() })
 	if m.Enabled() {
 		c.redis = newRedisTier(m, versionTTL)
 		c.opPub = m.Op("cache.publish")
 		if cfg.L1.Enabled {
-			c.l1 = newL1(int64(cfg.L1.MaxBytes), cfg.L1.TTL, c.now, func() { c.metrics.evictions.WithLabelValues("l1").Inc() })
+			c.l1 = newL1(int64(cfg.L1.MaxBytes), cfg.L1.TTL, clk.Now, func() { c.metrics.evictions.WithLabelValues("l1").Inc() })
 		}
 		c.unsub = m.Subscribe(invalidateChannel, func(payload string) {
 			if c.l1 != nil {
@@ -142,6 +151,9 @@ func (c *Cache) Close() error {
 	}
 	return nil
 }
+
+// now is the time on the cache's clock.
+func (c *Cache) now() time.Time { return c.clock.Now() }
 
 // Health reports where entries are kept.
 func (c *Cache) Health() gateway.Health {
@@ -303,7 +315,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 
 	fl, leader := c.flights.join(key)
 	if !leader {
-		<-fl.done
+		c.flights.wait(fl)
 		if fl.e != nil {
 			c.hit(w, r, fl.e, "HIT", st, c.now())
 			return
@@ -563,8 +575,9 @@ type flights struct {
 }
 
 type flight struct {
-	done chan struct{}
-	e    *entry // the stored entry, or nil: waiters call the handler themselves
+	done    chan struct{}
+	e       *entry // the stored entry, or nil: waiters call the handler themselves
+	waiters int    // followers waiting for it, under flights.mu
 }
 
 func (f *flights) join(key string) (*flight, bool) {
@@ -587,4 +600,28 @@ func (f *flights) finish(key string, fl *flight, e *entry) {
 	f.mu.Unlock()
 	fl.e = e
 	close(fl.done)
+}
+
+// wait blocks a follower until fl is done.
+func (f *flights) wait(fl *flight) {
+	f.addWaiter(fl, 1)
+	defer f.addWaiter(fl, -1)
+	<-fl.done
+}
+
+func (f *flights) addWaiter(fl *flight, n int) {
+	f.mu.Lock()
+	fl.waiters += n
+	f.mu.Unlock()
+}
+
+// waiting is how many followers are waiting, over every key.
+func (f *flights) waiting() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, fl := range f.m {
+		n += fl.waiters
+	}
+	return n
 }

@@ -20,7 +20,7 @@ func TestHitMissAndTTL(t *testing.T) {
 	for _, be := range backends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			up := newFakeFHIR(t)
-			g := newGateway(t, be.url, up, "ttl: 300ms\npatient_ttl: 300ms")
+			g := newGateway(t, be.url, up, "ttl: 5m\npatient_ttl: 5m")
 			x, b1, rec := g.get("/fhir/R4/Observation/1", "u1")
 			if x != "MISS" || rec.Code != 200 {
 				t.Fatalf("first: %s %d", x, rec.Code)
@@ -34,7 +34,11 @@ func TestHitMissAndTTL(t *testing.T) {
 			if rec := g.do("HEAD", "/fhir/R4/Observation/1", "", "X-Test-User", "u1", "X-Test-Role", "nurse"); rec.Header().Get("X-Cache") != "HIT" || rec.Body.Len() != 0 {
 				t.Errorf("HEAD: %v %d bytes", rec.Header().Get("X-Cache"), rec.Body.Len())
 			}
-			time.Sleep(400 * time.Millisecond)
+			g.clock.Advance(5*time.Minute - time.Millisecond)
+			if x, _, _ := g.get("/fhir/R4/Observation/1", "u1"); x != "HIT" {
+				t.Errorf("just before the TTL: %s", x)
+			}
+			g.clock.Advance(time.Millisecond)
 			if x, _, _ := g.get("/fhir/R4/Observation/1", "u1"); x != "MISS" {
 				t.Errorf("after the TTL: %s", x)
 			}
@@ -165,7 +169,7 @@ func TestCacheControl(t *testing.T) {
 	}
 	// s-maxage caps the TTL.
 	g.get("/fhir/R4/C/1?cc=s-maxage%3D1", "u")
-	time.Sleep(1100 * time.Millisecond)
+	g.clock.Advance(time.Second)
 	if x, _, _ := g.get("/fhir/R4/C/1?cc=s-maxage%3D1", "u"); x != "MISS" {
 		t.Errorf("s-maxage=1 not honoured: %s", x)
 	}
@@ -202,21 +206,24 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 	for _, be := range backends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			up := newFakeFHIR(t)
-			up.delay.Store(int64(200 * time.Millisecond))
+			release := up.hold(t, "/fhir/R4/Observation")
 			g := newGateway(t, be.url, up, "")
 			var wg sync.WaitGroup
-			start := make(chan struct{})
 			for i := 0; i < 100; i++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					<-start
 					if _, body, rec := g.get("/fhir/R4/Observation?code=x", "same-user"); rec.Code != 200 || body["user"] != "same-user" {
 						t.Errorf("%d %v", rec.Code, body)
 					}
 				}()
 			}
-			close(start)
+			// The handler answers only once one request is in it and the
+			// 99 others wait for it.
+			eventually(t, "one call in the handler, 99 waiting", 30*time.Second, func() bool {
+				return up.count("/fhir/R4/Observation") == 1 && g.cache.flights.waiting() == 99
+			})
+			release()
 			wg.Wait()
 			if n := up.count("/fhir/R4/Observation"); n != 1 {
 				t.Errorf("100 concurrent misses made %d handler calls, want 1", n)
@@ -227,9 +234,9 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 
 func TestStaleIfError(t *testing.T) {
 	up := newFakeFHIR(t)
-	g := newGateway(t, "", up, "ttl: 200ms\npatient_ttl: 200ms\nstale_if_error: 10s")
+	g := newGateway(t, "", up, "ttl: 1m\npatient_ttl: 1m\nstale_if_error: 10m")
 	g.get("/fhir/R4/Observation/5", "u")
-	time.Sleep(300 * time.Millisecond)
+	g.clock.Advance(2 * time.Minute)
 	up.failing.Store(true)
 	x, body, rec := g.get("/fhir/R4/Observation/5", "u")
 	if x != "STALE" || rec.Code != 200 || body["call"] != float64(1) || !strings.Contains(rec.Header().Get("Warning"), "110") {
@@ -332,7 +339,7 @@ func TestCrossInstanceInvalidation(t *testing.T) {
 	// A write on A: B's L1 holds the entry for 30s, so only the broadcast
 	// (or the version check on Redis) can make B miss sooner.
 	a.do("PUT", "/fhir/R4/Patient/7", `{"resourceType":"Patient","id":"7"}`, "X-Test-User", "u")
-	d := eventually(t, "B sees A's write", 10*time.Second, func() bool {
+	d := eventually(t, "B sees A's write", 30*time.Second, func() bool {
 		x, _, _ := b.get("/fhir/R4/Patient/7", "u")
 		return x == "MISS"
 	})
@@ -366,7 +373,7 @@ func TestRedisDownMidTest(t *testing.T) {
 		t.Errorf("write during the outage not honoured: %s", x)
 	}
 	redis.Restart()
-	eventually(t, "redis back", 10*time.Second, func() bool { return g.srvCacheUp() })
+	eventually(t, "redis back", 30*time.Second, func() bool { return g.srvCacheUp() })
 	// ...and entries made before it are stale afterwards.
 	if x, body, _ := g.get("/fhir/R4/Patient/3", "alice"); x != "MISS" || body["user"] != "alice" {
 		t.Errorf("after recovery: %s %v", x, body)
