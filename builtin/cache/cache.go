@@ -23,15 +23,16 @@
 // while a write happens is stored already stale and never served.
 //
 // Concurrent misses of one key make one call to the handler per instance
-// (the others wait for it); stale-if-error serves an expired entry when
-// the handler fails; If-None-Match and If-Modified-Since are answered 304
-// from the entry. Responses carry X-Cache (HIT, MISS, STALE, BYPASS) and
-// Age.
+// (the others wait for it, each only as long as its own request lasts);
+// stale-if-error serves an expired entry when the handler fails;
+// If-None-Match and If-Modified-Since are answered 304 from the entry.
+// Responses carry X-Cache (HIT, MISS, STALE, BYPASS) and Age.
 package cache
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -315,7 +316,10 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 
 	fl, leader := c.flights.join(key)
 	if !leader {
-		c.flights.wait(fl)
+		if !c.flights.wait(r.Context(), fl) {
+			abandon(w, r)
+			return
+		}
 		if fl.e != nil {
 			c.hit(w, r, fl.e, "HIT", st, c.now())
 			return
@@ -364,6 +368,22 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	st.count("miss")
 	rec.header.Set("X-Cache", "MISS")
 	rec.flushTo(w)
+}
+
+// statusClientClosed is logged for a request whose client went away
+// before it was answered.
+const statusClientClosed = 499
+
+// abandon answers a request that ended while it waited for another's call
+// to the handler: 504 when its deadline passed, else (its client went
+// away) a bare 499 for the access log. The leader goes on and stores its
+// response for the next request.
+func abandon(w http.ResponseWriter, r *http.Request) {
+	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+		gateway.Error(w, r, http.StatusGatewayTimeout, "timed out waiting for the response")
+		return
+	}
+	w.WriteHeader(statusClientClosed)
 }
 
 func (c *Cache) bypass(w http.ResponseWriter, r *http.Request, next http.Handler, st *routeStats) {
@@ -602,11 +622,18 @@ func (f *flights) finish(key string, fl *flight, e *entry) {
 	close(fl.done)
 }
 
-// wait blocks a follower until fl is done.
-func (f *flights) wait(fl *flight) {
+// wait blocks a follower until fl is done or ctx ends (its client went
+// away, its deadline passed); it reports whether fl is done. A follower
+// that stops waiting does not affect the leader.
+func (f *flights) wait(ctx context.Context, fl *flight) bool {
 	f.addWaiter(fl, 1)
 	defer f.addWaiter(fl, -1)
-	<-fl.done
+	select {
+	case <-fl.done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (f *flights) addWaiter(fl *flight, n int) {

@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -227,6 +229,56 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 			wg.Wait()
 			if n := up.count("/fhir/R4/Observation"); n != 1 {
 				t.Errorf("100 concurrent misses made %d handler calls, want 1", n)
+			}
+		})
+	}
+}
+
+// TestFollowerStopsWaitingWhenItsRequestEnds: a request waiting for
+// another's call to the handler (same key) stops waiting when its own
+// context ends, without calling the handler, and the leader still
+// completes and stores its response.
+func TestFollowerStopsWaitingWhenItsRequestEnds(t *testing.T) {
+	for _, be := range backends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			const path = "/fhir/R4/Patient/1"
+			up := newFakeFHIR(t)
+			release := up.hold(t, path)
+			g := newGateway(t, be.url, up, "")
+			leader := g.getAsync(t.Context(), path, "u")
+			eventually(t, "the leader in the handler", 30*time.Second, func() bool { return up.count(path) == 1 })
+
+			// A follower whose client goes away while it waits.
+			ctx, cancel := context.WithCancel(t.Context())
+			gone := g.getAsync(ctx, path, "u")
+			eventually(t, "the follower waiting", 30*time.Second, func() bool { return g.cache.flights.waiting() == 1 })
+			cancel()
+			if rec := await(t, "the follower after its client left", 10*time.Second, gone); rec.Code != 499 {
+				t.Errorf("follower whose client left: %d, want 499", rec.Code)
+			}
+			// A follower whose deadline has passed.
+			ctx, cancel = context.WithDeadline(t.Context(), time.Unix(1, 0))
+			defer cancel()
+			if rec := await(t, "the follower past its deadline", 10*time.Second, g.getAsync(ctx, path, "u")); rec.Code != http.StatusGatewayTimeout {
+				t.Errorf("follower past its deadline: %d, want 504", rec.Code)
+			}
+			if n := up.count(path); n != 1 {
+				t.Errorf("the followers called the handler: %d calls", n)
+			}
+
+			// The leader was not disturbed: it completes and stores.
+			release()
+			rec := await(t, "the leader", 30*time.Second, leader)
+			var body map[string]any
+			json.Unmarshal(rec.Body.Bytes(), &body)
+			if rec.Code != 200 || rec.Header().Get("X-Cache") != "MISS" || body["user"] != "u" {
+				t.Fatalf("leader: %d %s %v", rec.Code, rec.Header().Get("X-Cache"), body)
+			}
+			if x, b, _ := g.get(path, "u"); x != "HIT" || b["call"] != body["call"] {
+				t.Errorf("after the leader: %s %v, want a HIT of call %v", x, b, body["call"])
+			}
+			if g.cache.flights.waiting() != 0 {
+				t.Errorf("%d followers still counted as waiting", g.cache.flights.waiting())
 			}
 		})
 	}
