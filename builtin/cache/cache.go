@@ -22,6 +22,13 @@
 // entries. Versions are read before the handler runs, so a response made
 // while a write happens is stored already stale and never served.
 //
+// Redis outages. While Redis is down each instance caches in its own
+// memory (on_redis_down: memory) and hears of no other instance's writes,
+// so an entry is served from memory only until it is outage_max_age old
+// (default 5s): that bounds how long an instance serves a response after
+// a write through another. When Redis returns, an instance that saw
+// writes makes every entry in Redis stale.
+//
 // Concurrent misses of one key make one call to the handler per instance
 // (the others wait for it, each only as long as its own request lasts);
 // stale-if-error serves an expired entry when the handler fails;
@@ -33,6 +40,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -71,6 +79,10 @@ type Cache struct {
 	hot      *hotRecorder // nil unless warm.hot_file is set
 	handler  http.Handler // the gateway's, for warming
 
+	// outageRefetches counts reads during Redis outages whose entry in
+	// memory was older than outage_max_age.
+	outageRefetches atomic.Int64
+
 	unsub, unwatch func()
 }
 
@@ -84,6 +96,8 @@ var (
 const invalidateChannel = "cache:invalidate"
 
 // New builds the cache on the Redis backbone (or memory without Redis).
+// It fails when cfg does not validate (see Config.Validate) or the
+// backbone cannot be built (a bad Redis config).
 func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
 	c, err := newCache(ctx, cfg, env, systemClock{})
 	if err != nil {
@@ -94,6 +108,9 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 
 // newCache is New on the clock clk.
 func newCache(ctx context.Context, cfg *Config, env *gateway.Env, clk clock) (*Cache, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cache config: %w", err)
+	}
 	m, err := backbone.ForCache(ctx, env)
 	if err != nil {
 		return nil, err
@@ -164,7 +181,11 @@ func (c *Cache) Health() gateway.Health {
 	case c.m.Up():
 		return gateway.Health{Status: gateway.StatusUp, Detail: "entries in redis"}
 	}
-	return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: caching in memory (" + c.cfg.OnRedisDown + ")"}
+	if c.cfg.OnRedisDown == "bypass" {
+		return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: not caching until it returns (on_redis_down: bypass)"}
+	}
+	return gateway.Health{Status: gateway.StatusDegraded,
+		Detail: "redis down: caching in memory, entries at most " + c.cfg.OutageMaxAge.String() + " old (outage_max_age)"}
 }
 
 // redisChanged: after an outage in which this instance saw writes, every
@@ -298,7 +319,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	}
 	var stale *entry
 	if e != nil && !noCache && err == nil && e.current(versions) {
-		if e.fresh(now) {
+		if c.servable(tr, e, now) {
 			if c.l1 != nil && tr == c.redis {
 				c.l1.put(key, e)
 			}
@@ -384,6 +405,26 @@ func abandon(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(statusClientClosed)
+}
+
+// outage reports whether tr is the memory that stands in for Redis while
+// Redis is down.
+func (c *Cache) outage(tr tier) bool { return c.redis != nil && tr == c.mem }
+
+// servable reports whether e, read from tr, may be served now as fresh:
+// within its lifetime and, during a Redis outage, no older than
+// outage_max_age (another instance's write may have made it stale without
+// this one hearing of it). Entries too old for the outage are counted.
+func (c *Cache) servable(tr tier, e *entry, now time.Time) bool {
+	if !e.fresh(now) {
+		return false
+	}
+	if !c.outage(tr) || now.Sub(e.Stored) < c.cfg.OutageMaxAge {
+		return true
+	}
+	c.outageRefetches.Add(1)
+	c.metrics.outageRefetches.Inc()
+	return false
 }
 
 func (c *Cache) bypass(w http.ResponseWriter, r *http.Request, next http.Handler, st *routeStats) {

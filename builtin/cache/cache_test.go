@@ -3,14 +3,17 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/internal/redistest"
 )
 
@@ -211,13 +214,19 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 			release := up.hold(t, "/fhir/R4/Observation")
 			g := newGateway(t, be.url, up, "")
 			var wg sync.WaitGroup
+			var mu sync.Mutex
+			results := map[string]int{} // "X-Cache call" -> how many
 			for i := 0; i < 100; i++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if _, body, rec := g.get("/fhir/R4/Observation?code=x", "same-user"); rec.Code != 200 || body["user"] != "same-user" {
+					x, body, rec := g.get("/fhir/R4/Observation?code=x", "same-user")
+					if rec.Code != 200 || body["user"] != "same-user" {
 						t.Errorf("%d %v", rec.Code, body)
 					}
+					mu.Lock()
+					results[fmt.Sprint(x, " ", body["call"])]++
+					mu.Unlock()
 				}()
 			}
 			// The handler answers only once one request is in it and the
@@ -228,7 +237,7 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 			release()
 			wg.Wait()
 			if n := up.count("/fhir/R4/Observation"); n != 1 {
-				t.Errorf("100 concurrent misses made %d handler calls, want 1", n)
+				t.Errorf("100 concurrent misses made %d handler calls, want 1; results %v; /ping %s", n, results, g.ping())
 			}
 		})
 	}
@@ -384,6 +393,7 @@ func TestCrossInstanceInvalidation(t *testing.T) {
 	up := newFakeFHIR(t)
 	a := newGateway(t, redis.URL(), up, "l1: {enabled: true, ttl: 30s}")
 	b := newGateway(t, redis.URL(), up, "l1: {enabled: true, ttl: 30s}")
+	waitRedisUp(t, a, b)
 	b.get("/fhir/R4/Patient/7", "u")
 	if x, _, _ := b.get("/fhir/R4/Patient/7", "u"); x != "HIT" {
 		t.Fatalf("B not warm: %s", x)
@@ -429,6 +439,91 @@ func TestRedisDownMidTest(t *testing.T) {
 	// ...and entries made before it are stale afterwards.
 	if x, body, _ := g.get("/fhir/R4/Patient/3", "alice"); x != "MISS" || body["user"] != "alice" {
 		t.Errorf("after recovery: %s %v", x, body)
+	}
+}
+
+// TestOutageBoundsStalenessAcrossInstances: during a Redis outage the
+// instances' memories do not hear of each other's writes, so an entry is
+// served from memory only until it is outage_max_age old (default 5s) on
+// the serving instance's clock: before that B serves its copy, from then on
+// it fetches the response again and sees A's write.
+func TestOutageBoundsStalenessAcrossInstances(t *testing.T) {
+	const outageMaxAge = 5 * time.Second // the documented default
+	for _, tt := range []struct{ name, yaml string }{{"l1 off", ""}, {"l1 on", "l1: {enabled: true}"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const path = "/fhir/R4/Patient/7"
+			redis := redistest.Start(t)
+			up := newFakeFHIR(t)
+			a := newGateway(t, redis.URL(), up, tt.yaml)
+			b := newGateway(t, redis.URL(), up, tt.yaml)
+			waitRedisUp(t, a, b)
+			a.get(path, "u")
+			if x, _, _ := b.get(path, "u"); x != "HIT" {
+				t.Fatalf("B on Redis: %s, want HIT", x)
+			}
+
+			redis.Stop()
+			for name, g := range map[string]*gw{"A": a, "B": b} {
+				eventually(t, name+" notices the outage", 30*time.Second, func() bool {
+					g.get("/fhir/R4/Basic/probe", "u") // a read that needs Redis
+					return g.srvCacheDown()
+				})
+			}
+			// Both cache the read in memory.
+			a.get(path, "u")
+			_, old, _ := b.get(path, "u")
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != old["call"] {
+				t.Fatalf("B during the outage: %s %v, want a HIT of %v", x, body, old)
+			}
+
+			if rec := a.do("PUT", path, `{"resourceType":"Patient","id":"7"}`, "X-Test-User", "u"); rec.Code != 200 {
+				t.Fatalf("write through A: %d", rec.Code)
+			}
+			if x, body, _ := a.get(path, "u"); x != "MISS" || body["version"] == old["version"] {
+				t.Errorf("A after its own write: %s %v", x, body)
+			}
+
+			// B cannot know of the write: it serves its copy until it is
+			// outage_max_age old, and not after.
+			b.clock.Advance(outageMaxAge - time.Millisecond)
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != old["call"] {
+				t.Errorf("B just before the cap: %s %v, want a HIT of %v", x, body, old)
+			}
+			b.clock.Advance(time.Millisecond)
+			x, fresh, _ := b.get(path, "u")
+			if x != "MISS" || fresh["version"] == old["version"] {
+				t.Errorf("B once the cap has passed: %s %v, want a MISS with A's write (not version %v)", x, fresh, old["version"])
+			}
+			// The new copy is served from memory again, for as long.
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != fresh["call"] {
+				t.Errorf("B after fetching again: %s %v", x, body)
+			}
+
+			rec := httptest.NewRecorder()
+			b.srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/admin/cache/stats", nil))
+			if !strings.Contains(rec.Body.String(), `"outage_max_age": "5s"`) || !strings.Contains(rec.Body.String(), `"outage_refetches": 1`) {
+				t.Errorf("stats do not show the cap and the refetch:\n%s", rec.Body)
+			}
+		})
+	}
+}
+
+func TestOutageMaxAgeValidated(t *testing.T) {
+	if d := Defaults().OutageMaxAge; d != 5*time.Second {
+		t.Errorf("default outage_max_age %s, want 5s", d)
+	}
+	for _, d := range []time.Duration{0, -time.Second} {
+		cfg := Defaults()
+		cfg.OutageMaxAge = d
+		err := cfg.Validate()
+		var fe *gateway.FieldError
+		if !errors.As(err, &fe) || fe.Key != "outage_max_age" {
+			t.Errorf("outage_max_age %s: %v, want an error on outage_max_age", d, err)
+		}
+	}
+	if _, err := gateway.Parse("test.yaml", []byte("plugins:\n  cache: {type: cache, outage_max_age: 0s}\n"), nil); err == nil ||
+		!strings.Contains(err.Error(), "outage_max_age") {
+		t.Errorf("config with outage_max_age: 0s: %v", err)
 	}
 }
 

@@ -341,6 +341,15 @@ func (g *gw) ping() string {
 // srvCacheUp reports whether /ping shows the cache on Redis again.
 func (g *gw) srvCacheUp() bool { return strings.Contains(g.ping(), "entries in redis") }
 
+// waitRedisUp waits until every gateway of gs has its cache on Redis (a
+// loaded machine may miss the first connection attempt).
+func waitRedisUp(t testing.TB, gs ...*gw) {
+	t.Helper()
+	for _, g := range gs {
+		eventually(t, "cache on redis", 30*time.Second, g.srvCacheUp)
+	}
+}
+
 // srvCacheDown reports whether /ping shows the cache off Redis.
 func (g *gw) srvCacheDown() bool { return strings.Contains(g.ping(), "redis down") }
 
