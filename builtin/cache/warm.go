@@ -158,6 +158,12 @@ loop:
 		case <-ctx.Done():
 			break loop
 		}
+		if ctx.Err() != nil {
+			// A slot and the end of the budget came together: the
+			// request would only be cancelled.
+			<-sem
+			break
+		}
 		launched++
 		wg.Add(1)
 		go func(wr WarmRequest) {
