@@ -19,13 +19,17 @@ const (
 	MetricStoredBytes   = "omnigate_cache_stored_bytes_total"
 	MetricEvictions     = "omnigate_cache_evictions_total"
 	MetricInvalidations = "omnigate_cache_invalidations_total"
+	// MetricOutageRefetches counts reads during a Redis outage whose
+	// entry in memory was older than outage_max_age and was fetched again.
+	MetricOutageRefetches = "omnigate_cache_outage_refetches_total"
 )
 
 type metrics struct {
-	requests      *prometheus.CounterVec
-	bytes         *prometheus.CounterVec
-	evictions     *prometheus.CounterVec
-	invalidations prometheus.Counter
+	requests        *prometheus.CounterVec
+	bytes           *prometheus.CounterVec
+	evictions       *prometheus.CounterVec
+	invalidations   prometheus.Counter
+	outageRefetches prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,6 +45,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"tier"})),
 		invalidations: gateway.RegisterMetric(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricInvalidations, Help: "Successful writes that invalidated cache entries.",
+		})),
+		outageRefetches: gateway.RegisterMetric(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: MetricOutageRefetches, Help: "Reads during a Redis outage whose entry in memory was older than outage_max_age.",
 		})),
 	}
 }
@@ -107,6 +114,10 @@ func (c *Cache) adminStats(w http.ResponseWriter, r *http.Request) {
 	out["store"] = "memory"
 	if c.redis != nil && c.m.Up() {
 		out["store"] = "redis"
+	}
+	if c.redis != nil {
+		out["outage_max_age"] = c.cfg.OutageMaxAge.String()
+		out["outage_refetches"] = c.outageRefetches.Load()
 	}
 	gateway.WriteJSON(w, http.StatusOK, out)
 }

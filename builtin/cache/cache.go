@@ -22,16 +22,25 @@
 // entries. Versions are read before the handler runs, so a response made
 // while a write happens is stored already stale and never served.
 //
+// Redis outages. While Redis is down each instance caches in its own
+// memory (on_redis_down: memory) and hears of no other instance's writes,
+// so an entry is served from memory only until it is outage_max_age old
+// (default 5s): that bounds how long an instance serves a response after
+// a write through another. When Redis returns, an instance that saw
+// writes makes every entry in Redis stale.
+//
 // Concurrent misses of one key make one call to the handler per instance
-// (the others wait for it); stale-if-error serves an expired entry when
-// the handler fails; If-None-Match and If-Modified-Since are answered 304
-// from the entry. Responses carry X-Cache (HIT, MISS, STALE, BYPASS) and
-// Age.
+// (the others wait for it, each only as long as its own request lasts);
+// stale-if-error serves an expired entry when the handler fails;
+// If-None-Match and If-Modified-Since are answered 304 from the entry.
+// Responses carry X-Cache (HIT, MISS, STALE, BYPASS) and Age.
 package cache
 
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -61,7 +70,7 @@ type Cache struct {
 	mem      *memTier
 	l1       *l1 // nil when off
 	fhirBase string
-	now      func() time.Time
+	clock    clock
 	flights  flights
 	metrics  *metrics
 	stats    sync.Map // route -> *routeStats
@@ -69,6 +78,10 @@ type Cache struct {
 	opPub    *backbone.Op
 	hot      *hotRecorder // nil unless warm.hot_file is set
 	handler  http.Handler // the gateway's, for warming
+
+	// outageRefetches counts reads during Redis outages whose entry in
+	// memory was older than outage_max_age.
+	outageRefetches atomic.Int64
 
 	unsub, unwatch func()
 }
@@ -83,13 +96,27 @@ var (
 const invalidateChannel = "cache:invalidate"
 
 // New builds the cache on the Redis backbone (or memory without Redis).
+// It fails when cfg does not validate (see Config.Validate) or the
+// backbone cannot be built (a bad Redis config).
 func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
+	c, err := newCache(ctx, cfg, env, systemClock{})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newCache is New on the clock clk.
+func newCache(ctx context.Context, cfg *Config, env *gateway.Env, clk clock) (*Cache, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cache config: %w", err)
+	}
 	m, err := backbone.ForCache(ctx, env)
 	if err != nil {
 		return nil, err
 	}
 	m.Declare("cache", backbone.Cache)
-	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), now: time.Now,
+	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), clock: clk,
 		metrics: newMetrics(env.Registerer)}
 	longest := max(cfg.TTL, cfg.PatientTTL)
 	for _, d := range cfg.TypeTTLs {
@@ -99,12 +126,12 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		longest = max(longest, d)
 	}
 	versionTTL := 2 * (longest + cfg.StaleIfError)
-	c.mem = newMemTier(int64(cfg.MaxMemory), versionTTL, c.now, func() { c.metrics.evictions.WithLabelValues("memory").Inc() })
+	c.mem = newMemTier(int64(cfg.MaxMemory), versionTTL, clk.Now, func() { c.metrics.evictions.WithLabelValues("memory").Inc() })
 	if m.Enabled() {
 		c.redis = newRedisTier(m, versionTTL)
 		c.opPub = m.Op("cache.publish")
 		if cfg.L1.Enabled {
-			c.l1 = newL1(int64(cfg.L1.MaxBytes), cfg.L1.TTL, c.now, func() { c.metrics.evictions.WithLabelValues("l1").Inc() })
+			c.l1 = newL1(int64(cfg.L1.MaxBytes), cfg.L1.TTL, clk.Now, func() { c.metrics.evictions.WithLabelValues("l1").Inc() })
 		}
 		c.unsub = m.Subscribe(invalidateChannel, func(payload string) {
 			if c.l1 != nil {
@@ -143,6 +170,9 @@ func (c *Cache) Close() error {
 	return nil
 }
 
+// now is the time on the cache's clock.
+func (c *Cache) now() time.Time { return c.clock.Now() }
+
 // Health reports where entries are kept.
 func (c *Cache) Health() gateway.Health {
 	switch {
@@ -151,7 +181,11 @@ func (c *Cache) Health() gateway.Health {
 	case c.m.Up():
 		return gateway.Health{Status: gateway.StatusUp, Detail: "entries in redis"}
 	}
-	return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: caching in memory (" + c.cfg.OnRedisDown + ")"}
+	if c.cfg.OnRedisDown == "bypass" {
+		return gateway.Health{Status: gateway.StatusDegraded, Detail: "redis down: not caching until it returns (on_redis_down: bypass)"}
+	}
+	return gateway.Health{Status: gateway.StatusDegraded,
+		Detail: "redis down: caching in memory, entries at most " + c.cfg.OutageMaxAge.String() + " old (outage_max_age)"}
 }
 
 // redisChanged: after an outage in which this instance saw writes, every
@@ -285,7 +319,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	}
 	var stale *entry
 	if e != nil && !noCache && err == nil && e.current(versions) {
-		if e.fresh(now) {
+		if c.servable(tr, e, now) {
 			if c.l1 != nil && tr == c.redis {
 				c.l1.put(key, e)
 			}
@@ -303,7 +337,10 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 
 	fl, leader := c.flights.join(key)
 	if !leader {
-		<-fl.done
+		if !c.flights.wait(r.Context(), fl) {
+			abandon(w, r)
+			return
+		}
 		if fl.e != nil {
 			c.hit(w, r, fl.e, "HIT", st, c.now())
 			return
@@ -352,6 +389,42 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	st.count("miss")
 	rec.header.Set("X-Cache", "MISS")
 	rec.flushTo(w)
+}
+
+// statusClientClosed is logged for a request whose client went away
+// before it was answered.
+const statusClientClosed = 499
+
+// abandon answers a request that ended while it waited for another's call
+// to the handler: 504 when its deadline passed, else (its client went
+// away) a bare 499 for the access log. The leader goes on and stores its
+// response for the next request.
+func abandon(w http.ResponseWriter, r *http.Request) {
+	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+		gateway.Error(w, r, http.StatusGatewayTimeout, "timed out waiting for the response")
+		return
+	}
+	w.WriteHeader(statusClientClosed)
+}
+
+// outage reports whether tr is the memory that stands in for Redis while
+// Redis is down.
+func (c *Cache) outage(tr tier) bool { return c.redis != nil && tr == c.mem }
+
+// servable reports whether e, read from tr, may be served now as fresh:
+// within its lifetime and, during a Redis outage, no older than
+// outage_max_age (another instance's write may have made it stale without
+// this one hearing of it). Entries too old for the outage are counted.
+func (c *Cache) servable(tr tier, e *entry, now time.Time) bool {
+	if !e.fresh(now) {
+		return false
+	}
+	if !c.outage(tr) || now.Sub(e.Stored) < c.cfg.OutageMaxAge {
+		return true
+	}
+	c.outageRefetches.Add(1)
+	c.metrics.outageRefetches.Inc()
+	return false
 }
 
 func (c *Cache) bypass(w http.ResponseWriter, r *http.Request, next http.Handler, st *routeStats) {
@@ -563,8 +636,9 @@ type flights struct {
 }
 
 type flight struct {
-	done chan struct{}
-	e    *entry // the stored entry, or nil: waiters call the handler themselves
+	done    chan struct{}
+	e       *entry // the stored entry, or nil: waiters call the handler themselves
+	waiters int    // followers waiting for it, under flights.mu
 }
 
 func (f *flights) join(key string) (*flight, bool) {
@@ -587,4 +661,35 @@ func (f *flights) finish(key string, fl *flight, e *entry) {
 	f.mu.Unlock()
 	fl.e = e
 	close(fl.done)
+}
+
+// wait blocks a follower until fl is done or ctx ends (its client went
+// away, its deadline passed); it reports whether fl is done. A follower
+// that stops waiting does not affect the leader.
+func (f *flights) wait(ctx context.Context, fl *flight) bool {
+	f.addWaiter(fl, 1)
+	defer f.addWaiter(fl, -1)
+	select {
+	case <-fl.done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (f *flights) addWaiter(fl *flight, n int) {
+	f.mu.Lock()
+	fl.waiters += n
+	f.mu.Unlock()
+}
+
+// waiting is how many followers are waiting, over every key.
+func (f *flights) waiting() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, fl := range f.m {
+		n += fl.waiters
+	}
+	return n
 }

@@ -1,14 +1,19 @@
 package cache
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/internal/redistest"
 )
 
@@ -20,7 +25,7 @@ func TestHitMissAndTTL(t *testing.T) {
 	for _, be := range backends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			up := newFakeFHIR(t)
-			g := newGateway(t, be.url, up, "ttl: 300ms\npatient_ttl: 300ms")
+			g := newGateway(t, be.url, up, "ttl: 5m\npatient_ttl: 5m")
 			x, b1, rec := g.get("/fhir/R4/Observation/1", "u1")
 			if x != "MISS" || rec.Code != 200 {
 				t.Fatalf("first: %s %d", x, rec.Code)
@@ -34,7 +39,11 @@ func TestHitMissAndTTL(t *testing.T) {
 			if rec := g.do("HEAD", "/fhir/R4/Observation/1", "", "X-Test-User", "u1", "X-Test-Role", "nurse"); rec.Header().Get("X-Cache") != "HIT" || rec.Body.Len() != 0 {
 				t.Errorf("HEAD: %v %d bytes", rec.Header().Get("X-Cache"), rec.Body.Len())
 			}
-			time.Sleep(400 * time.Millisecond)
+			g.clock.Advance(5*time.Minute - time.Millisecond)
+			if x, _, _ := g.get("/fhir/R4/Observation/1", "u1"); x != "HIT" {
+				t.Errorf("just before the TTL: %s", x)
+			}
+			g.clock.Advance(time.Millisecond)
 			if x, _, _ := g.get("/fhir/R4/Observation/1", "u1"); x != "MISS" {
 				t.Errorf("after the TTL: %s", x)
 			}
@@ -165,7 +174,7 @@ func TestCacheControl(t *testing.T) {
 	}
 	// s-maxage caps the TTL.
 	g.get("/fhir/R4/C/1?cc=s-maxage%3D1", "u")
-	time.Sleep(1100 * time.Millisecond)
+	g.clock.Advance(time.Second)
 	if x, _, _ := g.get("/fhir/R4/C/1?cc=s-maxage%3D1", "u"); x != "MISS" {
 		t.Errorf("s-maxage=1 not honoured: %s", x)
 	}
@@ -202,24 +211,83 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 	for _, be := range backends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			up := newFakeFHIR(t)
-			up.delay.Store(int64(200 * time.Millisecond))
+			release := up.hold(t, "/fhir/R4/Observation")
 			g := newGateway(t, be.url, up, "")
 			var wg sync.WaitGroup
-			start := make(chan struct{})
+			var mu sync.Mutex
+			results := map[string]int{} // "X-Cache call" -> how many
 			for i := 0; i < 100; i++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					<-start
-					if _, body, rec := g.get("/fhir/R4/Observation?code=x", "same-user"); rec.Code != 200 || body["user"] != "same-user" {
+					x, body, rec := g.get("/fhir/R4/Observation?code=x", "same-user")
+					if rec.Code != 200 || body["user"] != "same-user" {
 						t.Errorf("%d %v", rec.Code, body)
 					}
+					mu.Lock()
+					results[fmt.Sprint(x, " ", body["call"])]++
+					mu.Unlock()
 				}()
 			}
-			close(start)
+			// The handler answers only once one request is in it and the
+			// 99 others wait for it.
+			eventually(t, "one call in the handler, 99 waiting", 30*time.Second, func() bool {
+				return up.count("/fhir/R4/Observation") == 1 && g.cache.flights.waiting() == 99
+			})
+			release()
 			wg.Wait()
 			if n := up.count("/fhir/R4/Observation"); n != 1 {
-				t.Errorf("100 concurrent misses made %d handler calls, want 1", n)
+				t.Errorf("100 concurrent misses made %d handler calls, want 1; results %v; /ping %s", n, results, g.ping())
+			}
+		})
+	}
+}
+
+// TestFollowerStopsWaitingWhenItsRequestEnds: a request waiting for
+// another's call to the handler (same key) stops waiting when its own
+// context ends, without calling the handler, and the leader still
+// completes and stores its response.
+func TestFollowerStopsWaitingWhenItsRequestEnds(t *testing.T) {
+	for _, be := range backends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			const path = "/fhir/R4/Patient/1"
+			up := newFakeFHIR(t)
+			release := up.hold(t, path)
+			g := newGateway(t, be.url, up, "")
+			leader := g.getAsync(t.Context(), path, "u")
+			eventually(t, "the leader in the handler", 30*time.Second, func() bool { return up.count(path) == 1 })
+
+			// A follower whose client goes away while it waits.
+			ctx, cancel := context.WithCancel(t.Context())
+			gone := g.getAsync(ctx, path, "u")
+			eventually(t, "the follower waiting", 30*time.Second, func() bool { return g.cache.flights.waiting() == 1 })
+			cancel()
+			if rec := await(t, "the follower after its client left", 10*time.Second, gone); rec.Code != 499 {
+				t.Errorf("follower whose client left: %d, want 499", rec.Code)
+			}
+			// A follower whose deadline has passed.
+			ctx, cancel = context.WithDeadline(t.Context(), time.Unix(1, 0))
+			defer cancel()
+			if rec := await(t, "the follower past its deadline", 10*time.Second, g.getAsync(ctx, path, "u")); rec.Code != http.StatusGatewayTimeout {
+				t.Errorf("follower past its deadline: %d, want 504", rec.Code)
+			}
+			if n := up.count(path); n != 1 {
+				t.Errorf("the followers called the handler: %d calls", n)
+			}
+
+			// The leader was not disturbed: it completes and stores.
+			release()
+			rec := await(t, "the leader", 30*time.Second, leader)
+			var body map[string]any
+			json.Unmarshal(rec.Body.Bytes(), &body)
+			if rec.Code != 200 || rec.Header().Get("X-Cache") != "MISS" || body["user"] != "u" {
+				t.Fatalf("leader: %d %s %v", rec.Code, rec.Header().Get("X-Cache"), body)
+			}
+			if x, b, _ := g.get(path, "u"); x != "HIT" || b["call"] != body["call"] {
+				t.Errorf("after the leader: %s %v, want a HIT of call %v", x, b, body["call"])
+			}
+			if g.cache.flights.waiting() != 0 {
+				t.Errorf("%d followers still counted as waiting", g.cache.flights.waiting())
 			}
 		})
 	}
@@ -227,9 +295,9 @@ func TestConcurrentMissesCallHandlerOnce(t *testing.T) {
 
 func TestStaleIfError(t *testing.T) {
 	up := newFakeFHIR(t)
-	g := newGateway(t, "", up, "ttl: 200ms\npatient_ttl: 200ms\nstale_if_error: 10s")
+	g := newGateway(t, "", up, "ttl: 1m\npatient_ttl: 1m\nstale_if_error: 10m")
 	g.get("/fhir/R4/Observation/5", "u")
-	time.Sleep(300 * time.Millisecond)
+	g.clock.Advance(2 * time.Minute)
 	up.failing.Store(true)
 	x, body, rec := g.get("/fhir/R4/Observation/5", "u")
 	if x != "STALE" || rec.Code != 200 || body["call"] != float64(1) || !strings.Contains(rec.Header().Get("Warning"), "110") {
@@ -325,6 +393,7 @@ func TestCrossInstanceInvalidation(t *testing.T) {
 	up := newFakeFHIR(t)
 	a := newGateway(t, redis.URL(), up, "l1: {enabled: true, ttl: 30s}")
 	b := newGateway(t, redis.URL(), up, "l1: {enabled: true, ttl: 30s}")
+	waitRedisUp(t, a, b)
 	b.get("/fhir/R4/Patient/7", "u")
 	if x, _, _ := b.get("/fhir/R4/Patient/7", "u"); x != "HIT" {
 		t.Fatalf("B not warm: %s", x)
@@ -332,7 +401,7 @@ func TestCrossInstanceInvalidation(t *testing.T) {
 	// A write on A: B's L1 holds the entry for 30s, so only the broadcast
 	// (or the version check on Redis) can make B miss sooner.
 	a.do("PUT", "/fhir/R4/Patient/7", `{"resourceType":"Patient","id":"7"}`, "X-Test-User", "u")
-	d := eventually(t, "B sees A's write", 10*time.Second, func() bool {
+	d := eventually(t, "B sees A's write", 30*time.Second, func() bool {
 		x, _, _ := b.get("/fhir/R4/Patient/7", "u")
 		return x == "MISS"
 	})
@@ -366,10 +435,95 @@ func TestRedisDownMidTest(t *testing.T) {
 		t.Errorf("write during the outage not honoured: %s", x)
 	}
 	redis.Restart()
-	eventually(t, "redis back", 10*time.Second, func() bool { return g.srvCacheUp() })
+	eventually(t, "redis back", 30*time.Second, func() bool { return g.srvCacheUp() })
 	// ...and entries made before it are stale afterwards.
 	if x, body, _ := g.get("/fhir/R4/Patient/3", "alice"); x != "MISS" || body["user"] != "alice" {
 		t.Errorf("after recovery: %s %v", x, body)
+	}
+}
+
+// TestOutageBoundsStalenessAcrossInstances: during a Redis outage the
+// instances' memories do not hear of each other's writes, so an entry is
+// served from memory only until it is outage_max_age old (default 5s) on
+// the serving instance's clock: before that B serves its copy, from then on
+// it fetches the response again and sees A's write.
+func TestOutageBoundsStalenessAcrossInstances(t *testing.T) {
+	const outageMaxAge = 5 * time.Second // the documented default
+	for _, tt := range []struct{ name, yaml string }{{"l1 off", ""}, {"l1 on", "l1: {enabled: true}"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const path = "/fhir/R4/Patient/7"
+			redis := redistest.Start(t)
+			up := newFakeFHIR(t)
+			a := newGateway(t, redis.URL(), up, tt.yaml)
+			b := newGateway(t, redis.URL(), up, tt.yaml)
+			waitRedisUp(t, a, b)
+			a.get(path, "u")
+			if x, _, _ := b.get(path, "u"); x != "HIT" {
+				t.Fatalf("B on Redis: %s, want HIT", x)
+			}
+
+			redis.Stop()
+			for name, g := range map[string]*gw{"A": a, "B": b} {
+				eventually(t, name+" notices the outage", 30*time.Second, func() bool {
+					g.get("/fhir/R4/Basic/probe", "u") // a read that needs Redis
+					return g.srvCacheDown()
+				})
+			}
+			// Both cache the read in memory.
+			a.get(path, "u")
+			_, old, _ := b.get(path, "u")
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != old["call"] {
+				t.Fatalf("B during the outage: %s %v, want a HIT of %v", x, body, old)
+			}
+
+			if rec := a.do("PUT", path, `{"resourceType":"Patient","id":"7"}`, "X-Test-User", "u"); rec.Code != 200 {
+				t.Fatalf("write through A: %d", rec.Code)
+			}
+			if x, body, _ := a.get(path, "u"); x != "MISS" || body["version"] == old["version"] {
+				t.Errorf("A after its own write: %s %v", x, body)
+			}
+
+			// B cannot know of the write: it serves its copy until it is
+			// outage_max_age old, and not after.
+			b.clock.Advance(outageMaxAge - time.Millisecond)
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != old["call"] {
+				t.Errorf("B just before the cap: %s %v, want a HIT of %v", x, body, old)
+			}
+			b.clock.Advance(time.Millisecond)
+			x, fresh, _ := b.get(path, "u")
+			if x != "MISS" || fresh["version"] == old["version"] {
+				t.Errorf("B once the cap has passed: %s %v, want a MISS with A's write (not version %v)", x, fresh, old["version"])
+			}
+			// The new copy is served from memory again, for as long.
+			if x, body, _ := b.get(path, "u"); x != "HIT" || body["call"] != fresh["call"] {
+				t.Errorf("B after fetching again: %s %v", x, body)
+			}
+
+			rec := httptest.NewRecorder()
+			b.srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/admin/cache/stats", nil))
+			if !strings.Contains(rec.Body.String(), `"outage_max_age": "5s"`) || !strings.Contains(rec.Body.String(), `"outage_refetches": 1`) {
+				t.Errorf("stats do not show the cap and the refetch:\n%s", rec.Body)
+			}
+		})
+	}
+}
+
+func TestOutageMaxAgeValidated(t *testing.T) {
+	if d := Defaults().OutageMaxAge; d != 5*time.Second {
+		t.Errorf("default outage_max_age %s, want 5s", d)
+	}
+	for _, d := range []time.Duration{0, -time.Second} {
+		cfg := Defaults()
+		cfg.OutageMaxAge = d
+		err := cfg.Validate()
+		var fe *gateway.FieldError
+		if !errors.As(err, &fe) || fe.Key != "outage_max_age" {
+			t.Errorf("outage_max_age %s: %v, want an error on outage_max_age", d, err)
+		}
+	}
+	if _, err := gateway.Parse("test.yaml", []byte("plugins:\n  cache: {type: cache, outage_max_age: 0s}\n"), nil); err == nil ||
+		!strings.Contains(err.Error(), "outage_max_age") {
+		t.Errorf("config with outage_max_age: 0s: %v", err)
 	}
 }
 

@@ -54,6 +54,13 @@ type Config struct {
 	// OnRedisDown is memory (default: cache in process), or bypass (no
 	// caching until Redis returns).
 	OnRedisDown string `yaml:"on_redis_down"`
+	// OutageMaxAge is the oldest an entry may be to be served from memory
+	// while Redis is configured but down (on_redis_down: memory); an older
+	// one is fetched again. During an outage no instance hears of another's
+	// writes, so this bounds how long an instance serves a response after
+	// a write through another one; lower means fresher reads and more calls
+	// to the handler while Redis is down. Default 5s; must be positive.
+	OutageMaxAge time.Duration `yaml:"outage_max_age"`
 	// Warm fills the cache when the gateway starts and on demand (POST
 	// /admin/cache/warm).
 	Warm WarmConfig `yaml:"warm"`
@@ -123,18 +130,20 @@ const (
 // Defaults returns the config with every default set.
 func Defaults() *Config {
 	return &Config{
-		TTL:         10 * time.Minute,
-		PatientTTL:  15 * time.Minute,
-		Partition:   PartitionUser,
-		MaxBody:     1 << 20,
-		L1:          L1Config{MaxBytes: 64 << 20, TTL: 5 * time.Second},
-		MaxMemory:   64 << 20,
-		OnRedisDown: "memory",
-		Warm:        WarmConfig{HotKeys: 100, Concurrency: 4, Budget: 30 * time.Second},
+		TTL:          10 * time.Minute,
+		PatientTTL:   15 * time.Minute,
+		Partition:    PartitionUser,
+		MaxBody:      1 << 20,
+		L1:           L1Config{MaxBytes: 64 << 20, TTL: 5 * time.Second},
+		MaxMemory:    64 << 20,
+		OnRedisDown:  "memory",
+		OutageMaxAge: 5 * time.Second,
+		Warm:         WarmConfig{HotKeys: 100, Concurrency: 4, Budget: 30 * time.Second},
 	}
 }
 
-// Validate checks the config.
+// Validate checks the config; the error joins one FieldError per bad key.
+// It canonicalizes the names in Vary.
 func (c *Config) Validate() error {
 	var errs []error
 	fail := func(key, format string, args ...any) { errs = append(errs, gateway.FieldErrorf(key, format, args...)) }
@@ -186,6 +195,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OnRedisDown != "memory" && c.OnRedisDown != "bypass" {
 		fail("on_redis_down", "must be memory or bypass")
+	}
+	if c.OutageMaxAge <= 0 {
+		fail("outage_max_age", "must be positive (on_redis_down: bypass caches nothing while Redis is down)")
 	}
 	if c.Warm.Concurrency < 1 || c.Warm.Budget <= 0 || c.Warm.HotKeys < 0 {
 		fail("warm", "concurrency and budget must be positive, hot_keys not negative")

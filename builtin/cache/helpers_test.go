@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,7 +36,103 @@ func TestMain(m *testing.M) {
 				next.ServeHTTP(w, r)
 			}), nil
 		})
+	// testcache is the cache on the clock of the test hook it names.
+	gateway.RegisterPlugin("testcache", func() *testCacheConfig { return &testCacheConfig{Config: *Defaults()} },
+		func(ctx context.Context, cfg *testCacheConfig, env *gateway.Env) (gateway.Plugin, error) {
+			v, ok := testHooks.Load(cfg.Hook)
+			if !ok {
+				return nil, fmt.Errorf("unknown test hook %q", cfg.Hook)
+			}
+			h := v.(*testHook)
+			c, err := newCache(ctx, &cfg.Config, env, h.clock)
+			if err != nil {
+				return nil, err
+			}
+			h.cache.Store(c)
+			return c, nil
+		})
 	os.Exit(m.Run())
+}
+
+// testCacheConfig is the cache's config and the test hook to build it
+// with.
+type testCacheConfig struct {
+	Config `yaml:",inline"`
+	Hook   string `yaml:"test_hook"`
+}
+
+// testHook hands a clock to a cache built through the gateway, and the
+// cache back to the test.
+type testHook struct {
+	clock *testClock
+	cache atomic.Pointer[Cache]
+}
+
+var (
+	testHooks  sync.Map // id -> *testHook
+	testHookID atomic.Int64
+)
+
+// testClock is a clock that moves only when the test advances it. It
+// starts at a fixed date.
+type testClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*testTimer
+}
+
+type testTimer struct {
+	at   time.Time
+	f    func()
+	done bool
+}
+
+func newTestClock() *testClock {
+	return &testClock{now: time.Date(2026, 9, 1, 10, 0, 0, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on by d and starts the functions that are due,
+// each in its own goroutine.
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []func()
+	kept := c.timers[:0]
+	for _, t := range c.timers {
+		switch {
+		case t.done:
+		case !t.at.After(c.now):
+			t.done = true
+			due = append(due, t.f)
+		default:
+			kept = append(kept, t)
+		}
+	}
+	c.timers = kept
+	c.mu.Unlock()
+	for _, f := range due {
+		go f()
+	}
+}
+
+func (c *testClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &testTimer{at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		stopped := !t.done
+		t.done = true
+		return stopped
+	}
 }
 
 // fakeFHIR is an upstream FHIR server: GETs answer a body naming the path,
@@ -43,6 +140,7 @@ func TestMain(m *testing.M) {
 type fakeFHIR struct {
 	*httptest.Server
 	calls   sync.Map // path -> *atomic.Int64
+	holds   sync.Map // path -> chan struct{}: GETs of path wait until it is closed
 	total   atomic.Int64
 	delay   atomic.Int64 // ns
 	failing atomic.Bool
@@ -54,6 +152,22 @@ func newFakeFHIR(t testing.TB) *fakeFHIR {
 	f.Server = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.Close)
 	return f
+}
+
+// hold makes GETs of path wait, after they are counted, until release is
+// called or their request ends. Release is also called when the test ends.
+func (f *fakeFHIR) hold(t testing.TB, path string) (release func()) {
+	ch := make(chan struct{})
+	f.holds.Store(path, ch)
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			f.holds.Delete(path)
+			close(ch)
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
 func (f *fakeFHIR) count(path string) int64 {
@@ -74,6 +188,13 @@ func (f *fakeFHIR) serve(w http.ResponseWriter, r *http.Request) {
 		v, _ := f.calls.LoadOrStore(r.URL.Path, &atomic.Int64{})
 		n := v.(*atomic.Int64).Add(1)
 		f.total.Add(1)
+		if ch, ok := f.holds.Load(r.URL.Path); ok {
+			select {
+			case <-ch.(chan struct{}):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		q := r.URL.Query()
 		if cc := q.Get("cc"); cc != "" {
 			w.Header().Set("Cache-Control", cc)
@@ -107,8 +228,10 @@ func (f *fakeFHIR) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 type gw struct {
-	t   testing.TB
-	srv *gateway.Server
+	t     testing.TB
+	srv   *gateway.Server
+	clock *testClock // the cache's clock
+	cache *Cache
 }
 
 // newGateway builds a gateway whose /fhir/R4 routes go to up through the
@@ -122,14 +245,20 @@ func newGateway(t testing.TB, redisURL string, up *fakeFHIR, cacheYAML string) *
 	return newGatewayText(t, redis, up, cacheYAML)
 }
 
-// newGatewayText is newGateway with the redis sections given as YAML.
+// newGatewayText is newGateway with the redis sections given as YAML. The
+// cache runs on a test clock of its own (gw.clock).
 func newGatewayText(t testing.TB, redis string, up *fakeFHIR, cacheYAML string) *gw {
 	t.Helper()
+	id := strconv.FormatInt(testHookID.Add(1), 10)
+	hook := &testHook{clock: newTestClock()}
+	testHooks.Store(id, hook)
+	t.Cleanup(func() { testHooks.Delete(id) })
 	text := redis + `
 plugins:
   as: {type: as}
   cache:
-    type: cache
+    type: testcache
+    test_hook: "` + id + `"
 ` + indent(cacheYAML, "    ") + `
 routes:
   - name: fhir
@@ -151,7 +280,7 @@ routes:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return &gw{t: t, srv: srv}
+	return &gw{t: t, srv: srv, clock: hook.clock, cache: hook.cache.Load()}
 }
 
 func indent(s, pre string) string {
@@ -211,6 +340,46 @@ func (g *gw) ping() string {
 
 // srvCacheUp reports whether /ping shows the cache on Redis again.
 func (g *gw) srvCacheUp() bool { return strings.Contains(g.ping(), "entries in redis") }
+
+// waitRedisUp waits until every gateway of gs has its cache on Redis (a
+// loaded machine may miss the first connection attempt).
+func waitRedisUp(t testing.TB, gs ...*gw) {
+	t.Helper()
+	for _, g := range gs {
+		eventually(t, "cache on redis", 30*time.Second, g.srvCacheUp)
+	}
+}
+
+// srvCacheDown reports whether /ping shows the cache off Redis.
+func (g *gw) srvCacheDown() bool { return strings.Contains(g.ping(), "redis down") }
+
+// getAsync starts g.get in a goroutine and returns where its result
+// arrives; ctx is the request's context.
+func (g *gw) getAsync(ctx context.Context, path, user string) <-chan *httptest.ResponseRecorder {
+	out := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		req := httptest.NewRequestWithContext(ctx, "GET", path, nil)
+		req.Header.Set("X-Test-User", user)
+		req.Header.Set("X-Test-Role", "nurse")
+		rec := httptest.NewRecorder()
+		g.srv.ServeHTTP(rec, req)
+		out <- rec
+	}()
+	return out
+}
+
+// await returns the result from ch, or fails the test after limit.
+func await[T any](t testing.TB, what string, limit time.Duration, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(limit):
+		t.Fatalf("%s: not within %s", what, limit)
+		var zero T
+		return zero
+	}
+}
 
 func parseFHIR(method, path string) (fhirreq.Request, bool) {
 	return fhirreq.Parse(method, path, "/fhir/R4")

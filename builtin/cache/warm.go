@@ -135,17 +135,20 @@ func (c *Cache) warmList() []WarmRequest {
 	return out
 }
 
-// warm replays reqs through h, at most Concurrency at once, within Budget,
-// logging progress.
+// warm replays reqs through h, at most Concurrency at once, within Budget
+// on the cache's clock (requests still running when it ends are
+// cancelled), logging progress.
 func (c *Cache) warm(ctx context.Context, h http.Handler, reqs []WarmRequest) WarmResult {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Warm.Budget)
+	start := c.now()
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stop := c.clock.AfterFunc(c.cfg.Warm.Budget, cancel)
+	defer stop()
 	var stored, cached, notKept, failed, done atomic.Int64
 	sem := make(chan struct{}, c.cfg.Warm.Concurrency)
 	var wg sync.WaitGroup
 	c.logger.Info("cache warming started", "requests", len(reqs), "concurrency", c.cfg.Warm.Concurrency, "budget", c.cfg.Warm.Budget)
-	lastLog := time.Now()
+	lastLog := start
 	var logMu sync.Mutex
 	launched := 0
 loop:
@@ -154,6 +157,12 @@ loop:
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			break loop
+		}
+		if ctx.Err() != nil {
+			// A slot and the end of the budget came together: the
+			// request would only be cancelled.
+			<-sem
+			break
 		}
 		launched++
 		wg.Add(1)
@@ -172,8 +181,8 @@ loop:
 			}
 			n := done.Add(1)
 			logMu.Lock()
-			if time.Since(lastLog) > 2*time.Second {
-				lastLog = time.Now()
+			if now := c.now(); now.Sub(lastLog) > 2*time.Second {
+				lastLog = now
 				c.logger.Info("cache warming", "done", n, "of", len(reqs))
 			}
 			logMu.Unlock()
@@ -182,7 +191,7 @@ loop:
 	wg.Wait()
 	res := WarmResult{Requests: len(reqs), Stored: int(stored.Load()), Cached: int(cached.Load()),
 		NotKept: int(notKept.Load()), Failed: int(failed.Load()), Skipped: len(reqs) - launched,
-		Duration: time.Since(start).Round(time.Millisecond).String()}
+		Duration: c.now().Sub(start).Round(time.Millisecond).String()}
 	c.logger.Info("cache warming finished", "requests", res.Requests, "stored", res.Stored, "cached", res.Cached,
 		"not_kept", res.NotKept, "failed", res.Failed, "skipped", res.Skipped, "duration", res.Duration)
 	return res
