@@ -204,6 +204,9 @@ func (c *Cache) redisChanged(up bool) {
 			c.dirty.Store(true)
 			return
 		}
+		// Instances back on Redis before this one may hold entries from
+		// before its writes in their L1: they drop them.
+		c.m.Publish(ctx, c.opPub, invalidateChannel, tagAll)
 		c.logger.Info("cache entries made stale after a redis outage with writes")
 	}
 	c.mem.clear()
