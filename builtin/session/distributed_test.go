@@ -26,6 +26,7 @@ func persistent() redistest.Option {
 type storeStats struct {
 	Store         string `json:"store"`
 	PendingReplay int    `json:"pending_replay"`
+	Cached        int    `json:"cached"`
 }
 
 func (g *gw) stats() storeStats {
@@ -213,6 +214,34 @@ func TestOutageKeepsValidatedSessionsUntilTheirOwnTimeouts(t *testing.T) {
 	waitFor(t, 30*time.Second, "session logged out on B during the outage still valid on A", func() bool {
 		return a.do("GET", "/fhir/R4/x", "", bearer(leave)...).Code == 401
 	})
+}
+
+// TestOutageAcceptsSessionsMadeElsewhere: an instance hears of every
+// session another instance makes while Redis is up, so a session never
+// used on B before an outage is accepted there during it; a logout on A
+// before the outage reaches B's cache too.
+func TestOutageAcceptsSessionsMadeElsewhere(t *testing.T) {
+	redis := redistest.Start(t)
+	users := usersFile(t)
+	clk := newFakeClock()
+	a := newGatewayAt(t, clk, redis.URL(), users, "")
+	b := newGatewayAt(t, clk, redis.URL(), users, "")
+	kept, gone := a.login("nina"), a.login("alice")
+	waitFor(t, 30*time.Second, "B to hear of the sessions made on A", func() bool { return b.stats().Cached >= 2 })
+	if rec := a.do("POST", "/auth/logout", "", bearer(gone)...); rec.Code != 204 {
+		t.Fatalf("logout: %d", rec.Code)
+	}
+	waitFor(t, 30*time.Second, "B to hear of the logout", func() bool { return b.stats().Cached == 1 })
+
+	redis.Stop()
+	waitFor(t, 30*time.Second, "B to notice the outage", func() bool { return b.stats().Store == "memory" })
+	clk.Advance(time.Minute) // past the cache TTL, within the idle timeout
+	if rec := b.do("GET", "/fhir/R4/x", "", bearer(kept)...); rec.Code != 200 {
+		t.Errorf("session made on A, never used on B, refused on B during the outage: %d %s", rec.Code, rec.Body)
+	}
+	if rec := b.do("GET", "/fhir/R4/x", "", bearer(gone)...); rec.Code != 401 {
+		t.Errorf("session logged out before the outage accepted on B: %d", rec.Code)
+	}
 }
 
 // TestRevokeAllDuringOutageIsReplayed: a revoke-all made while Redis is

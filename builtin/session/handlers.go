@@ -341,7 +341,8 @@ func (p *Plugin) stats(w http.ResponseWriter, r *http.Request) {
 	if p.store.redisUp() {
 		store = "redis"
 	}
-	out := map[string]any{"active": total, "by_role": counts, "store": store, "pending_replay": p.store.pendingReplays()}
+	out := map[string]any{"active": total, "by_role": counts, "store": store, "pending_replay": p.store.pendingReplays(),
+		"cached": p.store.cached()}
 	if p.store.cache != nil {
 		out["local_cache_entries"] = p.store.cache.len()
 	}

@@ -3,6 +3,7 @@ package session
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
@@ -73,8 +74,10 @@ type sessions struct {
 	done           chan struct{}
 }
 
-// Revocation channel payloads: "s <id>" (one session), "r <ms> <keep> <user>"
-// (a revoke-all marker; keep is "-" for none) and, from instances of
+// Session channel payloads: "s <id>" (one session revoked), "r <ms> <keep>
+// <user>" (a revoke-all marker; keep is "-" for none), "c <record JSON>" (a
+// session created on another instance, which every instance caches so
+// that it can check it through a Redis outage) and, from instances of
 // earlier versions, "u <user> <keep>".
 const revokeChannel = "session:revoke"
 
@@ -167,8 +170,10 @@ func (s *sessions) create(ctx context.Context, rec *Record, absolute time.Durati
 		if err == nil || !outageErr(ctx, err) {
 			s.revokeAll(ctx, evicted)
 			if err == nil {
-				// The instance that made it can check it in an outage too.
+				// Every instance can check it in an outage: this one
+				// caches it, the others hear of it.
 				s.remember(rec)
+				s.announce(ctx, rec)
 			}
 			return evicted, err
 		}
@@ -244,6 +249,25 @@ func (s *sessions) fromMemory(ctx context.Context, id string, touchAfter time.Du
 	}
 	s.remember(r)
 	return r, nil
+}
+
+// announce tells the other instances of a new session, for their local
+// caches. The record holds no token: its ID is the token's SHA-256.
+func (s *sessions) announce(ctx context.Context, r *Record) {
+	if s.cache == nil {
+		return
+	}
+	b, err := json.Marshal(wireRecord{Record: r, Idle: r.IdleTimeout.Milliseconds()})
+	if err == nil {
+		s.m.Publish(ctx, s.opRevoke, revokeChannel, "c "+string(b))
+	}
+}
+
+// wireRecord is a Record as announced: Record's JSON form leaves out the
+// idle timeout.
+type wireRecord struct {
+	*Record
+	Idle int64 `json:"idle_ms"`
 }
 
 func (s *sessions) remember(r *Record) {
@@ -410,7 +434,24 @@ func (s *sessions) onRevoke(payload string) {
 			user, keep, _ := strings.Cut(rest, " ")
 			s.cache.forgetUser(user, keep)
 		}
+	case "c":
+		w := wireRecord{Record: &Record{}}
+		if s.cache == nil || json.Unmarshal([]byte(rest), &w) != nil || w.ID == "" || w.Idle <= 0 {
+			return
+		}
+		w.IdleTimeout = time.Duration(w.Idle) * time.Millisecond
+		if !s.markers.covers(w.Record) {
+			s.cache.put(w.Record, s.now())
+		}
 	}
+}
+
+// cached is the number of sessions in the local cache.
+func (s *sessions) cached() int {
+	if s.cache == nil {
+		return 0
+	}
+	return s.cache.len()
 }
 
 // pendingReplays is the number of revocations (deletions and revoke-alls)
