@@ -77,6 +77,9 @@ func TestScaletestShort(t *testing.T) {
 	if s.CrossRequests == 0 || s.CrossRejectedUp != 0 {
 		t.Errorf("sessions across instances: %d requests, %d refused while Redis was up", s.CrossRequests, s.CrossRejectedUp)
 	}
+	if s.CrossRejectedOutage != 0 {
+		t.Errorf("%d requests with a session made before the outage refused during it (users logged out by the outage)", s.CrossRejectedOutage)
+	}
 	if s.Checked == 0 || s.Valid != s.Checked {
 		t.Errorf("sessions after the run: %d of %d valid: %v", s.Valid, s.Checked, s.Problems)
 	}
@@ -84,6 +87,9 @@ func TestScaletestShort(t *testing.T) {
 	if st.Writes == 0 || st.Up.Seen != st.Up.Probes || st.Outage.Seen != st.Outage.Probes {
 		t.Errorf("invalidation: %d writes, seen %d/%d while up and %d/%d during the outage",
 			st.Writes, st.Up.Seen, st.Up.Probes, st.Outage.Seen, st.Outage.Probes)
+	}
+	if st.OutageBoundMS == 0 || st.Outage.MaxMS > st.OutageBoundMS {
+		t.Errorf("staleness during the outage: worst %.0f ms, bound %.0f ms", st.Outage.MaxMS, st.OutageBoundMS)
 	}
 	for _, in := range rep.Failover.Instances {
 		if in.BackAtMS < 0 {

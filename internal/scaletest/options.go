@@ -135,6 +135,10 @@ type Options struct {
 
 	// Command and Version are written into the report as they are.
 	Command, Version string
+
+	// outageBound is how stale a read may be during the outage by the
+	// fleet's cache config (0: not checked); Run sets it.
+	outageBound time.Duration
 }
 
 func (o *Options) setDefaults() error {

@@ -141,8 +141,9 @@ func (r *Report) Markdown(w io.Writer) error {
 	ss := r.Sessions
 	p("## Sessions across instances")
 	p("")
-	p("- %d logins (%d failed); %d requests used a session made on another instance: %d refused while Redis was up, %d during the outage (sessions made in memory are valid only on their instance until Redis returns)",
-		ss.Logins, ss.LoginsFailed, ss.CrossRequests, ss.CrossRejectedUp, ss.CrossRejectedOutage)
+	p("- %d logins (%d failed); %d requests used a session made on another instance: %d refused while Redis was up", ss.Logins, ss.LoginsFailed, ss.CrossRequests, ss.CrossRejectedUp)
+	p("- during the outage: **%d refused with a session made before it** (bound: 0); %d with a session made in the %s before it (its announcement may have died with Redis); %d with a session made during it in another instance's memory (valid only there until Redis returns)",
+		ss.CrossRejectedOutage, ss.CrossRejectedOutageLate, announceGrace, ss.CrossRejectedOutageNew)
 	if ss.CrossRejectedWriteBack > 0 {
 		p("- %d refused after the outage, with sessions made in memory during it, before their instance had written them back to Redis (the last %s after the outage's end)",
 			ss.CrossRejectedWriteBack, fms(ss.WriteBackLagMS))
@@ -172,6 +173,15 @@ func (r *Report) Markdown(w io.Writer) error {
 		p("| %s | %d | %d | %d | %s | %s | %s | %s |", c.name, c.c.Probes, c.c.Seen, c.c.FirstRead, fms(c.c.P50MS), fms(c.c.P90MS), fms(c.c.P99MS), fms(c.c.MaxMS))
 	}
 	p("")
+	if st.OutageBoundMS > 0 {
+		verdict := "within"
+		if st.Outage.MaxMS > st.OutageBoundMS {
+			verdict = "**over**"
+		}
+		p("During the outage the staleness is bounded by the cache's `outage_max_age` (or `l1.ttl` when longer) plus the probes' resolution: %s. The worst measured, %s, is %s it.",
+			fms(st.OutageBoundMS), fms(st.Outage.MaxMS), verdict)
+		p("")
+	}
 	if fo := r.Failover; fo != nil {
 		p("## Failover")
 		p("")

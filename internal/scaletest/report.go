@@ -113,16 +113,24 @@ type SessionSummary struct {
 	Logins       int64 `json:"logins"`
 	LoginsFailed int64 `json:"logins_failed"`
 	// CrossRequests were made with a token from another instance;
-	// CrossRejectedUp of them were refused (401) while Redis was up,
-	// CrossRejectedOutage during the outage. CrossRejectedWriteBack were
+	// CrossRejectedUp of them were refused (401) while Redis was up.
+	// During the outage, CrossRejectedOutage were refused although their
+	// session was made more than announceGrace before it (valid before
+	// the outage: must be 0); CrossRejectedOutageLate were made in the
+	// last announceGrace before it (the announcement may have died with
+	// Redis); CrossRejectedOutageNew were made during it, in another
+	// instance's memory (expected: nobody could hear of them).
+	// CrossRejectedWriteBack were
 	// refused after the outage but carried a session made in memory
 	// during it, before its instance had written it back to Redis;
 	// WriteBackLagMS is the latest such refusal after the outage's end.
-	CrossRequests          int     `json:"cross_requests"`
-	CrossRejectedUp        int     `json:"cross_rejected_up"`
-	CrossRejectedOutage    int     `json:"cross_rejected_outage"`
-	CrossRejectedWriteBack int     `json:"cross_rejected_write_back"`
-	WriteBackLagMS         float64 `json:"write_back_lag_ms"`
+	CrossRequests           int     `json:"cross_requests"`
+	CrossRejectedUp         int     `json:"cross_rejected_up"`
+	CrossRejectedOutage     int     `json:"cross_rejected_outage"`
+	CrossRejectedOutageLate int     `json:"cross_rejected_outage_late"`
+	CrossRejectedOutageNew  int     `json:"cross_rejected_outage_new"`
+	CrossRejectedWriteBack  int     `json:"cross_rejected_write_back"`
+	WriteBackLagMS          float64 `json:"write_back_lag_ms"`
 	// Final check: every kept token on every instance after the run.
 	Checked  int      `json:"checked"`
 	Valid    int      `json:"valid"`
@@ -139,12 +147,16 @@ type SessionSummary struct {
 
 // StalenessSummary is the cache invalidation check.
 type StalenessSummary struct {
-	Writes int            `json:"writes"`
-	Up     StalenessClass `json:"redis_up"`
-	Outage StalenessClass `json:"outage"`
-	Errors []string       `json:"errors,omitempty"`
-	upMS   []float64      // for the chart
-	outMS  []float64      // for the chart
+	Writes int `json:"writes"`
+	// OutageBoundMS is the most a read may lag a write made elsewhere
+	// during the outage: the cache's outage_max_age (or l1.ttl when
+	// longer) plus the probes' resolution.
+	OutageBoundMS float64        `json:"outage_bound_ms"`
+	Up            StalenessClass `json:"redis_up"`
+	Outage        StalenessClass `json:"outage"`
+	Errors        []string       `json:"errors,omitempty"`
+	upMS          []float64      // for the chart
+	outMS         []float64      // for the chart
 }
 
 // StalenessClass summarizes probes whose write was acknowledged while
@@ -220,6 +232,22 @@ func (sp spells) overlaps(a, b time.Duration) bool {
 	}
 	return false
 }
+
+// startOf is the start of the spell holding at.
+func (sp spells) startOf(at time.Duration) time.Duration {
+	t := msf(at)
+	for _, s := range sp {
+		if t >= s.FromMS && t < s.ToMS {
+			return time.Duration(s.FromMS * 1e6)
+		}
+	}
+	return at
+}
+
+// announceGrace is how long before an outage a session must have been
+// made for every instance to have heard of it (a login's announcement is
+// one pub/sub message, delivered in about a millisecond).
+const announceGrace = 500 * time.Millisecond
 
 // endOf is the end of the spell holding at.
 func (sp spells) endOf(at time.Duration) time.Duration {
@@ -319,6 +347,9 @@ type runData struct {
 	}
 	witnesses []witnessResult
 	loadAvg   [2]float64
+	// outageBound is how stale a read may be during the outage by the
+	// fleet's cache config (0: not checked).
+	outageBound time.Duration
 }
 
 // loadAvg reads the 1-minute load average (0 where /proc is missing).
@@ -595,7 +626,14 @@ func sessionSummary(rd *runData, out spells) SessionSummary {
 		if s.status == 401 {
 			switch {
 			case out.contains(s.at):
-				ss.CrossRejectedOutage++
+				switch start := out.startOf(s.at); {
+				case s.tokAt >= start:
+					ss.CrossRejectedOutageNew++
+				case s.tokAt >= start-announceGrace:
+					ss.CrossRejectedOutageLate++
+				default:
+					ss.CrossRejectedOutage++
+				}
 			case out.contains(s.tokAt):
 				ss.CrossRejectedWriteBack++
 				ss.WriteBackLagMS = max(ss.WriteBackLagMS, msf(s.at+s.dur-out.endOf(s.tokAt)))
@@ -648,7 +686,8 @@ func stalenessSummary(rd *runData, inOutage func(time.Duration) bool) StalenessS
 		}
 	}
 	sum := StalenessSummary{Writes: p.writes, Up: class(up, nUp, seenUp, firstUp), Outage: class(out, nOut, seenOut, firstOut),
-		Errors: slices.Clone(p.failed)}
+		OutageBoundMS: msf(rd.outageBound),
+		Errors:        slices.Clone(p.failed)}
 	for _, d := range up {
 		sum.upMS = append(sum.upMS, msf(d))
 	}
@@ -751,6 +790,9 @@ func failures(rd *runData, r *Report) []string {
 	if s.CrossRejectedUp > 0 {
 		f = append(f, fmt.Sprintf("%d requests with a session made on another instance were refused (401) while Redis was up", s.CrossRejectedUp))
 	}
+	if s.CrossRejectedOutage > 0 {
+		f = append(f, fmt.Sprintf("%d requests with a session made before the outage were refused (401) during it: users were logged out by the outage (want 0; is outage_sessions: reject, or the session local cache off?)", s.CrossRejectedOutage))
+	}
 	if s.CrossRequests == 0 && rd.o.Instances > 1 {
 		f = append(f, "no session was used on an instance other than the one that made it")
 	}
@@ -781,6 +823,10 @@ func failures(rd *runData, r *Report) []string {
 		}
 		if miss := st.Up.Probes - st.Up.Seen + st.Outage.Probes - st.Outage.Seen; miss > 0 {
 			f = append(f, fmt.Sprintf("%d invalidation probes were not seen within %s", miss, rd.o.ProbeTimeout))
+		}
+		if st.OutageBoundMS > 0 && st.Outage.MaxMS > st.OutageBoundMS {
+			f = append(f, fmt.Sprintf("a write during the outage was served stale for %s by another instance, over the bound of %s (the cache's outage_max_age)",
+				time.Duration(st.Outage.MaxMS*1e6).Round(time.Millisecond), time.Duration(st.OutageBoundMS*1e6)))
 		}
 	}
 	for _, e := range st.Errors {

@@ -122,6 +122,10 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write config: %w", err)
 	}
+	o.outageBound, err = outageStalenessBound(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("scaletest: %w", err)
+	}
 	users, probeUser, witnesses, err := makeUsers(filepath.Join(dir, "users.yaml"), &o, ds)
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write users: %w", err)
@@ -268,7 +272,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		}
 	}
 	checkCtx := context.WithoutCancel(ctx)
-	rd := &runData{o: o, topo: topoDesc, elapsed: elapsed, rec: rec, users: users, book: book, prober: pr,
+	rd := &runData{o: o, topo: topoDesc, outageBound: o.outageBound, elapsed: elapsed, rec: rec, users: users, book: book, prober: pr,
 		pings: pings, fo: fo, procs: procs, loadAvg: [2]float64{load0, load1}}
 	rd.sessCheck.checked, rd.sessCheck.valid, rd.sessCheck.failures = verifySessions(checkCtx, c, book)
 	rd.witnesses = wit.verify(checkCtx, c)

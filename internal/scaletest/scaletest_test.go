@@ -373,3 +373,57 @@ func TestUserConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestOutageChecks: sessions refused during the outage are told apart by
+// when they were made, and only those made before it fail the run; a
+// write seen stale during the outage past the cache's bound fails it too.
+func TestOutageChecks(t *testing.T) {
+	rd := fakeRun()
+	refuse := func(tokAt time.Duration) {
+		rd.rec.add(sample{at: 5 * time.Second, dur: time.Millisecond, status: 401, inst: 1, op: opRead, user: 0, cross: true, tokAt: tokAt}, "")
+	}
+	refuse(5200 * time.Millisecond) // made during the outage, elsewhere
+	refuse(3800 * time.Millisecond) // made 200 ms before it
+	r := analyze(rd)
+	s := r.Sessions
+	if s.CrossRejectedOutage != 0 || s.CrossRejectedOutageLate != 1 || s.CrossRejectedOutageNew != 1 || len(r.Failures) != 0 {
+		t.Fatalf("sessions %+v, failures %q", s, r.Failures)
+	}
+	refuse(time.Second) // made well before the outage: a logout by the outage
+	rd.outageBound = time.Second
+	r = analyze(rd)
+	if r.Sessions.CrossRejectedOutage != 1 || r.Staleness.OutageBoundMS != 1000 {
+		t.Fatalf("sessions %+v, staleness %+v", r.Sessions, r.Staleness)
+	}
+	want := []string{"made before the outage were refused", "served stale for 1.5s"}
+	if len(r.Failures) != len(want) {
+		t.Fatalf("failures %q, want %q", r.Failures, want)
+	}
+	for i, w := range want {
+		if !strings.Contains(r.Failures[i], w) {
+			t.Errorf("failure %q, want %q", r.Failures[i], w)
+		}
+	}
+}
+
+func TestOutageStalenessBound(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		plugins string
+		want    time.Duration
+	}{
+		{"", 0},
+		{"  c: {type: cache}", 5*time.Second + probeResolution},
+		{"  c: {type: cache, outage_max_age: 2s}", 2*time.Second + probeResolution},
+		{"  c: {type: cache, outage_max_age: 2s, l1: {enabled: true, ttl: 3s}}", 3*time.Second + probeResolution},
+		{"  c: {type: cache, on_redis_down: bypass}", probeResolution},
+		{"  s: {type: session}\n  c: {type: cache, outage_max_age: 1s}", time.Second + probeResolution},
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		os.WriteFile(path, []byte("plugins:\n"+tc.plugins+"\n"), 0o600)
+		got, err := outageStalenessBound(path)
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %v %v, want %v", tc.plugins, got, err, tc.want)
+		}
+	}
+}
