@@ -127,6 +127,10 @@ type Cost struct {
 	// Search is the cost of FHIR searches (GET [base]/Type, GET
 	// [base]/Type/_search, POST [base]/Type/_search) on FHIR routes.
 	// Default: as other requests.
+	//
+	// On FHIR routes a batch or transaction Bundle posted to the base
+	// costs the sum of its entries, each as the request it stands for
+	// (at least the cost of the POST).
 	Search int64 `yaml:"search"`
 }
 

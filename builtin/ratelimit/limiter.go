@@ -1,12 +1,15 @@
 package ratelimit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/backbone"
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/gateway/fhirreq"
 )
 
 func init() {
@@ -39,6 +43,7 @@ type Limiter struct {
 	top       *bounded[topEntry]
 	admin     *adminRegistry
 	cfgID     *gateway.Config
+	fhirBase  string // where batches and transactions are posted
 	closeOnce sync.Once
 }
 
@@ -89,12 +94,13 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 	m.Declare("rate limits", backbone.Durable)
 	l := &Limiter{
 		name: env.Name, cfg: cfg, m: m,
-		keys:    keyer{by: cfg.Key, header: cfg.Header, trusted: cfg.trusted, ipv6Prefix: cfg.IPv6Prefix},
-		routes:  map[string]*routePolicy{},
-		headers: cfg.Headers == nil || *cfg.Headers,
-		legacy:  cfg.LegacyHeaders == nil || *cfg.LegacyHeaders,
-		top:     newBounded(max(cfg.MaxKeys/100, 64), func(e *topEntry) int64 { return e.n.Load() }),
-		cfgID:   env.Config,
+		keys:     keyer{by: cfg.Key, header: cfg.Header, trusted: cfg.trusted, ipv6Prefix: cfg.IPv6Prefix},
+		routes:   map[string]*routePolicy{},
+		headers:  cfg.Headers == nil || *cfg.Headers,
+		legacy:   cfg.LegacyHeaders == nil || *cfg.LegacyHeaders,
+		top:      newBounded(max(cfg.MaxKeys/100, 64), func(e *topEntry) int64 { return e.n.Load() }),
+		cfgID:    env.Config,
+		fhirBase: strings.TrimSuffix(env.Config.FHIRBasePath(), "/"),
 	}
 	for name := range cfg.Routes {
 		if !slices.ContainsFunc(env.Config.Routes, func(r gateway.RouteConfig) bool { return r.Name == name }) {
@@ -145,15 +151,59 @@ func (l *Limiter) resolveRoute(name string, rl RouteLimits) *routePolicy {
 	return rp
 }
 
-func (rp *routePolicy) costOf(r *http.Request, fhir bool) int64 {
-	if fhir && rp.cost.Search > 0 && isFHIRSearch(r.Method, r.URL.Path) {
-		return rp.cost.Search
+// costOf is what request r uses. On FHIR routes a batch or transaction
+// posted to the base costs the sum of its entries' costs (each as the
+// request it stands for), so wrapping requests in a Bundle saves nothing;
+// the body is read for it and handed on unchanged.
+func (l *Limiter) costOf(r *http.Request, rp *routePolicy, fhir bool) int64 {
+	if fhir && r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == l.fhirBase {
+		if c, ok := rp.bundleCost(r); ok {
+			return c
+		}
 	}
-	if c, ok := rp.cost.Methods[r.Method]; ok {
-		return c
-	}
-	return rp.cost.Default
+	return rp.cost.of(r.Method, fhir && isFHIRSearch(r.Method, r.URL.Path))
 }
+
+// of is the cost of one request with the given method, a FHIR search or
+// not.
+func (c *Cost) of(method string, search bool) int64 {
+	if search && c.Search > 0 {
+		return c.Search
+	}
+	if n, ok := c.Methods[method]; ok {
+		return n
+	}
+	return c.Default
+}
+
+// bundleCost reads r's body and, when it is a batch or transaction,
+// returns the sum of its entries' costs (at least the cost of the POST).
+// The body is put back for the handler, with the read error if any.
+func (rp *routePolicy) bundleCost(r *http.Request) (int64, bool) {
+	body, err := io.ReadAll(r.Body)
+	r.Body.Close()
+	if err != nil {
+		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{err}))
+		return 0, false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	b, err := fhirreq.ParseBundle(body, "")
+	if err != nil {
+		return 0, false
+	}
+	var sum int64
+	for i := range b.Entries {
+		e := &b.Entries[i]
+		search := e.Interaction == fhirreq.SearchType || e.Interaction == fhirreq.SearchSystem
+		sum += rp.cost.of(strings.ToUpper(e.Method), search)
+	}
+	return max(sum, rp.cost.of(http.MethodPost, false)), true
+}
+
+// errReader returns err once the bytes before it are read.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // ServeHTTP counts the request and answers 429 when it is over a limit or
 // its client is blocked; otherwise it adds the rate-limit headers and
@@ -175,7 +225,7 @@ func (l *Limiter) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Ha
 		res = rr
 	}
 	client := l.keys.key(r, id)
-	d, err := l.engine.Decide(ctx, client, rp.scope, res.pol, rp.costOf(r, info.FHIR))
+	d, err := l.engine.Decide(ctx, client, rp.scope, res.pol, l.costOf(r, rp, info.FHIR))
 	if err != nil {
 		if errors.Is(err, ErrRedisDown) && l.cfg.OnRedisDown == DownAllow {
 			l.count(info.Name, res.label, "bypassed", "none", "")

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"crypto/sha256"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -36,6 +37,8 @@ func init() {
 func upstream(t testing.TB) string {
 	t.Helper()
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Body-Sha256", fmt.Sprintf("%x", sha256.Sum256(body)))
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"ok":true}`)
 	}))
@@ -75,13 +78,14 @@ type req struct {
 	user, role     string
 	remote, xff    string
 	header, hvalue string
+	body           string
 }
 
 func do(srv *gateway.Server, q req) *httptest.ResponseRecorder {
 	if q.method == "" {
 		q.method = http.MethodGet
 	}
-	r := httptest.NewRequest(q.method, q.path, nil)
+	r := httptest.NewRequest(q.method, q.path, strings.NewReader(q.body))
 	if q.remote != "" {
 		r.RemoteAddr = q.remote
 	}
@@ -423,4 +427,37 @@ func TestConfigErrors(t *testing.T) {
 	if _, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: quietLogger()}); err == nil || !strings.Contains(err.Error(), `no route is named "nope"`) {
 		t.Fatalf("New = %v", err)
 	}
+}
+
+// TestBundleCostsItsEntries: a batch or transaction posted to the FHIR
+// base costs the sum of its entries (a search entry as a search), so a
+// Bundle is no way around the limit; the body reaches the server intact.
+func TestBundleCostsItsEntries(t *testing.T) {
+	backends(t, func(t *testing.T, redisURL string) {
+		srv := newGateway(t, contractYAML, redisURL)
+		bundle := func(typ string, entries ...string) string {
+			return `{"resourceType":"Bundle","type":"` + typ + `","entry":[` + strings.Join(entries, ",") + `]}`
+		}
+		search := `{"request":{"method":"GET","url":"Patient?name=x"}}`
+		read := `{"request":{"method":"GET","url":"Patient/1"}}`
+		del := `{"request":{"method":"DELETE","url":"Patient/2"}}`
+		// The physician's limit is 5 a minute; a search costs 2.
+		q := req{method: "POST", path: "/fhir/R4", user: "ivy", role: "physician", body: bundle("batch", search, read, del)}
+		w := do(srv, q)
+		if w.Code != http.StatusOK || w.Header().Get("X-RateLimit-Remaining") != "1" {
+			t.Fatalf("batch costing 4: %d, remaining %q", w.Code, w.Header().Get("X-RateLimit-Remaining"))
+		}
+		if got, want := w.Header().Get("X-Body-Sha256"), fmt.Sprintf("%x", sha256.Sum256([]byte(q.body))); got != want {
+			t.Errorf("the body changed on its way: %s, want %s", got, want)
+		}
+		q.body = bundle("transaction", read, read)
+		if w := do(srv, q); w.Code != http.StatusTooManyRequests {
+			t.Errorf("transaction costing 2 with 1 left: %d", w.Code)
+		}
+		// Not a Bundle: one request.
+		q.user, q.body = "jo", `{"resourceType":"Patient"}`
+		if w := do(srv, q); w.Code != http.StatusOK || w.Header().Get("X-RateLimit-Remaining") != "4" {
+			t.Errorf("a plain POST: %d, remaining %q", w.Code, w.Header().Get("X-RateLimit-Remaining"))
+		}
+	})
 }
