@@ -75,9 +75,9 @@ type sessions struct {
 }
 
 // Session channel payloads: "s <id>" (one session revoked), "r <ms> <keep>
-// <user>" (a revoke-all marker; keep is "-" for none), "c <record JSON>" (a
-// session created on another instance, which every instance caches so
-// that it can check it through a Redis outage) and, from instances of
+// <user>" (a revoke-all marker; keep is "-" for none), "c <instance>
+// <record JSON>" (a session created on that instance, which the others
+// cache so that they can check it through a Redis outage) and, from instances of
 // earlier versions, "u <user> <keep>".
 const revokeChannel = "session:revoke"
 
@@ -259,7 +259,7 @@ func (s *sessions) announce(ctx context.Context, r *Record) {
 	}
 	b, err := json.Marshal(wireRecord{Record: r, Idle: r.IdleTimeout.Milliseconds()})
 	if err == nil {
-		s.m.Publish(ctx, s.opRevoke, revokeChannel, "c "+string(b))
+		s.m.Publish(ctx, s.opRevoke, revokeChannel, "c "+s.m.InstanceID()+" "+string(b))
 	}
 }
 
@@ -435,8 +435,11 @@ func (s *sessions) onRevoke(payload string) {
 			s.cache.forgetUser(user, keep)
 		}
 	case "c":
+		// Not from this instance: it cached the session when it made it,
+		// and may have revoked it since.
+		from, rec, _ := strings.Cut(rest, " ")
 		w := wireRecord{Record: &Record{}}
-		if s.cache == nil || json.Unmarshal([]byte(rest), &w) != nil || w.ID == "" || w.Idle <= 0 {
+		if s.cache == nil || from == s.m.InstanceID() || json.Unmarshal([]byte(rec), &w) != nil || w.ID == "" || w.Idle <= 0 {
 			return
 		}
 		w.IdleTimeout = time.Duration(w.Idle) * time.Millisecond
