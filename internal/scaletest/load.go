@@ -34,15 +34,17 @@ var opNames = [nOps]string{"login", "read", "search", "write", "session", "probe
 
 // sample is one request as the client saw it.
 type sample struct {
-	at     time.Duration // start, since the load began
-	dur    time.Duration
-	status int16 // 0: transport error
-	inst   int8
-	op     op
-	user   int16         // index of the simulated user; -1 for the probe user
-	policy int16         // index into recorder.policies; -1 when not rate limited
-	cross  bool          // the bearer token was made on another instance
-	tokAt  time.Duration // when the bearer token was made (login start)
+	at      time.Duration // start, since the load began
+	dur     time.Duration
+	status  int16 // 0: transport error
+	inst    int8
+	op      op
+	user    int16         // index of the simulated user; -1 for the probe user
+	policy  int16         // index into recorder.policies; -1 when not rate limited
+	cross   bool          // the bearer token was made on another instance
+	tokAt   time.Duration // when the bearer token was asked for (login start)
+	tokEnd  time.Duration // when it was answered (the session exists by then)
+	tokInst int8          // the instance that made it
 }
 
 // recorder collects samples and counts failures as they happen.
@@ -153,7 +155,7 @@ func (c *client) do(ctx context.Context, inst int, o op, userIdx int, method, pa
 		resp.Body.Close()
 	}
 	res.dur = time.Since(res.start)
-	s := sample{at: res.start.Sub(c.rec.start), dur: res.dur, inst: int8(inst), op: o, user: int16(userIdx), cross: cross, tokAt: tok.at}
+	s := sample{at: res.start.Sub(c.rec.start), dur: res.dur, inst: int8(inst), op: o, user: int16(userIdx), cross: cross, tokAt: tok.at, tokEnd: tok.end, tokInst: int8(tok.inst)}
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, err
@@ -175,7 +177,8 @@ func (c *client) do(ctx context.Context, inst int, o op, userIdx int, method, pa
 type token struct {
 	value string // never logged or written anywhere
 	inst  int
-	at    time.Duration
+	at    time.Duration // the login's start
+	end   time.Duration // its answer
 }
 
 func (c *client) login(ctx context.Context, inst int, u *user) (token, error) {
@@ -193,7 +196,7 @@ func (c *client) login(ctx context.Context, inst int, u *user) (token, error) {
 	if err := json.Unmarshal(res.body, &t); err != nil || t.Token == "" {
 		return token{}, fmt.Errorf("login of %s on instance %d: no token in the answer", u.name, inst+1)
 	}
-	return token{value: t.Token, inst: inst, at: res.start.Sub(c.rec.start)}, nil
+	return token{value: t.Token, inst: inst, at: res.start.Sub(c.rec.start), end: res.start.Add(res.dur).Sub(c.rec.start)}, nil
 }
 
 // sessionBook keeps each user's most recent tokens, which must stay valid

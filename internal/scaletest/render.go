@@ -144,6 +144,9 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("- %d logins (%d failed); %d requests used a session made on another instance: %d refused while Redis was up", ss.Logins, ss.LoginsFailed, ss.CrossRequests, ss.CrossRejectedUp)
 	p("- during the outage: **%d refused with a session made before it** (bound: 0); %d with a session made in the %s before it (its announcement may have died with Redis); %d with a session made during it in another instance's memory (valid only there until Redis returns)",
 		ss.CrossRejectedOutage, ss.CrossRejectedOutageLate, announceGrace, ss.CrossRejectedOutageNew)
+	for _, r := range ss.OutageRefusals {
+		p("  - %s", r)
+	}
 	if ss.CrossRejectedWriteBack > 0 {
 		p("- %d refused after the outage, with sessions made in memory during it, before their instance had written them back to Redis (the last %s after the outage's end)",
 			ss.CrossRejectedWriteBack, fms(ss.WriteBackLagMS))

@@ -124,13 +124,15 @@ type SessionSummary struct {
 	// refused after the outage but carried a session made in memory
 	// during it, before its instance had written it back to Redis;
 	// WriteBackLagMS is the latest such refusal after the outage's end.
-	CrossRequests           int     `json:"cross_requests"`
-	CrossRejectedUp         int     `json:"cross_rejected_up"`
-	CrossRejectedOutage     int     `json:"cross_rejected_outage"`
-	CrossRejectedOutageLate int     `json:"cross_rejected_outage_late"`
-	CrossRejectedOutageNew  int     `json:"cross_rejected_outage_new"`
-	CrossRejectedWriteBack  int     `json:"cross_rejected_write_back"`
-	WriteBackLagMS          float64 `json:"write_back_lag_ms"`
+	CrossRequests           int `json:"cross_requests"`
+	CrossRejectedUp         int `json:"cross_rejected_up"`
+	CrossRejectedOutage     int `json:"cross_rejected_outage"`
+	CrossRejectedOutageLate int `json:"cross_rejected_outage_late"`
+	CrossRejectedOutageNew  int `json:"cross_rejected_outage_new"`
+	// OutageRefusals describe the first CrossRejectedOutage refusals.
+	OutageRefusals         []string `json:"outage_refusals,omitempty"`
+	CrossRejectedWriteBack int      `json:"cross_rejected_write_back"`
+	WriteBackLagMS         float64  `json:"write_back_lag_ms"`
 	// Final check: every kept token on every instance after the run.
 	Checked  int      `json:"checked"`
 	Valid    int      `json:"valid"`
@@ -372,6 +374,14 @@ type failoverLog struct {
 	stopAt, restartAt  time.Duration // when the stop began, when the restart began
 	stopMsg, restMsg   string
 	err                error
+}
+
+// userName names simulated user i.
+func (rd *runData) userName(i int16) string {
+	if i >= 0 && int(i) < len(rd.users) {
+		return rd.users[i].name
+	}
+	return "the probe user"
 }
 
 func msf(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
@@ -626,13 +636,19 @@ func sessionSummary(rd *runData, out spells) SessionSummary {
 		if s.status == 401 {
 			switch {
 			case out.contains(s.at):
+				// The session exists once its login is answered: the
+				// login's end tells whether it was made before the outage.
 				switch start := out.startOf(s.at); {
 				case s.tokAt >= start:
 					ss.CrossRejectedOutageNew++
-				case s.tokAt >= start-announceGrace:
+				case s.tokEnd >= start-announceGrace:
 					ss.CrossRejectedOutageLate++
 				default:
 					ss.CrossRejectedOutage++
+					if len(ss.OutageRefusals) < 10 {
+						ss.OutageRefusals = append(ss.OutageRefusals, fmt.Sprintf("at %s on instance %d: %s's session made on instance %d, login answered at %s (outage from %s)",
+							fms(msf(s.at)), s.inst+1, rd.userName(s.user), s.tokInst+1, fms(msf(s.tokEnd)), fms(msf(start))))
+					}
 				}
 			case out.contains(s.tokAt):
 				ss.CrossRejectedWriteBack++
@@ -791,7 +807,8 @@ func failures(rd *runData, r *Report) []string {
 		f = append(f, fmt.Sprintf("%d requests with a session made on another instance were refused (401) while Redis was up", s.CrossRejectedUp))
 	}
 	if s.CrossRejectedOutage > 0 {
-		f = append(f, fmt.Sprintf("%d requests with a session made before the outage were refused (401) during it: users were logged out by the outage (want 0; is outage_sessions: reject, or the session local cache off?)", s.CrossRejectedOutage))
+		f = append(f, fmt.Sprintf("%d requests with a session made before the outage were refused (401) during it: users were logged out by the outage (want 0; is outage_sessions: reject, or the session local cache off?); %s",
+			s.CrossRejectedOutage, strings.Join(s.OutageRefusals, "; ")))
 	}
 	if s.CrossRequests == 0 && rd.o.Instances > 1 {
 		f = append(f, "no session was used on an instance other than the one that made it")

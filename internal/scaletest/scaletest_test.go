@@ -380,19 +380,24 @@ func TestUserConfig(t *testing.T) {
 func TestOutageChecks(t *testing.T) {
 	rd := fakeRun()
 	refuse := func(tokAt time.Duration) {
-		rd.rec.add(sample{at: 5 * time.Second, dur: time.Millisecond, status: 401, inst: 1, op: opRead, user: 0, cross: true, tokAt: tokAt}, "")
+		rd.rec.add(sample{at: 5 * time.Second, dur: time.Millisecond, status: 401, inst: 1, op: opRead, user: 0, cross: true,
+			tokAt: tokAt, tokEnd: tokAt + 100*time.Millisecond}, "")
 	}
 	refuse(5200 * time.Millisecond) // made during the outage, elsewhere
-	refuse(3800 * time.Millisecond) // made 200 ms before it
+	refuse(3800 * time.Millisecond) // answered 100 ms before it
+	refuse(3350 * time.Millisecond) // answered 550 ms before it, asked before the grace
 	r := analyze(rd)
 	s := r.Sessions
-	if s.CrossRejectedOutage != 0 || s.CrossRejectedOutageLate != 1 || s.CrossRejectedOutageNew != 1 || len(r.Failures) != 0 {
+	if s.CrossRejectedOutage != 1 || s.CrossRejectedOutageLate != 1 || s.CrossRejectedOutageNew != 1 || len(r.Failures) != 1 {
 		t.Fatalf("sessions %+v, failures %q", s, r.Failures)
+	}
+	if !strings.Contains(r.Failures[0], "at 5000 ms on instance 2: a's session made on instance 1, login answered at 3450 ms (outage from 4000 ms)") {
+		t.Errorf("the failure does not say which request: %q", r.Failures[0])
 	}
 	refuse(time.Second) // made well before the outage: a logout by the outage
 	rd.outageBound = time.Second
 	r = analyze(rd)
-	if r.Sessions.CrossRejectedOutage != 1 || r.Staleness.OutageBoundMS != 1000 {
+	if r.Sessions.CrossRejectedOutage != 2 || r.Staleness.OutageBoundMS != 1000 {
 		t.Fatalf("sessions %+v, staleness %+v", r.Sessions, r.Staleness)
 	}
 	want := []string{"made before the outage were refused", "served stale for 1.5s"}
