@@ -506,6 +506,12 @@ func TestFirstRunCreatesUsers(t *testing.T) {
 			t.Errorf("the file holds a plain password")
 		}
 	}
+	// Nobody gets scopes of their own: the roles decide (the admin has
+	// no access to patient data unless granted).
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), "scopes") || !strings.Contains(string(data), "patient: example") {
+		t.Errorf("first-run users file:\n%s", data)
+	}
 	// A second start does not print again.
 	console.Reset()
 	newGateway(t, "", path, "")

@@ -219,7 +219,9 @@ func RandomPassword() string {
 }
 
 // createFirstRun writes a directory with one user per role, named after
-// the role, with random passwords, and prints them once to console.
+// the role, with random passwords, and prints them once to console. The
+// users carry no scopes: their role's apply. The patient user is the
+// patient id given.
 func createFirstRun(path string, roles []string, patient string, console io.Writer) error {
 	var users []User
 	type cred struct{ user, pass string }
@@ -230,15 +232,12 @@ func createFirstRun(path string, roles []string, patient string, console io.Writ
 		if err != nil {
 			return err
 		}
+		// No scopes of their own: what each may do is their role's
+		// (the authz plugin's roles), which a user's scopes could only
+		// narrow.
 		u := User{Username: role, PasswordHash: string(hash), Role: role}
-		switch role {
-		case "patient":
+		if role == "patient" {
 			u.Patient = patient
-			u.Scopes = []string{"patient/*.rs"}
-		case "admin":
-			u.Scopes = []string{"user/*.cruds", "system/*.cruds"}
-		default:
-			u.Scopes = []string{"user/*.cruds"}
 		}
 		users = append(users, u)
 		creds = append(creds, cred{role, pass})
