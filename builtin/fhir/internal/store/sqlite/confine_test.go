@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 )
 
@@ -260,5 +263,105 @@ func TestConfinedHistory(t *testing.T) {
 				t.Errorf("schema version %d %v", v, err)
 			}
 		})
+	}
+}
+
+// loadSynthea writes the Synthea test Bundles' resources, their
+// transaction references ("urn:uuid:…") rewritten to the ids they get.
+func loadSynthea(t *testing.T, s *Store) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("..", "..", "..", "testdata", "synthea", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("test data: %v", err)
+	}
+	n := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b struct {
+			Entry []struct {
+				FullURL  string          `json:"fullUrl"`
+				Resource json.RawMessage `json:"resource"`
+				Request  struct{ URL string }
+			} `json:"entry"`
+		}
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		refs := map[string]string{}
+		for i, e := range b.Entry {
+			ref := e.Request.URL
+			if !strings.Contains(ref, "/") {
+				n++
+				ref = fmt.Sprintf("%s/s%d", ref, n)
+			}
+			b.Entry[i].Request.URL = ref
+			if e.FullURL != "" {
+				refs[e.FullURL] = ref
+			}
+		}
+		for _, e := range b.Entry {
+			body := string(e.Resource)
+			for from, to := range refs {
+				body = strings.ReplaceAll(body, `"`+from+`"`, `"`+to+`"`)
+			}
+			typ, id, _ := strings.Cut(e.Request.URL, "/")
+			putJSON(t, s, typ, id, 1, body)
+		}
+	}
+}
+
+// The members a compartment search finds through references are exactly
+// the compartment table's, for every patient and type of the test data.
+func TestCompartmentMembership(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, ":memory:", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	loadSynthea(t, s)
+	loadConfined(t, s)
+	patients := map[string]bool{}
+	rows, err := s.read.Query(`SELECT DISTINCT patient FROM compartment`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var p string
+		rows.Scan(&p)
+		patients[p] = true
+	}
+	rows.Close()
+	if len(patients) < 5 {
+		t.Fatalf("only %d patients", len(patients))
+	}
+	checked := 0
+	for p := range patients {
+		for _, typ := range append(slices.Collect(maps.Keys(spec.PatientCompartment)), "Patient", "Practitioner") {
+			var want int
+			if err := s.read.QueryRow(`SELECT count(*) FROM compartment c JOIN resources r ON r.rid = c.rid
+				WHERE c.patient = ? AND r.type = ? AND r.deleted = 0`, p, typ).Scan(&want); err != nil {
+				t.Fatal(err)
+			}
+			q, err := search.Parse(typ, nil, search.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q.Compartment = p
+			got, err := s.Count(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("Patient/%s/%s: %d, the compartment table holds %d", p, typ, got, want)
+			}
+			checked += want
+		}
+	}
+	if checked < 700 {
+		t.Errorf("only %d members checked", checked)
 	}
 }

@@ -75,36 +75,37 @@ func idDriven(cs []search.Clause) bool {
 }
 
 // compartment confines the search to the Patient compartment of patient.
-// The compartment table says who is a member; when the compartment drives
-// the search, the candidates come from the references that make resources
-// of the type members (Observation.subject and Observation.performer
-// pointing at the patient, a Patient's own id and its links), which the
-// index holds by parameter and value: only resources of the searched type,
-// as a hand-written patient=… search would find them. Those references are
-// what the compartment rows are computed from at write time (see
-// search.Index), so the candidates hold every member; the membership check
-// against the compartment table keeps the result exact.
+//
+// When the compartment drives the search, the members of the searched type
+// are found through the references that make them members (Observation.subject
+// and Observation.performer pointing at the patient; a Patient's own id and
+// its links), which the index holds by parameter and value: only resources
+// of the searched type, as a hand-written patient=… search would find them.
+// That set is exactly the type's rows of the compartment table: those rows
+// are computed at write time from the same reference entries (see
+// search.Index), and TestCompartmentMembership holds the two together.
+// Otherwise (an _id clause finds the candidates) each candidate is checked
+// against the compartment table.
 func (b *sqlBuilder) compartment(typ, patient string, drive bool) {
-	if drive {
-		params := spec.PatientCompartment[typ]
-		switch {
-		case typ == "Patient":
-			b.add(` AND r.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = ?`, patient)
-			if len(params) > 0 {
-				b.where.WriteString(` UNION ALL `)
-				b.refCandidates(typ, params, patient)
-			}
-			b.where.WriteString(`)`)
-		case len(params) > 0:
-			b.where.WriteString(` AND r.rid IN (`)
+	params := spec.PatientCompartment[typ]
+	switch {
+	case !drive:
+		b.add(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = r.rid AND patient = ?)`, patient)
+	case typ == "Patient":
+		b.add(` AND r.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = ?`, patient)
+		if len(params) > 0 {
+			b.where.WriteString(` UNION ALL `)
 			b.refCandidates(typ, params, patient)
-			b.where.WriteString(`)`)
-		default:
-			// Not a compartment type: no resource of it can be a member.
-			b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, patient)
 		}
+		b.where.WriteString(`)`)
+	case len(params) > 0:
+		b.where.WriteString(` AND r.rid IN (`)
+		b.refCandidates(typ, params, patient)
+		b.where.WriteString(`)`)
+	default:
+		// Not a compartment type: the table holds none of its resources.
+		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, patient)
 	}
-	b.add(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = r.rid AND patient = ?)`, patient)
 }
 
 func (b *sqlBuilder) refCandidates(typ string, params []string, patient string) {
