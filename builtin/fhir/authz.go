@@ -10,6 +10,7 @@ package fhir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -172,8 +173,9 @@ func (h *Handler) seesVersion(ctx context.Context, r store.Reader, g *guard, v *
 	return slices.Contains(search.Compartments(v.Type, v.ID, tree), g.compartment), nil
 }
 
+// notFoundOK is err, but nil for store.ErrNotFound.
 func notFoundOK(err error) error {
-	if err == store.ErrNotFound {
+	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	return err

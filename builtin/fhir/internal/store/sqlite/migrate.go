@@ -16,6 +16,11 @@ import (
 // the versions in (rid, version) order, a thousand at a time.
 func fillHistoryCompartments(ctx context.Context, tx *sql.Tx) error {
 	const page = 1000
+	ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO history_compartment (patient, seq) VALUES (?, ?)`)
+	if err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
+	defer ins.Close()
 	var lastRID, lastVersion int64
 	var prevRID int64 = -1
 	var prev []string // the compartments of the previous version of prevRID
@@ -60,7 +65,7 @@ func fillHistoryCompartments(ctx context.Context, tx *sql.Tx) error {
 				prev = search.Compartments(r.typ, r.id, tree)
 			}
 			for _, p := range prev {
-				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO history_compartment (patient, seq) VALUES (?, ?)`, p, r.seq); err != nil {
+				if _, err := ins.ExecContext(ctx, p, r.seq); err != nil {
 					return fmt.Errorf("file version: %w", err)
 				}
 			}
