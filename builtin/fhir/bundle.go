@@ -46,6 +46,13 @@ type bundleEntry struct {
 	get     string // for GET: the URL below the base
 	headers http.Header
 	err     error // a parse error (batch: reported in its entry)
+	// method and url are the entry's request, for messages.
+	method, url string
+}
+
+// label names the entry in refusals: "entry[3] (DELETE Patient/1): ".
+func (e *bundleEntry) label() string {
+	return fmt.Sprintf("entry[%d] (%s %s): ", e.index, e.method, e.url)
 }
 
 // bundle processes a batch or transaction Bundle POSTed to the base.
@@ -73,6 +80,10 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 				return e.err
 			}
 		}
+		// One entry the policy refuses refuses the whole transaction.
+		if err := h.decideEntries(req.Context(), entries); err != nil {
+			return err
+		}
 		out, err := h.transaction(req.Context(), req, entries)
 		if err != nil {
 			return err
@@ -99,6 +110,7 @@ func (h *Handler) parseEntry(i int, in *inEntry) *bundleEntry {
 	}
 	rq := in.Request
 	method := strings.ToUpper(rq.Method)
+	e.method, e.url = method, rq.URL
 	u, err := url.Parse(strings.TrimPrefix(rq.URL, "/"))
 	if err != nil {
 		return fail(http.StatusBadRequest, "bad request.url %q", rq.URL)
@@ -118,7 +130,7 @@ func (h *Handler) parseEntry(i int, in *inEntry) *bundleEntry {
 	if !spec.IsResourceType(segs[0]) {
 		return fail(http.StatusNotFound, "unknown resource type %q in request.url", segs[0])
 	}
-	o := &op{method: method, typ: segs[0], ifMatch: rq.IfMatch, ifNoneExist: rq.IfNoneExist, where: where}
+	o := &op{method: method, typ: segs[0], ifMatch: rq.IfMatch, ifNoneExist: rq.IfNoneExist, where: where, label: e.label()}
 	switch {
 	case len(segs) == 2 && validID(segs[1]):
 		o.id = segs[1]
@@ -307,6 +319,14 @@ func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundle
 			continue
 		}
 		o := e.op
+		var g *guard
+		if o.method == http.MethodPost && o.ifNoneExist != "" || o.method == http.MethodPut && o.cond != nil {
+			var err error
+			if g, err = h.guard(ctx, o); err != nil {
+				prefixEntry(err, e.index)
+				return nil, err
+			}
+		}
 		switch {
 		case o.method == http.MethodPost && o.ifNoneExist != "":
 			crit, err := url.ParseQuery(o.ifNoneExist)
@@ -315,7 +335,7 @@ func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundle
 				prefixEntry(err, e.index)
 				return nil, err
 			}
-			found, err := h.matchOne(ctx, tx, o.typ, crit, o.where)
+			found, err := h.matchOne(ctx, tx, g, o.typ, crit, o.where)
 			if err != nil {
 				prefixEntry(err, e.index)
 				return nil, err
@@ -324,7 +344,7 @@ func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundle
 				o.id = found.ID
 			}
 		case o.method == http.MethodPut && o.cond != nil:
-			found, err := h.matchOne(ctx, tx, o.typ, o.cond, o.where)
+			found, err := h.matchOne(ctx, tx, g, o.typ, o.cond, o.where)
 			if err != nil {
 				prefixEntry(err, e.index)
 				return nil, err

@@ -239,6 +239,14 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 		m = http.MethodGet
 	}
 	segs := req.segs
+	for _, s := range segs {
+		// The server implements no operation: under a policy, refused.
+		if strings.HasPrefix(s, "$") {
+			if err := refuseUnknown(req.Context(), "operation "+s); err != nil {
+				return err
+			}
+		}
+	}
 	if len(segs) == 0 {
 		if m == http.MethodPost {
 			return h.bundle(w, req)
@@ -347,6 +355,9 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 			}
 			return h.vread(w, req, typ, segs[1], vid)
 		}
+	}
+	if err := refuseUnknown(req.Context(), req.URL.Path); err != nil {
+		return err
 	}
 	return errorf(http.StatusNotFound, "no FHIR endpoint at %s", req.URL.Path)
 }

@@ -8,11 +8,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 	"github.com/omnigate/omnigate/gateway/outcome"
 )
 
 func (h *Handler) read(w http.ResponseWriter, req *request, typ, id string) error {
+	g, err := h.guardFor(req.Context(), access.Read, typ, "")
+	if err != nil {
+		return err
+	}
+	if g.constrained() {
+		v, err := h.readGuarded(req.Context(), w, g, typ, id)
+		if err != nil {
+			return err
+		}
+		return h.writeVersion(w, req, http.StatusOK, v)
+	}
 	v, err := h.store.Read(req.Context(), typ, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusNotFound, "%s/%s is not known", typ, id)
@@ -28,12 +40,21 @@ func (h *Handler) read(w http.ResponseWriter, req *request, typ, id string) erro
 }
 
 func (h *Handler) vread(w http.ResponseWriter, req *request, typ, id string, vid int64) error {
+	g, err := h.guardFor(req.Context(), access.Read, typ, "")
+	if err != nil {
+		return err
+	}
 	v, err := h.store.VRead(req.Context(), typ, id, vid)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusNotFound, "%s/%s has no version %d", typ, id, vid)
 	}
 	if err != nil {
 		return err
+	}
+	if ok, err := h.seesVersion(req.Context(), h.store, g, v); err != nil {
+		return err
+	} else if !ok {
+		return errorf(http.StatusNotFound, "%s/%s has no version %d", typ, id, vid)
 	}
 	if v.Deleted {
 		versionHeaders(w, v)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
@@ -126,6 +127,10 @@ func marshal(v any) []byte {
 
 func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment string, params url.Values) error {
 	ctx := req.Context()
+	g, err := h.guardFor(ctx, access.Search, typ, "")
+	if err != nil {
+		return err
+	}
 	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict, Now: h.now()})
 	if err != nil {
 		return searchError(err, "")
@@ -135,9 +140,16 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 		if _, ok := spec.PatientCompartment[typ]; !ok && typ != "Patient" {
 			return errorf(http.StatusBadRequest, "%s resources are not in the Patient compartment", typ)
 		}
+		if g != nil && g.compartment != "" && g.compartment != compartment {
+			// What a read of that Patient answers.
+			return errorf(http.StatusNotFound, "Patient/%s is not known", compartment)
+		}
 		q.Compartment = compartment
 		path = req.base + "/Patient/" + compartment + "/" + typ
 	}
+	// The policy's compartment and constraints are conditions of the
+	// store's query: counts, _total and pages see only what they allow.
+	g.confine(q)
 	if q.Summary == "count" {
 		n, err := h.store.Count(ctx, q)
 		if err != nil {
@@ -145,7 +157,7 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 		}
 		return h.writeRaw(w, req, http.StatusOK, writeBundle(h.now(), "searchset", n, []link{{"self", pageURL(path, q, q.Count, 0, "")}}, nil))
 	}
-	pg, err := h.page(ctx, q)
+	pg, err := h.page(ctx, q, g.key())
 	if err != nil {
 		return err
 	}
@@ -185,7 +197,8 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 }
 
 // includes resolves _include and _revinclude for a page, then the
-// :iterate ones once more over what they found.
+// :iterate ones once more over what they found. Under a policy, only the
+// resources it lets the caller see are included, and only they lead on.
 func (h *Handler) includes(ctx context.Context, q *search.Query, page []*store.Version, seen map[string]bool) ([]*store.Version, error) {
 	var out []*store.Version
 	from := page
@@ -197,6 +210,9 @@ func (h *Handler) includes(ctx context.Context, q *search.Query, page []*store.V
 			}
 			vs, err := h.store.Include(ctx, from, inc)
 			if err != nil {
+				return nil, err
+			}
+			if vs, err = h.visibleIncludes(ctx, vs); err != nil {
 				return nil, err
 			}
 			for _, v := range vs {
@@ -237,9 +253,11 @@ func pageURL(path string, q *search.Query, count, offset int, token string) stri
 }
 
 // queryKey identifies a search for its snapshot: the same type,
-// compartment and parameters.
-func queryKey(q *search.Query) string {
-	return q.Type + "|" + q.Compartment + "|" + q.Self.Encode()
+// compartment, access constraints (see guard.key) and parameters. A
+// snapshot made under one policy's constraints is never served under
+// others.
+func queryKey(q *search.Query, constraints string) string {
+	return q.Type + "|" + q.Compartment + "|" + constraints + "|" + q.Self.Encode()
 }
 
 type page struct {
@@ -254,8 +272,8 @@ type page struct {
 // to other pages name it, so that they show the results as they were when
 // the search ran even while others write. Without a snapshot (expired,
 // turned off, or past its end), a page is read at its offset.
-func (h *Handler) page(ctx context.Context, q *search.Query) (page, error) {
-	key := queryKey(q)
+func (h *Handler) page(ctx context.Context, q *search.Query, constraints string) (page, error) {
+	key := queryKey(q, constraints)
 	count := q.Count
 	if q.Page != "" && h.pages != nil {
 		if s := h.pages.get(q.Page, key); s != nil && (q.Offset < len(s.matches) || s.complete) {
@@ -451,7 +469,25 @@ func tagSubsetted(meta []byte) []byte {
 // history serves instance, type and system history.
 func (h *Handler) history(w http.ResponseWriter, req *request, typ, id string) error {
 	ctx := req.Context()
+	perm := access.Search
+	if id != "" {
+		perm = access.Read
+	}
+	g, err := h.guardFor(ctx, perm, typ, "")
+	if err != nil {
+		return err
+	}
 	hq := store.HistoryQuery{Type: typ, ID: id, Count: h.cfg.DefaultCount}
+	if g != nil {
+		if len(g.filters) > 0 {
+			return forbidden("", "history is not available under %s: past versions cannot be checked against scope constraints", g.describe())
+		}
+		// Only the versions that were in the compartment.
+		hq.Compartment = g.compartment
+		if typ == "" {
+			hq.ExcludeTypes = hiddenTypes(ctx, g)
+		}
+	}
 	var bad []issue
 	if s := req.query.Get("_count"); s != "" {
 		n, err := strconv.Atoi(s)

@@ -11,6 +11,7 @@ import (
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 
+	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 )
@@ -30,6 +31,44 @@ type op struct {
 	res     *parsed // POST and PUT
 	patch   []byte  // PATCH (JSON Patch)
 	where   string  // prefix of messages: "entry[3]: "
+	// label prefixes refusals by the access policy: a Bundle entry's
+	// index, method and URL ("entry[3] (PUT Observation/1): "), else where.
+	label string
+}
+
+// refusal prefixes the messages of access refusals.
+func (o *op) refusal() string {
+	if o.label != "" {
+		return o.label
+	}
+	return o.where
+}
+
+// guard decides the op under the policy on ctx (see entryPerm).
+func (h *Handler) guard(ctx context.Context, o *op) (*guard, error) {
+	return h.guardFor(ctx, entryPerm(o), o.typ, o.refusal())
+}
+
+// contains refuses a write whose new version v falls outside g: outside
+// the compartment, or matching none of the scope constraints. It runs in
+// the write's transaction, after the write, which the refusal rolls back.
+func (h *Handler) contains(ctx context.Context, tx store.Tx, g *guard, o *op, v *store.Version) error {
+	ok, err := h.sees(ctx, tx, g, v)
+	if err != nil || ok {
+		return err
+	}
+	return forbidden(o.refusal(), "the %s would be outside %s", o.typ, g.describe())
+}
+
+// mayTouch refuses to write over cur, an existing resource (a deletion
+// included), when g does not reach it: the caller may not change what it
+// may not see, and a write must not make a second resource of it either.
+func (h *Handler) mayTouch(ctx context.Context, tx store.Tx, g *guard, o *op, cur *store.Version) error {
+	ok, err := h.seesVersion(ctx, tx, g, cur)
+	if err != nil || ok {
+		return err
+	}
+	return forbidden(o.refusal(), "%s/%s is outside %s", cur.Type, cur.ID, g.describe())
 }
 
 // result is what an op did.
@@ -80,12 +119,16 @@ func (h *Handler) hasListeners() bool {
 }
 
 // matchOne runs conditional criteria in tx: it returns the matching
-// resource, nil for none, or 412 for several.
-func (h *Handler) matchOne(ctx context.Context, tx store.Tx, typ string, crit url.Values, where string) (*store.Version, error) {
-	q, err := search.Parse(typ, crit, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now()})
+// resource, nil for none, or 412 for several. Under a policy (g not nil)
+// the criteria are confined to what g reaches, and an unknown parameter is
+// an error rather than ignored: a condition never selects more than it
+// says, nor anything outside the policy.
+func (h *Handler) matchOne(ctx context.Context, tx store.Tx, g *guard, typ string, crit url.Values, where string) (*store.Version, error) {
+	q, err := search.Parse(typ, crit, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now(), Strict: g != nil})
 	if err != nil {
 		return nil, searchError(err, where)
 	}
+	g.confine(q)
 	if len(q.Clauses) == 0 {
 		return nil, errorf(http.StatusPreconditionFailed, "%sthe condition %q has no search parameter this server knows", where, crit.Encode())
 	}
@@ -153,12 +196,16 @@ func (h *Handler) apply(ctx context.Context, tx store.Tx, o *op, now time.Time) 
 }
 
 func (h *Handler) applyCreate(ctx context.Context, tx store.Tx, o *op, now time.Time) (*result, error) {
+	g, err := h.guard(ctx, o)
+	if err != nil {
+		return nil, err
+	}
 	if o.ifNoneExist != "" {
 		crit, err := url.ParseQuery(o.ifNoneExist)
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%sbad If-None-Exist %q: %v", o.where, o.ifNoneExist, err)
 		}
-		found, err := h.matchOne(ctx, tx, o.typ, crit, o.where)
+		found, err := h.matchOne(ctx, tx, g, o.typ, crit, o.where)
 		if err != nil {
 			return nil, err
 		}
@@ -170,15 +217,23 @@ func (h *Handler) applyCreate(ctx context.Context, tx store.Tx, o *op, now time.
 	if id == "" {
 		id = newID()
 	}
-	return h.put(ctx, tx, o, id, nil, now)
+	r, err := h.put(ctx, tx, o, id, nil, now)
+	if err != nil {
+		return nil, err
+	}
+	return r, h.contains(ctx, tx, g, o, r.v)
 }
 
 func (h *Handler) applyUpdate(ctx context.Context, tx store.Tx, o *op, now time.Time) (*result, error) {
+	g, err := h.guard(ctx, o)
+	if err != nil {
+		return nil, err
+	}
 	bodyID, _ := o.res.tree["id"].(string)
 	id := o.id
 	var cur *store.Version
 	if o.cond != nil {
-		found, err := h.matchOne(ctx, tx, o.typ, o.cond, o.where)
+		found, err := h.matchOne(ctx, tx, g, o.typ, o.cond, o.where)
 		if err != nil {
 			return nil, err
 		}
@@ -206,6 +261,24 @@ func (h *Handler) applyUpdate(ctx context.Context, tx store.Tx, o *op, now time.
 		if cur, err = tx.Read(ctx, o.typ, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, err
 		}
+		// What the caller writes over must be within its reach (a
+		// conditional match is by construction).
+		if cur != nil {
+			if err := h.mayTouch(ctx, tx, g, o, cur); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// An update that creates the resource needs Create as well.
+	var gc *guard
+	if g != nil && (cur == nil || cur.Deleted) {
+		perm := access.Create
+		if o.cond != nil {
+			perm |= access.Search
+		}
+		if gc, err = h.guardFor(ctx, perm, o.typ, o.refusal()); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkIfMatch(o.ifMatch, cur, o.where); err != nil {
 		return nil, err
@@ -213,13 +286,29 @@ func (h *Handler) applyUpdate(ctx context.Context, tx store.Tx, o *op, now time.
 	if cur == nil && !boolOr(h.cfg.UpdateCreate, true) {
 		return nil, errorf(http.StatusMethodNotAllowed, "%s%s/%s does not exist, and this server does not create resources by update", o.where, o.typ, id)
 	}
-	return h.put(ctx, tx, o, id, cur, now)
+	r, err := h.put(ctx, tx, o, id, cur, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.contains(ctx, tx, g, o, r.v); err != nil {
+		return nil, err
+	}
+	if gc != nil && gc.key() != g.key() {
+		if err := h.contains(ctx, tx, gc, o, r.v); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.Time) (*result, error) {
+	g, err := h.guard(ctx, o)
+	if err != nil {
+		return nil, err
+	}
 	var cur *store.Version
 	if o.cond != nil {
-		found, err := h.matchOne(ctx, tx, o.typ, o.cond, o.where)
+		found, err := h.matchOne(ctx, tx, g, o.typ, o.cond, o.where)
 		if err != nil {
 			return nil, err
 		}
@@ -228,6 +317,17 @@ func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.T
 		}
 		cur = found
 	} else {
+		if g.constrained() {
+			// Out of reach before deleted: a deletion says the resource
+			// existed.
+			if cur, err := tx.Read(ctx, o.typ, o.id); err == nil {
+				if err := h.mayTouch(ctx, tx, g, o, cur); err != nil {
+					return nil, err
+				}
+			} else if notFoundOK(err) != nil {
+				return nil, err
+			}
+		}
 		var err error
 		cur, err = h.current(ctx, tx, o.typ, o.id, o.where)
 		if err != nil {
@@ -261,7 +361,11 @@ func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.T
 	}
 	po := *o
 	po.res = p
-	return h.put(ctx, tx, &po, cur.ID, cur, now)
+	r, err := h.put(ctx, tx, &po, cur.ID, cur, now)
+	if err != nil {
+		return nil, err
+	}
+	return r, h.contains(ctx, tx, g, o, r.v)
 }
 
 // current reads a resource that must exist: 404 or 410 otherwise.
@@ -280,14 +384,29 @@ func (h *Handler) current(ctx context.Context, r store.Reader, typ, id, where st
 }
 
 func (h *Handler) applyDelete(ctx context.Context, tx store.Tx, o *op, now time.Time) (*result, error) {
+	g, err := h.guard(ctx, o)
+	if err != nil {
+		return nil, err
+	}
 	var cur *store.Version
-	var err error
 	if o.cond != nil {
-		if cur, err = h.matchOne(ctx, tx, o.typ, o.cond, o.where); err != nil {
+		if cur, err = h.matchOne(ctx, tx, g, o.typ, o.cond, o.where); err != nil {
 			return nil, err
 		}
 	} else if cur, err = tx.Read(ctx, o.typ, o.id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
+	} else if g.constrained() {
+		// What the caller cannot see is not there: 404, as for a read, and
+		// so is a resource that never existed.
+		ok := false
+		if cur != nil {
+			if ok, err = h.seesVersion(ctx, tx, g, cur); err != nil {
+				return nil, err
+			}
+		}
+		if !ok {
+			return nil, errorf(http.StatusNotFound, "%s%s/%s is not known", o.where, o.typ, o.id)
+		}
 	}
 	if err := checkIfMatch(o.ifMatch, cur, o.where); err != nil {
 		return nil, err

@@ -22,6 +22,13 @@ type Query struct {
 	Compartment string
 	// Clauses are ANDed; the values of one clause are ORed.
 	Clauses []Clause
+	// Alternatives, when not empty, further confine the search to the
+	// resources that match every clause of at least one group: an OR of
+	// AND-groups, which is how access constraints (SMART v2 scope
+	// constraints such as category=laboratory, one group per scope) reach
+	// the store. They are not request parameters: Self does not show them.
+	// Nil: no constraint.
+	Alternatives [][]Clause
 	// Sort keys, in order. Empty: most recently updated first.
 	Sort []SortKey
 	// Count is the page size; Offset the position of the page.
@@ -265,6 +272,31 @@ func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 		return nil, errs
 	}
 	return q, nil
+}
+
+// ParseConstraint parses the search parameters of an access constraint on
+// resource type typ (the query of a SMART v2 scope,
+// "category=laboratory"): the clauses a resource must match. It is strict:
+// an unknown parameter, a result parameter (_count, _include, _sort, …) or a
+// bad value is an *Error, so that a constraint the server cannot evaluate
+// never widens access.
+func ParseConstraint(typ string, params url.Values, now time.Time) ([]Clause, error) {
+	errs := &Error{}
+	for name := range params {
+		code, _, _ := strings.Cut(name, ":")
+		if _, ok := clauseFor(typ, code); !ok || ignored[name] {
+			errs.Problems = append(errs.Problems, Problem{name, "not a search parameter of " + typ + " a constraint can use"})
+		}
+	}
+	if len(errs.Problems) > 0 {
+		sort.Slice(errs.Problems, func(i, j int) bool { return errs.Problems[i].Param < errs.Problems[j].Param })
+		return nil, errs
+	}
+	q, err := Parse(typ, params, Options{Strict: true, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	return q.Clauses, nil
 }
 
 func last(vals []string) string {

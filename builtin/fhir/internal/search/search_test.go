@@ -162,3 +162,40 @@ func FuzzParseQuery(f *testing.F) {
 		}
 	})
 }
+
+// Access constraints parse strictly: what the server cannot evaluate is an
+// error, never a constraint quietly dropped.
+func TestParseConstraint(t *testing.T) {
+	now := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		typ, query string
+		clauses    int // -1: an error
+	}{
+		{"Observation", "category=laboratory", 1},
+		{"Observation", "category=laboratory&status=final", 2},
+		{"Observation", "category=laboratory,vital-signs", 1},
+		{"Observation", "code:text=glucose&_lastUpdated=ge2020", 2},
+		{"Observation", "_id=a", 1},
+		{"Observation", "nonsense=1", -1},
+		{"Observation", "patient.name=x", -1},
+		{"Observation", "_count=1", -1},
+		{"Observation", "_include=Observation:subject", -1},
+		{"Observation", "_sort=date", -1},
+		{"Observation", "_format=json", -1},
+		{"Observation", "date=notadate", -1},
+		{"Observation", "category:bogus=x", -1},
+	} {
+		v, err := url.ParseQuery(tc.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := ParseConstraint(tc.typ, v, now)
+		got := len(cs)
+		if err != nil {
+			got = -1
+		}
+		if got != tc.clauses {
+			t.Errorf("%s?%s: %d clauses (%v), want %d", tc.typ, tc.query, len(cs), err, tc.clauses)
+		}
+	}
+}

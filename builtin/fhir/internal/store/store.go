@@ -56,6 +56,14 @@ type HistoryQuery struct {
 	Before int64
 	// Count is the page size.
 	Count int
+	// Compartment, when set, keeps the versions that were in the Patient
+	// compartment of that patient id when they were written (a deletion:
+	// when the version it deletes was written). A resource that moved
+	// between compartments shows each patient only its own versions.
+	Compartment string
+	// ExcludeTypes leaves out the versions of these resource types (types
+	// an access policy does not grant on a whole-store history).
+	ExcludeTypes []string
 }
 
 // Reader is the read side of a store. Reads outside a transaction see the

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 )
 
 // sqlBuilder accumulates a WHERE clause over "resources r" and its
@@ -33,28 +34,109 @@ var tables = map[string]string{
 
 func buildSearch(q *search.Query) *sqlBuilder {
 	b := &sqlBuilder{now: q.Now}
+	byID := idDriven(q.Clauses)
 	driver := -1
-	if q.Compartment == "" {
+	if !byID && q.Compartment == "" {
 		driver = pickDriver(q.Clauses)
 	}
-	if q.Compartment != "" || driver >= 0 {
+	if !byID && (q.Compartment != "" || driver >= 0) {
 		// Another condition finds the candidates: keep SQLite from
 		// scanning every resource of the type ("+" disables the index).
 		b.add(`+r.type = ? AND r.deleted = 0`, q.Type)
 	} else {
+		// The (type, id) index finds them: every resource of the type, or
+		// the ids an _id clause names.
 		b.add(`r.type = ? AND r.deleted = 0`, q.Type)
 	}
 	if q.Compartment != "" {
-		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, q.Compartment)
+		b.compartment(q.Type, q.Compartment, !byID)
 	}
 	for i := range q.Clauses {
 		b.where.WriteString(" AND ")
 		b.clause(&q.Clauses[i], i == driver)
 	}
+	if len(q.Alternatives) > 0 {
+		b.alternatives(q.Alternatives)
+	}
 	for _, k := range q.Sort {
 		b.sortKey(k)
 	}
 	return b
+}
+
+// idDriven reports whether an _id clause names the candidates.
+func idDriven(cs []search.Clause) bool {
+	for _, c := range cs {
+		if c.Name == "_id" && c.Modifier == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// compartment confines the search to the Patient compartment of patient.
+//
+// When the compartment drives the search, the members of the searched type
+// are found through the references that make them members (Observation.subject
+// and Observation.performer pointing at the patient; a Patient's own id and
+// its links), which the index holds by parameter and value: only resources
+// of the searched type, as a hand-written patient=… search would find them.
+// That set is exactly the type's rows of the compartment table: those rows
+// are computed at write time from the same reference entries (see
+// search.Index), and TestCompartmentMembership holds the two together.
+// Otherwise (an _id clause finds the candidates) each candidate is checked
+// against the compartment table.
+func (b *sqlBuilder) compartment(typ, patient string, drive bool) {
+	params := spec.PatientCompartment[typ]
+	switch {
+	case !drive:
+		b.add(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = r.rid AND patient = ?)`, patient)
+	case typ == "Patient":
+		b.add(` AND r.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = ?`, patient)
+		if len(params) > 0 {
+			b.where.WriteString(` UNION ALL `)
+			b.refCandidates(typ, params, patient)
+		}
+		b.where.WriteString(`)`)
+	case len(params) > 0:
+		b.where.WriteString(` AND r.rid IN (`)
+		b.refCandidates(typ, params, patient)
+		b.where.WriteString(`)`)
+	default:
+		// Not a compartment type: the table holds none of its resources.
+		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, patient)
+	}
+}
+
+func (b *sqlBuilder) refCandidates(typ string, params []string, patient string) {
+	b.where.WriteString(`SELECT rid FROM sp_ref WHERE p IN (` + placeholders(len(params)) + `) AND tid = ? AND ttype = 'Patient'`)
+	for _, p := range params {
+		b.args = append(b.args, typ+"."+p)
+	}
+	b.args = append(b.args, patient)
+}
+
+// alternatives adds the OR of the AND-groups of q.Alternatives; each
+// clause is a check of the candidates.
+func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
+	b.where.WriteString(" AND (")
+	for i, g := range groups {
+		if i > 0 {
+			b.where.WriteString(" OR ")
+		}
+		b.where.WriteString("(")
+		if len(g) == 0 {
+			b.where.WriteString("1")
+		}
+		for j := range g {
+			if j > 0 {
+				b.where.WriteString(" AND ")
+			}
+			b.clause(&g[j], false)
+		}
+		b.where.WriteString(")")
+	}
+	b.where.WriteString(")")
 }
 
 // driverRank orders parameter types by how few rows a value usually

@@ -73,6 +73,7 @@ var writeStmts = []string{
 // indexColumns is the number of columns of each index table.
 var indexColumns = map[string]int{
 	"sp_string": 4, "sp_token": 5, "sp_ref": 5, "sp_date": 4, "sp_number": 3, "sp_quantity": 5, "sp_uri": 3, "compartment": 2,
+	"history_compartment": 2,
 }
 
 // batchSizes are the row counts of the prepared multi-row inserts; a
@@ -92,7 +93,15 @@ func init() {
 			writeStmts = append(writeStmts, insertSQL(t, n))
 		}
 	}
+	for _, n := range batchSizes {
+		writeStmts = append(writeStmts, insertSQL("history_compartment", n))
+	}
+	writeStmts = append(writeStmts, deletionCompartmentsSQL)
 }
+
+// deletionCompartmentsSQL files a deletion (its seq, then the rid) under
+// the compartments of the version it deletes.
+const deletionCompartmentsSQL = `INSERT OR IGNORE INTO history_compartment (patient, seq) SELECT patient, ? FROM compartment WHERE rid = ?`
 
 func (s *Store) prepare(ctx context.Context) error {
 	for _, q := range writeStmts {
@@ -253,7 +262,8 @@ func (s *Store) Close() error {
 	return err
 }
 
-const schemaVersion = 1
+// schemaVersion 2 added history_compartment.
+const schemaVersion = 2
 
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS resources (
@@ -304,6 +314,11 @@ var schema = []string{
 	`CREATE INDEX IF NOT EXISTS sp_uri_v ON sp_uri (p, v)`,
 	`CREATE TABLE IF NOT EXISTS compartment (rid INTEGER NOT NULL, patient TEXT NOT NULL, PRIMARY KEY (rid, patient)) WITHOUT ROWID`,
 	`CREATE INDEX IF NOT EXISTS compartment_p ON compartment (patient, rid)`,
+	// The compartments of every version as written (a deletion: those of
+	// the version it deleted), for histories confined to a compartment.
+	// compartment holds the current versions' only.
+	`CREATE TABLE IF NOT EXISTS history_compartment (patient TEXT NOT NULL, seq INTEGER NOT NULL,
+		PRIMARY KEY (patient, seq)) WITHOUT ROWID`,
 }
 
 // indexTables are the tables holding a resource's index entries.
@@ -325,6 +340,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	for _, stmt := range schema {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("create schema: %w", err)
+		}
+	}
+	if v == 1 {
+		if err := fillHistoryCompartments(ctx, tx); err != nil {
+			return fmt.Errorf("migrate to schema 2: %w", err)
 		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion)); err != nil {
@@ -502,6 +522,16 @@ func (r reader) History(ctx context.Context, q store.HistoryQuery) ([]*store.Ver
 	if !q.Since.IsZero() {
 		where += ` AND h.updated >= ?`
 		args = append(args, q.Since.UnixMicro())
+	}
+	if q.Compartment != "" {
+		where += ` AND h.seq IN (SELECT seq FROM history_compartment WHERE patient = ?)`
+		args = append(args, q.Compartment)
+	}
+	if len(q.ExcludeTypes) > 0 {
+		where += ` AND h.type NOT IN (` + placeholders(len(q.ExcludeTypes)) + `)`
+		for _, t := range q.ExcludeTypes {
+			args = append(args, t)
+		}
 	}
 	var total int
 	if err := r.q.QueryRowContext(ctx, `SELECT count(*) FROM history h `+where, args...).Scan(&total); err != nil {
@@ -736,6 +766,11 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
+		if v.Deleted {
+			if _, err := w.exec(ctx, deletionCompartmentsSQL, seq, rid); err != nil {
+				return fmt.Errorf("put: %w", err)
+			}
+		}
 		for _, t := range indexTables {
 			if _, err := w.exec(ctx, `DELETE FROM `+t+` WHERE rid = ?`, rid); err != nil {
 				return fmt.Errorf("reindex: %w", err)
@@ -745,14 +780,27 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 	if idx == nil || v.Deleted {
 		return nil
 	}
-	return w.index(ctx, rid, idx)
+	return w.index(ctx, rid, seq, idx)
 }
 
-// index queues a resource's index rows; they are inserted in batches of
-// rows of many resources (see flush).
-func (w *writeTx) index(ctx context.Context, rid int64, e *search.Entries) error {
+// index queues the index rows of a resource's version seq; they are
+// inserted in batches of rows of many resources (see flush).
+func (w *writeTx) index(ctx context.Context, rid, seq int64, e *search.Entries) error {
 	if w.pending == nil {
 		w.pending = map[string][]any{}
+	}
+	if len(e.Compartments) > 0 {
+		const t = "history_compartment"
+		rows := w.pending[t]
+		for _, p := range e.Compartments {
+			rows = append(rows, p, seq)
+		}
+		w.pending[t] = rows
+		if len(rows) >= batchSizes[0]*indexColumns[t] {
+			if err := w.flushTable(ctx, t, false); err != nil {
+				return err
+			}
+		}
 	}
 	type table struct {
 		name string
