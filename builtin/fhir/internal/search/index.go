@@ -222,10 +222,15 @@ func (e *Entries) addRef(key string, v any) {
 	if ref == "" || ref[0] == '#' {
 		return
 	}
-	typ, id := fhirpath.ReferenceParts(ref)
-	re := RefEntry{Param: key, Type: typ, ID: id}
+	// An absolute reference (http://other.example/fhir/Patient/85, a
+	// urn) names a resource of another server, or none: it is indexed by
+	// its URL only, so that it never matches, nor joins the compartment
+	// of, this server's Patient/85.
+	re := RefEntry{Param: key}
 	if strings.Contains(ref, ":") {
 		re.URL = ref
+	} else {
+		re.Type, re.ID = fhirpath.ReferenceParts(ref)
 	}
 	if re.ID == "" && re.URL == "" {
 		return

@@ -365,3 +365,70 @@ func TestCompartmentMembership(t *testing.T) {
 		t.Errorf("only %d members checked", checked)
 	}
 }
+
+// TestAbsoluteReferencesStayOutside: a reference to another server's
+// Patient/a matches neither a search for this server's Patient/a nor its
+// compartment; a store indexed before schema 3 is mended when opened.
+func TestAbsoluteReferencesStayOutside(t *testing.T) {
+	ctx := context.Background()
+	for _, migrated := range []bool{false, true} {
+		t.Run(fmt.Sprintf("migrated=%v", migrated), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.db")
+			s, err := Open(ctx, path, Options{Sync: "normal"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			putJSON(t, s, "Patient", "a", 1, `{"resourceType":"Patient","id":"a"}`)
+			putJSON(t, s, "Observation", "own", 1, obs("own", "a", "laboratory"))
+			elsewhere := strings.Replace(obs("far", "a", "laboratory"), `"Patient/a"`, `"http://other.example/fhir/Patient/a"`, 1)
+			putJSON(t, s, "Observation", "far", 1, elsewhere)
+			putJSON(t, s, "Observation", "far", 2, elsewhere)
+			if migrated {
+				// What an earlier schema filed: the URL's type and id,
+				// and the compartment they made.
+				for _, q := range []string{
+					`UPDATE sp_ref SET ttype = 'Patient', tid = 'a' WHERE url = 'http://other.example/fhir/Patient/a'`,
+					`INSERT INTO compartment (rid, patient) SELECT rid, 'a' FROM resources WHERE id = 'far'`,
+					`INSERT INTO history_compartment (patient, seq) SELECT 'a', h.seq FROM history h JOIN resources r ON r.rid = h.rid WHERE r.id = 'far'`,
+					`PRAGMA user_version = 2`,
+				} {
+					if _, err := s.write.Exec(q); err != nil {
+						t.Fatal(q, err)
+					}
+				}
+				s.Close()
+				if s, err = Open(ctx, path, Options{Sync: "normal"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer s.Close()
+			for _, tc := range []struct{ params, compartment, want string }{
+				{"subject=Patient/a", "", "own"},
+				{"subject=http://other.example/fhir/Patient/a", "", "far"},
+				{"", "a", "own"},
+			} {
+				v, _ := url.ParseQuery(tc.params)
+				q, err := search.Parse("Observation", v, search.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				q.Compartment = tc.compartment
+				ms, err := s.Search(ctx, q, 0, 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				vs, _ := s.Fetch(ctx, ms)
+				var got []string
+				for _, v := range vs {
+					got = append(got, v.ID)
+				}
+				if strings.Join(got, ",") != tc.want {
+					t.Errorf("%q in %q: %v, want %s", tc.params, tc.compartment, got, tc.want)
+				}
+			}
+			if got, _ := historyIDs(t, s, store.HistoryQuery{Type: "Observation", Compartment: "a"}); got != "own/1" {
+				t.Errorf("history of a's compartment: %s, want own/1", got)
+			}
+		})
+	}
+}

@@ -76,3 +76,74 @@ func fillHistoryCompartments(ctx context.Context, tx *sql.Tx) error {
 		lastRID, lastVersion = batch[len(batch)-1].rid, batch[len(batch)-1].version
 	}
 }
+
+// migrateAbsoluteRefs (schema 2 to 3): absolute references were indexed
+// with the type and id at the end of their URL, so that one to another
+// server's Patient/85 matched, and joined the compartment of, this
+// server's Patient/85. Their rows keep the URL only, and the compartments
+// of the resources that held such a reference to a Patient are computed
+// again, for the current version and every past one.
+func migrateAbsoluteRefs(ctx context.Context, tx *sql.Tx) error {
+	const absolute = `url <> '' AND (ttype <> '' OR tid <> '')`
+	var touched []int64
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT rid FROM sp_ref WHERE `+absolute+` AND ttype = 'Patient'`)
+	if err != nil {
+		return fmt.Errorf("find references: %w", err)
+	}
+	for rows.Next() {
+		var rid int64
+		if err := rows.Scan(&rid); err != nil {
+			rows.Close()
+			return err
+		}
+		touched = append(touched, rid)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, q := range []string{
+		`UPDATE OR IGNORE sp_ref SET ttype = '', tid = '' WHERE ` + absolute,
+		`DELETE FROM sp_ref WHERE ` + absolute, // duplicates of a row the update made
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("reindex references: %w", err)
+		}
+	}
+	for _, rid := range touched {
+		var typ, id string
+		var deleted bool
+		var body []byte
+		err := tx.QueryRowContext(ctx, `SELECT r.type, r.id, r.deleted, h.body FROM resources r
+			JOIN history h ON h.rid = r.rid AND h.version = r.version WHERE r.rid = ?`, rid).Scan(&typ, &id, &deleted, &body)
+		if err != nil {
+			return fmt.Errorf("read resource %d: %w", rid, err)
+		}
+		for _, q := range []string{`DELETE FROM compartment WHERE rid = ?`,
+			`DELETE FROM history_compartment WHERE seq IN (SELECT seq FROM history WHERE rid = ?)`} {
+			if _, err := tx.ExecContext(ctx, q, rid); err != nil {
+				return fmt.Errorf("reset compartments: %w", err)
+			}
+		}
+		if deleted {
+			continue
+		}
+		d := json.NewDecoder(bytes.NewReader(body))
+		d.UseNumber()
+		var tree any
+		if err := d.Decode(&tree); err != nil {
+			return fmt.Errorf("decode %s/%s: %w", typ, id, err)
+		}
+		for _, p := range search.Compartments(typ, id, tree) {
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO compartment (rid, patient) VALUES (?, ?)`, rid, p); err != nil {
+				return fmt.Errorf("file compartment: %w", err)
+			}
+		}
+	}
+	if len(touched) == 0 {
+		return nil
+	}
+	// The past versions of the resources touched are filed again (the
+	// others' rows are already there and ignored).
+	return fillHistoryCompartments(ctx, tx)
+}

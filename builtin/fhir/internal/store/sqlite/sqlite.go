@@ -262,8 +262,9 @@ func (s *Store) Close() error {
 	return err
 }
 
-// schemaVersion 2 added history_compartment.
-const schemaVersion = 2
+// schemaVersion 2 added history_compartment; 3 indexes absolute
+// references by their URL only (see migrateAbsoluteRefs).
+const schemaVersion = 3
 
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS resources (
@@ -345,6 +346,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	if v == 1 {
 		if err := fillHistoryCompartments(ctx, tx); err != nil {
 			return fmt.Errorf("migrate to schema 2: %w", err)
+		}
+	}
+	if v >= 1 && v < 3 {
+		if err := migrateAbsoluteRefs(ctx, tx); err != nil {
+			return fmt.Errorf("migrate to schema 3: %w", err)
 		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion)); err != nil {
