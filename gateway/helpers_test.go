@@ -80,6 +80,44 @@ func (p *recorder) Close() error {
 	return nil
 }
 
+// heldClose is the "held-close" test plugin: its Close reports that it
+// began and then waits until the test releases it, so a test can act while
+// the gateway is closing plugins. It mounts GET /admin/held on the admin
+// listener and keeps the gateway's in-process handler, as a cache warmer
+// would.
+type heldCloseConfig struct {
+	Label string `yaml:"label"`
+}
+
+type heldClose struct {
+	gate *closeGate
+}
+
+// closeGate is what a test holds of a held-close plugin.
+type closeGate struct {
+	closing chan struct{} // closed when Close begins
+	release chan struct{} // closed by the test to let Close return
+	handler http.Handler  // the gateway's in-process handler (Env.Handler)
+}
+
+func newCloseGate() *closeGate {
+	return &closeGate{closing: make(chan struct{}), release: make(chan struct{})}
+}
+
+// closeGates maps labels to the gates of held-close plugins; tests add
+// theirs before building the server.
+var closeGates sync.Map
+
+func (p *heldClose) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	next.ServeHTTP(w, r)
+}
+
+func (p *heldClose) Close() error {
+	close(p.gate.closing)
+	<-p.gate.release
+	return nil
+}
+
 // fakeFHIR stands in for the embedded FHIR server in gateway tests.
 type fakeFHIRConfig struct {
 	BasePathValue string `yaml:"base_path"`
@@ -94,6 +132,19 @@ func TestMain(m *testing.M) {
 				return nil, errors.New("cannot build")
 			}
 			return &recorder{cfg: *cfg, closed: closes}, nil
+		})
+	RegisterPlugin("held-close", func() *heldCloseConfig { return &heldCloseConfig{} },
+		func(ctx context.Context, cfg *heldCloseConfig, env *Env) (Plugin, error) {
+			g, ok := closeGates.Load(cfg.Label)
+			if !ok {
+				return nil, errors.New("no close gate for label " + cfg.Label)
+			}
+			gate := g.(*closeGate)
+			gate.handler = env.Handler()
+			env.HandleAdmin("GET", "/admin/held", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				WriteJSON(w, http.StatusOK, map[string]string{"held": cfg.Label})
+			}))
+			return &heldClose{gate: gate}, nil
 		})
 	RegisterFHIRHandler(func() *fakeFHIRConfig { return &fakeFHIRConfig{BasePathValue: "/fhir/R4"} },
 		func(ctx context.Context, cfg *fakeFHIRConfig, env *Env) (http.Handler, error) {

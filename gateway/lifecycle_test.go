@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -244,5 +247,112 @@ func TestStartFailsOnBusyPort(t *testing.T) {
 	srv, _ := newTestServer(t, "listen: "+l.Addr().String()+"\nroutes:\n  - fhir: true\n")
 	if err := srv.Start(); err == nil || !strings.Contains(err.Error(), "listen:") {
 		t.Errorf("Start on a busy port: %v", err)
+	}
+}
+
+// answerWithin runs a request through h in a goroutine and returns its
+// answer; the test fails if none comes within the deadline (a caller that
+// waits for a runtime Shutdown will never bring back would hang here).
+func answerWithin(t *testing.T, h http.Handler, method, target string) *httptest.ResponseRecorder {
+	t.Helper()
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() { done <- do(h, method, target, nil) }()
+	select {
+	case rec := <-done:
+		return rec
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s %s: no answer while the gateway shuts down", method, target)
+		return nil
+	}
+}
+
+// After Shutdown has retired the last config, every caller is answered at
+// once with 503 and Retry-After: admin requests, endpoints plugins mount,
+// and requests plugins make in process, even while a plugin's Close holds
+// Shutdown up. Shutdown then completes when Close returns.
+func TestShutdownAnswersCallersWhilePluginsClose(t *testing.T) {
+	gate := newCloseGate()
+	closeGates.Store("shutdown-window", gate)
+	defer closeGates.Delete("shutdown-window")
+	release := sync.OnceFunc(func() { close(gate.release) })
+	defer release() // also when the test fails early
+	srv := startTestServer(t, `
+plugins:
+  held: {type: held-close, label: shutdown-window}
+routes:
+  - fhir: true
+    plugins: [held]
+  - name: plain
+    path: /plain
+    upstream: http://127.0.0.1:9
+`)
+	admin := srv.AdminHandler()
+	if rec := do(gate.handler, "GET", "/fhir/R4/Patient/1", nil); rec.Code != 200 {
+		t.Fatalf("in-process request before shutdown: %d %s", rec.Code, rec.Body)
+	}
+	if rec := do(admin, "GET", "/admin/held", nil); rec.Code != 200 {
+		t.Fatalf("plugin admin endpoint before shutdown: %d %s", rec.Code, rec.Body)
+	}
+
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- srv.Shutdown(context.Background()) }()
+	select {
+	case <-gate.closing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not begin closing the plugin")
+	}
+
+	// Over the admin listener, which serves until the plugins are closed.
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + srv.AdminAddr() + "/ping")
+	if err != nil {
+		t.Fatalf("/ping while plugins close: %v", err)
+	}
+	var ping PingResponse
+	json.NewDecoder(resp.Body).Decode(&ping)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || ping.Status != "draining" {
+		t.Errorf("/ping while plugins close: %d Retry-After %q, status %q", resp.StatusCode, resp.Header.Get("Retry-After"), ping.Status)
+	}
+	rec := answerWithin(t, admin, "GET", "/admin/held")
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("plugin admin endpoint while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	// In process, as a cache warmer: an OperationOutcome on FHIR routes.
+	rec = answerWithin(t, gate.handler, "GET", "/fhir/R4/Patient/1")
+	var oo struct {
+		ResourceType string
+		Issue        []struct{ Severity, Code string }
+	}
+	json.Unmarshal(rec.Body.Bytes(), &oo)
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || oo.ResourceType != "OperationOutcome" ||
+		len(oo.Issue) != 1 || oo.Issue[0].Code != "transient" {
+		t.Errorf("in-process FHIR request while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	rec = answerWithin(t, gate.handler, "GET", "/plain")
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("in-process plain request while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("Shutdown returned (%v) while a plugin was still closing", err)
+	default:
+	}
+
+	release()
+	select {
+	case err := <-shutdownDone:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not complete after the plugin closed")
+	}
+	// After Shutdown: still answered at once, and no reload brings plugins back.
+	if rec := answerWithin(t, gate.handler, "GET", "/fhir/R4/Patient/1"); rec.Code != 503 {
+		t.Errorf("in-process request after Shutdown: %d", rec.Code)
+	}
+	if err := srv.Reload(context.Background(), srv.Config()); err == nil {
+		t.Error("Reload after Shutdown succeeded")
 	}
 }
