@@ -48,6 +48,7 @@ type Server struct {
 	described   *describingRegisterer
 	metrics     *metrics
 	started     time.Time
+	after       func(time.Duration) <-chan time.Time // the shutdown delay's clock; tests replace it
 	cur         atomic.Pointer[runtime]
 	draining    atomic.Bool
 
@@ -105,6 +106,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 		opts:     opts,
 		reg:      opts.Registry,
 		started:  time.Now(),
+		after:    time.After,
 		shared:   map[string]*sharedEntry{},
 		serveErr: make(chan error, 2),
 	}
@@ -595,7 +597,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.logger.Info("draining", "delay", cfg.Server.ShutdownDelay, "timeout", cfg.Server.ShutdownTimeout)
 	if d := cfg.Server.ShutdownDelay; d > 0 {
 		select {
-		case <-time.After(d):
+		case <-s.after(d):
 		case <-ctx.Done():
 		}
 	}
