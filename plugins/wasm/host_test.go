@@ -2,7 +2,10 @@ package wasm
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -77,15 +80,66 @@ func TestLocalReply(t *testing.T) {
 	}
 }
 
+// logRecords decodes JSON log lines.
+func logRecords(t testing.TB, logs string) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// checkGuestStderr finds the record of the guest's stderr line in logs and
+// checks that it is tagged with the stream and the plugin's name.
+func checkGuestStderr(t *testing.T, logs, plugin string) {
+	t.Helper()
+	for _, rec := range logRecords(t, logs) {
+		if rec["msg"] != "to stderr from the guest" {
+			continue
+		}
+		if rec["stream"] != "stderr" || rec["plugin"] != plugin || rec["level"] != "WARN" {
+			t.Errorf("guest stderr logged as %v, want level WARN, stream stderr, plugin %s", rec, plugin)
+		}
+		return
+	}
+	t.Errorf("guest stderr not logged:\n%s", logs)
+}
+
+// The guest's stdout and stderr go to the log a line per record, tagged
+// with the stream and with the plugin's name: by the gateway's logger for
+// the plugin, and by the default logger of a plugin built with New.
 func TestGuestOutputLogged(t *testing.T) {
-	p, logs, _ := newPlugin(t, guest(t, "testguest"), nil)
-	serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "print"))
-	if !strings.Contains(logs.String(), `"msg":"to stderr from the guest","stream":"stderr"`) {
-		t.Errorf("guest stderr not logged:\n%s", logs)
-	}
-	if !strings.Contains(logs.String(), `"plugin":"test"`) && !strings.Contains(logs.String(), `"msg":"to stderr`) {
-		t.Errorf("no plugin tag")
-	}
+	t.Run("gateway", func(t *testing.T) {
+		logs := &logBuffer{}
+		srv, err := gateway.New(context.Background(), gatewayConfig(t, "http://127.0.0.1:9", guest(t, "testguest"), ""),
+			gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Shutdown(context.Background())
+		r := httptest.NewRequest("GET", "/fhir/R4/Patient/p1", nil)
+		r.Header.Set("X-Test", "print")
+		srv.ServeHTTP(httptest.NewRecorder(), r)
+		checkGuestStderr(t, logs.String(), "policy")
+	})
+	t.Run("default logger", func(t *testing.T) {
+		logs := &logBuffer{}
+		// slog.SetDefault also redirects the log package: restore both.
+		defer func(l *slog.Logger, w io.Writer, flags int) {
+			slog.SetDefault(l)
+			log.SetOutput(w)
+			log.SetFlags(flags)
+		}(slog.Default(), log.Writer(), log.Flags())
+		slog.SetDefault(slog.New(slog.NewJSONHandler(logs, nil)))
+		p, _, _ := newPlugin(t, guest(t, "testguest"), func(o *Options) { o.Logger = nil })
+		serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "print"))
+		checkGuestStderr(t, logs.String(), "test")
+	})
 }
 
 func TestResponsePhase(t *testing.T) {
