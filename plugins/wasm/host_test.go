@@ -332,6 +332,11 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "plugin.wasm")
 	copyFile(t, guest(t, "testguest"), path)
 	p, logs, reg := newPlugin(t, path, func(o *Options) { o.WatchInterval = 10 * time.Millisecond })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("plugin log:\n%s", logs)
+		}
+	})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var stopOnce sync.Once

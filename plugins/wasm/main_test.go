@@ -98,13 +98,14 @@ func newPlugin(t testing.TB, path string, mod func(*Options)) (*Plugin, *logBuff
 	logs := &logBuffer{}
 	reg := prometheus.NewRegistry()
 	opts := Options{
-		Name:       "test",
-		Path:       path,
-		Instances:  2,
-		Timeout:    generousTimeout, // tests of the deadline set their own
-		CacheDir:   cacheDir,
-		Logger:     slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registerer: reg,
+		Name:         "test",
+		Path:         path,
+		Instances:    2,
+		Timeout:      generousTimeout, // tests of the deadline set their own
+		StartTimeout: generousTimeout,
+		CacheDir:     cacheDir,
+		Logger:       slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registerer:   reg,
 	}
 	if mod != nil {
 		mod(&opts)
@@ -183,9 +184,12 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ma
 	return total
 }
 
+// waitFor waits until cond holds. Its deadline only bounds a test that
+// fails: compiling and starting a module under the race detector on a busy
+// machine takes many seconds.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
