@@ -40,6 +40,10 @@ func (s *Server) AdminHandler() http.Handler {
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		rt := s.acquire()
+		if rt == nil {
+			s.unavailable(w, false)
+			return
+		}
 		defer rt.release()
 		rt.admin.ServeHTTP(w, r)
 	})
@@ -84,8 +88,6 @@ type PluginHealth struct {
 }
 
 func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
-	rt := s.acquire()
-	defer rt.release()
 	resp := PingResponse{
 		Status:        "ok",
 		Version:       s.opts.Version,
@@ -93,6 +95,14 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 		Components:    map[string]Health{},
 		Plugins:       map[string]PluginHealth{},
 	}
+	rt := s.acquire()
+	if rt == nil { // shut down: the plugins are closed or closing
+		resp.Status = "draining"
+		w.Header().Set("Retry-After", shutdownRetryAfter)
+		writeJSON(w, http.StatusServiceUnavailable, resp)
+		return
+	}
+	defer rt.release()
 	if rt.cfg.Redis.Enabled() {
 		resp.Components["redis"] = Health{Status: "configured", Detail: "no plugin uses redis"}
 	} else {

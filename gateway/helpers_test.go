@@ -17,10 +17,12 @@ import (
 
 // recorderConfig configures the "recorder" test plugin.
 type recorderConfig struct {
-	Label string        `yaml:"label"`
-	Panic bool          `yaml:"panic"`
-	Delay time.Duration `yaml:"delay"`
-	Deny  int           `yaml:"deny"`
+	Label string `yaml:"label"`
+	Panic bool   `yaml:"panic"`
+	Deny  int    `yaml:"deny"`
+	// Gate names a requestGate that holds requests in the plugin until
+	// the test releases them.
+	Gate string `yaml:"gate"`
 }
 
 func (c *recorderConfig) Validate() error {
@@ -54,12 +56,27 @@ func (l *closeLog) get() []string {
 	return append([]string(nil), l.names...)
 }
 
+// mark returns where the log is now; since(mark) lists what closed after,
+// so that a test repeated (go test -count) sees its own closes only.
+func (l *closeLog) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.names)
+}
+
+func (l *closeLog) since(mark int) []string { return l.get()[mark:] }
+
 var closes = &closeLog{}
+
+// clientIPSeen is what the "client-ip-probe" plugin saw of the last request
+// (requests made with ServeHTTP, on the test's goroutine).
+var clientIPSeen string
 
 func (p *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	r.Header.Add("X-Chain", p.cfg.Label)
-	if p.cfg.Delay > 0 {
-		time.Sleep(p.cfg.Delay)
+	if p.cfg.Gate != "" {
+		g, _ := requestGates.Load(p.cfg.Gate)
+		g.(*requestGate).hold()
 	}
 	if p.cfg.Panic {
 		panic("recorder " + p.cfg.Label + " panics")
@@ -80,6 +97,82 @@ func (p *recorder) Close() error {
 	return nil
 }
 
+// requestGate holds the requests of "recorder" plugins configured with its
+// name: a test knows when a request is in the plugin (entered) and decides
+// when it goes on (release), instead of guessing with sleeps.
+type requestGate struct {
+	enterOnce sync.Once
+	entered   chan struct{} // closed when the first request is held
+	release   chan struct{} // closed by open
+	openOnce  sync.Once
+}
+
+// open lets the held requests, and later ones, go on.
+func (g *requestGate) open() { g.openOnce.Do(func() { close(g.release) }) }
+
+var requestGates sync.Map
+
+// newRequestGate registers a gate under name for the test's duration.
+func newRequestGate(t *testing.T, name string) *requestGate {
+	g := &requestGate{entered: make(chan struct{}), release: make(chan struct{})}
+	requestGates.Store(name, g)
+	t.Cleanup(func() { requestGates.Delete(name) })
+	return g
+}
+
+func (g *requestGate) hold() {
+	g.enterOnce.Do(func() { close(g.entered) })
+	<-g.release
+}
+
+// waitEntered waits until a request is held by g.
+func (g *requestGate) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no request reached the gated plugin")
+	}
+}
+
+// heldClose is the "held-close" test plugin: its Close reports that it
+// began and then waits until the test releases it, so a test can act while
+// the gateway is closing plugins. It mounts GET /admin/held on the admin
+// listener and keeps the gateway's in-process handler, as a cache warmer
+// would.
+type heldCloseConfig struct {
+	Label string `yaml:"label"`
+}
+
+type heldClose struct {
+	gate *closeGate
+}
+
+// closeGate is what a test holds of a held-close plugin.
+type closeGate struct {
+	closing chan struct{} // closed when Close begins
+	release chan struct{} // closed by the test to let Close return
+	handler http.Handler  // the gateway's in-process handler (Env.Handler)
+}
+
+func newCloseGate() *closeGate {
+	return &closeGate{closing: make(chan struct{}), release: make(chan struct{})}
+}
+
+// closeGates maps labels to the gates of held-close plugins; tests add
+// theirs before building the server.
+var closeGates sync.Map
+
+func (p *heldClose) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	next.ServeHTTP(w, r)
+}
+
+func (p *heldClose) Close() error {
+	close(p.gate.closing)
+	<-p.gate.release
+	return nil
+}
+
 // fakeFHIR stands in for the embedded FHIR server in gateway tests.
 type fakeFHIRConfig struct {
 	BasePathValue string `yaml:"base_path"`
@@ -94,6 +187,26 @@ func TestMain(m *testing.M) {
 				return nil, errors.New("cannot build")
 			}
 			return &recorder{cfg: *cfg, closed: closes}, nil
+		})
+	RegisterPlugin("client-ip-probe", func() *struct{} { return &struct{}{} },
+		func(context.Context, *struct{}, *Env) (Plugin, error) {
+			return PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+				clientIPSeen = ClientIP(r).String()
+				next.ServeHTTP(w, r)
+			}), nil
+		})
+	RegisterPlugin("held-close", func() *heldCloseConfig { return &heldCloseConfig{} },
+		func(ctx context.Context, cfg *heldCloseConfig, env *Env) (Plugin, error) {
+			g, ok := closeGates.Load(cfg.Label)
+			if !ok {
+				return nil, errors.New("no close gate for label " + cfg.Label)
+			}
+			gate := g.(*closeGate)
+			gate.handler = env.Handler()
+			env.HandleAdmin("GET", "/admin/held", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				WriteJSON(w, http.StatusOK, map[string]string{"held": cfg.Label})
+			}))
+			return &heldClose{gate: gate}, nil
 		})
 	RegisterFHIRHandler(func() *fakeFHIRConfig { return &fakeFHIRConfig{BasePathValue: "/fhir/R4"} },
 		func(ctx context.Context, cfg *fakeFHIRConfig, env *Env) (http.Handler, error) {

@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -32,13 +35,28 @@ func get(t *testing.T, url string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
+// eventually polls cond until it holds or 10s pass.
+func eventually(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func TestGracefulDrain(t *testing.T) {
+	gate := newRequestGate(t, "drain")
+	defer gate.open() // also when the test fails early
+	closed := closes.mark()
 	srv := startTestServer(t, `
 server:
   shutdown_delay: 300ms
-  shutdown_timeout: 5s
+  shutdown_timeout: 1m
 plugins:
-  slow: {type: recorder, label: drain-slow, delay: 800ms}
+  slow: {type: recorder, label: drain-slow, gate: drain}
   first: {type: recorder, label: drain-first}
 routes:
   - name: slow
@@ -48,6 +66,10 @@ routes:
   - name: fast
     fhir: true
 `)
+	// The shutdown delay is over when the test says so.
+	delayAsked := make(chan time.Duration, 1)
+	delayOver := make(chan time.Time)
+	srv.after = func(d time.Duration) <-chan time.Time { delayAsked <- d; return delayOver }
 	base := "http://" + srv.Addr()
 	admin := "http://" + srv.AdminAddr()
 
@@ -59,11 +81,18 @@ routes:
 		}
 		slowDone <- code
 	}()
-	time.Sleep(100 * time.Millisecond) // the slow request is in flight
+	gate.waitEntered(t) // the slow request is in flight
 
 	shutdownDone := make(chan error, 1)
 	go func() { shutdownDone <- srv.Shutdown(context.Background()) }()
-	time.Sleep(100 * time.Millisecond)
+	select {
+	case d := <-delayAsked:
+		if d != 300*time.Millisecond {
+			t.Errorf("shutdown delay %v, want 300ms", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not begin its delay")
+	}
 
 	// During the delay: not ready, but still serving.
 	if code, _, _ := get(t, admin+"/readyz"); code != 503 {
@@ -75,11 +104,17 @@ routes:
 	if code, _, err := get(t, base+"/fhir/R4/Patient/1"); err != nil || code != 200 {
 		t.Errorf("request during the shutdown delay: %d %v", code, err)
 	}
-	time.Sleep(400 * time.Millisecond) // past the delay: the listener is closed
+	close(delayOver) // past the delay: the listener closes
 
-	if _, _, err := get(t, base+"/fhir/R4/Patient/1"); err == nil {
-		t.Error("a new request after the listener closed was accepted")
+	if !eventually(func() bool { _, _, err := get(t, base+"/fhir/R4/Patient/1"); return err != nil }) {
+		t.Error("new requests still accepted after the shutdown delay")
 	}
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+	default:
+	}
+	gate.open()
 	if code := <-slowDone; code != 200 {
 		t.Errorf("in-flight request finished with %d, want 200", code)
 	}
@@ -87,16 +122,20 @@ routes:
 		t.Errorf("Shutdown: %v", err)
 	}
 	// Plugins close after the drain, in reverse order of construction.
-	got := slices.DeleteFunc(closes.get(), func(s string) bool { return !strings.HasPrefix(s, "drain-") })
+	got := slices.DeleteFunc(closes.since(closed), func(s string) bool { return !strings.HasPrefix(s, "drain-") })
 	if !slices.Equal(got, []string{"drain-first", "drain-slow"}) {
 		t.Errorf("closed %v, want [drain-first drain-slow] (reverse of construction)", got)
 	}
 }
 
 func TestReloadSwapsChainsAndClosesOld(t *testing.T) {
+	gate := newRequestGate(t, "reload")
+	defer gate.open()
+	closed := closes.mark()
 	srv := startTestServer(t, `
+server: {shutdown_timeout: 1h}   # the old config waits for its request, however long
 plugins:
-  old: {type: recorder, label: reload-old, delay: 500ms}
+  old: {type: recorder, label: reload-old, gate: reload}
 routes:
   - fhir: true
     plugins: [old]
@@ -113,7 +152,7 @@ routes:
 		resp.Body.Close()
 		inflight <- resp.Header.Get("X-Chain-Seen")
 	}()
-	time.Sleep(100 * time.Millisecond)
+	gate.waitEntered(t) // the request is in the old chain
 
 	cfg, err := Parse("new.yaml", []byte(`
 listen: 127.0.0.1:0
@@ -138,20 +177,17 @@ routes:
 	if got := resp.Header.Get("X-Chain-Seen"); got != "reload-new" {
 		t.Errorf("after reload the chain is %q, want reload-new", got)
 	}
-	if slices.Contains(closes.get(), "reload-old") {
+	if slices.Contains(closes.since(closed), "reload-old") {
 		t.Error("old plugin closed while a request was still using it")
 	}
+	gate.open()
 	if got := <-inflight; got != "reload-old" {
 		t.Errorf("in-flight request ran %q, want it to finish on the old chain", got)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !slices.Contains(closes.get(), "reload-old") {
-		if time.Now().After(deadline) {
-			t.Fatal("old plugin not closed after its last request")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !eventually(func() bool { return slices.Contains(closes.since(closed), "reload-old") }) {
+		t.Fatal("old plugin not closed after its last request")
 	}
-	if slices.Contains(closes.get(), "reload-new") {
+	if slices.Contains(closes.since(closed), "reload-new") {
 		t.Error("new plugin closed")
 	}
 	m := scrape(t, srv)
@@ -161,6 +197,7 @@ routes:
 }
 
 func TestBadReloadKeepsOldConfig(t *testing.T) {
+	closed := closes.mark()
 	srv := startTestServer(t, `
 plugins:
   keep: {type: recorder, label: keep}
@@ -198,7 +235,7 @@ routes:
 	if resp.StatusCode != 200 || resp.Header.Get("X-Chain-Seen") != "keep" {
 		t.Errorf("old config not serving: %d chain=%q", resp.StatusCode, resp.Header.Get("X-Chain-Seen"))
 	}
-	if slices.Contains(closes.get(), "keep") {
+	if slices.Contains(closes.since(closed), "keep") {
 		t.Error("old plugin closed by a failed reload")
 	}
 	if m := scrape(t, srv); !strings.Contains(m, `omnigate_config_reloads_total{result="failure"} 2`) {
@@ -244,5 +281,112 @@ func TestStartFailsOnBusyPort(t *testing.T) {
 	srv, _ := newTestServer(t, "listen: "+l.Addr().String()+"\nroutes:\n  - fhir: true\n")
 	if err := srv.Start(); err == nil || !strings.Contains(err.Error(), "listen:") {
 		t.Errorf("Start on a busy port: %v", err)
+	}
+}
+
+// answerWithin runs a request through h in a goroutine and returns its
+// answer; the test fails if none comes within the deadline (a caller that
+// waits for a runtime Shutdown will never bring back would hang here).
+func answerWithin(t *testing.T, h http.Handler, method, target string) *httptest.ResponseRecorder {
+	t.Helper()
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() { done <- do(h, method, target, nil) }()
+	select {
+	case rec := <-done:
+		return rec
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s %s: no answer while the gateway shuts down", method, target)
+		return nil
+	}
+}
+
+// After Shutdown has retired the last config, every caller is answered at
+// once with 503 and Retry-After: admin requests, endpoints plugins mount,
+// and requests plugins make in process, even while a plugin's Close holds
+// Shutdown up. Shutdown then completes when Close returns.
+func TestShutdownAnswersCallersWhilePluginsClose(t *testing.T) {
+	gate := newCloseGate()
+	closeGates.Store("shutdown-window", gate)
+	defer closeGates.Delete("shutdown-window")
+	release := sync.OnceFunc(func() { close(gate.release) })
+	defer release() // also when the test fails early
+	srv := startTestServer(t, `
+plugins:
+  held: {type: held-close, label: shutdown-window}
+routes:
+  - fhir: true
+    plugins: [held]
+  - name: plain
+    path: /plain
+    upstream: http://127.0.0.1:9
+`)
+	admin := srv.AdminHandler()
+	if rec := do(gate.handler, "GET", "/fhir/R4/Patient/1", nil); rec.Code != 200 {
+		t.Fatalf("in-process request before shutdown: %d %s", rec.Code, rec.Body)
+	}
+	if rec := do(admin, "GET", "/admin/held", nil); rec.Code != 200 {
+		t.Fatalf("plugin admin endpoint before shutdown: %d %s", rec.Code, rec.Body)
+	}
+
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- srv.Shutdown(context.Background()) }()
+	select {
+	case <-gate.closing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not begin closing the plugin")
+	}
+
+	// Over the admin listener, which serves until the plugins are closed.
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + srv.AdminAddr() + "/ping")
+	if err != nil {
+		t.Fatalf("/ping while plugins close: %v", err)
+	}
+	var ping PingResponse
+	json.NewDecoder(resp.Body).Decode(&ping)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || ping.Status != "draining" {
+		t.Errorf("/ping while plugins close: %d Retry-After %q, status %q", resp.StatusCode, resp.Header.Get("Retry-After"), ping.Status)
+	}
+	rec := answerWithin(t, admin, "GET", "/admin/held")
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("plugin admin endpoint while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	// In process, as a cache warmer: an OperationOutcome on FHIR routes.
+	rec = answerWithin(t, gate.handler, "GET", "/fhir/R4/Patient/1")
+	var oo struct {
+		ResourceType string
+		Issue        []struct{ Severity, Code string }
+	}
+	json.Unmarshal(rec.Body.Bytes(), &oo)
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || oo.ResourceType != "OperationOutcome" ||
+		len(oo.Issue) != 1 || oo.Issue[0].Code != "transient" {
+		t.Errorf("in-process FHIR request while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	rec = answerWithin(t, gate.handler, "GET", "/plain")
+	if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("in-process plain request while plugins close: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("Shutdown returned (%v) while a plugin was still closing", err)
+	default:
+	}
+
+	release()
+	select {
+	case err := <-shutdownDone:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not complete after the plugin closed")
+	}
+	// After Shutdown: still answered at once, and no reload brings plugins back.
+	if rec := answerWithin(t, gate.handler, "GET", "/fhir/R4/Patient/1"); rec.Code != 503 {
+		t.Errorf("in-process request after Shutdown: %d", rec.Code)
+	}
+	if err := srv.Reload(context.Background(), srv.Config()); err == nil {
+		t.Error("Reload after Shutdown succeeded")
 	}
 }

@@ -48,10 +48,12 @@ type Server struct {
 	described   *describingRegisterer
 	metrics     *metrics
 	started     time.Time
+	after       func(time.Duration) <-chan time.Time // the shutdown delay's clock; tests replace it
 	cur         atomic.Pointer[runtime]
 	draining    atomic.Bool
 
 	reloadMu sync.Mutex
+	stopped  bool           // Shutdown retired the last runtime; under reloadMu
 	closing  sync.WaitGroup // retired runtimes still closing
 
 	sharedMu sync.Mutex
@@ -104,6 +106,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 		opts:     opts,
 		reg:      opts.Registry,
 		started:  time.Now(),
+		after:    time.After,
 		shared:   map[string]*sharedEntry{},
 		serveErr: make(chan error, 2),
 	}
@@ -342,13 +345,19 @@ func (rt *runtime) notFound(w http.ResponseWriter, r *http.Request) {
 	Error(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
 }
 
-// ServeHTTP serves a request on the public listener.
+// ServeHTTP serves a request on the public listener, and the requests
+// plugins make in process (Env.Handler). Once Shutdown has closed the
+// plugins, it answers 503 at once.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt := s.acquire()
-	defer rt.release()
 	if p, changed := cleanPath(r.URL.Path); changed {
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
+	rt := s.acquire()
+	if rt == nil {
+		s.unavailable(w, hasPathPrefix(r.URL.Path, s.cur.Load().fhirBase))
+		return
+	}
+	defer rt.release()
 	if h, ps, _ := rt.router.lookup(r.Method, r.URL.Path); h != nil {
 		h(w, r, ps)
 		return
@@ -364,6 +373,9 @@ func hasPathPrefix(p, prefix string) bool {
 	return len(p) >= len(prefix) && p[:len(prefix)] == prefix && (len(p) == len(prefix) || p[len(prefix)] == '/')
 }
 
+// acquire returns the runtime serving now with a reference held, or nil
+// once Shutdown has retired the last one: there is no runtime to wait for
+// then, and the caller answers at once (see unavailable).
 func (s *Server) acquire() *runtime {
 	for {
 		rt := s.cur.Load()
@@ -371,8 +383,24 @@ func (s *Server) acquire() *runtime {
 		if !rt.retired.Load() {
 			return rt
 		}
-		rt.release() // swapped out meanwhile: use the new one
+		rt.release()
+		if s.cur.Load() == rt {
+			// Retired and not swapped out: only Shutdown does that.
+			return nil
+		}
+		// Swapped out by a reload meanwhile: use the new one.
 	}
+}
+
+// shutdownRetryAfter is the Retry-After of the answers given after
+// Shutdown: another instance, or this one restarted, serves soon.
+const shutdownRetryAfter = "1"
+
+// unavailable answers a request that arrives after Shutdown has retired the
+// last runtime: 503 with Retry-After, as an OperationOutcome when fhir.
+func (s *Server) unavailable(w http.ResponseWriter, fhir bool) {
+	w.Header().Set("Retry-After", shutdownRetryAfter)
+	writeError(w, http.StatusServiceUnavailable, "the gateway is shutting down", fhir)
 }
 
 func (rt *runtime) release() {
@@ -452,10 +480,14 @@ func (s *Server) releaseShared(rt *runtime) {
 // routes and plugins at once; requests in flight finish on the old ones,
 // which are then closed. If cfg fails to build, the error is returned and
 // the old config keeps serving. Listen addresses are not changed by a
-// reload.
+// reload. Once Shutdown has begun closing the plugins, Reload refuses.
 func (s *Server) Reload(ctx context.Context, cfg *Config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	if s.stopped {
+		s.metrics.reloads.WithLabelValues("failure").Inc()
+		return errors.New("gateway: shut down; not reloading")
+	}
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
 		s.metrics.reloads.WithLabelValues("failure").Inc()
@@ -555,6 +587,8 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // serving for server.shutdown_delay, then stops accepting; in-flight
 // requests get up to server.shutdown_timeout (or until ctx ends) to finish;
 // then plugins are closed in reverse order and the admin listener stops.
+// From then on every request, on the admin listener or made in process by
+// a plugin, is answered at once with 503 and Retry-After.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.draining.Swap(true) {
 		return errors.New("gateway: already shutting down")
@@ -563,7 +597,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.logger.Info("draining", "delay", cfg.Server.ShutdownDelay, "timeout", cfg.Server.ShutdownTimeout)
 	if d := cfg.Server.ShutdownDelay; d > 0 {
 		select {
-		case <-time.After(d):
+		case <-s.after(d):
 		case <-ctx.Done():
 		}
 	}
@@ -577,6 +611,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.reloadMu.Lock()
+	s.stopped = true // no reload swaps a runtime in after this one
 	s.retire(s.cur.Load())
 	s.reloadMu.Unlock()
 	s.closing.Wait()

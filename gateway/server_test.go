@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 func TestChainRunsInRouteOrder(t *testing.T) {
@@ -229,10 +228,7 @@ func TestUpstreamErrors(t *testing.T) {
 	dead := "http://" + l.Addr().String()
 	l.Close()
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(2 * time.Second):
-		case <-r.Context().Done():
-		}
+		<-r.Context().Done() // never answers: the gateway gives up at its timeout
 	}))
 	defer slow.Close()
 	srv, logs := newTestServer(t, `
@@ -550,14 +546,6 @@ func grep(s, sub string) string {
 }
 
 func TestClientIPHonoursTrustedProxiesOnly(t *testing.T) {
-	var got string
-	RegisterPlugin("client-ip-probe", func() *struct{} { return &struct{}{} },
-		func(context.Context, *struct{}, *Env) (Plugin, error) {
-			return PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
-				got = ClientIP(r).String()
-				next.ServeHTTP(w, r)
-			}), nil
-		})
 	srv, _ := newTestServer(t, `
 server:
   trusted_proxies: [10.0.0.0/8, 192.0.2.7]
@@ -579,7 +567,7 @@ routes:
 			req.Header.Set("X-Forwarded-For", tc.xff)
 		}
 		srv.ServeHTTP(httptest.NewRecorder(), req)
-		if got != tc.want {
+		if got := clientIPSeen; got != tc.want {
 			t.Errorf("remote %s xff %q: client %s, want %s", tc.remote, tc.xff, got, tc.want)
 		}
 	}

@@ -24,6 +24,7 @@ plugins:
     type: external
     path: %s
     config: {file: %s, observer: gw-test}
+    timeout: 1m   # generous: the test is not about the deadline
   ident: {type: test-identity}
 routes:
   - name: fhir

@@ -28,6 +28,7 @@ plugins:
     type: external
     path: %s
     config: {consents: %s, check_interval: 20ms}
+    timeout: 1m   # generous: the test is not about the deadline
 routes:
   - name: fhir
     path: /fhir/R4/*path
@@ -44,7 +45,7 @@ func TestConsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := externaltest.Upstream(t)
-	srv, _ := externaltest.Gateway(t, gatewayYAML(bin, file, up.URL))
+	srv, logs := externaltest.Gateway(t, gatewayYAML(bin, file, up.URL))
 
 	as := func(user, role string) []string {
 		return []string{"X-Test-User", user, "X-Test-Role", role}
@@ -87,15 +88,28 @@ func TestConsent(t *testing.T) {
 	if err := os.WriteFile(file, []byte(`[{"patient": "123", "actor": "user:dr-no", "decision": "permit"}]`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !externaltest.Eventually(5*time.Second, func() bool {
+	if !externaltest.Eventually(10*time.Second, func() bool {
 		return externaltest.Do(srv, "GET", "/fhir/R4/Patient/123", nil, as("dr-no", "physician")...).Code == 200
 	}) {
 		t.Fatal("the new consent list was not picked up")
 	}
+	// The plugin logs the reload after it (its stderr arrives in order):
+	// then the failed reads of the file being written, if any, are logged.
+	if !externaltest.Eventually(10*time.Second, func() bool {
+		return strings.Contains(logs.String(), `"msg":"consent list reloaded"`)
+	}) {
+		t.Fatal("the reload was not logged")
+	}
+	const notReloaded = `"msg":"consent list not reloaded; the previous one stays in force"`
+	failed := strings.Count(logs.String(), notReloaded)
 	if err := os.WriteFile(file, []byte(`[{"patient": `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	if !externaltest.Eventually(10*time.Second, func() bool {
+		return strings.Count(logs.String(), notReloaded) > failed
+	}) {
+		t.Fatal("the broken file was not read")
+	}
 	if rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/123", nil, as("dr-no", "physician")...); rec.Code != 200 {
 		t.Errorf("after a broken file: %d", rec.Code)
 	}

@@ -1,6 +1,7 @@
 package external
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -20,13 +21,10 @@ import (
 // config returns a gateway config with one external plugin "policy", the
 // test binary serving mode, behind test-identity on a FHIR route to up.
 // extra holds more keys of the plugin, which replace the defaults here.
+// The default deadlines of calls, of the start and of health checks are
+// generous: no test plugin comes near them, however busy the machine;
+// tests of a deadline set their own, with a plugin that overruns it.
 func config(up, mode, extra string) string {
-	for _, k := range []string{"timeout", "restart_min", "restart_max"} {
-		if !strings.Contains(extra, "    "+k+":") {
-			extra += map[string]string{"timeout": "    timeout: 2s\n", "restart_min": "    restart_min: 10ms\n",
-				"restart_max": "    restart_max: 100ms\n"}[k]
-		}
-	}
 	return fmt.Sprintf(`
 log: {access_log: false}
 plugins:
@@ -43,7 +41,20 @@ routes:
     upstream: %s
     fhir_errors: true
     plugins: [ident, policy]
-`, os.Args[0], helperEnv, mode, extra, up)
+`, os.Args[0], helperEnv, mode, withDefaults(extra), up)
+}
+
+// withDefaults adds to extra, keys of an external plugin, the test
+// defaults of the keys it does not set.
+func withDefaults(extra string) string {
+	defaults := map[string]string{"timeout": "1m", "start_timeout": "1m", "health_timeout": "10s",
+		"restart_min": "10ms", "restart_max": "100ms"}
+	for _, k := range []string{"timeout", "start_timeout", "health_timeout", "restart_min", "restart_max"} {
+		if !strings.Contains(extra, "    "+k+":") {
+			extra += "    " + k + ": " + defaults[k] + "\n"
+		}
+	}
+	return extra
 }
 
 func newGateway(t *testing.T, mode, extra string) (*gateway.Server, *externaltest.Logs) {
@@ -213,7 +224,7 @@ func TestResponsePhase(t *testing.T) {
 func pluginPID(t *testing.T) int {
 	t.Helper()
 	var kids []int
-	externaltest.Eventually(5*time.Second, func() bool {
+	externaltest.Eventually(10*time.Second, func() bool {
 		kids = externaltest.Children(t)
 		return len(kids) == 1
 	})
@@ -278,10 +289,17 @@ func TestPluginKilledMidRequest(t *testing.T) {
 			if !strings.Contains(scrape(t, srv), `omnigate_external_restarts_total{plugin="policy",result="success"} 1`) {
 				t.Errorf("restart not counted")
 			}
+			if h := ping(srv); h.Status != gateway.StatusUp || !strings.Contains(h.Detail, "pid "+after.Header().Get("X-Seen-Pid")) {
+				t.Errorf("ping after the restart: %+v", h)
+			}
 		})
 	}
 }
 
+// While the process is down, before the backoff has passed, ping reports
+// it and requests get the failure mode. The backoff is long, so the test
+// sees the plugin down however slowly it runs; restarts after it are
+// TestPluginKilledMidRequest's.
 func TestDownWhileRestarting(t *testing.T) {
 	for _, tc := range []struct {
 		fail     string
@@ -292,14 +310,14 @@ func TestDownWhileRestarting(t *testing.T) {
 		{"open", 200, false},
 	} {
 		t.Run(tc.fail, func(t *testing.T) {
-			srv, _ := newGateway(t, "policy", "    fail: "+tc.fail+"\n    restart_min: 1s\n    restart_max: 1s\n")
+			srv, _ := newGateway(t, "policy", "    fail: "+tc.fail+"\n    restart_min: 1h\n    restart_max: 1h\n")
 			syscall.Kill(pluginPID(t), syscall.SIGKILL)
 			var h gateway.PluginHealth
-			if !externaltest.Eventually(5*time.Second, func() bool {
+			if !externaltest.Eventually(10*time.Second, func() bool {
 				h = ping(srv)
-				return h.Status == gateway.StatusDown
+				return h.Status == gateway.StatusDown && strings.Contains(h.Detail, "restarting in")
 			}) {
-				t.Fatalf("ping never showed the plugin down: %+v", h)
+				t.Fatalf("ping never showed the plugin down, waiting to restart: %+v", h)
 			}
 			if h.Required != tc.required || !strings.Contains(h.Detail, "process exited") {
 				t.Errorf("ping while down: %+v", h)
@@ -311,16 +329,14 @@ func TestDownWhileRestarting(t *testing.T) {
 			if !strings.Contains(scrape(t, srv), `omnigate_external_failures_total{kind="down",phase="request",plugin="policy"} 1`) {
 				t.Errorf("down failure not counted")
 			}
-			if !externaltest.Eventually(10*time.Second, func() bool { return ping(srv).Status == gateway.StatusUp }) {
-				t.Fatalf("not restarted")
-			}
 		})
 	}
 }
 
+// A call that overruns the deadline is cut there; the plugin ignores its
+// deadline and hangs far longer, so the outcome does not depend on speed.
 func TestHangingPluginIsCutAtTheDeadline(t *testing.T) {
 	srv, logs := newGateway(t, "policy", "    timeout: 100ms\n")
-	pid := pluginPID(t)
 	rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil, "X-Test", "hang")
 	if rec.Code != 500 || !isOutcome(rec) {
 		t.Fatalf("hanging call: %d %s", rec.Code, rec.Body)
@@ -331,10 +347,43 @@ func TestHangingPluginIsCutAtTheDeadline(t *testing.T) {
 	if !strings.Contains(logs.String(), `"kind":"deadline"`) {
 		t.Errorf("deadline not logged:\n%s", logs)
 	}
-	// The process keeps serving other calls meanwhile.
-	rec = externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
+}
+
+// A call the plugin is stuck in does not hold the process up: it serves
+// other calls meanwhile.
+func TestProcessServesWhileACallHangs(t *testing.T) {
+	marks := t.TempDir()
+	t.Setenv(markEnv, marks) // inherited by the plugin
+	srv, _ := newGateway(t, "policy", "")
+	pid := pluginPID(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stuck := make(chan int, 1)
+	go func() {
+		req := httptest.NewRequest("GET", "/fhir/R4/Patient/1", nil).WithContext(ctx)
+		req.Header.Set("X-Test", "block") // in the plugin until the call is given up
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		stuck <- rec.Code
+	}()
+	if !externaltest.Eventually(10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(marks, "blocked"))
+		return err == nil
+	}) {
+		t.Fatal("the blocking call never reached the plugin")
+	}
+	rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
 	if rec.Code != 200 || rec.Header().Get("X-Seen-Pid") != fmt.Sprint(pid) {
-		t.Errorf("after the hang: %d %v", rec.Code, rec.Header())
+		t.Errorf("while a call hangs: %d %v", rec.Code, rec.Header())
+	}
+	cancel() // the client goes away: the gateway gives the call up
+	select {
+	case code := <-stuck:
+		if code != 500 {
+			t.Errorf("the call given up got %d, want 500", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call was not given up when its client went away")
 	}
 }
 
@@ -379,17 +428,17 @@ func TestShutdownAndReloadLeaveNoProcess(t *testing.T) {
     type: external
     path: %s
     env: {%s: response-headers}
-routes:`, os.Args[0], helperEnv), 1)
+%sroutes:`, os.Args[0], helperEnv, withDefaults("")), 1)
 	two = strings.Replace(two, "plugins: [ident, policy]", "plugins: [ident, policy, second]", 1)
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // where the plugins' socket directories go
-	srv, _ := externaltest.Gateway(t, two)
+	srv, logs := externaltest.Gateway(t, two)
 	before := externaltest.Children(t)
 	if len(before) != 2 {
 		t.Fatalf("want 2 plugin processes, have %v", before)
 	}
 	if rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil); rec.Code != 200 || rec.Header().Get("X-Response-Seen") == "" {
-		t.Fatalf("both plugins: %d %v", rec.Code, rec.Header())
+		t.Fatalf("both plugins: %d %v\n%s", rec.Code, rec.Header(), logs)
 	}
 	cfg, err := gateway.Parse("test.yaml", []byte(two), nil)
 	if err != nil {
@@ -406,7 +455,7 @@ routes:`, os.Args[0], helperEnv), 1)
 		t.Fatalf("after a reload: processes %v, before %v", after, before)
 	}
 	if rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil); rec.Code != 200 {
-		t.Fatalf("after reload: %d", rec.Code)
+		t.Fatalf("after reload: %d\n%s", rec.Code, logs)
 	}
 	externaltest.Shutdown(srv)
 	if kids := externaltest.Children(t); len(kids) != 0 {
@@ -488,21 +537,55 @@ func TestResponsePhaseKeepsHEADLength(t *testing.T) {
 	}
 }
 
+// stopped waits until every thread of process pid is stopped. SIGSTOP
+// stops a process only once one of its threads has run to take the signal;
+// on a busy machine the others serve calls meanwhile.
+func stopped(t *testing.T, pid int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	if !externaltest.Eventually(10*time.Second, func() bool {
+		tasks, err := os.ReadDir(dir)
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, task := range tasks {
+			stat, err := os.ReadFile(filepath.Join(dir, task.Name(), "stat"))
+			if err != nil {
+				return false
+			}
+			if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) == 0 || f[0] != "T" {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("process %d not stopped", pid)
+	}
+}
+
+// A process that is alive but answers nothing fails its health checks and
+// is replaced. The health checks' deadline is generous, so only the
+// stopped process fails them, however busy the machine.
 func TestWedgedProcessIsRestarted(t *testing.T) {
 	srv, logs := newGateway(t, "policy",
-		"    timeout: 100ms\n    health_interval: 50ms\n    health_timeout: 50ms\n    health_failures: 2\n")
+		"    health_interval: 50ms\n    health_timeout: 2s\n    health_failures: 2\n")
 	pid := pluginPID(t)
 	syscall.Kill(pid, syscall.SIGSTOP) // alive, but answers nothing
 	defer syscall.Kill(pid, syscall.SIGCONT)
-	var rec *httptest.ResponseRecorder
-	if !externaltest.Eventually(10*time.Second, func() bool {
-		rec = externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
-		return rec.Code == 200
+	stopped(t, pid)
+	var h gateway.PluginHealth
+	if !externaltest.Eventually(30*time.Second, func() bool {
+		h = ping(srv)
+		return h.Status == gateway.StatusUp && !strings.Contains(h.Detail, fmt.Sprintf("pid %d,", pid))
 	}) {
-		t.Fatalf("not restarted: %d\n%s", rec.Code, logs)
+		t.Fatalf("not restarted: %+v\n%s", h, logs)
 	}
-	if rec.Header().Get("X-Seen-Pid") == fmt.Sprint(pid) || externaltest.Alive(pid) {
-		t.Errorf("the wedged process %d still serves or lives", pid)
+	rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/1", nil)
+	if rec.Code != 200 || rec.Header().Get("X-Seen-Pid") == fmt.Sprint(pid) {
+		t.Errorf("after the restart: %d %v", rec.Code, rec.Header())
+	}
+	if externaltest.Alive(pid) {
+		t.Errorf("the wedged process %d lives", pid)
 	}
 	if !strings.Contains(logs.String(), "health checks failed") {
 		t.Errorf("restart reason not logged")

@@ -14,8 +14,14 @@ import (
 	"github.com/omnigate/omnigate/gateway"
 )
 
+// gatewayConfig returns a gateway config with the wasm plugin "policy"
+// running module in front of upstream. extra holds more keys of the plugin
+// (indented by four spaces); a timeout there replaces the generous default.
 func gatewayConfig(t *testing.T, upstream, module, extra string) *gateway.Config {
 	t.Helper()
+	if !strings.Contains(extra, "    timeout:") {
+		extra += fmt.Sprintf("    timeout: %s\n", generousTimeout)
+	}
 	yaml := fmt.Sprintf(`
 log: {access_log: false}
 plugins:
@@ -24,7 +30,6 @@ plugins:
     path: %s
     instances: 2
     cache_dir: %s
-    timeout: 1s
 %s
 routes:
   - name: fhir
@@ -52,7 +57,9 @@ func TestGateway(t *testing.T) {
 	}))
 	defer up.Close()
 	logs := &logBuffer{}
-	srv, err := gateway.New(context.Background(), gatewayConfig(t, up.URL, guest(t, "testguest"), ""),
+	// The memory cap stops membomb soon, and the generous deadline never
+	// cuts a call of this config.
+	srv, err := gateway.New(context.Background(), gatewayConfig(t, up.URL, guest(t, "testguest"), "    memory_limit: 16MiB\n"),
 		gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -68,13 +75,27 @@ func TestGateway(t *testing.T) {
 	if w := get("echo"); w.Code != 200 || w.Header().Get("X-Seen-FHIR") != "vread Patient p1 /" {
 		t.Fatalf("echo: %d %v %s", w.Code, w.Header(), w.Body)
 	}
-	for _, test := range []string{"panic", "loop", "membomb"} {
+	for _, test := range []string{"panic", "membomb"} {
 		if w := get(test); w.Code != 500 || !strings.Contains(w.Body.String(), "OperationOutcome") {
 			t.Fatalf("%s: %d %s", test, w.Code, w.Body)
 		}
 		if w := get("echo"); w.Code != 200 {
 			t.Fatalf("after %s the gateway answered %d", test, w.Code)
 		}
+	}
+	// A guest that loops forever is cut at the deadline configured, short
+	// here; the config with the generous one then serves again.
+	if err := srv.Reload(context.Background(), gatewayConfig(t, up.URL, guest(t, "testguest"), "    timeout: 20ms\n")); err != nil {
+		t.Fatal(err)
+	}
+	if w := get("loop"); w.Code != 500 || !strings.Contains(w.Body.String(), "OperationOutcome") {
+		t.Fatalf("loop: %d %s", w.Code, w.Body)
+	}
+	if err := srv.Reload(context.Background(), gatewayConfig(t, up.URL, guest(t, "testguest"), "")); err != nil {
+		t.Fatal(err)
+	}
+	if w := get("echo"); w.Code != 200 {
+		t.Fatalf("after loop the gateway answered %d", w.Code)
 	}
 	ping := func() gateway.PingResponse {
 		w := httptest.NewRecorder()

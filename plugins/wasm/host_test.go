@@ -2,7 +2,10 @@ package wasm
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -77,15 +80,66 @@ func TestLocalReply(t *testing.T) {
 	}
 }
 
+// logRecords decodes JSON log lines.
+func logRecords(t testing.TB, logs string) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// checkGuestStderr finds the record of the guest's stderr line in logs and
+// checks that it is tagged with the stream and the plugin's name.
+func checkGuestStderr(t *testing.T, logs, plugin string) {
+	t.Helper()
+	for _, rec := range logRecords(t, logs) {
+		if rec["msg"] != "to stderr from the guest" {
+			continue
+		}
+		if rec["stream"] != "stderr" || rec["plugin"] != plugin || rec["level"] != "WARN" {
+			t.Errorf("guest stderr logged as %v, want level WARN, stream stderr, plugin %s", rec, plugin)
+		}
+		return
+	}
+	t.Errorf("guest stderr not logged:\n%s", logs)
+}
+
+// The guest's stdout and stderr go to the log a line per record, tagged
+// with the stream and with the plugin's name: by the gateway's logger for
+// the plugin, and by the default logger of a plugin built with New.
 func TestGuestOutputLogged(t *testing.T) {
-	p, logs, _ := newPlugin(t, guest(t, "testguest"), nil)
-	serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "print"))
-	if !strings.Contains(logs.String(), `"msg":"to stderr from the guest","stream":"stderr"`) {
-		t.Errorf("guest stderr not logged:\n%s", logs)
-	}
-	if !strings.Contains(logs.String(), `"plugin":"test"`) && !strings.Contains(logs.String(), `"msg":"to stderr`) {
-		t.Errorf("no plugin tag")
-	}
+	t.Run("gateway", func(t *testing.T) {
+		logs := &logBuffer{}
+		srv, err := gateway.New(context.Background(), gatewayConfig(t, "http://127.0.0.1:9", guest(t, "testguest"), ""),
+			gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Shutdown(context.Background())
+		r := httptest.NewRequest("GET", "/fhir/R4/Patient/p1", nil)
+		r.Header.Set("X-Test", "print")
+		srv.ServeHTTP(httptest.NewRecorder(), r)
+		checkGuestStderr(t, logs.String(), "policy")
+	})
+	t.Run("default logger", func(t *testing.T) {
+		logs := &logBuffer{}
+		// slog.SetDefault also redirects the log package: restore both.
+		defer func(l *slog.Logger, w io.Writer, flags int) {
+			slog.SetDefault(l)
+			log.SetOutput(w)
+			log.SetFlags(flags)
+		}(slog.Default(), log.Writer(), log.Flags())
+		slog.SetDefault(slog.New(slog.NewJSONHandler(logs, nil)))
+		p, _, _ := newPlugin(t, guest(t, "testguest"), func(o *Options) { o.Logger = nil })
+		serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "print"))
+		checkGuestStderr(t, logs.String(), "test")
+	})
 }
 
 func TestResponsePhase(t *testing.T) {
@@ -201,26 +255,61 @@ func TestConcurrency(t *testing.T) {
 	}
 }
 
+// holdingKV is a MemoryKV whose Get of the key "hold" blocks until the test
+// releases it, so a guest call can hold its instance for as long as a test
+// needs, whatever the machine's speed. entered is closed when it blocks.
+type holdingKV struct {
+	*MemoryKV
+	enterOnce sync.Once
+	entered   chan struct{}
+	release   chan struct{}
+}
+
+func newHoldingKV() *holdingKV {
+	return &holdingKV{MemoryKV: NewMemoryKV(MemoryKVOptions{}), entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (kv *holdingKV) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	if strings.HasSuffix(key, ":hold") {
+		kv.enterOnce.Do(func() { close(kv.entered) })
+		<-kv.release
+	}
+	return kv.MemoryKV.Get(ctx, key)
+}
+
 func TestQueueTimeout(t *testing.T) {
+	kv := newHoldingKV()
 	p, _, reg := newPlugin(t, guest(t, "testguest"), func(o *Options) {
 		o.Instances = 1
-		o.Timeout = 5 * time.Second
 		o.QueueTimeout = time.Millisecond
+		o.KV = kv
 	})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "sleep"))
-	}()
-	m := p.cur.Load()
-	waitFor(t, "the instance to be taken", func() bool { return len(m.pool.idle) == 0 })
+	release := sync.OnceFunc(func() { close(kv.release) })
+	defer release() // also when the test fails early
+	held := make(chan *httptest.ResponseRecorder, 1)
+	go func() { held <- serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", "hold")) }()
+	select {
+	case <-kv.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the guest never took the instance")
+	}
+	// The only instance is held until released: the request waits out the
+	// queue timeout, however long the wait takes.
 	w := serve(p, "GET", "/fhir/R4/Patient/p1")
-	<-done
+	release()
 	if w.Code != 500 {
 		t.Fatalf("status %d", w.Code)
 	}
 	if got := counterValue(t, reg, MetricFailures, map[string]string{"kind": "busy"}); got != 1 {
 		t.Errorf("busy failures = %v", got)
+	}
+	select {
+	case w := <-held:
+		if w.Code != 200 {
+			t.Errorf("the held request got %d", w.Code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held request did not finish after its release")
 	}
 }
 
@@ -242,12 +331,17 @@ func copyFile(t testing.TB, src, dst string) {
 func TestHotReloadUnderLoad(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "plugin.wasm")
 	copyFile(t, guest(t, "testguest"), path)
-	p, logs, reg := newPlugin(t, path, func(o *Options) {
-		o.WatchInterval = 10 * time.Millisecond
-		o.Timeout = time.Second
+	p, logs, reg := newPlugin(t, path, func(o *Options) { o.WatchInterval = 10 * time.Millisecond })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("plugin log:\n%s", logs)
+		}
 	})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	stopWorkers := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	defer stopWorkers() // also when the test fails early
 	var total, bad atomic.Int32
 	var sawNew atomic.Bool
 	for i := 0; i < 4; i++ {
@@ -271,7 +365,13 @@ func TestHotReloadUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(20 * time.Millisecond)
+	// servedMore waits until the workers have served a few more requests.
+	servedMore := func(what string) {
+		t.Helper()
+		n := total.Load()
+		waitFor(t, what, func() bool { return total.Load() >= n+8 })
+	}
+	servedMore("requests on the first module")
 	copyFile(t, guest(t, "respguest"), path)
 	waitFor(t, "the new module to serve", sawNew.Load)
 	// A module that does not load leaves the new one serving.
@@ -282,9 +382,8 @@ func TestHotReloadUnderLoad(t *testing.T) {
 	if h := p.Health(); h.Status != gateway.StatusDegraded {
 		t.Errorf("health after a failed reload = %+v", h)
 	}
-	time.Sleep(20 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	servedMore("requests after the failed reload")
+	stopWorkers()
 	if bad.Load() != 0 {
 		t.Fatalf("%d of %d requests failed during reloads\n%s", bad.Load(), total.Load(), logs)
 	}

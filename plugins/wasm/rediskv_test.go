@@ -90,15 +90,17 @@ func TestBackboneKVOperations(t *testing.T) {
 	if v, ok, _ := kv.Get(ctx, "k"); !ok || string(v) != "v" {
 		t.Fatalf("get %q %v", v, ok)
 	}
-	if n, err := kv.Incr(ctx, "n", 5, 200*time.Millisecond); n != 5 || err != nil {
+	// TTLs far beyond the test's run, so no key expires between the steps
+	// however slow they are.
+	if n, err := kv.Incr(ctx, "n", 5, time.Hour); n != 5 || err != nil {
 		t.Fatalf("incr %d %v", n, err)
 	}
-	if n, _ := kv.Incr(ctx, "n", 2, time.Hour); n != 7 {
+	if n, _ := kv.Incr(ctx, "n", 2, 3*time.Hour); n != 7 {
 		t.Fatalf("incr %d", n)
 	}
 	if ttl, _ := redis.Do("PTTL", "omnigate:n"); ttl == "-1" || ttl == "-2" {
 		t.Errorf("expiry of a key created by Incr not set (PTTL %s)", ttl)
-	} else if n, _ := strconv.Atoi(ttl); n > 200 {
+	} else if n, _ := strconv.Atoi(ttl); n > int(time.Hour/time.Millisecond) {
 		t.Errorf("an existing key's expiry changed: PTTL %d", n)
 	}
 	if _, err := kv.Incr(ctx, "k", 1, 0); !errors.Is(err, ErrNotInteger) {
@@ -108,9 +110,16 @@ func TestBackboneKVOperations(t *testing.T) {
 	if _, ok, _ := kv.Get(ctx, "k"); ok {
 		t.Error("deleted key still there")
 	}
-	kv.Set(ctx, "t", []byte("x"), 100*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
-	if _, ok, _ := kv.Get(ctx, "t"); ok {
-		t.Error("TTL not honoured")
+	// Set passes its TTL to Redis, which expires the key.
+	kv.Set(ctx, "t", []byte("x"), time.Hour)
+	if ttl, _ := redis.Do("PTTL", "omnigate:t"); ttl == "-1" || ttl == "-2" {
+		t.Errorf("expiry of a key set with a TTL not set (PTTL %s)", ttl)
+	} else if n, _ := strconv.Atoi(ttl); n > int(time.Hour/time.Millisecond) {
+		t.Errorf("PTTL %d, more than the TTL given", n)
 	}
+	kv.Set(ctx, "t", []byte("x"), time.Millisecond)
+	waitFor(t, "the key set with a TTL of 1ms to expire", func() bool {
+		_, ok, _ := kv.Get(ctx, "t")
+		return !ok
+	})
 }

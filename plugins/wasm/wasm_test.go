@@ -44,12 +44,12 @@ func TestFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, logs, reg := newPlugin(t, guest(t, "testguest"), func(o *Options) {
-				o.MemoryLimit = 32 << 20
-				switch tc.name {
-				case "membomb":
-					o.Timeout = 10 * time.Second // stopped by the cap, not the deadline
-				case "loop":
-					o.Timeout = 20 * time.Millisecond
+				// membomb is stopped by the cap, never by the (generous)
+				// deadline; a small cap keeps its growing memory, copied
+				// on each growth, quick to fill under the race detector.
+				o.MemoryLimit = 16 << 20
+				if tc.name == "loop" {
+					o.Timeout = 20 * time.Millisecond // it loops forever: cut at any deadline
 				}
 			})
 			w := serve(p, "GET", "/fhir/R4/Patient/p1", withHeader("X-Test", tc.name))
@@ -59,6 +59,10 @@ func TestFailures(t *testing.T) {
 			if got := counterValue(t, reg, MetricFailures, map[string]string{"kind": tc.kind}); got != 1 {
 				t.Errorf("failures{kind=%s} = %v\n%s", tc.kind, got, logs)
 			}
+			// The calls below are not about the deadline: give them a
+			// generous one. No other goroutine reads the timeout here (the
+			// replacement instance starts under StartTimeout).
+			p.opts.Timeout = generousTimeout
 			// The gateway keeps serving: every instance still answers.
 			for i := 0; i < 4; i++ {
 				if w := serve(p, "GET", "/fhir/R4/Patient/p1"); w.Code != 200 {

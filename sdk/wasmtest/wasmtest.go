@@ -84,6 +84,10 @@ func Build(t testing.TB, dir string) string {
 	return out
 }
 
+// DefaultTimeout is the harness's deadline of a call into the guest and of
+// starting an instance.
+const DefaultTimeout = time.Minute
+
 // Options configure a plugin under test.
 type Options struct {
 	// Name is the plugin's name (logs, metrics, KV namespace). Default "test".
@@ -98,10 +102,12 @@ type Options struct {
 	Now time.Time
 	// FailOpen selects the "fail: open" mode.
 	FailOpen bool
-	// Timeout is the per-call deadline. Default 1s, so that tests on a
-	// busy machine (or under the race detector) do not fail on time; the
-	// gateway's default is 10ms, and benchmarks are the place to check a
-	// plugin stays well within it.
+	// Timeout is the per-call deadline. Default a minute, so that tests on
+	// a busy machine (or under the race detector, where a guest's first
+	// calls grow its memory slowly) never fail on time; the gateway's
+	// default is 10ms, and benchmarks are the place to check a plugin
+	// stays well within it. A test of what the deadline does sets it, with
+	// a request the plugin spends far longer on.
 	Timeout time.Duration
 	// MemoryLimit, Instances, MaxRequestBody and MaxResponseBody are as in
 	// wasm.Options. Instances defaults to 1.
@@ -152,7 +158,7 @@ func Open(path string, opts Options) (*Plugin, error) {
 		opts.Instances = 1
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = time.Second
+		opts.Timeout = DefaultTimeout
 	}
 	conf, err := configBytes(opts.Config)
 	if err != nil {
@@ -173,6 +179,7 @@ func Open(path string, opts Options) (*Plugin, error) {
 		Config:          conf,
 		FailOpen:        opts.FailOpen,
 		Timeout:         opts.Timeout,
+		StartTimeout:    DefaultTimeout, // starting a guest is not what a plugin's tests are about
 		MemoryLimit:     opts.MemoryLimit,
 		Instances:       opts.Instances,
 		MaxRequestBody:  opts.MaxRequestBody,

@@ -4,7 +4,6 @@ package main
 
 import (
 	"strconv"
-	"time"
 
 	"github.com/omnigate/omnigate/sdk/wasm"
 )
@@ -28,9 +27,8 @@ func init() {
 			}
 		case "deadlock":
 			select {}
-		case "sleep": // busy for 200ms of host time
-			for start := wasm.Now(); wasm.Now().Sub(start) < 200*time.Millisecond; {
-			}
+		case "hold": // holds its instance while the host's KV answers "hold"
+			wasm.KV.Get("hold")
 		case "print":
 			println("to stderr from the guest")
 		case "echo":
