@@ -1,0 +1,227 @@
+package authz
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/omnigate/omnigate/builtin/fhir/access"
+	"github.com/omnigate/omnigate/gateway/fhirreq"
+)
+
+// member is one member of a JSON object, in document order.
+type member struct {
+	key   string
+	value json.RawMessage
+}
+
+// members reads a JSON object's members in order (duplicate keys are an
+// error: a checker and a client must not read different values).
+func members(body []byte) ([]member, error) {
+	d := json.NewDecoder(bytes.NewReader(body))
+	t, err := d.Token()
+	if err != nil {
+		return nil, err
+	}
+	if t != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	var out []member
+	seen := map[string]bool{}
+	for d.More() {
+		t, err := d.Token()
+		if err != nil {
+			return nil, err
+		}
+		k, ok := t.(string)
+		if !ok {
+			return nil, errors.New("malformed object")
+		}
+		if seen[k] {
+			return nil, fmt.Errorf("duplicate key %q", k)
+		}
+		seen[k] = true
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, member{k, v})
+	}
+	if _, err := d.Token(); err != nil {
+		return nil, err
+	}
+	if _, err := d.Token(); err == nil {
+		return nil, errors.New("data after the object")
+	}
+	return out, nil
+}
+
+// writeObject writes members as a JSON object.
+func writeObject(ms []member) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, m := range ms {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(m.key)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(m.value)
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// replaceMember returns ms with key set to value (appended when absent,
+// removed when value is nil).
+func replaceMember(ms []member, key string, value json.RawMessage) []member {
+	out := make([]member, 0, len(ms)+1)
+	done := false
+	for _, m := range ms {
+		if m.key == key {
+			done = true
+			if value != nil {
+				out = append(out, member{key, value})
+			}
+			continue
+		}
+		out = append(out, m)
+	}
+	if !done && value != nil {
+		out = append(out, member{key, value})
+	}
+	return out
+}
+
+// filterStats counts what filterBundle removed.
+type filterStats struct {
+	match, include, bare int
+}
+
+// filterBundle removes from a searchset or history Bundle the entries whose
+// resource the decision for its type and search mode does not admit, and
+// the entries without a resource unless keepBare (nil: none) keeps their
+// type. total is lowered by the matches removed. The body comes back
+// unchanged when nothing is removed.
+func filterBundle(body []byte, decide func(typ, mode string) access.Decision, keepBare func(typ string) bool) ([]byte, filterStats, error) {
+	var st filterStats
+	ms, err := members(body)
+	if err != nil {
+		return nil, st, err
+	}
+	var entries []json.RawMessage
+	isBundle := false
+	for _, m := range ms {
+		switch m.key {
+		case "resourceType":
+			isBundle = string(m.value) == `"Bundle"`
+		case "entry":
+			if err := json.Unmarshal(m.value, &entries); err != nil {
+				return nil, st, fmt.Errorf("entry: %w", err)
+			}
+		}
+	}
+	if !isBundle {
+		return nil, st, errors.New("not a Bundle")
+	}
+	kept := make([]json.RawMessage, 0, len(entries))
+	for _, raw := range entries {
+		var e struct {
+			FullURL  string          `json:"fullUrl"`
+			Resource json.RawMessage `json:"resource"`
+			Search   *struct {
+				Mode string `json:"mode"`
+			} `json:"search"`
+			Request *struct {
+				URL string `json:"url"`
+			} `json:"request"`
+		}
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return nil, st, fmt.Errorf("entry: %w", err)
+		}
+		mode := "match"
+		if e.Search != nil && e.Search.Mode != "" {
+			mode = e.Search.Mode
+		}
+		if len(e.Resource) == 0 || string(e.Resource) == "null" {
+			typ := ""
+			if e.Request != nil {
+				typ = entryType(e.Request.URL)
+			}
+			if typ == "" {
+				typ = entryType(e.FullURL)
+			}
+			if keepBare != nil && typ != "" && keepBare(typ) {
+				kept = append(kept, raw)
+			} else {
+				st.bare++
+			}
+			continue
+		}
+		res, err := access.DecodeResource(e.Resource)
+		if err != nil {
+			st.match++
+			continue
+		}
+		if mode == "outcome" && res.Type == "OperationOutcome" {
+			kept = append(kept, raw)
+			continue
+		}
+		if ok, _ := decide(res.Type, mode).Admits(res); ok {
+			kept = append(kept, raw)
+			continue
+		}
+		if mode == "include" {
+			st.include++
+		} else {
+			st.match++
+		}
+	}
+	if len(kept) == len(entries) {
+		return body, st, nil
+	}
+	if len(kept) == 0 {
+		ms = replaceMember(ms, "entry", nil)
+	} else {
+		v, _ := json.Marshal(kept)
+		ms = replaceMember(ms, "entry", v)
+	}
+	if st.match > 0 {
+		for _, m := range ms {
+			if m.key != "total" {
+				continue
+			}
+			n, err := strconv.Atoi(string(m.value))
+			if err != nil {
+				return nil, st, errors.New("total is not a number")
+			}
+			ms = replaceMember(ms, "total", json.RawMessage(strconv.Itoa(max(0, n-st.match))))
+			break
+		}
+	}
+	return writeObject(ms), st, nil
+}
+
+// entryType reads the resource type from an entry's url or fullUrl
+// ("Patient/1/_history/2", "http://x/fhir/Patient/1").
+func entryType(u string) string {
+	u, _, _ = strings.Cut(u, "?")
+	segs := strings.Split(strings.Trim(u, "/"), "/")
+	for i := len(segs) - 1; i >= 0; i-- {
+		if fhirreq.IsResourceType(segs[i]) && i+1 < len(segs) && fhirreq.IsID(segs[i+1]) {
+			// the type is the segment before an id; a history path has
+			// the type two segments before its version
+			if i+2 < len(segs) && segs[i+2] == "_history" || i+2 == len(segs) {
+				return segs[i]
+			}
+		}
+	}
+	if len(segs) > 0 && fhirreq.IsResourceType(segs[0]) {
+		return segs[0]
+	}
+	return ""
+}
