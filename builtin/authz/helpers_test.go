@@ -80,7 +80,11 @@ func TestMain(m *testing.M) {
 			return now
 		})
 	})
-	os.Exit(m.Run())
+	code := m.Run()
+	if sharedB != nil {
+		sharedB.shutdown()
+	}
+	os.Exit(code)
 }
 
 // records holds the access records the record plugin saw, by request id.
@@ -116,11 +120,18 @@ func (l *logBuffer) String() string {
 // gw is a gateway under test.
 type gw struct {
 	*gateway.Server
-	t    testing.TB
 	logs *logBuffer
 }
 
 func newGateway(t testing.TB, yaml string) *gw {
+	t.Helper()
+	g := startGateway(t, yaml)
+	t.Cleanup(g.shutdown)
+	return g
+}
+
+// startGateway builds a gateway that the caller shuts down.
+func startGateway(t testing.TB, yaml string) *gw {
 	t.Helper()
 	cfg, err := gateway.Parse("t.yaml", []byte(yaml), nil)
 	if err != nil {
@@ -131,12 +142,13 @@ func newGateway(t testing.TB, yaml string) *gw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &gw{Server: srv, t: t, logs: logs}
+	return &gw{Server: srv, logs: logs}
+}
+
+func (g *gw) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g.Shutdown(ctx)
 }
 
 // who is the identity a request is made as.
@@ -154,7 +166,6 @@ var (
 
 // do sends a request as w; headers alternate name, value.
 func (g *gw) do(as who, method, path string, body any, headers ...string) *httptest.ResponseRecorder {
-	g.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -165,7 +176,7 @@ func (g *gw) do(as who, method, path string, body any, headers ...string) *httpt
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
-			g.t.Fatal(err)
+			panic(err)
 		}
 		rd = bytes.NewReader(j)
 	}
