@@ -53,6 +53,10 @@ func (c *call) serveBundle() {
 		c.fail(statusOf(err), err.Error())
 		return
 	}
+	if err := access.CheckJSON(body); err != nil {
+		c.fail(http.StatusBadRequest, "malformed Bundle: "+err.Error())
+		return
+	}
 	b, err := fhirreq.ParseBundle(body, c.rt.base)
 	if err != nil {
 		if errors.Is(err, fhirreq.ErrNotBundle) {
@@ -144,20 +148,14 @@ func (c *call) serveBundle() {
 			c.relay(capt, capt.status, capt.body.Bytes())
 			return
 		}
-		ms, err := members(capt.body.Bytes())
-		var got struct {
-			Entry []json.RawMessage `json:"entry"`
-		}
-		if err == nil {
-			err = json.Unmarshal(capt.body.Bytes(), &got)
-		}
-		if err != nil || len(got.Entry) != len(fwd) {
+		ms, got, err := responseEntries(capt.body.Bytes())
+		if err != nil || len(got) != len(fwd) {
 			c.fail(http.StatusBadGateway, "the upstream answered the Bundle with a Bundle the gateway cannot match to its entries")
 			return
 		}
 		top = ms
 		for j, i := range fwdIndex {
-			answers[i] = c.checkEntry(plans[i], got.Entry[j])
+			answers[i] = c.checkEntry(plans[i], got[j])
 		}
 	} else {
 		top = []member{{"resourceType", json.RawMessage(`"Bundle"`)}, {"type", mustJSON(respType)}}
@@ -176,6 +174,30 @@ func (c *call) serveBundle() {
 	h.Set("Content-Length", strconv.Itoa(len(out)))
 	c.w.WriteHeader(http.StatusOK)
 	c.w.Write(out)
+}
+
+// responseEntries reads a batch-response or transaction-response: its
+// members in order and its entries, by exact key.
+func responseEntries(body []byte) ([]member, []json.RawMessage, error) {
+	if err := access.CheckJSON(body); err != nil {
+		return nil, nil, err
+	}
+	ms, err := members(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	var entries []json.RawMessage
+	for _, m := range ms {
+		if err := exactKey(m.key, "resourceType", "type", "entry"); err != nil {
+			return nil, nil, err
+		}
+		if m.key == "entry" {
+			if err := json.Unmarshal(m.value, &entries); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return ms, entries, nil
 }
 
 // planEntry decides one entry (type-level), and where the gateway
@@ -296,21 +318,32 @@ func (c *call) checkEntry(ep *entryPlan, answer json.RawMessage) json.RawMessage
 	if ep.check == nil {
 		return answer
 	}
-	var a struct {
-		Resource json.RawMessage `json:"resource"`
-		Response *struct {
-			Status string `json:"status"`
-		} `json:"response"`
-	}
-	if err := json.Unmarshal(answer, &a); err != nil || a.Response == nil {
+	ms, err := members(answer)
+	if err != nil {
 		return localEntry(http.StatusBadGateway, "the upstream's answer to this entry cannot be read")
 	}
-	code, _, _ := strings.Cut(strings.TrimSpace(a.Response.Status), " ")
-	status, err := strconv.Atoi(code)
-	if err != nil {
+	var resource json.RawMessage
+	status := 0
+	for _, m := range ms {
+		if err := exactKey(m.key, "resource", "response"); err != nil {
+			return localEntry(http.StatusBadGateway, "the upstream's answer to this entry cannot be read")
+		}
+		switch m.key {
+		case "resource":
+			resource = m.value
+		case "response":
+			var r struct {
+				Status string `json:"status"`
+			}
+			json.Unmarshal(m.value, &r)
+			code, _, _ := strings.Cut(strings.TrimSpace(r.Status), " ")
+			status, _ = strconv.Atoi(code)
+		}
+	}
+	if status == 0 {
 		return localEntry(http.StatusBadGateway, "the upstream's answer to this entry has no status")
 	}
-	v := ep.check(status, a.Resource)
+	v := ep.check(status, resource)
 	switch {
 	case v.denied:
 		c.entries[ep.index].Allowed, c.entries[ep.index].Reason = false, v.reason
@@ -319,10 +352,6 @@ func (c *call) checkEntry(ep *entryPlan, answer json.RawMessage) json.RawMessage
 		return localEntry(v.status, v.reason)
 	case v.body == nil:
 		return answer
-	}
-	ms, err := members(answer)
-	if err != nil {
-		return localEntry(http.StatusBadGateway, "the upstream's answer to this entry cannot be read")
 	}
 	return writeObject(replaceMember(ms, "resource", v.body))
 }

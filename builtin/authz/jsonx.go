@@ -18,8 +18,9 @@ type member struct {
 	value json.RawMessage
 }
 
-// members reads a JSON object's members in order (duplicate keys are an
-// error: a checker and a client must not read different values).
+// members reads a JSON object's members in order. A key twice, even in
+// another case, is an error: a checker and a client must not read
+// different values.
 func members(body []byte) ([]member, error) {
 	d := json.NewDecoder(bytes.NewReader(body))
 	t, err := d.Token()
@@ -40,10 +41,10 @@ func members(body []byte) ([]member, error) {
 		if !ok {
 			return nil, errors.New("malformed object")
 		}
-		if seen[k] {
+		if seen[strings.ToLower(k)] {
 			return nil, fmt.Errorf("duplicate key %q", k)
 		}
-		seen[k] = true
+		seen[strings.ToLower(k)] = true
 		var v json.RawMessage
 		if err := d.Decode(&v); err != nil {
 			return nil, err
@@ -53,7 +54,7 @@ func members(body []byte) ([]member, error) {
 	if _, err := d.Token(); err != nil {
 		return nil, err
 	}
-	if _, err := d.Token(); err == nil {
+	if len(bytes.TrimLeft(body[d.InputOffset():], " \t\r\n")) > 0 {
 		return nil, errors.New("data after the object")
 	}
 	return out, nil
@@ -109,6 +110,9 @@ type filterStats struct {
 // unchanged when nothing is removed.
 func filterBundle(body []byte, decide func(typ, mode string) access.Decision, keepBare func(typ string) bool) ([]byte, filterStats, error) {
 	var st filterStats
+	if err := access.CheckJSON(body); err != nil {
+		return nil, st, err
+	}
 	ms, err := members(body)
 	if err != nil {
 		return nil, st, err
@@ -116,6 +120,9 @@ func filterBundle(body []byte, decide func(typ, mode string) access.Decision, ke
 	var entries []json.RawMessage
 	isBundle := false
 	for _, m := range ms {
+		if err := exactKey(m.key, "resourceType", "entry", "total"); err != nil {
+			return nil, st, err
+		}
 		switch m.key {
 		case "resourceType":
 			isBundle = string(m.value) == `"Bundle"`
@@ -130,17 +137,8 @@ func filterBundle(body []byte, decide func(typ, mode string) access.Decision, ke
 	}
 	kept := make([]json.RawMessage, 0, len(entries))
 	for _, raw := range entries {
-		var e struct {
-			FullURL  string          `json:"fullUrl"`
-			Resource json.RawMessage `json:"resource"`
-			Search   *struct {
-				Mode string `json:"mode"`
-			} `json:"search"`
-			Request *struct {
-				URL string `json:"url"`
-			} `json:"request"`
-		}
-		if err := json.Unmarshal(raw, &e); err != nil {
+		e, err := readEntry(raw)
+		if err != nil {
 			return nil, st, fmt.Errorf("entry: %w", err)
 		}
 		mode := "match"
@@ -204,6 +202,70 @@ func filterBundle(body []byte, decide func(typ, mode string) access.Decision, ke
 		}
 	}
 	return writeObject(ms), st, nil
+}
+
+// exactKey refuses a key that is one of known but for its case: a client
+// that matches keys without regard to case would read it as the one the
+// gateway did not check.
+func exactKey(k string, known ...string) error {
+	for _, want := range known {
+		if k != want && strings.EqualFold(k, want) {
+			return fmt.Errorf("key %q is not %q", k, want)
+		}
+	}
+	return nil
+}
+
+// bundleEntry is what filterBundle reads of an entry, by exact key.
+type bundleEntry struct {
+	FullURL  string
+	Resource json.RawMessage
+	Search   *struct{ Mode string }
+	Request  *struct{ URL string }
+}
+
+// readEntry reads an entry's fullUrl, resource, search.mode and
+// request.url, matching keys exactly as a FHIR client does (encoding/json
+// alone would also take "Resource").
+func readEntry(raw json.RawMessage) (*bundleEntry, error) {
+	ms, err := members(raw)
+	if err != nil {
+		return nil, err
+	}
+	e := &bundleEntry{}
+	str := func(v json.RawMessage) string {
+		var s string
+		json.Unmarshal(v, &s)
+		return s
+	}
+	field := func(v json.RawMessage, key string) string {
+		inner, err := members(v)
+		if err != nil {
+			return ""
+		}
+		for _, m := range inner {
+			if m.key == key {
+				return str(m.value)
+			}
+		}
+		return ""
+	}
+	for _, m := range ms {
+		if err := exactKey(m.key, "fullUrl", "resource", "search", "request"); err != nil {
+			return nil, err
+		}
+		switch m.key {
+		case "fullUrl":
+			e.FullURL = str(m.value)
+		case "resource":
+			e.Resource = m.value
+		case "search":
+			e.Search = &struct{ Mode string }{field(m.value, "mode")}
+		case "request":
+			e.Request = &struct{ URL string }{field(m.value, "url")}
+		}
+	}
+	return e, nil
 }
 
 // entryType reads the resource type from an entry's url or fullUrl

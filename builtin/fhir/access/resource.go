@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"slices"
 	"strings"
@@ -33,9 +34,13 @@ type Resource struct {
 var ErrNotResource = errors.New("not a FHIR resource")
 
 // DecodeResource decodes the JSON of a resource. It fails on malformed
-// JSON and (with ErrNotResource) on JSON that is not an object with a
-// known resourceType.
+// JSON, on an object with a key twice (parsers differ on which one wins:
+// the one checked must be the one stored), and (with ErrNotResource) on
+// JSON that is not an object with a known resourceType.
 func DecodeResource(body []byte) (*Resource, error) {
+	if err := CheckJSON(body); err != nil {
+		return nil, fmt.Errorf("decode resource: %w", err)
+	}
 	d := json.NewDecoder(bytes.NewReader(body))
 	d.UseNumber()
 	var tree any
@@ -55,6 +60,64 @@ func DecodeResource(body []byte) (*Resource, error) {
 	}
 	id, _ := m["id"].(string)
 	return &Resource{Type: typ, ID: id, tree: tree}, nil
+}
+
+// CheckJSON reports malformed JSON, data after the first value, and an
+// object with a key twice, even in another case ("subject" and
+// "Subject"): parsers differ on which of two keys wins, and some match
+// keys without regard to case, so a document checked by one and read by
+// another must have neither.
+func CheckJSON(body []byte) error {
+	d := json.NewDecoder(bytes.NewReader(body))
+	type frame struct {
+		obj  bool
+		keys map[string]bool
+		key  bool // the next token of an object is a key
+	}
+	var stack []*frame
+	for {
+		t, err := d.Token()
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.obj && top.key {
+			if k, ok := t.(string); ok {
+				k = strings.ToLower(k)
+				if top.keys[k] {
+					return fmt.Errorf("key %q appears twice in an object", k)
+				}
+				top.keys[k] = true
+				top.key = false
+				continue
+			}
+		}
+		switch t {
+		case json.Delim('{'):
+			stack = append(stack, &frame{obj: true, keys: map[string]bool{}, key: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) == 0 { // the document's value ended
+			if len(bytes.TrimLeft(body[d.InputOffset():], " \t\r\n")) > 0 {
+				return errors.New("data after the JSON value")
+			}
+			return nil
+		}
+		if stack[len(stack)-1].obj {
+			stack[len(stack)-1].key = true // a value ended: a key comes next
+		}
+	}
 }
 
 // Compartments returns the ids of the patients whose compartment holds the

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"encoding/json"
 	"errors"
 	"net/url"
 	"slices"
@@ -20,13 +21,30 @@ func TestDecodeResource(t *testing.T) {
 	if !slices.Equal(r.Compartments(), []string{"85"}) || !r.InCompartmentOf("85") || r.InCompartmentOf("355") || r.InCompartmentOf("") {
 		t.Errorf("compartments %v", r.Compartments())
 	}
-	for _, bad := range []string{`[]`, `{"resourceType":"Nope"}`, `{"id":"x"}`, `{} {}`, `"Patient"`} {
+	for _, bad := range []string{`[]`, `{"resourceType":"Nope"}`, `{"id":"x"}`, `"Patient"`} {
 		if _, err := DecodeResource([]byte(bad)); !errors.Is(err, ErrNotResource) {
 			t.Errorf("%s: %v", bad, err)
 		}
 	}
-	if _, err := DecodeResource([]byte(`{`)); err == nil || errors.Is(err, ErrNotResource) {
-		t.Errorf("malformed: %v", err)
+	for _, bad := range []string{`{`, `{"resourceType":"Patient"} x`,
+		`{"resourceType":"Observation","subject":{"reference":"Patient/85"},"subject":{"reference":"Patient/355"}}`,
+		`{"resourceType":"Observation","subject":{"reference":"Patient/85","reference":"Patient/355"}}`,
+		`{"resourceType":"Observation","performer":[{"reference":"a"},{"reference":"b","reference":"c"}]}`} {
+		if _, err := DecodeResource([]byte(bad)); err == nil || errors.Is(err, ErrNotResource) {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	for _, tc := range []struct {
+		doc string
+		ok  bool
+	}{{`{}`, true}, {` 1 `, true}, {`[1,{"a":[]}]`, true}, {`{} {}`, false}, {`{"a":1`, false}, {``, false}, {`{"a":1,"a":2}`, false}, {`{"subject":1,"Subject":2}`, false}} {
+		if err := CheckJSON([]byte(tc.doc)); (err == nil) != tc.ok {
+			t.Errorf("CheckJSON(%q) = %v", tc.doc, err)
+		}
+	}
+	// The same key in sibling objects is fine.
+	if _, err := DecodeResource([]byte(`{"resourceType":"Observation","performer":[{"reference":"a"},{"reference":"b"}],"code":{"text":"t"},"x":[[{"a":1}],{"a":2}]}`)); err != nil {
+		t.Errorf("siblings: %v", err)
 	}
 }
 
@@ -135,6 +153,20 @@ func TestReferenceTargets(t *testing.T) {
 	if !IsSearchParam("Observation", "code") || !IsSearchParam("Observation", "_id") || IsSearchParam("Observation", "nope") {
 		t.Error("IsSearchParam")
 	}
+}
+
+// CheckJSON accepts exactly what encoding/json accepts, less objects with
+// a key twice.
+func FuzzCheckJSON(f *testing.F) {
+	for _, s := range []string{`{"a":{"b":[1,{"c":2}]},"d":"e"}`, `{"a":1,"a":1}`, `[]`, `{} x`, `"s"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		err := CheckJSON(doc)
+		if valid := json.Valid(doc); err == nil && !valid {
+			t.Fatalf("accepted invalid JSON %q", doc)
+		}
+	})
 }
 
 func FuzzDecodeResource(f *testing.F) {
