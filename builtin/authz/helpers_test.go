@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,12 +74,16 @@ func TestMain(m *testing.M) {
 	gateway.RegisterPlugin("authz-test", Defaults, func(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, error) {
 		var mu sync.Mutex
 		now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-		return newPlugin(cfg, env, func() time.Time {
+		p, err := newPlugin(cfg, env, func() time.Time {
 			mu.Lock()
 			defer mu.Unlock()
 			now = now.Add(time.Second)
 			return now
 		})
+		if err == nil {
+			lastBuilt.Store(p)
+		}
+		return p, err
 	})
 	code := m.Run()
 	if sharedB != nil {
@@ -86,6 +91,10 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// lastBuilt is the last authz-test plugin built, for benchmarks that call
+// it directly.
+var lastBuilt atomic.Pointer[Plugin]
 
 // records holds the access records the record plugin saw, by request id.
 var records sync.Map

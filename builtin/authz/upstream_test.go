@@ -484,6 +484,9 @@ func TestUpstreamWrites(t *testing.T) {
 		{"delete own", writer85, "DELETE", "/fhir/R4/Observation/new85", "", nil, 204},
 		{"the physician updates anyone's", physician, "PUT", "/fhir/R4/Observation/" + obs355, body(obs355, "355"), nil, 200},
 		{"a read-only patient writes nothing", patient85, "POST", "/fhir/R4/Observation", body("", "85"), nil, 403},
+		{"an update that would create needs c", who{user: "u", role: "physician", scopes: "user/Observation.rus"}, "PUT", "/fhir/R4/Observation/brand-new", body("brand-new", "85"), nil, 403},
+		{"a conditional update that would create needs c", who{user: "u", role: "physician", scopes: "user/Observation.rus"}, "PUT", "/fhir/R4/Observation?identifier=urn:t|nothing", body("", "85"), nil, 403},
+		{"a conditional update of an existing one needs no c", who{user: "u", role: "physician", scopes: "user/Observation.rus"}, "PUT", "/fhir/R4/Observation?_id=" + obs85, body("", "85"), nil, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := a.do(tc.as, tc.method, tc.path, tc.body, tc.header...)
