@@ -210,7 +210,7 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 			role = id.Role
 		}
 		access.RecordFrom(ctx).Set(access.RecordData{Decided: true, Allowed: true, Interaction: fhirreq.Capabilities})
-		p.metrics.decision(resultAllow, p.cfg.roleLabel(role), fhirreq.Capabilities)
+		p.metrics.decision(resultAllow, role, fhirreq.Capabilities)
 		next.ServeHTTP(w, r)
 		return
 	}
@@ -512,7 +512,7 @@ func (c *call) finish(allowed bool, reason, patient string) {
 	}
 	role := ""
 	if c.id != nil {
-		role = c.p.cfg.roleLabel(c.id.Role)
+		role = c.id.Role
 	}
 	c.p.metrics.decision(result, role, c.label)
 	if c.bg != "" {

@@ -429,14 +429,16 @@ func equalStrings(a, b []string) bool {
 	return true
 }
 
-// planCreate checks a new resource against dec before it is written.
+// planCreate checks a new resource against dec before it is written. Its
+// type is checked whatever dec: a create of an Observation must not write
+// a Condition the scopes do not allow, should an upstream accept it.
 func (c *call) planCreate(x *exchange, dec access.Decision) *plan {
-	if !checked(dec) {
-		return &plan{pass: true}
-	}
 	res, bad := c.bodyResource(x)
 	if bad != nil {
 		return bad
+	}
+	if !checked(dec) {
+		return &plan{pass: true}
 	}
 	if ok, why := dec.Admits(res); !ok {
 		return refusal(http.StatusForbidden, "the new "+x.req.Type+" would not be allowed: "+why)
@@ -480,6 +482,9 @@ func (c *call) bodyResource(x *exchange) (*access.Resource, *plan) {
 func (c *call) planUpdate(x *exchange, dec access.Decision, perm access.Perm) *plan {
 	typ := x.req.Type
 	create := c.pol.Decide(perm|access.Create, typ)
+	if _, bad := c.bodyResource(x); bad != nil {
+		return bad // the body's type is checked whatever dec (see planCreate)
+	}
 	if x.req.ID == "" {
 		if !checked(dec) && create.Allowed {
 			return &plan{pass: true}
@@ -1078,12 +1083,10 @@ func (c *call) quickPass(req fhirreq.Request, dec access.Decision, perm access.P
 		return false
 	}
 	switch req.Interaction {
-	case fhirreq.Read, fhirreq.VRead, fhirreq.HistoryInstance, fhirreq.Create, fhirreq.Patch, fhirreq.Delete:
+	case fhirreq.Read, fhirreq.VRead, fhirreq.HistoryInstance, fhirreq.Patch, fhirreq.Delete:
 		return true
 	case fhirreq.HistoryType:
 		return req.Type != ""
-	case fhirreq.Update:
-		return c.pol.Decide(perm|access.Create, req.Type).Allowed
 	}
 	return false
 }

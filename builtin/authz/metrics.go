@@ -84,7 +84,8 @@ func newMetrics(reg prometheus.Registerer, cfg *Config) *metrics {
 	return m
 }
 
-// decision counts one decision.
+// decision counts one decision; role is the identity's role as it came
+// ("" for no identity), labelled "none", a configured role, or "unknown".
 func (m *metrics) decision(result, role, interaction string) {
 	ri := 0
 	for i, r := range results {
@@ -99,11 +100,11 @@ func (m *metrics) decision(result, role, interaction string) {
 			break
 		}
 	}
-	rl := 0
+	rl := 0 // none
 	if role != "" {
 		var ok bool
 		if rl, ok = m.roles[role]; !ok {
-			rl = 1
+			rl = 1 // unknown
 		}
 	}
 	slot := &m.slots[(ri*len(interactions)+ii)*len(m.names)+rl]
