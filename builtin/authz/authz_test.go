@@ -1,8 +1,14 @@
 package authz
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/omnigate/omnigate/gateway"
@@ -204,5 +210,71 @@ func TestSearchParamsOnPOST(t *testing.T) {
 	rec = g.do(patient85, "POST", "/fhir/R4/Observation/_search", url.Values{"code": {"x"}}.Encode(), "Content-Type", "application/x-www-form-urlencoded")
 	if rec.Code == 403 {
 		t.Fatalf("plain POST _search refused: %s", rec.Body.String())
+	}
+}
+
+// TestConcurrentIdentities: many identities at once, through the policy
+// cache: each request is decided with its own identity's policy, never
+// another's.
+func TestConcurrentIdentities(t *testing.T) {
+	g := newGateway(t, strings.Replace(embeddedYAML, "    type: authz\n", "    type: authz\n    policy_cache: 8\n", 1))
+	var wg sync.WaitGroup
+	errs := make(chan string, 64)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				pid := strconv.Itoa((w*40 + i) % 23)
+				as := who{user: "p" + pid, role: "patient", patient: pid}
+				if i%3 == 0 {
+					as = who{user: "app" + pid, role: "physician", scopes: "user/Observation.rs patient/Patient.r", patient: pid}
+				}
+				rec := g.do(as, "GET", "/fhir/R4/Observation?code=x", nil)
+				want := "patient=" + pid + ";scopes=patient/*.rs;bg="
+				if as.role == "physician" {
+					want = "patient=" + pid + ";scopes=user/Observation.rs patient/Patient.r;bg="
+				}
+				if got := rec.Header().Get("X-Test-Policy"); got != want {
+					select {
+					case errs <- fmt.Sprintf("%+v got policy %q, want %q", as, got, want):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// TestReload: a reload builds the plugin again with the new roles; the
+// admin endpoint and /ping follow.
+func TestReload(t *testing.T) {
+	g := newGateway(t, embeddedYAML)
+	mustStatus(t, g.do(nurse, "DELETE", "/fhir/R4/Observation/x", nil), 403)
+	cfg, err := gateway.Parse("t.yaml", []byte(strings.Replace(embeddedYAML, "break_glass: {roles: [physician]}", "roles: {nurse: {scopes: [user/*.cruds]}}", 1)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Reload(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if rec := g.do(nurse, "DELETE", "/fhir/R4/Observation/x", nil); rec.Code == 403 {
+		t.Errorf("the new roles do not apply: %s", rec.Body.String())
+	}
+	mustStatus(t, g.do(physician, "GET", "/fhir/R4/Patient/85", nil), 403) // no longer a role
+	breakGlassList(t, g)
+	rec := httptest.NewRecorder()
+	g.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/ping", nil))
+	var ping gateway.PingResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &ping); err != nil {
+		t.Fatal(err)
+	}
+	if p := ping.Plugins["authz"]; p.Type != "authz" || !strings.Contains(p.Detail, "1 roles") {
+		t.Errorf("/ping: %+v", p)
 	}
 }
