@@ -202,6 +202,15 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		next.ServeHTTP(w, r) // CORS preflight: no data, no credentials
 		return
 	}
+	if rt.gateway {
+		// What goes on is what was decided: the decoded path (not an
+		// encoding the upstream might read otherwise), and no method
+		// override some servers honour.
+		r.URL.RawPath = ""
+		for _, h := range methodOverrides {
+			r.Header.Del(h)
+		}
+	}
 	id := gateway.IdentityFrom(ctx)
 	req, ok := fhirreq.Parse(r.Method, r.URL.Path, rt.base)
 	if ok && req.Interaction == fhirreq.Capabilities || !ok && isSMARTConfig(r, rt.base) {
@@ -228,6 +237,12 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		c.refuse(http.StatusForbidden, r.Method+" "+r.URL.Path+" is not a FHIR RESTful interaction")
 		return
 	}
+	if rt.gateway && strings.Contains(r.URL.RawQuery, "_method") {
+		if q, _ := url.ParseQuery(r.URL.RawQuery); q.Has("_method") {
+			c.refuse(http.StatusForbidden, "_method overrides the interaction decided: not allowed here")
+			return
+		}
+	}
 	ip := p.policies.get(id, p.buildPolicy)
 	if ip.pol == nil {
 		c.refuse(http.StatusForbidden, ip.refusal)
@@ -253,6 +268,9 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	c.serveOne(req)
 }
+
+// methodOverrides are headers some servers read as the request's method.
+var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 func isSMARTConfig(r *http.Request, base string) bool {
 	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&

@@ -690,6 +690,8 @@ func TestUpstreamBypasses(t *testing.T) {
 				"Observation/"+obs355, "http://other.example/fhir/R4/Patient/355", "Encounter?_include=Encounter:subject"), nil},
 			{"POST", "/fhir/R4", `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"GET","url":"Patient/355"}}]}`, nil},
 			{"GET", "/fhir/R4/Observation/" + obs355, "", []string{DefaultBreakGlassHeader, "emergency"}},
+			{"GET", "/fhir/R4/Observation/" + obs355 + "?_method=GET", "", nil},
+			{"POST", "/fhir/R4/Observation/_search", "", []string{"X-HTTP-Method-Override", "GET", "Content-Type", form}},
 		} {
 			t.Run(narrowing+" "+tc.method+" "+tc.path, func(t *testing.T) {
 				rec := a.do(patient85, tc.method, tc.path, tc.body, tc.header...)
