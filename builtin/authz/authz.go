@@ -244,10 +244,6 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		}
 	}
 	ip := p.policies.get(id, p.buildPolicy)
-	if ip.pol == nil {
-		c.refuse(http.StatusForbidden, ip.refusal)
-		return
-	}
 	c.pol = ip.pol
 	if len(bgValues) > 0 && p.bgRoles[id.Role] {
 		if len(bgValues) > 1 {
@@ -261,6 +257,10 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		}
 		c.bg = reason
 		c.pol = p.breakGlassPolicy(id, ip, reason)
+	}
+	if c.pol == nil {
+		c.refuse(http.StatusForbidden, ip.refusal)
+		return
 	}
 	if req.Interaction == fhirreq.Batch {
 		c.serveBundle()

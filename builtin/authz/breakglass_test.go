@@ -53,6 +53,8 @@ func TestBreakGlass(t *testing.T) {
 		{"a bidi override", dr, "GET", "/fhir/R4/Observation", "", []string{"code \u202eeulb"}, 400, false},
 		{"not UTF-8", dr, "GET", "/fhir/R4/Observation", "", []string{"code \xff"}, 400, false},
 		{"two reasons", dr, "GET", "/fhir/R4/Observation", "", []string{"a", "b"}, 400, false},
+		{"a token without resource scopes, with a reason", who{user: "dr-er", role: "physician", scopes: "openid"}, "GET", "/fhir/R4/Observation", "", []string{"code blue"}, 0, true},
+		{"a token without resource scopes, without a reason", who{user: "dr-er", role: "physician", scopes: "openid"}, "GET", "/fhir/R4/Observation", "", nil, 403, false},
 		{"another role: nothing changes", nurse, "POST", "/fhir/R4/Condition", cond, []string{"unconscious patient in ER"}, 403, false},
 		{"another role reads as ever", nurse, "GET", "/fhir/R4/Observation", "", []string{"unconscious patient in ER"}, 0, false},
 		{"another role with a bad reason: nothing changes", nurse, "GET", "/fhir/R4/Observation", "", []string{"\x01"}, 0, false},
@@ -98,7 +100,7 @@ func TestBreakGlass(t *testing.T) {
 		})
 	}
 	list := breakGlassList(t, g)
-	if list.Total != 3 || len(list.Recent) != 3 {
+	if list.Total != 4 || len(list.Recent) != 3 {
 		t.Fatalf("list %+v", list)
 	}
 	// Newest first, on the plugin's clock.
@@ -110,15 +112,15 @@ func TestBreakGlass(t *testing.T) {
 			t.Errorf("access %+v", a)
 		}
 	}
-	if a := list.Recent[2]; a.Interaction != "search-type" || a.Type != "Observation" || !a.Allowed || a.Time.Year() != 2026 {
-		t.Errorf("first access %+v", a)
+	if a := list.Recent[0]; a.Interaction != "search-type" || a.Type != "Observation" || !a.Allowed || a.Time.Year() != 2026 || a.Reason != "code blue" {
+		t.Errorf("last access %+v", a)
 	}
-	if a := list.Recent[1]; a.Interaction != "create" || a.Allowed {
+	if a := list.Recent[2]; a.Interaction != "create" || a.Allowed {
 		t.Errorf("refused access %+v", a)
 	}
 	// Logged with who and why, never a resource or a credential.
 	logs := g.logs.String()
-	if n := strings.Count(logs, `"msg":"break-glass access"`); n != 3 {
+	if n := strings.Count(logs, `"msg":"break-glass access"`); n != 4 {
 		t.Errorf("%d break-glass log lines", n)
 	}
 	if !strings.Contains(logs, `"reason":"unconscious patient in ER"`) || strings.Contains(logs, "Patient/85") {
@@ -126,8 +128,8 @@ func TestBreakGlass(t *testing.T) {
 	}
 	metrics := scrape(t, g)
 	for _, want := range []string{
-		`omnigate_authz_break_glass_total{role="physician"} 3`,
-		`omnigate_authz_decisions_total{interaction="search-type",result="break_glass",role="physician"} 1`,
+		`omnigate_authz_break_glass_total{role="physician"} 4`,
+		`omnigate_authz_decisions_total{interaction="search-type",result="break_glass",role="physician"} 2`,
 		`omnigate_authz_decisions_total{interaction="create",result="deny",role="physician"} 1`,
 	} {
 		if !strings.Contains(metrics, want) {
