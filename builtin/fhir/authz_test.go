@@ -792,8 +792,8 @@ func TestAccessWrites(t *testing.T) {
 		{"constrained delete of what it does not match", lab85w, "DELETE", "/fhir/R4/" + own[9], "", nil, 404, own[9]},
 
 		// Operations the server does not implement.
-		{"$validate", physician, "POST", "/fhir/R4/Observation/$validate", observation("85", "x"), nil, 403, ""},
-		{"$everything", patient85, "GET", "/fhir/R4/Patient/85/$everything", "", nil, 403, ""},
+		{"$validate", physician, "POST", "/fhir/R4/Observation/$validate", observation("85", "x"), nil, 404, ""},
+		{"$everything", patient85, "GET", "/fhir/R4/Patient/85/$everything", "", nil, 404, ""},
 		{"an unknown endpoint", patient85, "GET", "/fhir/R4/Patient/85/Observation/x", "", nil, 403, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

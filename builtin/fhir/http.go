@@ -240,11 +240,12 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 	}
 	segs := req.segs
 	for _, s := range segs {
-		// The server implements no operation: under a policy, refused.
+		// The server implements no operation: whoever asks, and whatever
+		// access control allowed, none runs.
 		if strings.HasPrefix(s, "$") {
-			if err := refuseUnknown(req.Context(), "operation "+s); err != nil {
-				return err
-			}
+			he := errorf(http.StatusNotFound, "operation %s is not supported by this server", s)
+			he.issues[0].Code = "not-supported"
+			return he
 		}
 	}
 	if len(segs) == 0 {
