@@ -39,7 +39,7 @@ routes:
 func TestDecisions(t *testing.T) {
 	g := newGateway(t, embeddedYAML)
 	const obs = `{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/85"}}`
-	const cond = `{"resourceType":"Condition","subject":{"reference":"Patient/85"}}`
+	const cond = `{"resourceType":"MedicationRequest","status":"active","intent":"order","medicationCodeableConcept":{"text":"x"},"subject":{"reference":"Patient/85"}}`
 	narrowed := who{user: "app", role: "physician", scopes: "openid user/Observation.rs"}
 	widening := who{user: "nurse-2", role: "nurse", scopes: "user/*.cruds"}
 	noResource := who{user: "oidc", role: "physician", scopes: "openid fhirUser"}
@@ -66,9 +66,9 @@ func TestDecisions(t *testing.T) {
 		{"nurse records vitals", nurse, "POST", "/fhir/R4/Observation", obs, nil, true, ""},
 		{"nurse updates vitals", nurse, "PUT", "/fhir/R4/Observation/o1", obs, nil, true, ""},
 		{"nurse conditionally updates vitals (u and s)", nurse, "PUT", "/fhir/R4/Observation?identifier=x", obs, nil, true, ""},
-		{"nurse cannot diagnose", nurse, "POST", "/fhir/R4/Condition", cond, nil, false, "no scope grants c on Condition"},
+		{"nurse cannot prescribe", nurse, "POST", "/fhir/R4/MedicationRequest", cond, nil, false, "no scope grants c on MedicationRequest"},
 		{"nurse cannot delete", nurse, "DELETE", "/fhir/R4/Observation/o1", "", nil, false, "no scope grants d"},
-		{"nurse cannot conditionally create a Condition", nurse, "POST", "/fhir/R4/Condition", cond, []string{"If-None-Exist", "identifier=x"}, false, "cs"},
+		{"nurse cannot conditionally create a MedicationRequest", nurse, "POST", "/fhir/R4/MedicationRequest", cond, []string{"If-None-Exist", "identifier=x"}, false, "cs"},
 		{"nurse cannot patch a Patient", nurse, "PATCH", "/fhir/R4/Patient/85", `[]`, []string{"Content-Type", "application/json-patch+json"}, false, "no scope grants u"},
 		{"patient reads own data", patient85, "GET", "/fhir/R4/Observation?code=x", "", nil, true, ""},
 		{"patient reads a practitioner", patient85, "GET", "/fhir/R4/Practitioner/1", "", nil, true, ""},

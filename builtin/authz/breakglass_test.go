@@ -32,7 +32,7 @@ func TestBreakGlass(t *testing.T) {
 	const header = DefaultBreakGlassHeader
 	// A physician whose token only reads Patients, and a nurse.
 	dr := who{user: "dr-er", role: "physician", scopes: "user/Patient.rs"}
-	const cond = `{"resourceType":"Condition","subject":{"reference":"Patient/85"}}`
+	const cond = `{"resourceType":"MedicationRequest","status":"active","intent":"order","medicationCodeableConcept":{"text":"x"},"subject":{"reference":"Patient/85"}}`
 	for _, tc := range []struct {
 		name         string
 		as           who
@@ -44,7 +44,7 @@ func TestBreakGlass(t *testing.T) {
 	}{
 		{"no header: the token's scopes", dr, "GET", "/fhir/R4/Observation", "", nil, 403, false},
 		{"with a reason: read beyond the scopes", dr, "GET", "/fhir/R4/Observation", "", []string{"unconscious patient in ER"}, 0, true},
-		{"break-glass widens reads, not writes", dr, "POST", "/fhir/R4/Condition", cond, []string{"unconscious patient in ER"}, 403, true},
+		{"break-glass widens reads, not writes", dr, "POST", "/fhir/R4/MedicationRequest", cond, []string{"unconscious patient in ER"}, 403, true},
 		{"not the audit trail either", dr, "GET", "/fhir/R4/AuditEvent", "", []string{"curious"}, 403, true},
 		{"an empty reason", dr, "GET", "/fhir/R4/Observation", "", []string{""}, 400, false},
 		{"a blank reason", dr, "GET", "/fhir/R4/Observation", "", []string{"   "}, 400, false},
@@ -55,7 +55,7 @@ func TestBreakGlass(t *testing.T) {
 		{"two reasons", dr, "GET", "/fhir/R4/Observation", "", []string{"a", "b"}, 400, false},
 		{"a token without resource scopes, with a reason", who{user: "dr-er", role: "physician", scopes: "openid"}, "GET", "/fhir/R4/Observation", "", []string{"code blue"}, 0, true},
 		{"a token without resource scopes, without a reason", who{user: "dr-er", role: "physician", scopes: "openid"}, "GET", "/fhir/R4/Observation", "", nil, 403, false},
-		{"another role: nothing changes", nurse, "POST", "/fhir/R4/Condition", cond, []string{"unconscious patient in ER"}, 403, false},
+		{"another role: nothing changes", nurse, "POST", "/fhir/R4/MedicationRequest", cond, []string{"unconscious patient in ER"}, 403, false},
 		{"another role reads as ever", nurse, "GET", "/fhir/R4/Observation", "", []string{"unconscious patient in ER"}, 0, false},
 		{"another role with a bad reason: nothing changes", nurse, "GET", "/fhir/R4/Observation", "", []string{"\x01"}, 0, false},
 	} {

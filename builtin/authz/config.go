@@ -160,16 +160,26 @@ const (
 const DefaultBreakGlassHeader = "X-Break-Glass-Reason"
 
 // DefaultRoles are the roles used when the config lists none: physician
-// user/*.cruds; nurse user/*.rs and user/Observation.cu (vital signs);
-// admin user/*.cruds and user/AuditEvent.rs (the audit trail); patient
-// patient/*.rs confined to the patient's own compartment.
+// user/*.cruds; nurse user/*.rs and create and update (no delete) of
+// clinical records; admin user/AuditEvent.rs only (the audit trail, no
+// patient data); patient patient/*.rs confined to the patient's own
+// compartment.
 func DefaultRoles() map[string]RoleConfig {
 	return map[string]RoleConfig{
 		"physician": {Scopes: []string{"user/*.cruds"}},
-		"nurse":     {Scopes: []string{"user/*.rs", "user/Observation.cu"}},
-		"admin":     {Scopes: []string{"user/*.cruds", "user/AuditEvent.rs"}},
-		"patient":   {Scopes: []string{"patient/*.rs"}, PatientContext: true},
+		// Reads everything, writes clinical records, deletes nothing.
+		"nurse": {Scopes: append([]string{"user/*.rs"}, clinicalWrites...)},
+		// Operates the gateway: reads the audit trail, no patient data.
+		"admin":   {Scopes: []string{"user/AuditEvent.rs"}},
+		"patient": {Scopes: []string{"patient/*.rs"}, PatientContext: true},
 	}
+}
+
+// clinicalWrites are the nurse role's default writes.
+var clinicalWrites = []string{
+	"user/Observation.cu", "user/Condition.cu", "user/AllergyIntolerance.cu", "user/Immunization.cu",
+	"user/Procedure.cu", "user/Encounter.cu", "user/CarePlan.cu", "user/MedicationAdministration.cu",
+	"user/DocumentReference.cu",
 }
 
 // DefaultReadableTypes are the default readable_types.

@@ -159,13 +159,13 @@ func TestServerBundles(t *testing.T) {
 		mustStatus(t, rec, 200)
 		return total(t, rec)
 	}
-	// A transaction smuggling a diagnosis past a nurse.
+	// A transaction smuggling a prescription past a nurse.
 	rec := g.do(nurse, "POST", "/fhir/R4", map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": []any{
 		entry("POST", "Observation", obs("tx")),
-		entry("POST", "Condition", json.RawMessage(`{"resourceType":"Condition","subject":{"reference":"Patient/85"}}`)),
+		entry("POST", "MedicationRequest", json.RawMessage(`{"resourceType":"MedicationRequest","status":"active","intent":"order","medicationCodeableConcept":{"text":"x"},"subject":{"reference":"Patient/85"}}`)),
 	}})
 	mustStatus(t, rec, 403)
-	if _, d := diagnostics(t, rec); !strings.Contains(d, "transaction entry 1 (POST Condition): no scope grants c on Condition") {
+	if _, d := diagnostics(t, rec); !strings.Contains(d, "transaction entry 1 (POST MedicationRequest): no scope grants c on MedicationRequest") {
 		t.Errorf("diagnostics %q", d)
 	}
 	if count("tx") != 0 {
@@ -174,7 +174,7 @@ func TestServerBundles(t *testing.T) {
 	// A batch: refused entries answered in place, the rest run.
 	rec = g.do(nurse, "POST", "/fhir/R4", map[string]any{"resourceType": "Bundle", "type": "batch", "entry": []any{
 		entry("POST", "Observation", obs("b1")),
-		entry("POST", "Condition", json.RawMessage(`{"resourceType":"Condition","subject":{"reference":"Patient/85"}}`)),
+		entry("POST", "MedicationRequest", json.RawMessage(`{"resourceType":"MedicationRequest","status":"active","intent":"order","medicationCodeableConcept":{"text":"x"},"subject":{"reference":"Patient/85"}}`)),
 		entry("GET", "Observation?code:text=b1", nil),
 		entry("DELETE", "Observation?code:text=b1", nil),
 		entry("GET", "AuditEvent", nil),
