@@ -203,12 +203,14 @@ func (p *Plugin) baseFor(r *http.Request) string {
 // exchange is what the plugin learns about a request before it is
 // answered.
 type exchange struct {
-	base   string
-	req    fhirreq.Request
-	ok     bool
-	query  string // raw query (or the form of a POST _search)
-	body   []byte // the resource written, when read whole
-	bundle *fhirreq.Bundle
+	base  string
+	req   fhirreq.Request
+	ok    bool
+	query string // raw query (or the form of a POST _search)
+	body  []byte // the resource written, when read whole
+	// partial says the resource written was too large to read
+	partial bool
+	bundle  *fhirreq.Bundle
 }
 
 // readRequest reads what the request body says about patients: a batch or
@@ -229,6 +231,8 @@ func (p *Plugin) readRequest(r *http.Request, x *exchange) {
 		if p.cfg.InspectBytes > 0 && isJSON(r.Header.Get("Content-Type")) {
 			if body, whole := peekBody(r, int64(p.cfg.InspectBytes)); whole {
 				x.body = body
+			} else {
+				x.partial = true
 			}
 		}
 	case fhirreq.SearchType, fhirreq.SearchSystem:
@@ -346,6 +350,7 @@ func (p *Plugin) build(r *http.Request, x *exchange, cw *capture, d access.Recor
 	if x.body != nil {
 		pats.fromResource(x.req.Type, x.req.ID, x.body)
 	}
+	pats.incomplete = pats.incomplete || x.partial
 	if x.req.Interaction == fhirreq.Create {
 		if typ, id, vid := parseLocation(cw.Header().Get("Location")); typ == x.req.Type && id != "" {
 			rec.ResourceID, rec.VersionID = id, vid
