@@ -116,7 +116,7 @@ func (p *Plugin) stats() Stats {
 		Corrupt: sp.corrupt.Load(), LastFlush: st.LastFlush, FlushError: st.FlushErr,
 		Sinks: p.pipe.sinkStates(),
 	}
-	out.Full = out.SpoolBytes >= out.MaxSpoolBytes
+	out.Full = out.SpoolBytes >= out.MaxSpoolBytes || p.pipe.dropping.Load()
 	if out.Sinks == nil {
 		out.Sinks = []sinkState{}
 	}

@@ -163,8 +163,8 @@ func (c *Config) Validate() error {
 		switch {
 		case s.Type == "file" && s.Path == "":
 			fail(key+".path", "required: a file, or - for standard output")
-		case s.Type != "file" && s.Path != "":
-			fail(key+".path", "only file sinks have a path")
+		case s.Type == "fhir" && s.Path != "":
+			fail(key+".path", "fhir sinks have no path: they write into the embedded FHIR server")
 		}
 	}
 	if c.Site == "" {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,6 +33,7 @@ type pipeline struct {
 	blocked  int64           // requests refused while the spool was full
 	dropped  int64           // records not kept while the spool was full
 	shipMu   sync.Mutex      // held while shippers are started or stopped
+	dropping atomic.Bool     // the last record was dropped: the spool is full
 
 	stopFlush chan struct{}
 	flushDone chan struct{}
@@ -249,8 +251,12 @@ func (p *pipeline) Close() error {
 // append spools a record line; see Plugin for the full-spool policy.
 func (p *pipeline) append(line []byte, limit int64, drop bool) bool {
 	if p.spool.append(line, limit, drop) {
+		if p.dropping.Load() {
+			p.dropping.Store(false)
+		}
 		return true
 	}
+	p.dropping.Store(true)
 	p.mu.Lock()
 	p.dropped++
 	p.mu.Unlock()
