@@ -255,6 +255,8 @@ func (s *flakySink) close() error { return s.file.close() }
 // plugin, the audit plugin on a test clock, and (unless noAuthz) testauthz.
 type gw struct {
 	t     testing.TB
+	text  string // the config
+	hook  string // the test hook's id
 	srv   *gateway.Server
 	clock *testClock
 	p     *Plugin
@@ -323,9 +325,30 @@ routes:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	g.srv, g.p = srv, hook.plugin.Load()
+	g.srv, g.p, g.text, g.hook = srv, hook.plugin.Load(), text, id
 	g.waitStarted()
 	return g
+}
+
+// reload swaps in the config text (use g.text to start from), and points
+// g.p at the audit plugin it built.
+func (g *gw) reload(text string) error {
+	g.t.Helper()
+	cfg, err := gateway.Parse("test.yaml", []byte(text), nil)
+	if err != nil {
+		return err
+	}
+	v, _ := testHooks.Load(g.hook)
+	hook := v.(*testHook)
+	before := hook.plugin.Load()
+	if err := g.srv.Reload(context.Background(), cfg); err != nil {
+		return err
+	}
+	if p := hook.plugin.Load(); p != before {
+		g.p = p
+		g.waitStarted()
+	}
+	return nil
 }
 
 func indent(s, pre string) string {
@@ -342,7 +365,12 @@ func indent(s, pre string) string {
 // waitStarted waits until the shippers run (OnStart runs in a goroutine).
 func (g *gw) waitStarted() {
 	g.t.Helper()
-	eventually(g.t, "shippers started", func() bool { return len(g.p.pipe.sinkStates()) == len(g.p.cfg.Sinks) })
+	eventually(g.t, "shippers started", func() bool {
+		g.p.pipe.mu.Lock()
+		applied := g.p.pipe.gen >= g.p.gen
+		g.p.pipe.mu.Unlock()
+		return applied && len(g.p.pipe.sinkStates()) == len(g.p.cfg.Sinks)
+	})
 }
 
 // eventually waits for cond, failing the test after 30s: a deadline for
@@ -519,3 +547,5 @@ func (g *gw) stats() Stats {
 	}
 	return out.Plugins["audit"]
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -35,6 +35,7 @@ type Plugin struct {
 	fhir     http.Handler // the embedded FHIR server, for /admin/audit/events
 	hasFHIR  bool         // the fhir sink is on
 	admin    *adminRegistry
+	gen      uint64 // generation of the pipeline's settings this instance asks for
 
 	closeOnce sync.Once
 }
@@ -96,7 +97,7 @@ func newPlugin(_ context.Context, cfg *Config, env *gateway.Env, opts options) (
 		return nil, err
 	}
 	p := &Plugin{name: env.Name, cfg: cfg, pipe: pipe, clock: pipe.clock, fhirBase: env.Config.FHIRBasePath(),
-		load: env.Config, fhir: deps.fhir, hasFHIR: hasFHIR}
+		load: env.Config, fhir: deps.fhir, hasFHIR: hasFHIR, gen: gen}
 	env.OnStart(func(context.Context, http.Handler) {
 		pipe.activate(gen, cfg, func(sc SinkConfig) (sink, error) { return sinkTypes[sc.Type](sc, deps) })
 	})

@@ -74,7 +74,17 @@ type spool struct {
 	total    atomic.Int64 // bytes on disk and pending
 	appended atomic.Int64 // records appended by this process
 	flushed  atomic.Int64 // records written and fsynced by this process
-	corrupt  atomic.Int64 // lines readers skipped
+	corrupt  atomic.Int64 // lines skipped by readers, each counted once
+	skipped  sync.Map     // position -> true: the lines counted in corrupt
+}
+
+// skip counts the bad line at pos once, however many readers meet it, and
+// logs it then.
+func (s *spool) skip(pos position, why string) {
+	if _, seen := s.skipped.LoadOrStore(pos, true); !seen {
+		s.corrupt.Add(1)
+		s.log.Warn("audit spool: skipped "+why, "segment", segName(pos.Seg), "offset", pos.Off)
+	}
 }
 
 // openSpool opens (creating) the spool in dir and locks it against other
@@ -326,10 +336,10 @@ func (s *spool) readSegment(seq uint64, off, limit int64, closed bool, maxLines 
 		}
 		line := rest[:i]
 		rest = rest[i+1:]
+		at := off
 		off += int64(i + 1)
 		if !json.Valid(line) {
-			s.corrupt.Add(1)
-			s.log.Warn("audit spool: skipped a line that is not JSON", "segment", segName(seq))
+			s.skip(position{seq, at}, "a line that is not JSON")
 			continue
 		}
 		lines = append(lines, line)
@@ -337,12 +347,10 @@ func (s *spool) readSegment(seq uint64, off, limit int64, closed bool, maxLines 
 	if len(lines) == 0 && len(rest) > 0 && bytes.IndexByte(rest, '\n') < 0 {
 		switch {
 		case off+int64(len(rest)) == limit && closed:
-			s.corrupt.Add(1)
-			s.log.Warn("audit spool: skipped the torn last line of a segment (a crash during a write)", "segment", segName(seq))
+			s.skip(position{seq, off}, "the torn last line of a segment (a crash during a write)")
 			off = limit
 		case int64(len(rest)) == readChunk:
-			s.corrupt.Add(1)
-			s.log.Warn("audit spool: skipped a line longer than a read", "segment", segName(seq))
+			s.skip(position{seq, off}, "a line longer than a read")
 			off += int64(len(rest))
 		}
 	}
