@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/url"
 	"slices"
@@ -104,6 +105,11 @@ func (s *patientSet) fromQuery(typ string, q url.Values) {
 // (JSON): a Patient itself, an Observation's subject and performers, and
 // so on (access.Compartments). typ and id, when known, save decoding them.
 func (s *patientSet) fromResource(typ, id string, raw []byte) {
+	// Only literal references count ("Patient/85", ".../Patient/85"): a
+	// resource without one names no patient, unless it is a Patient.
+	if !bytes.Contains(raw, patientBytes) || typ != "" && typ != "Patient" && typ != "Bundle" && !bytes.Contains(raw, patientRef) {
+		return
+	}
 	if typ == "" {
 		var head struct {
 			ResourceType string `json:"resourceType"`
@@ -129,6 +135,11 @@ func (s *patientSet) fromResource(typ, id string, raw []byte) {
 		}
 	}
 }
+
+var (
+	patientBytes = []byte("Patient")
+	patientRef   = []byte("Patient/")
+)
 
 // fromBundle adds the patients of a search set or history Bundle's
 // resources (matches and includes alike).

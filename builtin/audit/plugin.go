@@ -368,8 +368,15 @@ func (p *Plugin) build(r *http.Request, x *exchange, cw *capture, d access.Recor
 	if x.req.Interaction == fhirreq.Batch && x.ok {
 		return p.buildBundle(rec, x, d, pats, body, complete)
 	}
-	if cw.want && status < 400 && complete {
-		pats.fromBody(body)
+	if cw.want && status < 400 && complete && len(body) > 0 {
+		switch x.req.Interaction {
+		case fhirreq.Read, fhirreq.VRead, fhirreq.Update, fhirreq.Patch:
+			pats.fromResource(x.req.Type, x.req.ID, body) // the resource of the path
+		case fhirreq.Create:
+			pats.fromResource(x.req.Type, rec.ResourceID, body)
+		default:
+			pats.fromBody(body)
+		}
 	}
 	rec.Patients, rec.PatientsIncomplete = pats.ids, pats.incomplete
 	return []*Record{rec}

@@ -56,8 +56,9 @@ type spool struct {
 	now    func() time.Time
 
 	mu      sync.Mutex
-	buf     []byte // records waiting for the flush, one line each
-	spare   []byte
+	buf     [][]byte // records waiting for the flush, one line each, in chunks
+	bufLen  int      // bytes in buf
+	free    [][]byte // chunks to reuse
 	pending int
 	segs    map[uint64]int64 // durable size of each segment on disk
 	active  *os.File         // the segment flushes append to; nil until the next flush makes one
@@ -142,10 +143,14 @@ func (s *spool) append(line []byte, limit int64, dropWhenFull bool) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.buf = append(s.buf, line...)
-	s.buf = append(s.buf, '\n')
+	if k := len(s.buf) - 1; k < 0 || cap(s.buf[k])-len(s.buf[k]) < int(n) {
+		s.buf = append(s.buf, s.chunk(int(n)))
+	}
+	k := len(s.buf) - 1
+	s.buf[k] = append(append(s.buf[k], line...), '\n')
+	s.bufLen += int(n)
 	s.pending++
-	big := len(s.buf) >= kickBytes
+	big := s.bufLen >= kickBytes
 	s.mu.Unlock()
 	s.total.Add(n)
 	s.appended.Add(1)
@@ -158,6 +163,23 @@ func (s *spool) append(line []byte, limit int64, dropWhenFull bool) bool {
 	return true
 }
 
+// chunkSize is the size of the chunks the pending batch is kept in, so
+// that it grows without copying.
+const chunkSize = 64 << 10
+
+// chunk returns an empty chunk for at least n bytes; s.mu is held.
+func (s *spool) chunk(n int) []byte {
+	if n <= chunkSize {
+		if k := len(s.free) - 1; k >= 0 {
+			c := s.free[k]
+			s.free = s.free[:k]
+			return c
+		}
+		return make([]byte, 0, chunkSize)
+	}
+	return make([]byte, 0, n)
+}
+
 // bytes is the size of the spool: segments on disk and the pending batch.
 func (s *spool) bytes() int64 { return s.total.Load() }
 
@@ -168,14 +190,11 @@ func (s *spool) flush() error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	data, n := s.buf, s.pending
-	s.buf, s.spare, s.pending = s.spare[:0], nil, 0
-	f, seq, size := s.active, s.actSeq, s.segs[s.actSeq]
+	data, size, n := s.buf, s.bufLen, s.pending
+	s.buf, s.bufLen, s.pending = nil, 0, 0
+	f, seq, durable := s.active, s.actSeq, s.segs[s.actSeq]
 	s.mu.Unlock()
-	if len(data) == 0 {
-		s.mu.Lock()
-		s.spare = data
-		s.mu.Unlock()
+	if size == 0 {
 		return nil
 	}
 	err := func() error {
@@ -184,10 +203,12 @@ func (s *spool) flush() error {
 			if f, seq, err = s.newSegment(); err != nil {
 				return err
 			}
-			size = 0
+			durable = 0
 		}
-		if _, err := f.Write(data); err != nil {
-			return fmt.Errorf("write spool: %w", err)
+		for _, c := range data {
+			if _, err := f.Write(c); err != nil {
+				return fmt.Errorf("write spool: %w", err)
+			}
 		}
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("fsync spool: %w", err)
@@ -198,7 +219,7 @@ func (s *spool) flush() error {
 		if f != nil {
 			// Cut a partial write, and start a new segment next time: a
 			// segment's durable size must end a line.
-			f.Truncate(size)
+			f.Truncate(durable)
 			f.Close()
 		}
 		s.mu.Lock()
@@ -206,20 +227,25 @@ func (s *spool) flush() error {
 			s.active = nil
 		}
 		s.buf = append(data, s.buf...)
+		s.bufLen += size
 		s.pending += n
 		s.flushOK, s.lastErr = false, err.Error()
 		s.mu.Unlock()
 		return err
 	}
 	s.mu.Lock()
-	size += int64(len(data))
-	s.segs[seq] = size
+	durable += int64(size)
+	s.segs[seq] = durable
 	s.active, s.actSeq = f, seq
-	if size >= s.segMax.Load() {
+	if durable >= s.segMax.Load() {
 		f.Close()
 		s.active = nil
 	}
-	s.spare = data
+	for _, c := range data {
+		if cap(c) == chunkSize && len(s.free) < 64 {
+			s.free = append(s.free, c[:0])
+		}
+	}
 	s.flushOK, s.lastErr, s.lastAt = true, "", s.now()
 	close(s.changed)
 	s.changed = make(chan struct{})
