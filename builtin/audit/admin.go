@@ -1,6 +1,9 @@
 package audit
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -16,8 +19,9 @@ import (
 // adminRegistry lets every audit instance of a config load share one set
 // of admin endpoints:
 //
-//	GET /admin/audit/stats    the spool and each sink, per plugin instance
-//	GET /admin/audit/events   AuditEvents from the fhir sink's store
+//	GET  /admin/audit/stats   the spool and each sink, per plugin instance
+//	GET  /admin/audit/events  AuditEvents from the fhir sink's store
+//	POST /admin/audit/prune   delete the AuditEvents recorded before a date
 //
 // Each takes ?plugin=NAME to address one instance.
 type adminRegistry struct {
@@ -41,6 +45,9 @@ func mountAdmin(env *gateway.Env, p *Plugin) *adminRegistry {
 		}))
 		env.HandleAdmin(http.MethodGet, "/admin/audit/events", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			reg.events(w, r, cfg)
+		}))
+		env.HandleAdmin(http.MethodPost, "/admin/audit/prune", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			reg.prune(w, r, cfg)
 		}))
 	}
 	return reg
@@ -138,15 +145,8 @@ func (reg *adminRegistry) stats(w http.ResponseWriter, r *http.Request, cfg *gat
 // and until FHIR dates or instants (2026-09-01, 2026-09-01T10:00:00Z),
 // count the page size (default 100).
 func (reg *adminRegistry) events(w http.ResponseWriter, r *http.Request, cfg *gateway.Config) {
-	var p *Plugin
-	for _, x := range reg.plugins(r, cfg) {
-		if x.hasFHIR {
-			p = x
-			break
-		}
-	}
+	p := reg.fhirPlugin(w, r, cfg)
 	if p == nil {
-		gateway.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no audit plugin here writes to the FHIR server (sinks: [{type: fhir}])"})
 		return
 	}
 	q, err := eventsQuery(r.URL.Query())
@@ -166,6 +166,105 @@ func (reg *adminRegistry) events(w http.ResponseWriter, r *http.Request, cfg *ga
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(res.status)
 	w.Write(res.body.Bytes())
+}
+
+// fhirPlugin returns the first plugin with a fhir sink, or answers 404.
+func (reg *adminRegistry) fhirPlugin(w http.ResponseWriter, r *http.Request, cfg *gateway.Config) *Plugin {
+	for _, x := range reg.plugins(r, cfg) {
+		if x.hasFHIR {
+			return x
+		}
+	}
+	gateway.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no audit plugin here writes to the FHIR server (sinks: [{type: fhir}])"})
+	return nil
+}
+
+// prune answers POST /admin/audit/prune?before=DATE: it deletes, through
+// the embedded FHIR server in process, the AuditEvents recorded before
+// DATE (a date or an instant), and says how many. A delete in the FHIR
+// server keeps the versions in the resource's history: the pruned events
+// no longer answer searches and reads, but the store does not shrink.
+func (reg *adminRegistry) prune(w http.ResponseWriter, r *http.Request, cfg *gateway.Config) {
+	p := reg.fhirPlugin(w, r, cfg)
+	if p == nil {
+		return
+	}
+	before := r.URL.Query().Get("before")
+	if !validDate(before) {
+		gateway.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": "before: want a date or an instant (2020-01-01, 2020-01-01T00:00:00Z)"})
+		return
+	}
+	deleted, err := p.prune(r.Context(), before)
+	if err != nil {
+		gateway.WriteJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error(), "deleted": deleted})
+		return
+	}
+	gateway.WriteJSON(w, http.StatusOK, map[string]any{"before": before, "deleted": deleted})
+}
+
+// prune deletes the AuditEvents recorded before a date, a page at a time.
+func (p *Plugin) prune(ctx context.Context, before string) (int, error) {
+	deleted := 0
+	for {
+		q := url.Values{"date": {"lt" + before}, "_count": {"500"}, "_elements": {"id"}}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.fhirBase+"/AuditEvent?"+q.Encode(), nil)
+		if err != nil {
+			return deleted, err
+		}
+		res := newResponseBuffer()
+		p.fhir.ServeHTTP(res, req)
+		if res.status != http.StatusOK {
+			return deleted, fmt.Errorf("search AuditEvents: %d %s", res.status, diagnostics(res.body.Bytes()))
+		}
+		var page struct {
+			Entry []struct {
+				Resource struct {
+					ID string `json:"id"`
+				} `json:"resource"`
+			} `json:"entry"`
+		}
+		if err := json.Unmarshal(res.body.Bytes(), &page); err != nil {
+			return deleted, fmt.Errorf("search AuditEvents: %w", err)
+		}
+		if len(page.Entry) == 0 {
+			return deleted, nil
+		}
+		b := map[string]any{"resourceType": "Bundle", "type": "batch"}
+		var entries []map[string]any
+		for _, e := range page.Entry {
+			entries = append(entries, map[string]any{"request": map[string]string{"method": "DELETE", "url": "AuditEvent/" + e.Resource.ID}})
+		}
+		b["entry"] = entries
+		body, _ := json.Marshal(b)
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, p.fhirBase, bytes.NewReader(body))
+		if err != nil {
+			return deleted, err
+		}
+		req.Header.Set("Content-Type", "application/fhir+json")
+		res = newResponseBuffer()
+		p.fhir.ServeHTTP(res, req)
+		if res.status != http.StatusOK {
+			return deleted, fmt.Errorf("delete AuditEvents: %d %s", res.status, diagnostics(res.body.Bytes()))
+		}
+		var out struct {
+			Entry []struct {
+				Response struct {
+					Status string `json:"status"`
+				} `json:"response"`
+			} `json:"entry"`
+		}
+		json.Unmarshal(res.body.Bytes(), &out)
+		n := 0
+		for _, e := range out.Entry {
+			if code := statusCode(e.Response.Status); code >= 200 && code < 300 {
+				n++
+			}
+		}
+		deleted += n
+		if n == 0 {
+			return deleted, fmt.Errorf("delete AuditEvents: none of %d deleted", len(page.Entry))
+		}
+	}
 }
 
 // eventsQuery turns the endpoint's parameters into an AuditEvent search.

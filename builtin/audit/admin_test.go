@@ -3,6 +3,7 @@ package audit
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,34 @@ func TestStatsAndMetrics(t *testing.T) {
 	}
 	if ping := g.admin("GET", "/ping").Body.String(); !strings.Contains(ping, `"audit-sink:siem"`) || !strings.Contains(ping, `"status": "ok"`) {
 		t.Errorf("/ping: %s", ping)
+	}
+}
+
+// POST /admin/audit/prune deletes the AuditEvents recorded before a date,
+// and only those.
+func TestPrune(t *testing.T) {
+	g := newGateway(t, gwOptions{})
+	for i := range 3 {
+		g.must(404, nurse, "GET", "/fhir/R4/Patient/old"+strconv.Itoa(i), "")
+	}
+	g.clock.Advance(48 * time.Hour)
+	g.must(404, nurse, "GET", "/fhir/R4/Patient/new", "", "X-Request-Id", "new")
+	g.settle()
+	if n := len(g.events("")); n != 4 {
+		t.Fatalf("%d AuditEvents before pruning, want 4", n)
+	}
+	if rec := g.admin("POST", "/admin/audit/prune?before=someday"); rec.Code != 400 {
+		t.Errorf("a bad date: %d", rec.Code)
+	}
+	rec := g.admin("POST", "/admin/audit/prune?before="+testEpoch.Add(24*time.Hour).Format("2006-01-02"))
+	var out struct {
+		Deleted int `json:"deleted"`
+	}
+	json.Unmarshal(rec.Body.Bytes(), &out)
+	if rec.Code != 200 || out.Deleted != 3 {
+		t.Fatalf("prune: %d %s", rec.Code, rec.Body)
+	}
+	if evs := g.events(""); len(evs) != 1 || requestIDOf(evs[0]) != "new" {
+		t.Errorf("after pruning: %d AuditEvents", len(evs))
 	}
 }
