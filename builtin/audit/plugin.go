@@ -168,6 +168,12 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	x := &exchange{base: base, req: req, ok: ok, query: r.URL.RawQuery}
 	p.readRequest(r, x)
+	if x.writesAuditTrail() {
+		cw := &capture{ResponseWriter: w}
+		gateway.Error(cw, r, http.StatusForbidden, reasonProtected)
+		p.record(r, x, cw, access.RecordData{Decided: true, Reason: reasonProtected})
+		return
+	}
 	ctx, decision := access.WithRecord(r.Context())
 	cw := &capture{ResponseWriter: w, max: int(p.cfg.InspectBytes), want: p.cfg.InspectBytes > 0 && needsResponse(req, ok)}
 	finished := false
@@ -183,6 +189,34 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 	next.ServeHTTP(cw, r.WithContext(ctx))
 	finished = true
 	p.record(r, x, cw, decision.Get())
+}
+
+// reasonProtected is why writes of AuditEvent through a route are refused.
+const reasonProtected = "the audit trail is written by the gateway only"
+
+// writesAuditTrail reports whether the request (or an entry of its Bundle)
+// creates, updates, patches or deletes an AuditEvent: whatever access
+// control says, the plugin refuses it, so that the trail cannot be forged
+// or erased through the API.
+func (x *exchange) writesAuditTrail() bool {
+	writes := func(r fhirreq.Request) bool {
+		switch r.Interaction {
+		case fhirreq.Create, fhirreq.Update, fhirreq.Patch, fhirreq.Delete:
+			return r.Type == "AuditEvent"
+		}
+		return false
+	}
+	if !x.ok {
+		return false
+	}
+	if x.bundle != nil {
+		for i := range x.bundle.Entries {
+			if writes(x.bundle.Entries[i].Request) {
+				return true
+			}
+		}
+	}
+	return writes(x.req)
 }
 
 // baseFor returns the FHIR base of a request: the embedded server's, or,

@@ -3,6 +3,7 @@ package audit
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -136,6 +137,44 @@ func TestWithoutAuthz(t *testing.T) {
 	if len(got) != 1 || got[0].Decision != DecisionNone || got[0].User != "" || got[0].Interaction != "read" ||
 		!slices.Equal(got[0].Patients, []string{"85"}) {
 		t.Fatalf("records: %+v", got)
+	}
+}
+
+// Whatever access control says (here: none), the audit trail cannot be
+// written through the API: not created, updated, patched or deleted, not
+// in a Bundle either. The refusal is itself recorded.
+func TestAuditTrailIsNotWritableThroughTheAPI(t *testing.T) {
+	g := newGateway(t, gwOptions{noAuthz: true})
+	g.must(404, nurse, "GET", "/fhir/R4/Patient/none", "")
+	g.settle()
+	id := g.events("")[0]["id"].(string)
+	ev := `{"resourceType":"AuditEvent","type":{"code":"rest"},"recorded":"2026-09-01T10:00:00Z","agent":[{"requestor":true}],"source":{"observer":{"display":"x"}}}`
+	for i, c := range []struct{ method, path, body string }{
+		{"POST", "/fhir/R4/AuditEvent", ev},
+		{"PUT", "/fhir/R4/AuditEvent/" + id, ev},
+		{"PATCH", "/fhir/R4/AuditEvent/" + id, `[{"op":"replace","path":"/outcome","value":"0"}]`},
+		{"DELETE", "/fhir/R4/AuditEvent/" + id, ""},
+		{"DELETE", "/fhir/R4/AuditEvent?date=lt2030-01-01", ""},
+		{"POST", "/fhir/R4", `{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/1"}},{"request":{"method":"DELETE","url":"AuditEvent/` + id + `"}}]}`},
+	} {
+		ct := []string{"X-Request-Id", "tamper-" + strconv.Itoa(i)}
+		if c.method == "PATCH" {
+			ct = append(ct, "Content-Type", "application/json-patch+json")
+		}
+		rec := g.must(403, nurse, c.method, c.path, c.body, ct...)
+		if !strings.Contains(rec.Body.String(), "OperationOutcome") {
+			t.Errorf("%s %s: %s", c.method, c.path, rec.Body)
+		}
+	}
+	g.settle()
+	for i := range 6 {
+		r := byRequest(g.records(), "tamper-"+strconv.Itoa(i))
+		if len(r) == 0 || r[0].Decision != DecisionDenied || r[0].Reason != reasonProtected || r[0].Status != 403 {
+			t.Errorf("tamper-%d: %+v", i, r)
+		}
+	}
+	if rec := g.must(200, nurse, "GET", "/fhir/R4/AuditEvent/"+id, ""); !strings.Contains(rec.Body.String(), `"outcome":"4"`) {
+		t.Errorf("the AuditEvent changed: %s", rec.Body)
 	}
 }
 
