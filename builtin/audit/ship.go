@@ -83,10 +83,11 @@ func (sh *shipper) run() {
 	defer close(sh.done)
 	clk := sh.p.clock
 	failures := 0
+	var rbuf []byte // the lines of a batch point into it
 	for {
 		changed := sh.p.spool.wait() // before reading: no flush is missed
 		pos := sh.position()
-		lines, next, err := sh.p.spool.read(pos, sh.batch)
+		lines, next, err := sh.p.spool.read(pos, sh.batch, &rbuf)
 		if err == nil && len(lines) == 0 {
 			sh.mu.Lock()
 			sh.pos, sh.oldest = next, time.Time{}

@@ -36,8 +36,12 @@ const (
 // that a burst does not pile up in memory.
 const kickBytes = 4 << 20
 
-// readChunk is the most bytes a read of a segment takes at once.
-const readChunk = 4 << 20
+// readChunk is the most bytes a read of a segment takes at once, and
+// lineGuess what a record line takes, to size reads.
+const (
+	readChunk = 4 << 20
+	lineGuess = 1 << 10
+)
 
 func segName(seq uint64) string { return fmt.Sprintf("%s%020d%s", segPrefix, seq, segSuffix) }
 
@@ -308,7 +312,10 @@ func (s *spool) segAtOrAfter(seq uint64) (uint64, int64, bool) {
 
 // read returns up to max record lines from pos on, and the position after
 // them. It returns no lines at the end of what was flushed.
-func (s *spool) read(pos position, maxLines int) ([][]byte, position, error) {
+//
+// The lines point into *buf, which read grows as needed and the caller
+// reuses: they are valid until the next read with the same buffer.
+func (s *spool) read(pos position, maxLines int, buf *[]byte) ([][]byte, position, error) {
 	for {
 		s.mu.Lock()
 		seq, limit, ok := s.segAtOrAfter(pos.Seg)
@@ -328,7 +335,7 @@ func (s *spool) read(pos position, maxLines int) ([][]byte, position, error) {
 			pos = position{Seg: seq + 1}
 			continue
 		}
-		lines, next, err := s.readSegment(seq, pos.Off, limit, !active, maxLines)
+		lines, next, err := s.readSegment(seq, pos.Off, limit, !active, maxLines, buf)
 		if err != nil {
 			return nil, pos, err
 		}
@@ -342,16 +349,28 @@ func (s *spool) read(pos position, maxLines int) ([][]byte, position, error) {
 // readSegment reads whole lines of segment seq between off and limit.
 // closed says no more will be written to it: a last line without its
 // newline was torn by a crash and is skipped.
-func (s *spool) readSegment(seq uint64, off, limit int64, closed bool, maxLines int) ([][]byte, position, error) {
+func (s *spool) readSegment(seq uint64, off, limit int64, closed bool, maxLines int, bufp *[]byte) ([][]byte, position, error) {
 	f, err := os.Open(filepath.Join(s.dir, segName(seq)))
 	if err != nil {
 		return nil, position{seq, off}, fmt.Errorf("read spool: %w", err)
 	}
 	defer f.Close()
-	n := min(limit-off, readChunk)
-	buf := make([]byte, n)
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
-		return nil, position{seq, off}, fmt.Errorf("read spool: %w", err)
+	// Read about what maxLines lines take; more when not even one line
+	// fits, up to readChunk.
+	n := min(limit-off, max(int64(maxLines)*lineGuess, 64<<10), readChunk)
+	var buf []byte
+	for {
+		if int64(cap(*bufp)) < n {
+			*bufp = make([]byte, n)
+		}
+		buf = (*bufp)[:n]
+		if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+			return nil, position{seq, off}, fmt.Errorf("read spool: %w", err)
+		}
+		if bytes.IndexByte(buf, '\n') >= 0 || n == limit-off || n == readChunk {
+			break
+		}
+		n = min(4*n, limit-off, readChunk)
 	}
 	var lines [][]byte
 	rest := buf
