@@ -25,7 +25,7 @@ func segmentFiles(t *testing.T, dir string) []string {
 func TestSegmentsRotateAndAreDeleted(t *testing.T) {
 	flaky := filepath.Join(t.TempDir(), "flaky.jsonl")
 	flakyCounter(flaky).Store(-1)
-	g := newGateway(t, gwOptions{audit: fmt.Sprintf("flush_interval: 1h\nsegment_bytes: 1KiB\nretry_min: 1h\nretry_max: 1h\nsinks: [{type: file, path: %q}, {type: flaky, path: %q}]",
+	g := newGateway(t, gwOptions{audit: fmt.Sprintf("flush_interval: 1h\nsegment_bytes: 1KiB\nretry_min: 10m\nretry_max: 10m\nsinks: [{type: file, path: %q}, {type: flaky, path: %q}]",
 		filepath.Join(t.TempDir(), "file.jsonl"), flaky)})
 	for i := range 20 {
 		g.must(404, nurse, "GET", "/fhir/R4/Patient/none", "", "X-Request-Id", "s"+strconv.Itoa(i))
@@ -38,8 +38,9 @@ func TestSegmentsRotateAndAreDeleted(t *testing.T) {
 	if n := len(segmentFiles(t, g.dir)); n < 3 {
 		t.Fatalf("%d segments: no rotation, or deleted while the flaky sink has not read them", n)
 	}
+	eventually(t, "the flaky sink waits to retry", func() bool { _, ok := g.backoffTimer(); return ok })
 	flakyCounter(flaky).Store(0)
-	g.clock.Advance(time.Hour)
+	g.clock.Advance(10 * time.Minute)
 	eventually(t, "the flaky sink caught up", func() bool { return g.sink("flaky").BehindBytes == 0 })
 	eventually(t, "shipped segments deleted", func() bool { return len(segmentFiles(t, g.dir)) <= 1 })
 	if st := g.stats(); st.Segments > 1 || st.SpoolBytes > 1<<10 {
