@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -128,6 +129,49 @@ func (e *Env) OnStart(fn func(ctx context.Context, h http.Handler)) {
 // Handler returns the gateway's public handler, for requests made in
 // process (see OnStart). It serves whichever config load is current.
 func (e *Env) Handler() http.Handler { return e.rt.srv }
+
+// FHIRHandler returns the embedded FHIR server for requests a plugin makes
+// in process, outside every route: no plugin runs on them (no session, no
+// access control, no audit, no cache), and they are neither logged nor
+// counted as requests. The audit plugin writes its AuditEvents through it.
+//
+// From when the plugin's own config load serves until that load has closed,
+// it serves with that load's FHIR server, so a plugin may use it until its
+// Close returns (the FHIR server is closed after the plugins); otherwise
+// (while the load is being built, after it closed) with that of whichever
+// load is current. It answers 503 with an OperationOutcome when that load
+// has no route with "fhir: true", and before the first config load serves
+// (so not from a constructor of the first load). A request keeps the load
+// it uses open until it finishes.
+func (e *Env) FHIRHandler() http.Handler { return inProcessFHIR{e.rt} }
+
+// inProcessFHIR is the handler FHIRHandler returns.
+type inProcessFHIR struct{ own *runtime }
+
+func (h inProcessFHIR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s, rt := h.own.srv, h.own
+	if !rt.started.Load() || rt.closed.Load() {
+		rt = s.cur.Load()
+	}
+	if rt == nil || rt.fhir == nil {
+		writeError(w, http.StatusServiceUnavailable, "no embedded FHIR server is serving", true)
+		return
+	}
+	rt.inflight.Add(1)
+	defer rt.release()
+	defer func() {
+		// A panic here would end the plugin's goroutine, and the process.
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				return
+			}
+			s.metrics.panics.WithLabelValues("fhir").Inc()
+			s.logger.Error("panic recovered in an in-process FHIR request", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			writeError(w, http.StatusInternalServerError, "internal error", true)
+		}
+	}()
+	rt.fhir.ServeHTTP(w, r)
+}
 
 // AddHealth adds a component to /ping. check is called on every /ping.
 func (e *Env) AddHealth(name string, check func() Health) {

@@ -88,11 +88,17 @@ type runtime struct {
 	unmatched     *route
 	unmatchedFHIR *route
 	fhirBase      string
+	// fhir is the embedded FHIR server, nil when no route uses it; written
+	// by build before the runtime is published, read by Env.FHIRHandler.
+	fhir http.Handler
 
 	inflight atomic.Int64
 	retired  atomic.Bool
-	idleOnce sync.Once
-	idle     chan struct{}
+	// started is set once the runtime serves, closed once it has closed
+	// (Env.FHIRHandler).
+	started, closed atomic.Bool
+	idleOnce        sync.Once
+	idle            chan struct{}
 }
 
 // New builds a server from cfg: every plugin is constructed and every route
@@ -206,9 +212,12 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 			return nil, cfg.Errorf("fhir", "%v", err)
 		}
 		if c, ok := fhir.(io.Closer); ok {
-			rt.closers = append(rt.closers, c)
+			// First in the list, so closed last: after the plugins,
+			// which may still write to it as they close.
+			rt.closers = append([]io.Closer{c}, rt.closers...)
 		}
 	}
+	rt.fhir = fhir
 
 	handles := make([]httprouter.Handle, len(cfg.Routes))
 	for i := range cfg.Routes {
@@ -413,6 +422,7 @@ func (rt *runtime) release() {
 func (s *Server) runOnStart(rt *runtime) {
 	ctx, cancel := context.WithCancel(context.Background())
 	rt.cancel = cancel
+	rt.started.Store(true)
 	for _, fn := range rt.onStart {
 		go fn(ctx, s)
 	}
@@ -451,6 +461,7 @@ func (rt *runtime) close() {
 		}
 	}
 	rt.closers = nil
+	rt.closed.Store(true)
 	rt.srv.releaseShared(rt)
 }
 

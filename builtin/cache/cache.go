@@ -212,6 +212,11 @@ func (c *Cache) redisChanged(up bool) {
 	c.mem.clear()
 }
 
+// uncachedTypes are never cached: AuditEvents are written in process by
+// the audit plugin, where the cache does not see the writes, and a read of
+// the audit trail must show the latest accesses.
+var uncachedTypes = map[string]bool{"AuditEvent": true}
+
 // store returns the tier to use now, or nil to bypass.
 func (c *Cache) store() tier {
 	if c.redis == nil {
@@ -292,6 +297,10 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 		var typ string
 		var patient bool
 		tags, typ, patient = readTags(r.URL.Path, vals, c.fhirBase)
+		if uncachedTypes[typ] {
+			c.bypass(w, r, next, st)
+			return
+		}
 		if patient {
 			ttl = c.cfg.PatientTTL
 		}

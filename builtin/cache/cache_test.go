@@ -54,6 +54,23 @@ func TestHitMissAndTTL(t *testing.T) {
 	}
 }
 
+// TestAuditEventsNotCached: the audit trail is written in process, where
+// the cache cannot see it: its reads and searches are never cached.
+func TestAuditEventsNotCached(t *testing.T) {
+	up := newFakeFHIR(t)
+	g := newGateway(t, "", up, "")
+	for _, path := range []string{"/fhir/R4/AuditEvent/1", "/fhir/R4/AuditEvent?patient=85"} {
+		for range 2 {
+			if x, _, rec := g.get(path, "u1"); x != "BYPASS" || rec.Code != 200 {
+				t.Errorf("%s: %s %d", path, x, rec.Code)
+			}
+		}
+	}
+	if x, _, _ := g.get("/fhir/R4/Observation/1", "u1"); x != "MISS" {
+		t.Errorf("other types are cached: %s", x)
+	}
+}
+
 func TestKeyNormalization(t *testing.T) {
 	up := newFakeFHIR(t)
 	g := newGateway(t, "", up, "")
