@@ -93,7 +93,7 @@ routes:
 	}
 	// The embedded default config checks, with its chains.
 	code, out, errOut = runCLI("config", "check")
-	if code != 0 || !strings.Contains(out, "session -> ratelimit -> cache -> fhir") {
+	if code != 0 || !strings.Contains(out, "session -> audit -> authz -> ratelimit -> cache -> fhir") {
 		t.Errorf("config check of the embedded config: %d %s %s", code, out, errOut)
 	}
 	if code, _, errOut := runCLI("frobnicate"); code != 2 || !strings.Contains(errOut, "unknown command") {
