@@ -258,9 +258,15 @@ func startOnce(ctx context.Context, o *Options, idx int, name, cfg, dir string, 
 		return nil, err
 	}
 	defer logf.Close()
+	// Each process works in a folder of its own: relative paths in the
+	// config (an audit spool, say) are not shared.
+	work := filepath.Join(dir, name)
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(o.Binary, "serve", "-config", cfg)
 	cmd.Env = childEnv(append(slices.Clone(o.Env), "OMNIGATE_LISTEN="+addr, "OMNIGATE_ADMIN="+admin)...)
-	cmd.Dir = dir
+	cmd.Dir = work
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = procgroup.Attr()
 	if err := cmd.Start(); err != nil {

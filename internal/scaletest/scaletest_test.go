@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/omnigate/omnigate/builtin/audit"
+	"github.com/omnigate/omnigate/builtin/authz"
 	_ "github.com/omnigate/omnigate/builtin/cache"
 	_ "github.com/omnigate/omnigate/builtin/fhir"
 	_ "github.com/omnigate/omnigate/builtin/ratelimit"
@@ -356,10 +358,24 @@ func TestUserConfig(t *testing.T) {
 		}
 	}
 	b, _ := os.ReadFile(fleet)
-	for _, w := range []string{"file: " + filepath.Join(dir, "users.yaml"), "ops:", "limit: 1000000000", "path: /fhir/R4/*path", "fhir_errors: true"} {
+	for _, w := range []string{"file: " + filepath.Join(dir, "users.yaml"), "ops:", "limit: 1000000000", "path: /fhir/R4/*path", "fhir_errors: true",
+		"path: ./data/audit.jsonl"} {
 		if !strings.Contains(string(b), w) {
 			t.Errorf("fleet config lacks %q:\n%s", w, b)
 		}
+	}
+	var authzCfg *authz.Config
+	for _, ps := range cfg.Plugins {
+		if c, ok := ps.Config.(*authz.Config); ok {
+			authzCfg = c
+		}
+	}
+	if authzCfg == nil || len(authzCfg.Roles[probeRole].Scopes) != 1 || len(authzCfg.Roles["nurse"].Scopes) < 2 {
+		t.Errorf("authz roles: the probe role, and the default roles kept: %+v", authzCfg)
+	}
+	// The instances have no embedded FHIR server for the audit's fhir sink.
+	if strings.Contains(string(b), "type: fhir") {
+		t.Errorf("fleet config keeps the audit fhir sink:\n%s", b)
 	}
 	for _, bad := range []struct{ yaml, err string }{
 		{"routes:\n  - fhir: true\n", "no session plugin"},
