@@ -132,7 +132,7 @@ func (c *call) planExchange(x *exchange, dec access.Decision, perm access.Perm) 
 		}
 		out := x.clone()
 		stripForCheck(out.query, false)
-		pl = &plan{out: out, check: c.bundleCheck(fixedDecision(typ, dec), nil, false)}
+		pl = &plan{out: out, check: c.instanceHistoryCheck(typ, x.req.ID, dec)}
 	case fhirreq.SearchType, fhirreq.SearchSystem:
 		pl = c.planSearch(x, dec)
 	case fhirreq.HistoryType, fhirreq.HistorySystem:
@@ -240,6 +240,30 @@ func (c *call) resourceCheck(typ, id string, dec access.Decision) func(int, []by
 			return verdict{status: http.StatusNotFound, denied: true, reason: why, msg: typ + "/" + id + " is not known"}
 		}
 		return asAnswered(status)
+	}
+}
+
+// instanceHistoryCheck vets the history of one resource: the versions the
+// decision does not admit are removed, and when none is left the resource
+// is answered as a read of it would be, 404, as if it did not exist (an
+// empty history would tell that it does).
+func (c *call) instanceHistoryCheck(typ, id string, dec access.Decision) func(int, []byte) verdict {
+	return func(status int, body []byte) verdict {
+		if status != http.StatusOK {
+			return asAnswered(status)
+		}
+		out, st, err := filterBundle(body, fixedDecision(typ, dec), nil)
+		if err != nil {
+			return failed("the upstream answered with a Bundle the gateway cannot read: " + err.Error())
+		}
+		if st.match+st.bare > 0 {
+			c.p.metrics.removed.WithLabelValues(c.route, "read").Add(float64(st.match))
+		}
+		if st.kept == 0 {
+			return verdict{status: http.StatusNotFound, denied: true, reason: "no version of " + typ + "/" + id + " is in the policy",
+				msg: typ + "/" + id + " is not known"}
+		}
+		return verdict{status: status, body: out}
 	}
 }
 

@@ -101,6 +101,7 @@ func replaceMember(ms []member, key string, value json.RawMessage) []member {
 // filterStats counts what filterBundle removed.
 type filterStats struct {
 	match, include, bare int
+	kept                 int // entries left
 }
 
 // filterBundle removes from a searchset or history Bundle the entries whose
@@ -179,6 +180,7 @@ func filterBundle(body []byte, decide func(typ, mode string) access.Decision, ke
 			st.match++
 		}
 	}
+	st.kept = len(kept)
 	if len(kept) == len(entries) {
 		return body, st, nil
 	}
