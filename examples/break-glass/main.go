@@ -3,7 +3,9 @@
 // marked for the policies after it (X-Break-Glass-Granted, which the
 // smart-scopes example honours), and an audit record is written to the
 // gateway log and to the shared KV. Clients cannot set the mark
-// themselves: it is removed from every request first.
+// themselves: it is removed from every request first. For a batch or
+// transaction the access covers each entry, and the record names each
+// (wasm.Request.Interactions); one that cannot be named is refused.
 //
 // Build it with "omnigate plugin build ./examples/break-glass".
 package main
@@ -12,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/omnigate/omnigate/sdk/wasm"
@@ -59,7 +63,20 @@ type audit struct {
 	Path        string `json:"path"`
 	Interaction string `json:"interaction,omitempty"`
 	Type        string `json:"type,omitempty"`
-	Reason      string `json:"reason"`
+	// Entries are the entries of a batch or transaction, each of which
+	// the emergency access covers.
+	Entries []auditEntry `json:"entries,omitempty"`
+	Reason  string       `json:"reason"`
+}
+
+// auditEntry is one entry of a batch or transaction: its interaction and
+// what it names, as Path names a plain request's (the url without its
+// query).
+type auditEntry struct {
+	Interaction string `json:"interaction"`
+	Type        string `json:"type,omitempty"`
+	Method      string `json:"method"`
+	Path        string `json:"path"`
 }
 
 func onRequest(r *wasm.Request) {
@@ -89,8 +106,21 @@ func onRequest(r *wasm.Request) {
 		Path:      r.Path(),
 		Reason:    reason,
 	}
+	what := ""
 	if f, ok := r.FHIR(); ok {
 		rec.Interaction, rec.Type = f.Interaction, f.Type
+		what = f.Interaction + " " + f.Type
+	}
+	if rec.Interaction == "batch" {
+		// The access covers each entry: each is audited, or none passes.
+		entries, why, status := bundleEntries(r)
+		if status != 0 {
+			wasm.Count("refused", 1)
+			r.Deny(status, "break-glass access needs an auditable request: "+why)
+			return
+		}
+		rec.Entries = entries
+		what = summary(entries)
 	}
 	key := "audit:" + rec.RequestID
 	b, _ := json.Marshal(rec)
@@ -103,6 +133,38 @@ func onRequest(r *wasm.Request) {
 	}
 	wasm.KV.Incr("count:"+id.User+":"+rec.Time[:10], 1, 48*time.Hour)
 	wasm.Count("granted", 1)
-	wasm.Warnf("break-glass access granted: user=%s role=%s %s %s audit=%s", id.User, id.Role, rec.Interaction, rec.Type, key)
+	wasm.Warnf("break-glass access granted: user=%s role=%s %s audit=%s", id.User, id.Role, what, key)
 	r.Header.Set(Granted, key)
+}
+
+// bundleEntries lists the entries of a batch or transaction for the audit
+// record; a Bundle whose entries cannot all be named gets a refusal
+// status and why.
+func bundleEntries(r *wasm.Request) ([]auditEntry, string, int) {
+	list, err := r.Interactions()
+	switch {
+	case errors.Is(err, wasm.ErrTooLarge):
+		return nil, "the batch or transaction is too large to read", 413
+	case err != nil:
+		return nil, "the batch or transaction cannot be read", 400
+	}
+	out := make([]auditEntry, len(list))
+	for i, e := range list {
+		if e.Interaction == "" {
+			return nil, "entry[" + strconv.Itoa(i) + "] is not a FHIR interaction", 400
+		}
+		path, _, _ := strings.Cut(e.URL, "?")
+		out[i] = auditEntry{Interaction: e.Interaction, Type: e.Type, Method: e.Method, Path: path}
+	}
+	return out, "", 0
+}
+
+// summary names a Bundle's entries for the log, without ids: "batch of 2:
+// read Patient, delete Observation".
+func summary(entries []auditEntry) string {
+	parts := make([]string, len(entries))
+	for i, e := range entries {
+		parts[i] = strings.TrimSpace(e.Interaction + " " + e.Type)
+	}
+	return "batch of " + strconv.Itoa(len(entries)) + ": " + strings.Join(parts, ", ")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/omnigate/omnigate/gateway"
@@ -76,4 +77,69 @@ func TestAllowedOperation(t *testing.T) {
 
 func TestCases(t *testing.T) {
 	wasmtest.RunCases(t, wasmtest.Build(t, "."), "cases.yaml")
+}
+
+// TestBundles: a batch or transaction is decided entry by entry, so that
+// wrapping a request in a Bundle gets it no further than sending it alone.
+func TestBundles(t *testing.T) {
+	p := wasmtest.Load(t, wasmtest.Build(t, "."), wasmtest.Options{MaxRequestBody: 4 << 10})
+	nurse := &gateway.Identity{UserID: "n1", Role: "nurse", Scopes: []string{"user/*.rs"}}
+	patient := &gateway.Identity{UserID: "pat1", Role: "patient", Scopes: []string{"patient/*.cruds"}, PatientID: "p1"}
+	bundle := func(typ string, entries ...string) string {
+		return `{"resourceType":"Bundle","type":"` + typ + `","entry":[` + strings.Join(entries, ",") + `]}`
+	}
+	get := func(url string) string { return `{"request":{"method":"GET","url":"` + url + `"}}` }
+	create := func(typ, subject string) string {
+		return `{"resource":{"resourceType":"` + typ + `","subject":{"reference":"Patient/` + subject + `"}},"request":{"method":"POST","url":"` + typ + `"}}`
+	}
+	for _, tc := range []struct {
+		name     string
+		who      *gateway.Identity
+		method   string
+		path     string
+		body     string
+		decision string
+		status   int
+		contains string
+	}{
+		{"the nurse's DELETE alone", nurse, "DELETE", "/fhir/R4/Observation/o1", "", wasmtest.Deny, 403, "no scope grants d on Observation"},
+		{"the nurse's batch with the same DELETE", nurse, "POST", "/fhir/R4",
+			bundle("batch", get("Patient/p1"), `{"request":{"method":"DELETE","url":"Observation/o1"}}`),
+			wasmtest.Deny, 403, "entry[1] (delete Observation): no scope grants d on Observation"},
+		{"the DELETE as a transaction", nurse, "POST", "/fhir/R4",
+			bundle("transaction", `{"request":{"method":"DELETE","url":"Observation/o1"}}`),
+			wasmtest.Deny, 403, "entry[0] (delete Observation)"},
+		{"a conditional delete in a batch", nurse, "POST", "/fhir/R4",
+			bundle("batch", `{"request":{"method":"DELETE","url":"Observation?code=x"}}`),
+			wasmtest.Deny, 403, "entry[0] (delete Observation)"},
+		{"a nested batch", nurse, "POST", "/fhir/R4",
+			bundle("batch", `{"resource":{"resourceType":"Bundle","type":"batch"},"request":{"method":"POST","url":""}}`),
+			wasmtest.Deny, 403, "entry[0] (batch): batch is not allowed"},
+		{"the nurse's batch of reads", nurse, "POST", "/fhir/R4",
+			bundle("batch", get("Patient/p1"), get("Observation?code=1234-5"), get("metadata")),
+			wasmtest.Allow, 200, ""},
+		{"a transaction creating for another patient", patient, "POST", "/fhir/R4",
+			bundle("transaction", create("Observation", "p1"), create("Condition", "p2")),
+			wasmtest.Deny, 403, "entry[1] (create Condition): the new resource does not belong to the patient"},
+		{"a create whose resource is of another type", patient, "POST", "/fhir/R4",
+			bundle("transaction", `{"resource":{"resourceType":"Patient","id":"p1"},"request":{"method":"POST","url":"Observation"}}`),
+			wasmtest.Deny, 403, "entry[0] (create Observation): cannot read the resource to create"},
+		{"a transaction within the patient's compartment", patient, "POST", "/fhir/R4",
+			bundle("transaction", create("Observation", "p1"), create("Condition", "p1"), get("Patient/p1")),
+			wasmtest.Allow, 200, ""},
+		{"a batch over max_request_body", nurse, "POST", "/fhir/R4",
+			bundle("batch", strings.Repeat(get("Patient/p1")+",", 200)+get("Patient/p1")),
+			wasmtest.Deny, 413, "too large to check"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := p.Do(t, wasmtest.Request{Method: tc.method, Path: tc.path, Body: tc.body, Identity: tc.who,
+				Upstream: wasmtest.Upstream{Body: `{"resourceType":"Bundle","type":"batch-response"}`}})
+			if res.Decision != tc.decision || res.Status != tc.status || !strings.Contains(res.Body, tc.contains) {
+				t.Fatalf("got %s %d %s", res.Decision, res.Status, res.Body)
+			}
+			if res.Decision == wasmtest.Allow && res.UpstreamBody != tc.body {
+				t.Errorf("the upstream got %q", res.UpstreamBody)
+			}
+		})
+	}
 }

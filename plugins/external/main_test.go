@@ -3,6 +3,7 @@ package external
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -45,6 +46,10 @@ func serveHelper(mode string) {
 		external.Serve(&responsePolicy{})
 	case "require-header":
 		external.Serve(&requireHeader{})
+	case "interactions":
+		external.Serve(&interactionsPolicy{})
+	case "interactions-body":
+		external.Serve(&interactionsPolicy{readBody: true})
 	case "mismatch": // built against a later contract
 		cfg := external.ServeConfig(&testPolicy{})
 		cfg.ProtocolVersion = contract.ProtocolVersion + 1
@@ -158,6 +163,35 @@ func (p *responsePolicy) OnResponse(ctx context.Context, r *external.Response) e
 		r.SetBody(bytes.ToUpper(r.Body))
 	}
 	return nil
+}
+
+// interactionsPolicy tells what it saw of the request's FHIR interactions:
+// in the request header X-Seen-Interactions (which the test upstream
+// echoes) and in the response header X-Response-Interactions.
+type interactionsPolicy struct{ readBody bool }
+
+func (p *interactionsPolicy) ReadRequestBody() bool { return p.readBody }
+
+func (p *interactionsPolicy) OnRequest(ctx context.Context, r *external.Request) error {
+	r.Header.Set("X-Seen-Interactions", describeInteractions(r))
+	if r.Body != nil {
+		r.Header.Set("X-Seen-Body", fmt.Sprint(len(r.Body)))
+	}
+	return nil
+}
+
+func (p *interactionsPolicy) OnResponse(ctx context.Context, w *external.Response) error {
+	w.Header.Set("X-Response-Interactions", describeInteractions(w.Request))
+	return nil
+}
+
+func describeInteractions(r *external.Request) string {
+	list, err := r.Interactions()
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	b, _ := json.Marshal(list)
+	return string(b)
 }
 
 // requireHeader is the benchmarks' trivial policy.

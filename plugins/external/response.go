@@ -19,6 +19,7 @@ type responseWriter struct {
 	w        http.ResponseWriter
 	p        *Plugin
 	r        *http.Request
+	fi       *requestFHIR
 	withBody bool
 
 	status int
@@ -138,7 +139,7 @@ func (rw *responseWriter) decide(state pb.BodyState, body []byte) bool {
 		return rw.fail(errDown)
 	}
 	msg := &pb.Response{
-		Request:   p.requestMessage(r, false),
+		Request:   p.requestMessage(r, false, rw.fi),
 		Status:    int32(rw.status),
 		Headers:   headersMessage(rw.w.Header()),
 		BodyState: state,

@@ -48,8 +48,9 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	ph := pr.phases
+	fi := p.fhirInfo(r)
 	if ph.Request {
-		req := p.requestMessage(r, ph.RequestBody)
+		req := p.requestMessage(r, ph.RequestBody, fi)
 		d, err := p.call(r.Context(), pr, phaseRequest, req, nil)
 		if err != nil {
 			p.failed(w, r, next, phaseRequest, err)
@@ -74,7 +75,7 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		next.ServeHTTP(w, r)
 		return
 	}
-	rw := &responseWriter{w: w, p: p, r: r, withBody: ph.ResponseBody && p.opts.MaxResponseBody >= 0}
+	rw := &responseWriter{w: w, p: p, r: r, fi: fi, withBody: ph.ResponseBody && p.opts.MaxResponseBody >= 0}
 	next.ServeHTTP(rw, r)
 	rw.finish()
 }
@@ -267,8 +268,70 @@ func writeReply(w http.ResponseWriter, r *http.Request, reply *pb.Reply) {
 	w.Write(reply.Body)
 }
 
-// requestMessage describes r to the plugin.
-func (p *Plugin) requestMessage(r *http.Request, withBody bool) *pb.Request {
+// requestFHIR is what a request on a FHIR route tells the plugin beyond
+// its line and headers, worked out once, before the first call: the
+// interaction of its path and every FHIR interaction, a batch's entries
+// included. The body of a batch is read for it (up to MaxRequestBody) and
+// put back for the rest of the chain; a plugin that reads bodies gets the
+// same bytes.
+type requestFHIR struct {
+	fhir  *pb.FHIR
+	list  []*pb.Interaction
+	state pb.InteractionsState
+
+	bodyRead  bool
+	bodyState pb.BodyState
+	body      []byte
+}
+
+// fhirInfo works out r's requestFHIR; nil outside FHIR routes.
+func (p *Plugin) fhirInfo(r *http.Request) *requestFHIR {
+	info, ok := gateway.RouteFrom(r.Context())
+	if !ok || !info.FHIR {
+		return nil
+	}
+	base := literalPrefix(info.Pattern)
+	fi := &requestFHIR{state: pb.InteractionsState_INTERACTIONS_PRESENT}
+	f, ok := fhirreq.Parse(r.Method, r.URL.Path, base)
+	if ok {
+		fi.fhir = &pb.FHIR{Interaction: f.Interaction, Type: f.Type, Id: f.ID, VersionId: f.VersionID,
+			Operation: f.Operation, CompartmentType: f.CompartmentType, CompartmentId: f.CompartmentID}
+	}
+	if !ok || f.Interaction != fhirreq.Batch || r.Method != http.MethodPost {
+		e := fhirreq.RequestEntry(r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("If-None-Exist"), base)
+		fi.list = []*pb.Interaction{interactionMessage(&e)}
+		return fi
+	}
+	fi.bodyRead = true
+	fi.bodyState, fi.body = readRequestBody(r, p.opts.MaxRequestBody)
+	switch {
+	case fi.bodyState == pb.BodyState_BODY_TOO_LARGE || p.opts.MaxRequestBody < 0:
+		fi.state = pb.InteractionsState_INTERACTIONS_TOO_LARGE
+		return fi
+	case fi.bodyState != pb.BodyState_BODY_PRESENT: // no body, or the client's failed
+		fi.state = pb.InteractionsState_INTERACTIONS_INVALID
+		return fi
+	}
+	b, err := fhirreq.ParseBundle(fi.body, base)
+	if err != nil {
+		fi.state = pb.InteractionsState_INTERACTIONS_INVALID
+		return fi
+	}
+	fi.list = make([]*pb.Interaction, len(b.Entries))
+	for i := range b.Entries {
+		fi.list[i] = interactionMessage(&b.Entries[i])
+	}
+	return fi
+}
+
+func interactionMessage(e *fhirreq.Entry) *pb.Interaction {
+	return &pb.Interaction{Interaction: e.Interaction, Type: e.Type, Id: e.ID, VersionId: e.VersionID,
+		Operation: e.Operation, CompartmentType: e.CompartmentType, CompartmentId: e.CompartmentID,
+		Conditional: e.Conditional(), Method: strings.ToUpper(e.Method), Url: e.URL, IfNoneExist: e.IfNoneExist}
+}
+
+// requestMessage describes r to the plugin; fi is r's requestFHIR.
+func (p *Plugin) requestMessage(r *http.Request, withBody bool, fi *requestFHIR) *pb.Request {
 	ctx := r.Context()
 	m := &pb.Request{
 		Method:    r.Method,
@@ -282,18 +345,18 @@ func (p *Plugin) requestMessage(r *http.Request, withBody bool) *pb.Request {
 	}
 	if info, ok := gateway.RouteFrom(ctx); ok {
 		m.Route = info.Name
-		if info.FHIR {
-			if f, ok := fhirreq.Parse(r.Method, r.URL.Path, literalPrefix(info.Pattern)); ok {
-				m.Fhir = &pb.FHIR{Interaction: f.Interaction, Type: f.Type, Id: f.ID, VersionId: f.VersionID,
-					Operation: f.Operation, CompartmentType: f.CompartmentType, CompartmentId: f.CompartmentID}
-			}
-		}
+	}
+	if fi != nil {
+		m.Fhir, m.Interactions, m.InteractionsState = fi.fhir, fi.list, fi.state
 	}
 	if id := gateway.IdentityFrom(ctx); id != nil {
 		m.Identity = &pb.Identity{User: id.UserID, Role: id.Role, Scopes: id.Scopes,
 			Patient: id.PatientID, Session: id.SessionID, Method: id.Method}
 	}
-	if withBody {
+	switch {
+	case withBody && fi != nil && fi.bodyRead:
+		m.BodyState, m.Body = fi.bodyState, fi.body
+	case withBody:
 		m.BodyState, m.Body = readRequestBody(r, p.opts.MaxRequestBody)
 	}
 	return m

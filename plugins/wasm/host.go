@@ -209,6 +209,18 @@ func hostGet(in *instance, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrPhase)
 		return
 	}
+	if arg(stack, 0) == abi.PropFHIRInteractions {
+		// Parsing a batch's Bundle is the host's time, not the guest's.
+		in.pause()
+		b, code := in.ex.interactions()
+		in.resume()
+		if code != 0 {
+			ret(stack, code)
+			return
+		}
+		ret(stack, out(mod, arg(stack, 1), arg(stack, 2), b))
+		return
+	}
 	s, ok := in.ex.prop(arg(stack, 0))
 	if !ok {
 		ret(stack, abi.ErrAbsent)
@@ -375,10 +387,10 @@ func hostHeaderDel(in *instance, mod api.Module, stack []uint64) {
 func (ex *exchange) body(which uint32) ([]byte, int32) {
 	switch which {
 	case abi.BodyRequest:
-		if !ex.reqBodyRead || ex.reqBodyErr != 0 {
-			if !ex.reqBodyRead {
-				return nil, abi.ErrAbsent
-			}
+		switch {
+		case !ex.guestBody || !ex.reqBodyRead:
+			return nil, abi.ErrAbsent // the guest did not ask for it
+		case ex.reqBodyErr != 0:
 			return nil, ex.reqBodyErr
 		}
 		return ex.reqBody, 0

@@ -36,6 +36,15 @@ type exchange struct {
 	reqBody     []byte
 	reqBodyErr  int32 // 0, or abi.ErrAbsent / abi.ErrTooLarge
 	reqBodyRead bool
+	// guestBody: the guest asked for the request body (PhaseRequestBody).
+	// The host also reads the body of a batch for the interactions
+	// property, which does not give it to a guest that did not ask.
+	guestBody bool
+
+	// The interactions property, worked out on first use.
+	interDone bool
+	interCode int32
+	inter     []byte
 
 	// Local reply.
 	replied     bool
@@ -56,7 +65,7 @@ type exchange struct {
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
 
 func (ex *exchange) reset() {
-	*ex = exchange{reqBody: ex.reqBody[:0], respBody: nil}
+	*ex = exchange{reqBody: ex.reqBody[:0], inter: ex.inter[:0], respBody: nil}
 }
 
 // fhirRequest parses the FHIR interaction once, on FHIR routes only.
@@ -142,10 +151,16 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		exchanges.Put(ex)
 	}()
 	ex.p, ex.w, ex.r = p, w, r
+	if m.phases&abi.PhaseRequest != 0 && m.phases&abi.PhaseRequestBody != 0 {
+		ex.guestBody = true
+		ex.readRequestBody()
+	} else if ex.isBundlePost() {
+		// The entries of a batch or transaction, for the interactions
+		// property in either phase: read before the rest of the chain
+		// takes the body, and put back for it.
+		ex.readRequestBody()
+	}
 	if m.phases&abi.PhaseRequest != 0 {
-		if m.phases&abi.PhaseRequestBody != 0 {
-			ex.readRequestBody()
-		}
 		action, err := m.run(ex, phaseRequest)
 		if err != nil {
 			p.failed(w, r, next, phaseRequest, err)

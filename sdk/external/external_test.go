@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -129,5 +130,49 @@ func TestServer(t *testing.T) {
 		Headers: []*pb.Header{{Name: "Server", Values: []string{"x"}}}})
 	if err != nil || d.Status != 299 || len(d.HeaderChanges) != 1 || d.HeaderChanges[0].Op != pb.HeaderChange_REMOVE || d.ReplaceBody {
 		t.Errorf("response: %v %v", d, err)
+	}
+}
+
+func TestInteractionsFrom(t *testing.T) {
+	entries := []*pb.Interaction{
+		{Interaction: "delete", Type: "Observation", Id: "o1", Method: "DELETE", Url: "Observation/o1"},
+		{Method: "FROB", Url: "Patient/p1"},
+		{Interaction: "create", Type: "Patient", Conditional: true, Method: "POST", Url: "Patient", IfNoneExist: "identifier=x"},
+	}
+	batch := &pb.FHIR{Interaction: "batch"}
+	for _, tc := range []struct {
+		name string
+		m    *pb.Request
+		want []Interaction
+		err  error
+	}{
+		{"a batch's entries", &pb.Request{Fhir: batch, Interactions: entries, InteractionsState: pb.InteractionsState_INTERACTIONS_PRESENT},
+			[]Interaction{
+				{FHIR: FHIR{Interaction: "delete", Type: "Observation", ID: "o1"}, Method: "DELETE", URL: "Observation/o1"},
+				{Method: "FROB", URL: "Patient/p1"},
+				{FHIR: FHIR{Interaction: "create", Type: "Patient"}, Conditional: true, Method: "POST", URL: "Patient", IfNoneExist: "identifier=x"},
+			}, nil},
+		{"a Bundle without entries", &pb.Request{Fhir: batch, InteractionsState: pb.InteractionsState_INTERACTIONS_PRESENT}, []Interaction{}, nil},
+		{"too large", &pb.Request{Fhir: batch, InteractionsState: pb.InteractionsState_INTERACTIONS_TOO_LARGE}, nil, ErrInteractionsTooLarge},
+		{"invalid", &pb.Request{Fhir: batch, InteractionsState: pb.InteractionsState_INTERACTIONS_INVALID}, nil, ErrInteractionsInvalid},
+		{"not FHIR", &pb.Request{}, nil, ErrNotFHIR},
+		{"a gateway older than the list", &pb.Request{Fhir: batch}, nil, ErrInteractionsUnsupported},
+		{"a state of a later contract", &pb.Request{Fhir: batch, InteractionsState: 9}, nil, ErrInteractionsUnsupported},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := requestFrom(tc.m).Interactions()
+			if err != tc.err || !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, %v\nwant %+v, %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestSetInteractions(t *testing.T) {
+	var r Request
+	r.SetInteractions([]Interaction{{FHIR: FHIR{Interaction: "read"}, URL: "Patient/p1?_elements=id"}}, nil)
+	list, err := r.Interactions()
+	if err != nil || len(list) != 1 || list[0].Query().Get("_elements") != "id" {
+		t.Errorf("got %+v, %v", list, err)
 	}
 }

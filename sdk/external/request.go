@@ -3,10 +3,12 @@ package external
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 
 	pb "github.com/omnigate/omnigate/sdk/external/proto"
 )
@@ -72,6 +74,53 @@ type FHIR struct {
 	CompartmentType, CompartmentID string
 }
 
+// Interaction is one FHIR interaction of a request: the request itself, or
+// one entry of a batch or transaction Bundle POSTed to the FHIR base.
+type Interaction struct {
+	// FHIR is the interaction as the gateway classified it. Interaction is
+	// "" when the entry's method and url (or the request's path) are not a
+	// FHIR RESTful interaction the gateway can classify: refuse such an
+	// entry.
+	FHIR
+	// Conditional is true for a conditional create, update, patch or
+	// delete, whose target is found by a search (URL's query, or
+	// IfNoneExist) rather than named by ID.
+	Conditional bool
+	// Method is the HTTP method, upper case.
+	Method string
+	// URL is relative to the FHIR base, with its query: an entry's
+	// request.url as given, or the request's path below the base
+	// ("Patient/p1", "Observation?code=x").
+	URL string
+	// IfNoneExist is the criteria of a conditional create.
+	IfNoneExist string
+}
+
+// Query returns the parsed query of URL: a search's parameters, or the
+// criteria of a conditional update, patch or delete.
+func (in *Interaction) Query() url.Values {
+	_, q, _ := strings.Cut(in.URL, "?")
+	v, _ := url.ParseQuery(q)
+	return v
+}
+
+// Errors of Request.Interactions.
+var (
+	// ErrNotFHIR: the request is not on a FHIR route; it has no FHIR
+	// interactions.
+	ErrNotFHIR = errors.New("omnigate: not a FHIR request")
+	// ErrInteractionsTooLarge: the body of the batch or transaction is over
+	// the gateway's max_request_body, so its entries are unknown.
+	ErrInteractionsTooLarge = errors.New("omnigate: batch or transaction body over the gateway's max_request_body")
+	// ErrInteractionsInvalid: the body POSTed to the FHIR base is not a
+	// JSON batch or transaction Bundle the gateway can read (XML, another
+	// Bundle type, no body, a body the client failed to send).
+	ErrInteractionsInvalid = errors.New("omnigate: body of the POST to the FHIR base is not a batch or transaction Bundle the gateway can read")
+	// ErrInteractionsUnsupported: the gateway is older than the list of
+	// interactions (it sent the request's FHIR context without it).
+	ErrInteractionsUnsupported = errors.New("omnigate: the gateway sends no list of FHIR interactions")
+)
+
 // Request is the request a policy decides on. A Request is used by one
 // call only.
 type Request struct {
@@ -93,7 +142,9 @@ type Request struct {
 	ID string
 	// Identity is the caller, nil for an anonymous request.
 	Identity *Identity
-	// FHIR is the request's FHIR interaction, nil outside FHIR routes.
+	// FHIR is the request's FHIR interaction, nil outside FHIR routes. It
+	// is read from the method and the path alone: a batch or transaction
+	// says "batch", and its entries are in Interactions.
 	FHIR *FHIR
 	// Body is the request body, read-only, for a policy that implements
 	// RequestBodyReader; nil when there is none or it is too large.
@@ -101,9 +152,28 @@ type Request struct {
 	// BodyTooLarge is true when the body was over the gateway's cap.
 	BodyTooLarge bool
 
-	orig http.Header
-	d    decision
+	inter    []Interaction
+	interErr error
+	orig     http.Header
+	d        decision
 }
+
+// Interactions returns every FHIR interaction of the request, so that a
+// policy decides each of them: for a batch or transaction POSTed to the
+// FHIR base (FHIR.Interaction is "batch"), one per entry of the Bundle, in
+// order; for any other request on a FHIR route, one, the request itself.
+// A policy that looks at the method and path alone is bypassed by wrapping
+// the same interaction in a batch: decide on these instead.
+//
+// The gateway reads a batch's body for it whether or not the policy reads
+// bodies. Errors: ErrNotFHIR outside FHIR routes; ErrInteractionsTooLarge,
+// ErrInteractionsInvalid and ErrInteractionsUnsupported when the list is
+// not complete: refuse the request on any of these three.
+func (r *Request) Interactions() ([]Interaction, error) { return r.inter, r.interErr }
+
+// SetInteractions sets what Interactions returns, for tests of a policy
+// that build their own Request.
+func (r *Request) SetInteractions(list []Interaction, err error) { r.inter, r.interErr = list, err }
 
 // decision is what a handler decided, in either phase.
 type decision struct {

@@ -137,7 +137,35 @@ func requestFrom(m *pb.Request) *Request {
 		r.FHIR = &FHIR{Interaction: f.Interaction, Type: f.Type, ID: f.Id, VersionID: f.VersionId,
 			Operation: f.Operation, CompartmentType: f.CompartmentType, CompartmentID: f.CompartmentId}
 	}
+	r.inter, r.interErr = interactionsFrom(m)
 	return r
+}
+
+// interactionsFrom reads the request's list of FHIR interactions.
+func interactionsFrom(m *pb.Request) ([]Interaction, error) {
+	switch m.InteractionsState {
+	case pb.InteractionsState_INTERACTIONS_PRESENT:
+	case pb.InteractionsState_INTERACTIONS_TOO_LARGE:
+		return nil, ErrInteractionsTooLarge
+	case pb.InteractionsState_INTERACTIONS_INVALID:
+		return nil, ErrInteractionsInvalid
+	case pb.InteractionsState_INTERACTIONS_ABSENT:
+		if m.Fhir != nil {
+			return nil, ErrInteractionsUnsupported // a gateway older than the list
+		}
+		return nil, ErrNotFHIR
+	default: // a state of a later contract: not known complete
+		return nil, ErrInteractionsUnsupported
+	}
+	out := make([]Interaction, len(m.Interactions))
+	for i, x := range m.Interactions {
+		out[i] = Interaction{
+			FHIR: FHIR{Interaction: x.Interaction, Type: x.Type, ID: x.Id, VersionID: x.VersionId,
+				Operation: x.Operation, CompartmentType: x.CompartmentType, CompartmentID: x.CompartmentId},
+			Conditional: x.Conditional, Method: x.Method, URL: x.Url, IfNoneExist: x.IfNoneExist,
+		}
+	}
+	return out, nil
 }
 
 // headerFrom returns the headers as received and a copy for the handler to

@@ -122,6 +122,10 @@ type Request struct {
 	action int32
 	props  [abi.PropIdentity + 1]string
 	have   [abi.PropIdentity + 1]bool
+
+	inter     []Interaction
+	interErr  error
+	interHave bool
 }
 
 func (r *Request) prop(id uint32) string {
@@ -150,6 +154,7 @@ func (r *Request) reset() {
 	r.Header = Header{m: abi.MapRequest}
 	r.action = abi.ActionContinue
 	clear(r.have[:])
+	r.inter, r.interErr, r.interHave = nil, nil, false
 }
 
 // Method returns the HTTP method.
@@ -194,7 +199,9 @@ func (r *Request) Identity() *Identity {
 }
 
 // FHIR returns the request's FHIR interaction; ok is false outside FHIR
-// routes and for paths that are not FHIR RESTful paths.
+// routes and for paths that are not FHIR RESTful paths. It is parsed from
+// the method and the path alone: for a batch or transaction (Interaction
+// "batch") the interactions are its entries, which Interactions returns.
 func (r *Request) FHIR() (f FHIR, ok bool) {
 	f.Interaction = r.prop(abi.PropFHIRInteraction)
 	if f.Interaction == "" {

@@ -71,6 +71,9 @@ var (
 	ErrBackend = errors.New("omnigate: kv store failed")
 	// ErrAbsent: no such value.
 	ErrAbsent = errors.New("omnigate: absent")
+	// ErrUnsupported: the gateway is older than the call (it lacks the
+	// property or function).
+	ErrUnsupported = errors.New("omnigate: not supported by this gateway")
 )
 
 func codeErr(code int32) error {

@@ -22,11 +22,19 @@ import (
 //	kv: {quota:acme: "5"}            # KV contents at load
 //	now: 2026-01-01T09:00:00Z        # the clock at load
 //	fail: closed                     # or open
+//	max_request_body: 4096           # bytes; default 1MiB
 //	cases:
 //	  - name: request without the header is denied
 //	    request: {method: GET, path: /fhir/R4/Patient/1}
 //	    identity: {user: u1, role: nurse, scopes: [patient/*.rs], patient: p1}
 //	    expect: {decision: deny, status: 400, body_contains: [missing required header]}
+//	  - name: a batch's entries are decided one by one
+//	    request:
+//	      method: POST
+//	      path: /fhir/R4
+//	      body: '{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"DELETE","url":"Observation/o1"}}]}'
+//	    identity: {user: n1, role: nurse, scopes: [user/*.rs]}
+//	    expect: {decision: deny, status: 403}
 //	  - name: request with the header passes
 //	    request: {path: /fhir/R4/Patient/1, headers: {X-Tenant: acme}}
 //	    upstream: {status: 200, body: '{"resourceType":"Patient","id":"1"}'}
@@ -44,7 +52,11 @@ type Cases struct {
 	Now     time.Time         `yaml:"now"`
 	Fail    string            `yaml:"fail"`
 	Timeout time.Duration     `yaml:"timeout"`
-	Cases   []Case            `yaml:"cases"`
+	// MaxRequestBody is the plugin's max_request_body in bytes, which also
+	// bounds the batch or transaction bodies read for its interactions.
+	// Default 1MiB.
+	MaxRequestBody int64  `yaml:"max_request_body"`
+	Cases          []Case `yaml:"cases"`
 }
 
 // Case is one request and what it must get.
@@ -123,7 +135,8 @@ func ReadCases(file string) (*Cases, error) {
 
 // Open loads the module at path with the cases' setup.
 func (cs *Cases) Open(path string) (*Plugin, error) {
-	return Open(path, Options{Config: jsonable(cs.Config), KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open", Timeout: cs.Timeout})
+	return Open(path, Options{Config: jsonable(cs.Config), KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open",
+		Timeout: cs.Timeout, MaxRequestBody: cs.MaxRequestBody})
 }
 
 // jsonable turns YAML-decoded maps (map[string]any, and

@@ -239,7 +239,9 @@ type Request struct {
 	Path string
 	// Header holds request headers.
 	Header map[string]string
-	// Body is the request body.
+	// Body is the request body. A batch or transaction Bundle POSTed to
+	// the FHIR base gives the plugin its entries as interactions
+	// (wasm.Request.Interactions), as the gateway does.
 	Body string
 	// Identity is the caller; nil is anonymous.
 	Identity *gateway.Identity
@@ -276,10 +278,12 @@ type Result struct {
 	Status int
 	Header http.Header
 	Body   string
-	// UpstreamCalled reports whether the request reached the upstream, and
-	// UpstreamHeader holds the request headers it saw.
+	// UpstreamCalled reports whether the request reached the upstream,
+	// UpstreamHeader holds the request headers it saw and UpstreamBody the
+	// request body it read.
 	UpstreamCalled bool
 	UpstreamHeader http.Header
+	UpstreamBody   string
 	// Logs are the log records written while serving the request.
 	Logs []LogRecord
 }
@@ -333,6 +337,9 @@ func (p *Plugin) Serve(req Request) *Result {
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res.UpstreamCalled = true
 		res.UpstreamHeader = r.Header.Clone()
+		if b, err := io.ReadAll(r.Body); err == nil {
+			res.UpstreamBody = string(b)
+		}
 		u := req.Upstream
 		w.Header().Set("Content-Type", "application/fhir+json")
 		for k, v := range u.Header {

@@ -94,3 +94,53 @@ func TestReadCasesErrors(t *testing.T) {
 		})
 	}
 }
+
+// A case whose request is a batch POSTed to the FHIR base gives the plugin
+// the Bundle's entries as interactions, bounded by max_request_body, and
+// the upstream the body as sent.
+func TestBundleCases(t *testing.T) {
+	smartScopes := Build(t, "../../examples/smart-scopes")
+	cases := filepath.Join(t.TempDir(), "bundles.yaml")
+	os.WriteFile(cases, []byte(`
+max_request_body: 512
+cases:
+  - name: a DELETE entry is decided like a DELETE
+    request:
+      method: POST
+      path: /fhir/R4
+      body: '{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"DELETE","url":"Observation/o1"}}]}'
+    identity: {user: n1, role: nurse, scopes: [user/*.rs]}
+    expect: {decision: deny, status: 403, body_contains: ['entry[1] (delete Observation)']}
+  - name: reads pass
+    request:
+      method: POST
+      path: /fhir/R4
+      body: '{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}}]}'
+    identity: {user: n1, role: nurse, scopes: [user/*.rs]}
+    expect: {decision: allow, status: 200}
+  - name: over max_request_body the entries are unknown
+    request:
+      method: POST
+      path: /fhir/R4
+      body: '{"resourceType":"Bundle","type":"batch","entry":[`+strings.Repeat(`{"request":{"method":"GET","url":"Patient/p1"}},`, 20)+`{}]}'
+    identity: {user: n1, role: nurse, scopes: [user/*.rs]}
+    expect: {decision: deny, status: 413}
+`), 0o644)
+	var out bytes.Buffer
+	if failed, err := RunFile(&out, smartScopes, cases); err != nil || failed != 0 {
+		t.Fatalf("failed %d, %v\n%s", failed, err, &out)
+	}
+	cs, err := ReadCases(cases)
+	if err != nil || cs.MaxRequestBody != 512 {
+		t.Fatalf("max_request_body %d, %v", cs.MaxRequestBody, err)
+	}
+	p, err := cs.Open(smartScopes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	res, bad := cs.Cases[1].Run(p)
+	if len(bad) > 0 || res.UpstreamBody != cs.Cases[1].Request.Body {
+		t.Errorf("%v; upstream body %q", bad, res.UpstreamBody)
+	}
+}

@@ -91,6 +91,67 @@ func (BodyState) EnumDescriptor() ([]byte, []int) {
 	return file_policy_proto_rawDescGZIP(), []int{0}
 }
 
+// InteractionsState tells whether Request.interactions is the complete
+// list of the request's FHIR interactions.
+type InteractionsState int32
+
+const (
+	// Not a FHIR route (or a gateway older than the list): no list.
+	InteractionsState_INTERACTIONS_ABSENT InteractionsState = 0
+	// The list is complete.
+	InteractionsState_INTERACTIONS_PRESENT InteractionsState = 1
+	// A batch or transaction whose body is over max_request_body: the list
+	// is empty, the entries unknown. Refuse the request.
+	InteractionsState_INTERACTIONS_TOO_LARGE InteractionsState = 2
+	// A POST to the FHIR base whose body is not a JSON batch or transaction
+	// Bundle (XML, another Bundle type, no body, a body the client failed to
+	// send): the list is empty. Refuse the request.
+	InteractionsState_INTERACTIONS_INVALID InteractionsState = 3
+)
+
+// Enum value maps for InteractionsState.
+var (
+	InteractionsState_name = map[int32]string{
+		0: "INTERACTIONS_ABSENT",
+		1: "INTERACTIONS_PRESENT",
+		2: "INTERACTIONS_TOO_LARGE",
+		3: "INTERACTIONS_INVALID",
+	}
+	InteractionsState_value = map[string]int32{
+		"INTERACTIONS_ABSENT":    0,
+		"INTERACTIONS_PRESENT":   1,
+		"INTERACTIONS_TOO_LARGE": 2,
+		"INTERACTIONS_INVALID":   3,
+	}
+)
+
+func (x InteractionsState) Enum() *InteractionsState {
+	p := new(InteractionsState)
+	*p = x
+	return p
+}
+
+func (x InteractionsState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InteractionsState) Descriptor() protoreflect.EnumDescriptor {
+	return file_policy_proto_enumTypes[1].Descriptor()
+}
+
+func (InteractionsState) Type() protoreflect.EnumType {
+	return &file_policy_proto_enumTypes[1]
+}
+
+func (x InteractionsState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InteractionsState.Descriptor instead.
+func (InteractionsState) EnumDescriptor() ([]byte, []int) {
+	return file_policy_proto_rawDescGZIP(), []int{1}
+}
+
 type Action int32
 
 const (
@@ -129,11 +190,11 @@ func (x Action) String() string {
 }
 
 func (Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_policy_proto_enumTypes[1].Descriptor()
+	return file_policy_proto_enumTypes[2].Descriptor()
 }
 
 func (Action) Type() protoreflect.EnumType {
-	return &file_policy_proto_enumTypes[1]
+	return &file_policy_proto_enumTypes[2]
 }
 
 func (x Action) Number() protoreflect.EnumNumber {
@@ -142,7 +203,7 @@ func (x Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Action.Descriptor instead.
 func (Action) EnumDescriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{1}
+	return file_policy_proto_rawDescGZIP(), []int{2}
 }
 
 type HeaderChange_Op int32
@@ -181,11 +242,11 @@ func (x HeaderChange_Op) String() string {
 }
 
 func (HeaderChange_Op) Descriptor() protoreflect.EnumDescriptor {
-	return file_policy_proto_enumTypes[2].Descriptor()
+	return file_policy_proto_enumTypes[3].Descriptor()
 }
 
 func (HeaderChange_Op) Type() protoreflect.EnumType {
-	return &file_policy_proto_enumTypes[2]
+	return &file_policy_proto_enumTypes[3]
 }
 
 func (x HeaderChange_Op) Number() protoreflect.EnumNumber {
@@ -194,7 +255,7 @@ func (x HeaderChange_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HeaderChange_Op.Descriptor instead.
 func (HeaderChange_Op) EnumDescriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{7, 0}
+	return file_policy_proto_rawDescGZIP(), []int{8, 0}
 }
 
 type ConfigureRequest struct {
@@ -575,6 +636,144 @@ func (x *FHIR) GetCompartmentId() string {
 	return ""
 }
 
+// Interaction is one FHIR interaction of a request: the request itself, or
+// one entry of a batch or transaction Bundle POSTed to the FHIR base. The
+// fields are those of FHIR, plus the entry's own.
+type Interaction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As FHIR.interaction names them; empty when the entry's method and url
+	// (or the request's path) are not a FHIR RESTful interaction the
+	// gateway can classify. Refuse such an entry.
+	Interaction     string `protobuf:"bytes,1,opt,name=interaction,proto3" json:"interaction,omitempty"`
+	Type            string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Id              string `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	VersionId       string `protobuf:"bytes,4,opt,name=version_id,json=versionId,proto3" json:"version_id,omitempty"`
+	Operation       string `protobuf:"bytes,5,opt,name=operation,proto3" json:"operation,omitempty"`
+	CompartmentType string `protobuf:"bytes,6,opt,name=compartment_type,json=compartmentType,proto3" json:"compartment_type,omitempty"`
+	CompartmentId   string `protobuf:"bytes,7,opt,name=compartment_id,json=compartmentId,proto3" json:"compartment_id,omitempty"`
+	// A conditional create, update, patch or delete: its target is found
+	// by a search (the url's query, or if_none_exist), not named by id.
+	Conditional bool `protobuf:"varint,8,opt,name=conditional,proto3" json:"conditional,omitempty"`
+	// The HTTP method, upper case.
+	Method string `protobuf:"bytes,9,opt,name=method,proto3" json:"method,omitempty"`
+	// Relative to the FHIR base, with the query: an entry's request.url as
+	// given, or the request's path below the base ("Patient/p1",
+	// "Observation?code=x").
+	Url string `protobuf:"bytes,10,opt,name=url,proto3" json:"url,omitempty"`
+	// The criteria of a conditional create: request.ifNoneExist of an
+	// entry, or the If-None-Exist header.
+	IfNoneExist   string `protobuf:"bytes,11,opt,name=if_none_exist,json=ifNoneExist,proto3" json:"if_none_exist,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Interaction) Reset() {
+	*x = Interaction{}
+	mi := &file_policy_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Interaction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Interaction) ProtoMessage() {}
+
+func (x *Interaction) ProtoReflect() protoreflect.Message {
+	mi := &file_policy_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Interaction.ProtoReflect.Descriptor instead.
+func (*Interaction) Descriptor() ([]byte, []int) {
+	return file_policy_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Interaction) GetInteraction() string {
+	if x != nil {
+		return x.Interaction
+	}
+	return ""
+}
+
+func (x *Interaction) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Interaction) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Interaction) GetVersionId() string {
+	if x != nil {
+		return x.VersionId
+	}
+	return ""
+}
+
+func (x *Interaction) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *Interaction) GetCompartmentType() string {
+	if x != nil {
+		return x.CompartmentType
+	}
+	return ""
+}
+
+func (x *Interaction) GetCompartmentId() string {
+	if x != nil {
+		return x.CompartmentId
+	}
+	return ""
+}
+
+func (x *Interaction) GetConditional() bool {
+	if x != nil {
+		return x.Conditional
+	}
+	return false
+}
+
+func (x *Interaction) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Interaction) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Interaction) GetIfNoneExist() string {
+	if x != nil {
+		return x.IfNoneExist
+	}
+	return ""
+}
+
 type Request struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Method string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
@@ -590,16 +789,24 @@ type Request struct {
 	// Absent for an anonymous request.
 	Identity *Identity `protobuf:"bytes,8,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Absent outside FHIR routes and for paths that are not FHIR RESTful.
-	Fhir          *FHIR     `protobuf:"bytes,9,opt,name=fhir,proto3" json:"fhir,omitempty"`
-	BodyState     BodyState `protobuf:"varint,10,opt,name=body_state,json=bodyState,proto3,enum=omnigate.external.v1.BodyState" json:"body_state,omitempty"`
-	Body          []byte    `protobuf:"bytes,11,opt,name=body,proto3" json:"body,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Fhir      *FHIR     `protobuf:"bytes,9,opt,name=fhir,proto3" json:"fhir,omitempty"`
+	BodyState BodyState `protobuf:"varint,10,opt,name=body_state,json=bodyState,proto3,enum=omnigate.external.v1.BodyState" json:"body_state,omitempty"`
+	Body      []byte    `protobuf:"bytes,11,opt,name=body,proto3" json:"body,omitempty"`
+	// Every FHIR interaction of the request on a FHIR route, whether or not
+	// the plugin reads bodies: for a batch or transaction POSTed to the
+	// base, one per entry of the Bundle, in order (fhir.interaction is
+	// "batch"); for any other request, one, the request itself. A policy
+	// that decides on method and path alone is bypassed by a Bundle: decide
+	// each of these.
+	Interactions      []*Interaction    `protobuf:"bytes,12,rep,name=interactions,proto3" json:"interactions,omitempty"`
+	InteractionsState InteractionsState `protobuf:"varint,13,opt,name=interactions_state,json=interactionsState,proto3,enum=omnigate.external.v1.InteractionsState" json:"interactions_state,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_policy_proto_msgTypes[5]
+	mi := &file_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +818,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[5]
+	mi := &file_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +831,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{5}
+	return file_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Request) GetMethod() string {
@@ -704,6 +911,20 @@ func (x *Request) GetBody() []byte {
 	return nil
 }
 
+func (x *Request) GetInteractions() []*Interaction {
+	if x != nil {
+		return x.Interactions
+	}
+	return nil
+}
+
+func (x *Request) GetInteractionsState() InteractionsState {
+	if x != nil {
+		return x.InteractionsState
+	}
+	return InteractionsState_INTERACTIONS_ABSENT
+}
+
 type Response struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The request the response answers (its body is not sent again).
@@ -718,7 +939,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_policy_proto_msgTypes[6]
+	mi := &file_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +951,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[6]
+	mi := &file_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +964,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{6}
+	return file_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Response) GetRequest() *Request {
@@ -794,7 +1015,7 @@ type HeaderChange struct {
 
 func (x *HeaderChange) Reset() {
 	*x = HeaderChange{}
-	mi := &file_policy_proto_msgTypes[7]
+	mi := &file_policy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1027,7 @@ func (x *HeaderChange) String() string {
 func (*HeaderChange) ProtoMessage() {}
 
 func (x *HeaderChange) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[7]
+	mi := &file_policy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1040,7 @@ func (x *HeaderChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderChange.ProtoReflect.Descriptor instead.
 func (*HeaderChange) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{7}
+	return file_policy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HeaderChange) GetOp() HeaderChange_Op {
@@ -861,7 +1082,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_policy_proto_msgTypes[8]
+	mi := &file_policy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1094,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[8]
+	mi := &file_policy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1107,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{8}
+	return file_policy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Reply) GetStatus() int32 {
@@ -936,7 +1157,7 @@ type Counter struct {
 
 func (x *Counter) Reset() {
 	*x = Counter{}
-	mi := &file_policy_proto_msgTypes[9]
+	mi := &file_policy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1169,7 @@ func (x *Counter) String() string {
 func (*Counter) ProtoMessage() {}
 
 func (x *Counter) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[9]
+	mi := &file_policy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1182,7 @@ func (x *Counter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counter.ProtoReflect.Descriptor instead.
 func (*Counter) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{9}
+	return file_policy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Counter) GetName() string {
@@ -997,7 +1218,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_policy_proto_msgTypes[10]
+	mi := &file_policy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1230,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_policy_proto_msgTypes[10]
+	mi := &file_policy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1243,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_policy_proto_rawDescGZIP(), []int{10}
+	return file_policy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Decision) GetAction() Action {
@@ -1107,7 +1328,21 @@ const file_policy_proto_rawDesc = "" +
 	"version_id\x18\x04 \x01(\tR\tversionId\x12\x1c\n" +
 	"\toperation\x18\x05 \x01(\tR\toperation\x12)\n" +
 	"\x10compartment_type\x18\x06 \x01(\tR\x0fcompartmentType\x12%\n" +
-	"\x0ecompartment_id\x18\a \x01(\tR\rcompartmentId\"\x9c\x03\n" +
+	"\x0ecompartment_id\x18\a \x01(\tR\rcompartmentId\"\xd2\x02\n" +
+	"\vInteraction\x12 \n" +
+	"\vinteraction\x18\x01 \x01(\tR\vinteraction\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"version_id\x18\x04 \x01(\tR\tversionId\x12\x1c\n" +
+	"\toperation\x18\x05 \x01(\tR\toperation\x12)\n" +
+	"\x10compartment_type\x18\x06 \x01(\tR\x0fcompartmentType\x12%\n" +
+	"\x0ecompartment_id\x18\a \x01(\tR\rcompartmentId\x12 \n" +
+	"\vconditional\x18\b \x01(\bR\vconditional\x12\x16\n" +
+	"\x06method\x18\t \x01(\tR\x06method\x12\x10\n" +
+	"\x03url\x18\n" +
+	" \x01(\tR\x03url\x12\"\n" +
+	"\rif_none_exist\x18\v \x01(\tR\vifNoneExist\"\xbb\x04\n" +
 	"\aRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1b\n" +
@@ -1122,7 +1357,9 @@ const file_policy_proto_rawDesc = "" +
 	"\n" +
 	"body_state\x18\n" +
 	" \x01(\x0e2\x1f.omnigate.external.v1.BodyStateR\tbodyState\x12\x12\n" +
-	"\x04body\x18\v \x01(\fR\x04body\"\xe7\x01\n" +
+	"\x04body\x18\v \x01(\fR\x04body\x12E\n" +
+	"\finteractions\x18\f \x03(\v2!.omnigate.external.v1.InteractionR\finteractions\x12V\n" +
+	"\x12interactions_state\x18\r \x01(\x0e2'.omnigate.external.v1.InteractionsStateR\x11interactionsState\"\xe7\x01\n" +
 	"\bResponse\x127\n" +
 	"\arequest\x18\x01 \x01(\v2\x1d.omnigate.external.v1.RequestR\arequest\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x126\n" +
@@ -1160,7 +1397,12 @@ const file_policy_proto_rawDesc = "" +
 	"\vBODY_ABSENT\x10\x00\x12\x10\n" +
 	"\fBODY_PRESENT\x10\x01\x12\x12\n" +
 	"\x0eBODY_TOO_LARGE\x10\x02\x12\x10\n" +
-	"\fBODY_ENCODED\x10\x03*H\n" +
+	"\fBODY_ENCODED\x10\x03*|\n" +
+	"\x11InteractionsState\x12\x17\n" +
+	"\x13INTERACTIONS_ABSENT\x10\x00\x12\x18\n" +
+	"\x14INTERACTIONS_PRESENT\x10\x01\x12\x1a\n" +
+	"\x16INTERACTIONS_TOO_LARGE\x10\x02\x12\x18\n" +
+	"\x14INTERACTIONS_INVALID\x10\x03*H\n" +
 	"\x06Action\x12\x13\n" +
 	"\x0fACTION_CONTINUE\x10\x00\x12\x0f\n" +
 	"\vACTION_STOP\x10\x01\x12\x18\n" +
@@ -1183,49 +1425,53 @@ func file_policy_proto_rawDescGZIP() []byte {
 	return file_policy_proto_rawDescData
 }
 
-var file_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_policy_proto_goTypes = []any{
 	(BodyState)(0),            // 0: omnigate.external.v1.BodyState
-	(Action)(0),               // 1: omnigate.external.v1.Action
-	(HeaderChange_Op)(0),      // 2: omnigate.external.v1.HeaderChange.Op
-	(*ConfigureRequest)(nil),  // 3: omnigate.external.v1.ConfigureRequest
-	(*ConfigureResponse)(nil), // 4: omnigate.external.v1.ConfigureResponse
-	(*Header)(nil),            // 5: omnigate.external.v1.Header
-	(*Identity)(nil),          // 6: omnigate.external.v1.Identity
-	(*FHIR)(nil),              // 7: omnigate.external.v1.FHIR
-	(*Request)(nil),           // 8: omnigate.external.v1.Request
-	(*Response)(nil),          // 9: omnigate.external.v1.Response
-	(*HeaderChange)(nil),      // 10: omnigate.external.v1.HeaderChange
-	(*Reply)(nil),             // 11: omnigate.external.v1.Reply
-	(*Counter)(nil),           // 12: omnigate.external.v1.Counter
-	(*Decision)(nil),          // 13: omnigate.external.v1.Decision
+	(InteractionsState)(0),    // 1: omnigate.external.v1.InteractionsState
+	(Action)(0),               // 2: omnigate.external.v1.Action
+	(HeaderChange_Op)(0),      // 3: omnigate.external.v1.HeaderChange.Op
+	(*ConfigureRequest)(nil),  // 4: omnigate.external.v1.ConfigureRequest
+	(*ConfigureResponse)(nil), // 5: omnigate.external.v1.ConfigureResponse
+	(*Header)(nil),            // 6: omnigate.external.v1.Header
+	(*Identity)(nil),          // 7: omnigate.external.v1.Identity
+	(*FHIR)(nil),              // 8: omnigate.external.v1.FHIR
+	(*Interaction)(nil),       // 9: omnigate.external.v1.Interaction
+	(*Request)(nil),           // 10: omnigate.external.v1.Request
+	(*Response)(nil),          // 11: omnigate.external.v1.Response
+	(*HeaderChange)(nil),      // 12: omnigate.external.v1.HeaderChange
+	(*Reply)(nil),             // 13: omnigate.external.v1.Reply
+	(*Counter)(nil),           // 14: omnigate.external.v1.Counter
+	(*Decision)(nil),          // 15: omnigate.external.v1.Decision
 }
 var file_policy_proto_depIdxs = []int32{
-	5,  // 0: omnigate.external.v1.Request.headers:type_name -> omnigate.external.v1.Header
-	6,  // 1: omnigate.external.v1.Request.identity:type_name -> omnigate.external.v1.Identity
-	7,  // 2: omnigate.external.v1.Request.fhir:type_name -> omnigate.external.v1.FHIR
+	6,  // 0: omnigate.external.v1.Request.headers:type_name -> omnigate.external.v1.Header
+	7,  // 1: omnigate.external.v1.Request.identity:type_name -> omnigate.external.v1.Identity
+	8,  // 2: omnigate.external.v1.Request.fhir:type_name -> omnigate.external.v1.FHIR
 	0,  // 3: omnigate.external.v1.Request.body_state:type_name -> omnigate.external.v1.BodyState
-	8,  // 4: omnigate.external.v1.Response.request:type_name -> omnigate.external.v1.Request
-	5,  // 5: omnigate.external.v1.Response.headers:type_name -> omnigate.external.v1.Header
-	0,  // 6: omnigate.external.v1.Response.body_state:type_name -> omnigate.external.v1.BodyState
-	2,  // 7: omnigate.external.v1.HeaderChange.op:type_name -> omnigate.external.v1.HeaderChange.Op
-	5,  // 8: omnigate.external.v1.Reply.headers:type_name -> omnigate.external.v1.Header
-	1,  // 9: omnigate.external.v1.Decision.action:type_name -> omnigate.external.v1.Action
-	10, // 10: omnigate.external.v1.Decision.header_changes:type_name -> omnigate.external.v1.HeaderChange
-	11, // 11: omnigate.external.v1.Decision.reply:type_name -> omnigate.external.v1.Reply
-	12, // 12: omnigate.external.v1.Decision.counters:type_name -> omnigate.external.v1.Counter
-	3,  // 13: omnigate.external.v1.Policy.Configure:input_type -> omnigate.external.v1.ConfigureRequest
-	8,  // 14: omnigate.external.v1.Policy.OnRequest:input_type -> omnigate.external.v1.Request
-	9,  // 15: omnigate.external.v1.Policy.OnResponse:input_type -> omnigate.external.v1.Response
-	4,  // 16: omnigate.external.v1.Policy.Configure:output_type -> omnigate.external.v1.ConfigureResponse
-	13, // 17: omnigate.external.v1.Policy.OnRequest:output_type -> omnigate.external.v1.Decision
-	13, // 18: omnigate.external.v1.Policy.OnResponse:output_type -> omnigate.external.v1.Decision
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 4: omnigate.external.v1.Request.interactions:type_name -> omnigate.external.v1.Interaction
+	1,  // 5: omnigate.external.v1.Request.interactions_state:type_name -> omnigate.external.v1.InteractionsState
+	10, // 6: omnigate.external.v1.Response.request:type_name -> omnigate.external.v1.Request
+	6,  // 7: omnigate.external.v1.Response.headers:type_name -> omnigate.external.v1.Header
+	0,  // 8: omnigate.external.v1.Response.body_state:type_name -> omnigate.external.v1.BodyState
+	3,  // 9: omnigate.external.v1.HeaderChange.op:type_name -> omnigate.external.v1.HeaderChange.Op
+	6,  // 10: omnigate.external.v1.Reply.headers:type_name -> omnigate.external.v1.Header
+	2,  // 11: omnigate.external.v1.Decision.action:type_name -> omnigate.external.v1.Action
+	12, // 12: omnigate.external.v1.Decision.header_changes:type_name -> omnigate.external.v1.HeaderChange
+	13, // 13: omnigate.external.v1.Decision.reply:type_name -> omnigate.external.v1.Reply
+	14, // 14: omnigate.external.v1.Decision.counters:type_name -> omnigate.external.v1.Counter
+	4,  // 15: omnigate.external.v1.Policy.Configure:input_type -> omnigate.external.v1.ConfigureRequest
+	10, // 16: omnigate.external.v1.Policy.OnRequest:input_type -> omnigate.external.v1.Request
+	11, // 17: omnigate.external.v1.Policy.OnResponse:input_type -> omnigate.external.v1.Response
+	5,  // 18: omnigate.external.v1.Policy.Configure:output_type -> omnigate.external.v1.ConfigureResponse
+	15, // 19: omnigate.external.v1.Policy.OnRequest:output_type -> omnigate.external.v1.Decision
+	15, // 20: omnigate.external.v1.Policy.OnResponse:output_type -> omnigate.external.v1.Decision
+	18, // [18:21] is the sub-list for method output_type
+	15, // [15:18] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_policy_proto_init() }
@@ -1238,8 +1484,8 @@ func file_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_policy_proto_rawDesc), len(file_policy_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   11,
+			NumEnums:      4,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -102,6 +102,49 @@ const (
 	// (space-separated), patient, session and method, each followed by
 	// "\n"; absent for anonymous requests.
 	PropIdentity = 21
+	// PropFHIRInteractions is every FHIR interaction of the request, one
+	// line per interaction ("\n"-terminated), fields separated by "\t" in
+	// the order of the Field constants, each field escaped (ABI.md): for a
+	// batch or transaction POSTed to the FHIR base, one line per entry of
+	// the Bundle, in order; for any other request on a FHIR route, one line
+	// for the request itself. The host reads a batch's body for it (up to
+	// max_request_body; ErrTooLarge over it, ErrInvalid when it is not a
+	// batch or transaction Bundle). Absent outside FHIR routes.
+	PropFHIRInteractions = 22
+)
+
+// Fields of a line of PropFHIRInteractions, in order. A line has at least
+// InteractionFields fields; a later host may add fields at the end, which
+// a guest ignores.
+const (
+	// FieldInteraction is the interaction, as property 13 names them; ""
+	// when the entry (or the request's path) is not a FHIR RESTful
+	// interaction.
+	FieldInteraction = iota
+	// FieldType is the resource type.
+	FieldType
+	// FieldID is the resource id.
+	FieldID
+	// FieldVersionID is the version of a vread.
+	FieldVersionID
+	// FieldOperation is an operation's name, without "$".
+	FieldOperation
+	// FieldCompartmentType and FieldCompartmentID name the compartment of
+	// a compartment search.
+	FieldCompartmentType
+	FieldCompartmentID
+	// FieldConditional is "1" for a conditional create, update, patch or
+	// delete, else "0".
+	FieldConditional
+	// FieldMethod is the HTTP method, upper case.
+	FieldMethod
+	// FieldURL is the url relative to the FHIR base, with its query: an
+	// entry's request.url as given, or the request's path below the base.
+	FieldURL
+	// FieldIfNoneExist is the criteria of a conditional create.
+	FieldIfNoneExist
+	// InteractionFields is the number of fields of a line in ABI v1.
+	InteractionFields
 )
 
 // Log levels, the first argument of log.
