@@ -99,13 +99,19 @@ func ParseBundle(body []byte, base string) (*Bundle, error) {
 	return out, nil
 }
 
-// entryPath splits an entry's url into its path relative to the base and
-// its query.
+// entryPath splits an entry's url into its path relative to the base,
+// percent-decoded as a server decodes it ("%4Fbservation/1" is
+// Observation/1), and its query.
 func entryPath(raw, base string) (path, query string) {
-	if u, err := url.Parse(raw); err == nil && u.IsAbs() {
-		p := strings.TrimPrefix(u.EscapedPath(), strings.TrimSuffix(base, "/"))
-		return strings.Trim(p, "/"), u.RawQuery
+	u, err := url.Parse(raw)
+	if err != nil {
+		// Not a URL a server would act on: left for the caller to refuse.
+		path, query, _ = strings.Cut(raw, "?")
+		return strings.Trim(path, "/"), query
 	}
-	path, query, _ = strings.Cut(raw, "?")
-	return strings.Trim(path, "/"), query
+	path = u.Path
+	if u.IsAbs() {
+		path = strings.TrimPrefix(path, strings.TrimSuffix(base, "/"))
+	}
+	return strings.Trim(path, "/"), u.RawQuery
 }

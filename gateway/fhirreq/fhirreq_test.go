@@ -94,6 +94,7 @@ func TestParseBundle(t *testing.T) {
 	 {"request":{"method":"GET","url":"Patient/85/_history/2"}},
 	 {"request":{"method":"POST","url":"Patient/$validate"}},
 	 {"request":{"method":"GET","url":"not a url"}},
+	 {"request":{"method":"DELETE","url":"%4Fbservation/o1"}},
 	 {"resource":{"resourceType":"Patient"}}
 	]}`
 	b, err := ParseBundle([]byte(body), "/fhir/R4")
@@ -114,6 +115,7 @@ func TestParseBundle(t *testing.T) {
 		{VRead, "Patient", "85", false},
 		{Operation, "Patient", "", false},
 		{"", "", "", false},
+		{Delete, "Observation", "o1", false}, // percent-decoded, as a server reads it
 		{"", "", "", false},
 	}
 	if b.Type != "batch" || len(b.Entries) != len(wants) {
