@@ -10,15 +10,15 @@ import (
 	"github.com/omnigate/omnigate/builtin/cache"
 )
 
-// probeResolution is the most a probe's measured delay exceeds the time a
-// fresh read became possible: the pause between its reads (at most 50 ms)
-// and a request's own time.
-const probeResolution = 100 * time.Millisecond
+// clockSlack covers the time between the probe's acknowledgement and the
+// cache's own reading of its clock for the entry it serves.
+const clockSlack = 25 * time.Millisecond
 
-// outageStalenessBound reads the fleet's config file and returns the most
-// a read may lag a write made on another instance while Redis is down: the
-// largest, over its cache plugins, of outage_max_age and (with L1 on)
-// l1.ttl, plus probeResolution. Without a cache plugin it is 0.
+// outageStalenessBound reads the fleet's config file and returns how long
+// after a write made on another instance while Redis is down an instance
+// may still start serving the old version: the largest, over its cache
+// plugins, of outage_max_age and (with L1 on) l1.ttl, plus clockSlack.
+// Without a cache plugin it is 0.
 func outageStalenessBound(path string) (time.Duration, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -49,7 +49,7 @@ func outageStalenessBound(path string) (time.Duration, error) {
 		if c.L1.Enabled {
 			b = max(b, c.L1.TTL)
 		}
-		bound = max(bound, b+probeResolution)
+		bound = max(bound, b+clockSlack)
 	}
 	return bound, nil
 }

@@ -17,10 +17,14 @@ import (
 
 // staleness is one invalidation probe seen (or not) by one instance.
 type staleness struct {
-	at        time.Duration // when the write was acknowledged, since the load began
-	writer    int
-	reader    int
-	delay     time.Duration // from the acknowledgement to the first read that was fresh
+	at     time.Duration // when the write was acknowledged, since the load began
+	writer int
+	reader int
+	delay  time.Duration // from the acknowledgement to the first read that was fresh
+	// staleFor is from the acknowledgement to the start of the last read
+	// that was still stale (0: none was): how long after the write the
+	// instance served the old version, whatever each read then took.
+	staleFor  time.Duration
 	seen      bool
 	firstRead bool // the first read after the write was already fresh
 }
@@ -130,6 +134,9 @@ func (p *prober) poll(ctx context.Context, i, writer int, path, marker string, t
 			s.seen, s.firstRead = true, first
 			s.delay = max(0, res.start.Sub(ack))
 			break
+		}
+		if err == nil && res.status == http.StatusOK {
+			s.staleFor = max(0, res.start.Sub(ack))
 		}
 		if err == nil && res.status == http.StatusUnauthorized {
 			// The session is not known here (during an outage): a

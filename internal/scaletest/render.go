@@ -178,11 +178,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("")
 	if st.OutageBoundMS > 0 {
 		verdict := "within"
-		if st.Outage.MaxMS > st.OutageBoundMS {
+		if st.OutageStaleMS > st.OutageBoundMS {
 			verdict = "**over**"
 		}
-		p("During the outage the staleness is bounded by the cache's `outage_max_age` (or `l1.ttl` when longer) plus the probes' resolution: %s. The worst measured, %s, is %s it.",
-			fms(st.OutageBoundMS), fms(st.Outage.MaxMS), verdict)
+		p("During the outage an instance may serve the old version for at most the cache's `outage_max_age` (or `l1.ttl` when longer) after a write made elsewhere: %s. The longest it did (the start of its last stale read) was %s, %s the bound.",
+			fms(st.OutageBoundMS), fms(st.OutageStaleMS), verdict)
 		p("")
 	}
 	if fo := r.Failover; fo != nil {

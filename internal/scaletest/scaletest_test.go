@@ -216,7 +216,7 @@ func fakeRun(extraAdmitted ...time.Duration) *runData {
 	pr := &prober{o: o, writes: 3, results: []staleness{
 		{at: 1 * time.Second, reader: 1, seen: true, firstRead: true, delay: 200 * time.Microsecond},
 		{at: 2 * time.Second, reader: 0, seen: true, delay: 3 * time.Millisecond},
-		{at: 5 * time.Second, reader: 1, seen: true, delay: 1500 * time.Millisecond},
+		{at: 5 * time.Second, reader: 1, seen: true, delay: 1500 * time.Millisecond, staleFor: 1400 * time.Millisecond},
 	}}
 	pings := []*pingLog{
 		{points: []pingPoint{{0, "up"}, {4050 * time.Millisecond, "down"}, {6200 * time.Millisecond, "up"}}},
@@ -416,7 +416,7 @@ func TestOutageChecks(t *testing.T) {
 	if r.Sessions.CrossRejectedOutage != 2 || r.Staleness.OutageBoundMS != 1000 {
 		t.Fatalf("sessions %+v, staleness %+v", r.Sessions, r.Staleness)
 	}
-	want := []string{"made before the outage were refused", "served stale for 1.5s"}
+	want := []string{"made before the outage were refused", "served stale for 1.4s"}
 	if len(r.Failures) != len(want) {
 		t.Fatalf("failures %q, want %q", r.Failures, want)
 	}
@@ -434,11 +434,11 @@ func TestOutageStalenessBound(t *testing.T) {
 		want    time.Duration
 	}{
 		{"", 0},
-		{"  c: {type: cache}", 5*time.Second + probeResolution},
-		{"  c: {type: cache, outage_max_age: 2s}", 2*time.Second + probeResolution},
-		{"  c: {type: cache, outage_max_age: 2s, l1: {enabled: true, ttl: 3s}}", 3*time.Second + probeResolution},
-		{"  c: {type: cache, on_redis_down: bypass}", probeResolution},
-		{"  s: {type: session}\n  c: {type: cache, outage_max_age: 1s}", time.Second + probeResolution},
+		{"  c: {type: cache}", 5*time.Second + clockSlack},
+		{"  c: {type: cache, outage_max_age: 2s}", 2*time.Second + clockSlack},
+		{"  c: {type: cache, outage_max_age: 2s, l1: {enabled: true, ttl: 3s}}", 3*time.Second + clockSlack},
+		{"  c: {type: cache, on_redis_down: bypass}", clockSlack},
+		{"  s: {type: session}\n  c: {type: cache, outage_max_age: 1s}", time.Second + clockSlack},
 	} {
 		path := filepath.Join(dir, "c.yaml")
 		os.WriteFile(path, []byte("plugins:\n"+tc.plugins+"\n"), 0o600)
