@@ -170,7 +170,18 @@ func (h inProcessFHIR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusInternalServerError, "internal error", true)
 		}
 	}()
-	rt.fhir.ServeHTTP(w, r)
+	rt.fhir.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), inProcessKey{}, true)))
+}
+
+type inProcessKey struct{}
+
+// InProcess reports whether the request on ctx was made in process by a
+// plugin through Env.FHIRHandler, outside every route (no client can make
+// one). The embedded FHIR server trusts the shape of what such requests
+// write: it skips their schema validation.
+func InProcess(ctx context.Context) bool {
+	v, _ := ctx.Value(inProcessKey{}).(bool)
+	return v
 }
 
 // AddHealth adds a component to /ping. check is called on every /ping.

@@ -72,7 +72,7 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 		return locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("POST to the base takes a Bundle, not %q", b.ResourceType))
 	}
 	entries := make([]*bundleEntry, len(b.Entry))
-	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i]) })
+	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i], req.trusted) })
 	switch b.Type {
 	case "transaction":
 		for _, e := range entries {
@@ -96,7 +96,7 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 }
 
 // parseEntry reads an entry's request and resource.
-func (h *Handler) parseEntry(i int, in *inEntry) *bundleEntry {
+func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
 	where := fmt.Sprintf("entry[%d]: ", i)
 	e := &bundleEntry{index: i, fullURL: in.FullURL}
 	fail := func(status int, format string, args ...any) *bundleEntry {
@@ -156,7 +156,7 @@ func (h *Handler) parseEntry(i int, in *inEntry) *bundleEntry {
 	}
 	switch method {
 	case http.MethodPost, http.MethodPut:
-		p, err := h.parseResource(in.Resource, o.typ, where)
+		p, err := h.parseResource(in.Resource, o.typ, where, trusted)
 		if err != nil {
 			prefixExpressions(err, i)
 			e.err = err

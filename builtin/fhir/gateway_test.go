@@ -4,7 +4,10 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/omnigate/omnigate/gateway"
@@ -135,5 +138,40 @@ func TestConfigBoolsIndependent(t *testing.T) {
 		if boolOr(c.UpdateCreate, false) != tc.updateCreate || boolOr(c.SchemaValidation, false) != tc.validate {
 			t.Errorf("%q: update_create %v, validate %v; want %v, %v", tc.yaml, *c.UpdateCreate, *c.SchemaValidation, tc.updateCreate, tc.validate)
 		}
+	}
+}
+
+// inProcessHandlers holds, by plugin name, the in-process FHIR handler the
+// "inproc" test plugin was given.
+var inProcessHandlers sync.Map
+
+func init() {
+	gateway.RegisterPlugin("inproc", func() *struct{} { return &struct{}{} },
+		func(_ context.Context, _ *struct{}, env *gateway.Env) (gateway.Plugin, error) {
+			inProcessHandlers.Store(env.Name, env.FHIRHandler())
+			return gateway.PluginFunc(func(w http.ResponseWriter, r *http.Request, next http.Handler) { next.ServeHTTP(w, r) }), nil
+		})
+}
+
+// TestInProcessWritesAreTrusted: what the gateway's own plugins write in
+// process (the audit trail) skips schema validation; the same write from a
+// client does not.
+func TestInProcessWritesAreTrusted(t *testing.T) {
+	srv := newGateway(t, gatewayYAML+"    plugins: [trusting]\nplugins:\n  trusting: {type: inproc}\n")
+	v, _ := inProcessHandlers.Load("trusting")
+	inProcess := v.(http.Handler)
+	bad := `{"resourceType":"Observation","status":7,"code":{"text":"x"}}` // status is a code, not a number
+	send := func(h http.Handler) int {
+		r := httptest.NewRequest("POST", "/fhir/R4/Observation", strings.NewReader(bad))
+		r.Header.Set("Content-Type", "application/fhir+json")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if code := send(srv); code != http.StatusBadRequest {
+		t.Errorf("a client's invalid write: %d, want 400", code)
+	}
+	if code := send(inProcess); code != http.StatusCreated {
+		t.Errorf("an in-process write: %d, want 201 (trusted)", code)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
+	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/gateway/outcome"
 )
 
@@ -35,6 +36,7 @@ type request struct {
 	pretty  bool
 	summary string // _summary on reads
 	elems   []string
+	trusted bool // made in process by the gateway's plugins: writes skip schema validation
 }
 
 type preferences struct {
@@ -71,7 +73,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errorf(http.StatusNotFound, "%s is not under the FHIR base %s", r.URL.Path, h.base))
 		return
 	}
-	req := &request{Request: r, query: r.URL.Query(), prefer: parsePrefer(r.Header.Values("Prefer"))}
+	req := &request{Request: r, query: r.URL.Query(), prefer: parsePrefer(r.Header.Values("Prefer")),
+		trusted: gateway.InProcess(r.Context())}
 	if rest = strings.Trim(rest, "/"); rest != "" {
 		req.segs = strings.Split(rest, "/")
 	}

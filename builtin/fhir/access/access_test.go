@@ -1,11 +1,19 @@
 package access
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/url"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 )
 
 func TestParseScope(t *testing.T) {
@@ -255,5 +263,68 @@ func TestRecord(t *testing.T) {
 	got.Entries[0].Allowed = false
 	if !r.Get().Entries[0].Allowed || !r.Get().Decided {
 		t.Fatal("Get must return a copy")
+	}
+}
+
+// TestCompartmentElements: every compartment parameter's expression starts
+// from elements the fast decoding keeps, for every type of the
+// compartment: decoding only them gives the same compartments as the whole
+// resource would.
+func TestCompartmentElements(t *testing.T) {
+	for typ := range spec.PatientCompartment {
+		if len(compartmentElements(typ)) == 0 {
+			t.Errorf("%s: no element found in its compartment parameters' expressions", typ)
+		}
+	}
+	if got := compartmentElements("Observation"); !slices.Contains(got, "subject") || !slices.Contains(got, "performer") {
+		t.Errorf("Observation: %v", got)
+	}
+}
+
+// TestCompartmentsMatchFullDecoding: over the Synthea test data, decoding
+// only the compartment's elements finds what decoding whole resources
+// finds.
+func TestCompartmentsMatchFullDecoding(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("..", "testdata", "synthea", "*.json"))
+	if len(files) == 0 {
+		t.Fatal("no test data")
+	}
+	n := 0
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b struct {
+			Entry []struct {
+				Resource json.RawMessage `json:"resource"`
+			} `json:"entry"`
+		}
+		if err := json.Unmarshal(raw, &b); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range b.Entry {
+			var head struct{ ResourceType, ID string }
+			json.Unmarshal(e.Resource, &head)
+			// The transaction's urn:uuid references, as a server rewrites them.
+			body := []byte(strings.ReplaceAll(string(e.Resource), `"urn:uuid:`, `"Patient/`))
+			d := json.NewDecoder(bytes.NewReader(body))
+			d.UseNumber()
+			var tree any
+			if err := d.Decode(&tree); err != nil {
+				t.Fatal(err)
+			}
+			want := search.Compartments(head.ResourceType, head.ID, tree)
+			got, err := Compartments(head.ResourceType, head.ID, body)
+			slices.Sort(want)
+			slices.Sort(got)
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("%s/%s: %v %v, want %v", head.ResourceType, head.ID, got, err, want)
+			}
+			n++
+		}
+	}
+	if n < 700 {
+		t.Errorf("only %d resources checked", n)
 	}
 }
