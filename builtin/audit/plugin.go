@@ -36,6 +36,7 @@ type Plugin struct {
 	hasFHIR  bool         // the fhir sink is on
 	admin    *adminRegistry
 	gen      uint64 // generation of the pipeline's settings this instance asks for
+	memo     *compartmentMemo
 
 	closeOnce sync.Once
 }
@@ -97,7 +98,8 @@ func newPlugin(_ context.Context, cfg *Config, env *gateway.Env, opts options) (
 		return nil, err
 	}
 	p := &Plugin{name: env.Name, cfg: cfg, pipe: pipe, clock: pipe.clock, fhirBase: env.Config.FHIRBasePath(),
-		load: env.Config, fhir: deps.fhir, hasFHIR: hasFHIR, gen: gen}
+		load: env.Config, fhir: deps.fhir, hasFHIR: hasFHIR, gen: gen,
+		memo: newCompartmentMemo(memoEntries)}
 	env.OnStart(func(context.Context, http.Handler) {
 		pipe.activate(gen, cfg, func(sc SinkConfig) (sink, error) { return sinkTypes[sc.Type](sc, deps) })
 	})
@@ -327,12 +329,13 @@ func isJSON(ct string) bool {
 func (p *Plugin) record(r *http.Request, x *exchange, cw *capture, d access.RecordData) {
 	recs := p.build(r, x, cw, d)
 	drop := p.cfg.OnSinkFailure == Drop
+	buf := lineBufs.Get().(*[]byte)
 	for _, rec := range recs {
-		line, err := json.Marshal(rec)
-		if err != nil {
-			continue // cannot happen: every field is a string, number or bool
-		}
-		p.pipe.append(line, int64(p.cfg.MaxSpoolBytes), drop)
+		*buf = rec.appendJSON((*buf)[:0])
+		p.pipe.append(*buf, int64(p.cfg.MaxSpoolBytes), drop)
+	}
+	if cap(*buf) <= 64<<10 {
+		lineBufs.Put(buf)
 	}
 }
 
@@ -404,7 +407,9 @@ func (p *Plugin) build(r *http.Request, x *exchange, cw *capture, d access.Recor
 	}
 	if cw.want && status < 400 && complete && len(body) > 0 {
 		switch x.req.Interaction {
-		case fhirreq.Read, fhirreq.VRead, fhirreq.Update, fhirreq.Patch:
+		case fhirreq.Read, fhirreq.VRead:
+			p.versionPatients(pats, x.req.Type, x.req.ID, cw.Header().Get("ETag"), body)
+		case fhirreq.Update, fhirreq.Patch:
 			pats.fromResource(x.req.Type, x.req.ID, body) // the resource of the path
 		case fhirreq.Create:
 			pats.fromResource(x.req.Type, rec.ResourceID, body)
@@ -414,6 +419,30 @@ func (p *Plugin) build(r *http.Request, x *exchange, cw *capture, d access.Recor
 	}
 	rec.Patients, rec.PatientsIncomplete = pats.ids, pats.incomplete
 	return []*Record{rec}
+}
+
+// versionPatients adds the patients of a read resource version (body),
+// remembered by version so that the same version read again is not decoded
+// again.
+func (p *Plugin) versionPatients(pats *patientSet, typ, id, etag string, body []byte) {
+	key := memoKey(typ, id, etag)
+	if key != "" {
+		if ids, ok := p.memo.get(key); ok {
+			for _, pid := range ids {
+				pats.add(pid)
+			}
+			return
+		}
+	}
+	one := &patientSet{max: p.cfg.MaxPatients}
+	one.fromResource(typ, id, body)
+	if key != "" && !one.incomplete {
+		p.memo.put(key, one.ids)
+	}
+	for _, pid := range one.ids {
+		pats.add(pid)
+	}
+	pats.incomplete = pats.incomplete || one.incomplete
 }
 
 // buildBundle returns the records of a batch or transaction: the Bundle's
