@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"sort"
 	"strings"
 	"time"
 
@@ -24,6 +25,24 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.draining.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+			return
+		}
+		// Not ready while a required component (the FHIR store) is down:
+		// load balancers send the traffic elsewhere.
+		if resp, status := s.health(); status != http.StatusOK {
+			var down []string
+			for name, h := range resp.Components {
+				if h.Status == StatusDown && h.Required {
+					down = append(down, name)
+				}
+			}
+			for name, p := range resp.Plugins {
+				if p.Status == StatusDown && p.Required {
+					down = append(down, name)
+				}
+			}
+			sort.Strings(down)
+			writeJSON(w, status, map[string]any{"status": resp.Status, "down": down})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -88,6 +107,16 @@ type PluginHealth struct {
 }
 
 func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
+	resp, status := s.health()
+	if status == http.StatusServiceUnavailable && resp.Status == "draining" {
+		w.Header().Set("Retry-After", shutdownRetryAfter)
+	}
+	writeJSON(w, status, resp)
+}
+
+// health is the body and status of /ping: 503 while draining or while a
+// required component is down.
+func (s *Server) health() (PingResponse, int) {
 	resp := PingResponse{
 		Status:        "ok",
 		Version:       s.opts.Version,
@@ -98,9 +127,7 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	rt := s.acquire()
 	if rt == nil { // shut down: the plugins are closed or closing
 		resp.Status = "draining"
-		w.Header().Set("Retry-After", shutdownRetryAfter)
-		writeJSON(w, http.StatusServiceUnavailable, resp)
-		return
+		return resp, http.StatusServiceUnavailable
 	}
 	defer rt.release()
 	if rt.cfg.Redis.Enabled() {
@@ -142,7 +169,7 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		resp.Status, status = "draining", http.StatusServiceUnavailable
 	}
-	writeJSON(w, status, resp)
+	return resp, status
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -523,6 +524,36 @@ func TestPingReportsRequiredComponentDown(t *testing.T) {
 	rec := do(srv.AdminHandler(), "GET", "/ping", nil)
 	if rec.Code != 503 || !strings.Contains(rec.Body.String(), `"status": "down"`) {
 		t.Errorf("required plugin down: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// While a required component (a database the FHIR store lives in) is down,
+// /readyz answers 503 naming it, so that load balancers send traffic to
+// other instances; it is ready again once the component is back.
+func TestReadyzFollowsRequiredComponents(t *testing.T) {
+	srv, _ := newTestServer(t, "routes:\n  - fhir: true\n")
+	var down atomic.Bool
+	rt := srv.cur.Load()
+	rt.health = append(rt.health, healthCheck{"fhir_store", func() Health {
+		if down.Load() {
+			return Health{Status: StatusDown, Required: true, Detail: "connection refused"}
+		}
+		return Health{Status: StatusUp, Required: true}
+	}}, healthCheck{"optional", func() Health { return Health{Status: StatusDown} }})
+	if rec := do(srv.AdminHandler(), "GET", "/readyz", nil); rec.Code != 200 {
+		t.Fatalf("/readyz with the store up: %d %s", rec.Code, rec.Body)
+	}
+	down.Store(true)
+	rec := do(srv.AdminHandler(), "GET", "/readyz", nil)
+	if rec.Code != 503 || !strings.Contains(rec.Body.String(), `"fhir_store"`) || strings.Contains(rec.Body.String(), "optional") {
+		t.Errorf("/readyz with the store down: %d %s", rec.Code, rec.Body)
+	}
+	if rec := do(srv.AdminHandler(), "GET", "/ping", nil); rec.Code != 503 || !strings.Contains(rec.Body.String(), `"status": "down"`) {
+		t.Errorf("/ping with the store down: %d %s", rec.Code, rec.Body)
+	}
+	down.Store(false)
+	if rec := do(srv.AdminHandler(), "GET", "/readyz", nil); rec.Code != 200 {
+		t.Errorf("/readyz with the store back: %d %s", rec.Code, rec.Body)
 	}
 }
 

@@ -318,8 +318,9 @@ func errorf(status int, format string, args ...any) *httpError {
 }
 
 // asHTTPError maps err to a status: *httpError keeps its own, a request
-// body over the limit is 413, a cancelled request 499 (never sent), and
-// anything else 500.
+// body over the limit is 413, a cancelled request 499 (never sent), a store
+// that cannot be reached or did not answer in time 503 (answered with
+// Retry-After), and anything else nil (500).
 func asHTTPError(err error) *httpError {
 	var he *httpError
 	if errors.As(err, &he) {
@@ -331,6 +332,12 @@ func asHTTPError(err error) *httpError {
 	}
 	if errors.Is(err, context.Canceled) {
 		return errorf(499, "request cancelled")
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return errorf(http.StatusServiceUnavailable, "the FHIR store is unavailable: retry later")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errorf(http.StatusServiceUnavailable, "the FHIR store did not answer in time: retry later")
 	}
 	return nil
 }

@@ -88,6 +88,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// storeRetryAfter is the Retry-After, in seconds, of the answers given
+// while the store is unavailable.
+const storeRetryAfter = "2"
+
 // fail answers with err as an OperationOutcome.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	he := asHTTPError(err)
@@ -95,6 +99,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		// No resource content in the log: the error comes from the store.
 		h.log.LogAttrs(r.Context(), slog.LevelError, "fhir request failed", slog.String("error", err.Error()), slog.String("method", r.Method))
 		he = errorf(http.StatusInternalServerError, "internal error")
+	}
+	if he.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", storeRetryAfter)
 	}
 	if he.status == http.StatusMethodNotAllowed && w.Header().Get("Allow") == "" {
 		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")

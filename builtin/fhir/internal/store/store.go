@@ -17,6 +17,11 @@ import (
 // ErrNotFound is returned when a resource or version does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable wraps the errors of a store that cannot be reached for
+// now (a database server down, restarting or out of connections): the
+// request may succeed if retried later, and nothing was written.
+var ErrUnavailable = errors.New("store unavailable")
+
 // Version is one stored version of a resource.
 type Version struct {
 	// Key identifies the resource (all its versions) within the store.
