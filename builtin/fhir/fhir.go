@@ -236,7 +236,8 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 		if cfg.PageSnapshots != nil {
 			n = *cfg.PageSnapshots
 		}
-		h.pages = newSnapshots(n, cfg.SnapshotTTL, opts.Now)
+		shared, _ := st.(store.Snapshots)
+		h.pages = newSnapshots(n, cfg.SnapshotTTL, opts.Now, shared)
 	}
 	for _, o := range cfg.CORS.AllowedOrigins {
 		if o == "*" {

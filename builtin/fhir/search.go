@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
@@ -276,7 +277,7 @@ func (h *Handler) page(ctx context.Context, q *search.Query, constraints string)
 	key := queryKey(q, constraints)
 	count := q.Count
 	if q.Page != "" && h.pages != nil {
-		if s := h.pages.get(q.Page, key); s != nil && (q.Offset < len(s.matches) || s.complete) {
+		if s := h.pages.get(ctx, q.Page, key); s != nil && (q.Offset < len(s.matches) || s.complete) {
 			end := min(len(s.matches), q.Offset+count)
 			start := min(q.Offset, end)
 			return page{
@@ -304,7 +305,7 @@ func (h *Handler) page(ctx context.Context, q *search.Query, constraints string)
 				return page{}, err
 			}
 		}
-		token := h.pages.put(key, ms, total, complete)
+		token := h.pages.put(ctx, key, ms, total, complete)
 		return page{matches: ms[:count], total: total, hasNext: true, token: token}, nil
 	}
 	ms, err := h.store.Search(ctx, q, q.Offset, count+1)
@@ -331,14 +332,18 @@ func (h *Handler) total(ctx context.Context, q *search.Query) (int, error) {
 }
 
 // snapshots keeps recent search results for paging, least recently used
-// first out.
+// first out. With a shared store (store.Snapshots: a database every
+// instance serves) each snapshot is also written there, so that a page link
+// works on whichever instance it reaches; there a snapshot lives for the
+// TTL after it was made (here, after its last use).
 type snapshots struct {
-	mu    sync.Mutex
-	max   int
-	ttl   time.Duration
-	now   func() time.Time
-	byTok map[string]*list.Element
-	lru   *list.List // of *snapshot, most recent at the front
+	mu     sync.Mutex
+	max    int
+	ttl    time.Duration
+	now    func() time.Time
+	byTok  map[string]*list.Element
+	lru    *list.List // of *snapshot, most recent at the front
+	shared store.Snapshots
 }
 
 type snapshot struct {
@@ -350,25 +355,58 @@ type snapshot struct {
 	used     time.Time
 }
 
-func newSnapshots(n int, ttl time.Duration, now func() time.Time) *snapshots {
-	return &snapshots{max: n, ttl: ttl, now: now, byTok: map[string]*list.Element{}, lru: list.New()}
+func newSnapshots(n int, ttl time.Duration, now func() time.Time, shared store.Snapshots) *snapshots {
+	return &snapshots{max: n, ttl: ttl, now: now, byTok: map[string]*list.Element{}, lru: list.New(), shared: shared}
 }
 
-func (s *snapshots) put(key string, ms []store.Match, total int, complete bool) string {
+// put keeps a snapshot and returns its token; "" when the shared store
+// could not take it (the pages are then read at their offsets).
+func (s *snapshots) put(ctx context.Context, key string, ms []store.Match, total int, complete bool) string {
 	var b [12]byte
 	rand.Read(b[:])
 	tok := hex.EncodeToString(b[:])
+	snap := &snapshot{token: tok, key: key, matches: ms, total: total, complete: complete, used: s.now()}
+	if s.shared != nil {
+		if err := s.shared.PutSnapshot(ctx, tok, snap.encode(), snap.used.Add(s.ttl)); err != nil {
+			return ""
+		}
+	}
+	s.keep(snap)
+	return tok
+}
+
+func (s *snapshots) keep(snap *snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.byTok[tok] = s.lru.PushFront(&snapshot{token: tok, key: key, matches: ms, total: total, complete: complete, used: s.now()})
+	if _, ok := s.byTok[snap.token]; ok {
+		return
+	}
+	s.byTok[snap.token] = s.lru.PushFront(snap)
 	for s.lru.Len() > s.max {
 		old := s.lru.Remove(s.lru.Back()).(*snapshot)
 		delete(s.byTok, old.token)
 	}
-	return tok
 }
 
-func (s *snapshots) get(tok, key string) *snapshot {
+func (s *snapshots) get(ctx context.Context, tok, key string) *snapshot {
+	if snap := s.local(tok, key); snap != nil || s.shared == nil {
+		return snap
+	}
+	// Made by another instance, or forgotten here.
+	data, err := s.shared.GetSnapshot(ctx, tok, s.now())
+	if err != nil {
+		return nil
+	}
+	snap, ok := decodeSnapshot(tok, data)
+	if !ok || snap.key != key {
+		return nil
+	}
+	snap.used = s.now()
+	s.keep(snap)
+	return snap
+}
+
+func (s *snapshots) local(tok, key string) *snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.byTok[tok]
@@ -388,6 +426,61 @@ func (s *snapshots) get(tok, key string) *snapshot {
 	snap.used = now
 	s.lru.MoveToFront(e)
 	return snap
+}
+
+// encode writes the snapshot for a shared store: its key, total,
+// completeness and matches, as varints.
+func (snap *snapshot) encode() []byte {
+	b := make([]byte, 0, 16+len(snap.key)+len(snap.matches)*6)
+	b = binary.AppendUvarint(b, uint64(len(snap.key)))
+	b = append(b, snap.key...)
+	b = binary.AppendVarint(b, int64(snap.total))
+	if snap.complete {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = binary.AppendUvarint(b, uint64(len(snap.matches)))
+	for _, m := range snap.matches {
+		b = binary.AppendVarint(b, m.Key)
+		b = binary.AppendVarint(b, m.Version)
+	}
+	return b
+}
+
+// decodeSnapshot reads what encode wrote; ok is false for anything else.
+func decodeSnapshot(tok string, b []byte) (*snapshot, bool) {
+	snap := &snapshot{token: tok}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, false
+	}
+	b = b[k:]
+	snap.key, b = string(b[:n]), b[n:]
+	total, k := binary.Varint(b)
+	if k <= 0 || len(b) < k+1 || total < 0 {
+		return nil, false
+	}
+	snap.total, snap.complete, b = int(total), b[k] == 1, b[k+1:]
+	count, k := binary.Uvarint(b)
+	if k <= 0 || count > uint64(len(b)) {
+		return nil, false
+	}
+	b = b[k:]
+	snap.matches = make([]store.Match, 0, count)
+	for range count {
+		key, k1 := binary.Varint(b)
+		if k1 <= 0 {
+			return nil, false
+		}
+		ver, k2 := binary.Varint(b[k1:])
+		if k2 <= 0 {
+			return nil, false
+		}
+		b = b[k1+k2:]
+		snap.matches = append(snap.matches, store.Match{Key: key, Version: ver})
+	}
+	return snap, len(b) == 0
 }
 
 // subsetTag marks resources that _summary or _elements cut.

@@ -106,6 +106,18 @@ type Tx interface {
 	Put(ctx context.Context, v *Version, idx *search.Entries) error
 }
 
+// Snapshots is implemented by stores that several processes share (a
+// database server): the search server keeps its paging snapshots there, so
+// that whichever instance serves the next page finds the snapshot the first
+// page made.
+type Snapshots interface {
+	// PutSnapshot stores data under token until expires.
+	PutSnapshot(ctx context.Context, token string, data []byte, expires time.Time) error
+	// GetSnapshot returns the data stored under token, or ErrNotFound when
+	// there is none or it expired before now.
+	GetSnapshot(ctx context.Context, token string, now time.Time) ([]byte, error)
+}
+
 // Store is a FHIR resource store.
 type Store interface {
 	Reader
