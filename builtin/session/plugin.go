@@ -282,28 +282,46 @@ func (p *Plugin) csrfOK(r *http.Request) bool {
 	if r.Header.Get(p.cfg.CSRF.Header) != "" {
 		return true
 	}
+	origin := requestOrigin(r)
+	if origin == "" || origin == "null" {
+		return false
+	}
+	return p.origins[origin] || origin == ownOrigin(r)
+}
+
+// requestOrigin is the lowercased Origin of r or, without one (or with
+// "null"), the origin of its Referer; "" when it has neither, "null" for
+// an opaque origin without a Referer.
+func requestOrigin(r *http.Request) string {
 	origin := r.Header.Get("Origin")
 	if origin == "" || origin == "null" {
-		ref := r.Header.Get("Referer")
-		if ref == "" {
-			return false
+		if ref := r.Header.Get("Referer"); ref != "" {
+			scheme, rest, ok := strings.Cut(ref, "://")
+			if !ok {
+				return "null"
+			}
+			host, _, _ := strings.Cut(rest, "/")
+			origin = scheme + "://" + host
 		}
-		scheme, rest, ok := strings.Cut(ref, "://")
-		if !ok {
-			return false
-		}
-		host, _, _ := strings.Cut(rest, "/")
-		origin = scheme + "://" + host
 	}
-	origin = strings.ToLower(origin)
-	if p.origins[origin] {
-		return true
-	}
+	return strings.ToLower(origin)
+}
+
+// ownOrigin is the origin the request was sent to.
+func ownOrigin(r *http.Request) string {
 	scheme := "http"
 	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
 		scheme = "https"
 	}
-	return origin == scheme+"://"+strings.ToLower(r.Host)
+	return scheme + "://" + strings.ToLower(r.Host)
+}
+
+// now is the plugin's clock.
+func (p *Plugin) now() time.Time {
+	if p.cfg.now != nil {
+		return p.cfg.now()
+	}
+	return time.Now()
 }
 
 type metrics struct {
