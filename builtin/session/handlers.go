@@ -79,9 +79,6 @@ func (p *Plugin) login(w http.ResponseWriter, r *http.Request) {
 		gateway.Error(w, r, http.StatusTooManyRequests, "too many failed logins; try again later")
 		return
 	}
-	if err := p.users.refresh(); err != nil {
-		p.logger.Error("user directory changed but cannot be read; keeping the previous users", "error", err)
-	}
 	u, ok := p.users.authenticate(username, password)
 	if !ok {
 		// The attempt stays counted: it is the failure.

@@ -39,6 +39,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +66,8 @@ type Plugin struct {
 	throttle *ratelimit.Engine
 	metrics  *metrics
 	origins  map[string]bool
+	done     chan struct{} // closed by Close: stops the directory watcher
+	closing  sync.Once
 }
 
 var (
@@ -82,7 +85,8 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		return nil, err
 	}
 	m.Declare("sessions", backbone.Durable)
-	p := &Plugin{cfg: cfg, logger: env.Logger, metrics: newMetrics(env.Registerer), origins: map[string]bool{}}
+	p := &Plugin{cfg: cfg, logger: env.Logger, metrics: newMetrics(env.Registerer), origins: map[string]bool{},
+		done: make(chan struct{})}
 	for _, o := range cfg.CSRF.TrustedOrigins {
 		p.origins[strings.ToLower(o)] = true
 	}
@@ -128,6 +132,9 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 	if cfg.Mount != "off" {
 		p.mount(env)
 	}
+	if p.users != nil {
+		go p.watchUsers(cfg.Users.ReloadInterval)
+	}
 	return p, nil
 }
 
@@ -146,8 +153,10 @@ func (s *sharedSessions) Close() error {
 	return nil
 }
 
-// Close releases the plugin's JWKS refresher and throttle.
+// Close releases the plugin's directory watcher, JWKS refresher and
+// throttle.
 func (p *Plugin) Close() error {
+	p.closing.Do(func() { close(p.done) })
 	if p.jwt != nil {
 		p.jwt.close()
 	}
@@ -258,6 +267,9 @@ func (p *Plugin) sessionOf(ctx context.Context, cred credential) (*Record, error
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errStore, err)
+	}
+	if !p.granted(rec) {
+		return nil, errBadSession
 	}
 	return rec, nil
 }
