@@ -129,6 +129,9 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		return nil, err
 	}
 	p.metrics.observeSessions(p.store)
+	// Session tokens (and JWTs this gateway accepts) never reach an
+	// upstream: one that kept them could act as the user here.
+	env.GatewayCredential(gateway.Credential{Cookie: cfg.Cookie.Name, Authorization: p.carriesCredential})
 	if cfg.Mount != "off" {
 		p.mount(env)
 	}
@@ -272,6 +275,14 @@ func (p *Plugin) sessionOf(ctx context.Context, cred credential) (*Record, error
 		return nil, errBadSession
 	}
 	return rec, nil
+}
+
+// carriesCredential reports whether an Authorization header value holds
+// a credential of this gateway: a session token, or a JWT when JWTs are
+// accepted (they authenticate here, or are exchanged for sessions).
+func (p *Plugin) carriesCredential(value string) bool {
+	tok, ok := parseBearer(value)
+	return ok && (wellFormedToken(tok) || p.jwt != nil && looksLikeJWT(tok))
 }
 
 func (p *Plugin) jwtStateless() bool { return p.cfg.JWT.Stateless == nil || *p.cfg.JWT.Stateless }
