@@ -664,6 +664,17 @@ func (c *Config) FHIRBasePath() string {
 	return "/fhir/R4"
 }
 
+// FHIRBaseURL is the absolute base URL the embedded FHIR server builds its
+// links from (fhir.base_url), or "" when it builds them from each request's
+// Host header and scheme: responses then depend on the Host, and a cache
+// must key on it.
+func (c *Config) FHIRBaseURL() string {
+	if b, ok := c.fhirConfig.(interface{ PublicBaseURL() string }); ok {
+		return b.PublicBaseURL()
+	}
+	return ""
+}
+
 func (c *Config) validateRoutes() {
 	if _, wrongKind := c.dec.Positions["routes"]; len(c.Routes) == 0 && !wrongKind {
 		c.fail("routes", "at least one route is required")
