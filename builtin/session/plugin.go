@@ -366,7 +366,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: MetricChecks, Help: "Session checks by result (valid, missing, invalid, anonymous, csrf, error).",
 		}, []string{"result"})),
 		logins: gateway.RegisterMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricLogins, Help: "Logins by method and result (success, failure, throttled, unavailable).",
+			Name: MetricLogins, Help: "Logins by method and result (success, failure, throttled, cross_site, unavailable).",
 		}, []string{"method", "result"})),
 		active: gateway.RegisterMetric(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: MetricActive, Help: "Live sessions by role, as counted by the store (sampled every 15s).",
