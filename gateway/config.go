@@ -66,8 +66,8 @@ type AdminConfig struct {
 	// overrides it. "off" disables the admin listener.
 	Listen string `yaml:"listen"`
 	// Token, when set, is required as "Authorization: Bearer <token>" on every
-	// admin endpoint except /healthz and /readyz. OMNIGATE_ADMIN_TOKEN
-	// overrides it. Required when Listen is not a loopback address, unless
+	// admin endpoint except /healthz and /readyz; at least 32 bytes.
+	// OMNIGATE_ADMIN_TOKEN overrides it. Required when Listen is not a loopback address, unless
 	// Insecure is set.
 	Token string `yaml:"token"`
 	// TokenFile reads the token from a file (trailing newline trimmed).
@@ -280,6 +280,11 @@ type UpstreamConfig struct {
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	// TLS configures TLS to an https upstream.
 	TLS *TLSConfig `yaml:"tls"`
+	// Identity sends the caller's identity to this upstream as a signed
+	// header (see IdentityHeaderConfig). Default: none. The gateway's own
+	// credentials (session cookie, session bearer token) are never
+	// forwarded, with or without it.
+	Identity *IdentityHeaderConfig `yaml:"identity"`
 
 	target *url.URL
 }
@@ -330,6 +335,9 @@ func defaultRedis() RedisConfig {
 		ReconnectMax:     5 * time.Second,
 	}
 }
+
+// MinAdminTokenBytes is the shortest admin token accepted.
+const MinAdminTokenBytes = 32
 
 // Environment variables that override config settings.
 const (
@@ -481,13 +489,18 @@ func (c *Config) validate() {
 	if c.Admin.Listen != "off" {
 		c.checkAddr("admin", c.Admin.Listen)
 	}
+	tokenKey := "admin.token"
 	if c.Admin.TokenFile != "" {
 		b, err := os.ReadFile(c.Admin.TokenFile)
 		if err != nil {
 			c.fail("admin.token_file", "%v", err)
 		} else if c.Admin.Token == "" {
 			c.Admin.Token = strings.TrimSpace(string(b))
+			tokenKey = "admin.token_file"
 		}
+	}
+	if c.Admin.Token != "" && len(c.Admin.Token) < MinAdminTokenBytes {
+		c.fail(tokenKey, "the admin token must be at least %d bytes (it guards every admin endpoint; make one with: head -c 32 /dev/urandom | base64)", MinAdminTokenBytes)
 	}
 	if c.Admin.Listen != "off" && c.Admin.Token == "" && !c.Admin.Insecure && !isLoopback(c.Admin.Listen) {
 		c.fail("admin", "admin listener %q is not on loopback: set admin.token (or OMNIGATE_ADMIN_TOKEN), or admin.insecure: true", c.Admin.Listen)
@@ -651,6 +664,17 @@ func (c *Config) FHIRBasePath() string {
 	return "/fhir/R4"
 }
 
+// FHIRBaseURL is the absolute base URL the embedded FHIR server builds its
+// links from (fhir.base_url), or "" when it builds them from each request's
+// Host header and scheme: responses then depend on the Host, and a cache
+// must key on it.
+func (c *Config) FHIRBaseURL() string {
+	if b, ok := c.fhirConfig.(interface{ PublicBaseURL() string }); ok {
+		return b.PublicBaseURL()
+	}
+	return ""
+}
+
 func (c *Config) validateRoutes() {
 	if _, wrongKind := c.dec.Positions["routes"]; len(c.Routes) == 0 && !wrongKind {
 		c.fail("routes", "at least one route is required")
@@ -669,6 +693,9 @@ func (c *Config) validateRoutes() {
 		if rc.Upstream != nil {
 			terminals++
 			c.validateUpstream(key+".upstream", rc.Upstream)
+			if rc.Upstream.Identity != nil {
+				c.validateIdentity(key+".upstream.identity", rc.Upstream.Identity, rc)
+			}
 		}
 		if terminals != 1 {
 			c.fail(key, "a route needs exactly one terminal: fhir: true or upstream: URL")
@@ -717,6 +744,48 @@ func (c *Config) validateRoutes() {
 		if _, err := newRouter(configRouteSpecs(c, nil)); err != nil {
 			c.dec.Add(err)
 		}
+	}
+}
+
+func (c *Config) validateIdentity(key string, id *IdentityHeaderConfig, rc *RouteConfig) {
+	if id.Header == "" {
+		id.Header = DefaultIdentityHeader
+	}
+	if id.TTL == 0 {
+		id.TTL = time.Minute
+	}
+	if id.Audience == "" {
+		id.Audience = rc.Name
+		if id.Audience == "" {
+			id.Audience = rc.Path
+		}
+	}
+	if id.TTL < time.Second {
+		c.fail(key+".ttl", "must be at least 1s")
+	}
+	if strings.ContainsAny(id.Header, " :\t\r\n") {
+		c.fail(key+".header", "must be a header name")
+	}
+	switch {
+	case id.Key != "" && id.KeyFile != "":
+		c.fail(key+".key_file", "set only one of key and key_file")
+	case id.KeyFile != "":
+		b, err := os.ReadFile(id.KeyFile)
+		if err != nil {
+			c.fail(key+".key_file", "%v", err)
+			return
+		}
+		id.key = []byte(strings.TrimSpace(string(b)))
+		if len(id.key) < 32 {
+			c.fail(key+".key_file", "the key must be at least 32 bytes")
+		}
+	case id.Key != "":
+		id.key = []byte(id.Key)
+		if len(id.key) < 32 {
+			c.fail(key+".key", "must be at least 32 bytes")
+		}
+	default:
+		c.fail(key, "key_file (or key) is required: the HMAC-SHA256 key upstreams verify the identity with")
 	}
 }
 

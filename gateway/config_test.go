@@ -118,7 +118,7 @@ routes: [{path: /a, upstream: "http://h"}]
 		"CACHE_KEY_PREFIX":     "prod-cache:",
 		"OMNIGATE_LISTEN":      "127.0.0.1:18080",
 		"OMNIGATE_ADMIN":       "127.0.0.1:19090",
-		"OMNIGATE_ADMIN_TOKEN": "t0ken",
+		"OMNIGATE_ADMIN_TOKEN": "t0ken-of-thirty-two-bytes-or-more",
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	cfg, err := Parse("f.yaml", []byte(yaml), lookup)
@@ -131,7 +131,7 @@ routes: [{path: /a, upstream: "http://h"}]
 	if cfg.Redis.KeyPrefix != "prod-cache:" {
 		t.Errorf("CACHE_KEY_PREFIX: key_prefix = %q", cfg.Redis.KeyPrefix)
 	}
-	if cfg.Listen != "127.0.0.1:18080" || cfg.Admin.Listen != "127.0.0.1:19090" || cfg.Admin.Token != "t0ken" {
+	if cfg.Listen != "127.0.0.1:18080" || cfg.Admin.Listen != "127.0.0.1:19090" || cfg.Admin.Token != "t0ken-of-thirty-two-bytes-or-more" {
 		t.Errorf("listen/admin overrides: %q %q %q", cfg.Listen, cfg.Admin.Listen, cfg.Admin.Token)
 	}
 

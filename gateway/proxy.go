@@ -28,7 +28,9 @@ type upstream struct {
 	srv       *Server
 }
 
-func newUpstream(s *Server, routeName string, cfg *UpstreamConfig) (*upstream, error) {
+// newUpstream builds the proxy of a route of rt, whose plugins are built
+// (they declare the gateway credentials it removes).
+func newUpstream(s *Server, rt *runtime, routeName string, cfg *UpstreamConfig) (*upstream, error) {
 	tr := &http.Transport{
 		Proxy: nil, // never route upstream traffic through HTTP_PROXY
 		DialContext: (&net.Dialer{
@@ -52,6 +54,12 @@ func newUpstream(s *Server, routeName string, cfg *UpstreamConfig) (*upstream, e
 	}
 	u := &upstream{cfg: cfg, transport: tr, route: routeName, srv: s}
 	target := cfg.target
+	creds := rt.credentials
+	strip := []string{DefaultIdentityHeader}
+	idc := cfg.Identity
+	if idc != nil && idc.Header != DefaultIdentityHeader {
+		strip = append(strip, idc.Header)
+	}
 	u.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			if cfg.StripPrefix != "" {
@@ -65,6 +73,15 @@ func newUpstream(s *Server, routeName string, cfg *UpstreamConfig) (*upstream, e
 			pr.SetXForwarded()
 			if cfg.PreserveHost {
 				pr.Out.Host = pr.In.Host
+			}
+			// The gateway's own credentials never leave it; an upstream
+			// that needs the identity gets it signed instead.
+			stripCredentials(pr.Out.Header, creds, strip...)
+			if idc != nil {
+				if id := IdentityFrom(pr.In.Context()); id != nil && id.UserID != "" {
+					pr.Out.Header.Set(idc.Header, SignIdentity(id, idc.key, idc.Audience,
+						RequestID(pr.In.Context()), time.Now(), idc.TTL))
+				}
 			}
 		},
 		// The gateway answers with its own X-Request-Id (the one it sent

@@ -83,6 +83,7 @@ type runtime struct {
 	adminRoutes   []mountedRoute
 	publicRoutes  []mountedRoute
 	sharedKeys    []string
+	credentials   []Credential // the gateway's own credentials, never proxied
 	onStart       []func(ctx context.Context, h http.Handler)
 	cancel        context.CancelFunc
 	unmatched     *route
@@ -224,7 +225,7 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 		rc := &cfg.Routes[i]
 		term := &terminal{name: "fhir", h: fhir, srv: s}
 		if rc.Upstream != nil {
-			up, err := newUpstream(s, rc.Name, rc.Upstream)
+			up, err := newUpstream(s, rt, rc.Name, rc.Upstream)
 			if err != nil {
 				return nil, cfg.Errorf(fmt.Sprintf("routes[%d].upstream", i), "%v", err)
 			}

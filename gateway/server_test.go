@@ -476,7 +476,7 @@ func TestAdminEndpoints(t *testing.T) {
 	srv, _ := newTestServer(t, `
 admin:
   listen: 127.0.0.1:0
-  token: admin-secret
+  token: admin-secret-of-thirty-two-bytes-at-least
 plugins:
   p1: {type: recorder, label: p1}
 routes:
@@ -491,7 +491,7 @@ routes:
 		if rec := do(admin, "GET", path, nil, "Authorization", "Bearer wrong"); rec.Code != 401 {
 			t.Errorf("%s with a wrong token: %d", path, rec.Code)
 		}
-		if rec := do(admin, "GET", path, nil, "Authorization", "Bearer admin-secret"); rec.Code != 200 {
+		if rec := do(admin, "GET", path, nil, "Authorization", "Bearer admin-secret-of-thirty-two-bytes-at-least"); rec.Code != 200 {
 			t.Errorf("%s with the token: %d", path, rec.Code)
 		}
 	}
@@ -500,7 +500,7 @@ routes:
 			t.Errorf("%s must not need the token: %d", path, rec.Code)
 		}
 	}
-	rec := do(admin, "GET", "/ping", nil, "Authorization", "Bearer admin-secret")
+	rec := do(admin, "GET", "/ping", nil, "Authorization", "Bearer admin-secret-of-thirty-two-bytes-at-least")
 	var ping PingResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &ping); err != nil {
 		t.Fatal(err)

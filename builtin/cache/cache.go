@@ -77,7 +77,10 @@ type Cache struct {
 	dirty    atomic.Bool
 	opPub    *backbone.Op
 	hot      *hotRecorder // nil unless warm.hot_file is set
-	handler  http.Handler // the gateway's, for warming
+	// hostRoutes are the routes whose responses may hold links built from
+	// the Host header: their keys include it.
+	hostRoutes map[string]bool
+	handler    http.Handler // the gateway's, for warming
 
 	// outageRefetches counts reads during Redis outages whose entry in
 	// memory was older than outage_max_age.
@@ -117,7 +120,18 @@ func newCache(ctx context.Context, cfg *Config, env *gateway.Env, clk clock) (*C
 	}
 	m.Declare("cache", backbone.Cache)
 	c := &Cache{cfg: cfg, logger: env.Logger, m: m, fhirBase: env.Config.FHIRBasePath(), clock: clk,
-		metrics: newMetrics(env.Registerer)}
+		metrics: newMetrics(env.Registerer), hostRoutes: map[string]bool{}}
+	// The embedded FHIR server without fhir.base_url builds its links
+	// from the Host header, and an upstream with preserve_host sees the
+	// client's Host: responses on those routes are keyed on the origin the
+	// request was sent to, so a client sending another Host cannot plant
+	// links in what others get.
+	hostLinks := env.Config.FHIRBaseURL() == ""
+	for _, rc := range env.Config.Routes {
+		if rc.Upstream != nil && rc.Upstream.PreserveHost || rc.Upstream == nil && rc.FHIR && hostLinks {
+			c.hostRoutes[rc.Name] = true
+		}
+	}
 	longest := max(cfg.TTL, cfg.PatientTTL)
 	for _, d := range cfg.TypeTTLs {
 		longest = max(longest, d)
@@ -152,6 +166,10 @@ func newCache(ctx context.Context, cfg *Config, env *gateway.Env, clk clock) (*C
 	env.HandleAdmin(http.MethodPost, "/admin/cache/warm", http.HandlerFunc(c.adminWarm))
 	return c, nil
 }
+
+// hostKeyed reports whether the key of a request on route includes the
+// origin it was sent to.
+func (c *Cache) hostKeyed(route string) bool { return c.hostRoutes[route] }
 
 // Close records the hot keys (with warm.hot_file) and ends the
 // subscriptions.
@@ -313,7 +331,11 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 	if d, ok := c.cfg.RouteTTLs[info.Name]; ok {
 		ttl = d
 	}
-	key := keyOf(r, vals, qerr, part, c.cfg.Vary)
+	host := ""
+	if c.hostKeyed(info.Name) {
+		host = requestOrigin(r)
+	}
+	key := keyOf(r, vals, qerr, part, c.cfg.Vary, host)
 	now := c.now()
 	if c.hot != nil && !isWarming(r.Context()) {
 		c.hot.record(key, r, gateway.IdentityFrom(r.Context()))

@@ -30,7 +30,7 @@ func FuzzKey(f *testing.F) {
 		vals, qerr := url.ParseQuery(rawQuery)
 		key := func(r *http.Request, part string) string {
 			v, err := url.ParseQuery(r.URL.RawQuery)
-			return keyOf(r, v, err, part, nil)
+			return keyOf(r, v, err, part, nil, "")
 		}
 		k1 := key(r, "user:a")
 		if k1 != key(r, "user:a") {

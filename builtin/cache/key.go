@@ -15,11 +15,12 @@ import (
 
 // keyOf returns the cache key of a GET or HEAD request in a partition: the
 // SHA-256 of the normalized path, the sorted query, the response format
-// asked for (Accept or _format), the configured Vary headers and the
-// partition. Hashing keeps queries (which may hold names or birth dates)
+// asked for (Accept or _format), the configured Vary headers, the
+// partition and, when host is not "", the origin the request was sent to
+// (see requestOrigin). Hashing keeps queries (which may hold names or birth dates)
 // and user ids out of Redis key names. vals and qerr are
 // url.ParseQuery(r.URL.RawQuery), parsed once by the caller.
-func keyOf(r *http.Request, vals url.Values, qerr error, partition string, vary []string) string {
+func keyOf(r *http.Request, vals url.Values, qerr error, partition string, vary []string, host string) string {
 	var b strings.Builder
 	b.WriteString("v1\n")
 	b.WriteString(normalizePath(r.URL.Path))
@@ -39,8 +40,27 @@ func keyOf(r *http.Request, vals url.Values, qerr error, partition string, vary 
 		b.WriteByte('\n')
 	}
 	b.WriteString(partition)
+	if host != "" {
+		b.WriteString("\nhost:")
+		b.WriteString(host)
+	}
 	sum := sha256.Sum256([]byte(b.String()))
 	return hex.EncodeToString(sum[:])
+}
+
+// requestOrigin is the scheme and host a request was sent to, as the
+// embedded FHIR server builds its links from them without fhir.base_url:
+// https with TLS or X-Forwarded-Proto https, and the Host header,
+// lowercased.
+func requestOrigin(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if p := r.Header.Get("X-Forwarded-Proto"); p == "https" || p == "http" {
+		scheme = p
+	}
+	return scheme + "://" + strings.ToLower(r.Host)
 }
 
 // normalizePath drops a trailing slash (FHIR treats /Patient/ as /Patient).

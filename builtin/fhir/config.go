@@ -162,6 +162,10 @@ func (c *Config) BasePath() string {
 	return c.Base
 }
 
+// PublicBaseURL returns BaseURL: "" when links are built from each
+// request's Host (the response cache then keys on the Host).
+func (c *Config) PublicBaseURL() string { return c.BaseURL }
+
 func boolOr(p *bool, def bool) bool {
 	if p == nil {
 		return def

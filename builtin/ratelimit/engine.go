@@ -73,6 +73,10 @@ type Decision struct {
 	// Source is where the decision was made: redis, memory or cache (the
 	// local cache of over-limit and blocked clients).
 	Source string
+	// At is the time the decision was made by the store's clock (Redis
+	// TIME, or the engine's clock in memory): what Refund needs. Zero for
+	// answers from the local cache, which count nothing.
+	At time.Time
 
 	strikes int64 // the client's rejections counted towards a block
 }
@@ -250,6 +254,29 @@ func (e *Engine) Decide(ctx context.Context, client, scope string, pol Policy, c
 		e.remember(&q, d)
 	}
 	return d, err
+}
+
+// Refund gives back cost units that an allowed decision d of client in
+// scope under pol counted, as if the request had not been made: for
+// reservations, such as a login attempt counted before its password is
+// checked and given back when it succeeds. Units are taken from the
+// sub-window they were counted in, and only while that sub-window is
+// still in the window. It goes to the store that made the decision.
+func (e *Engine) Refund(ctx context.Context, client, scope string, pol Policy, cost int64, d Decision) error {
+	if d.Result != Allowed || d.At.IsZero() || cost <= 0 {
+		return nil
+	}
+	q := query{client: client, scope: scope, pol: pol, cost: cost, now: d.At.UnixMilli()}
+	var err error
+	if e.redis != nil && e.m.Up() && d.Source == "redis" {
+		if err = e.redis.refund(ctx, &q); err != nil {
+			err = fmt.Errorf("refund in redis: %w", err)
+		}
+	}
+	if d.Source == "memory" {
+		e.mem.refund(ctx, &q)
+	}
+	return err
 }
 
 // remember puts a rejected client in the local cache, to be answered

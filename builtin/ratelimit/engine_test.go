@@ -346,3 +346,60 @@ func TestMemoryBounded(t *testing.T) {
 		t.Fatalf("memory store holds %d keys, bound 64", n)
 	}
 }
+
+// TestContractRefund: a refund gives back what an allowed decision
+// counted, from the sub-window it was counted in, in both windows; a
+// refund of a sub-window that has left the window gives nothing back (so
+// it can never make room the window did not have). A decision is refunded
+// at most once.
+func TestContractRefund(t *testing.T) {
+	pol := Policy{Limit: 2, Window: 10 * time.Second, Burst: 2, BurstWindow: time.Second}
+	stores(t, func(t *testing.T, clock *fakeClock, mk func(EngineOptions) *Engine) {
+		e := mk(EngineOptions{})
+		ctx := context.Background()
+		decide := func(at time.Duration) Decision {
+			t.Helper()
+			clock.Set(at)
+			d, err := e.Decide(ctx, "user:a", "login", pol, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		refund := func(at time.Duration, d Decision) {
+			t.Helper()
+			clock.Set(at)
+			if err := e.Refund(ctx, "user:a", "login", pol, 1, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		first := decide(100 * time.Millisecond)
+		second := decide(200 * time.Millisecond)
+		if first.Result != Allowed || second.Result != Allowed || first.At.IsZero() {
+			t.Fatalf("reservations: %+v %+v", first, second)
+		}
+		if d := decide(300 * time.Millisecond); d.Result != Limited {
+			t.Fatalf("third within the limit of 2: %v", d.Result)
+		}
+		// Given back 1.5 s later (another sub-window, and past the burst
+		// window's own): the slot frees now, not when the window slides.
+		refund(1500*time.Millisecond, first)
+		if d := decide(1600 * time.Millisecond); d.Result != Allowed {
+			t.Fatalf("after a refund: %v %+v", d.Result, d)
+		}
+		if d := decide(1700 * time.Millisecond); d.Result != Limited {
+			t.Fatalf("a refund gives back one unit only: %v", d.Result)
+		}
+		// Past the window the reservation has left by itself: refunding
+		// it then must not free a unit counted later.
+		late := decide(12 * time.Second)
+		if late.Result != Allowed {
+			t.Fatalf("after the window: %v", late.Result)
+		}
+		decide(12100 * time.Millisecond)
+		refund(12200*time.Millisecond, second)
+		if d := decide(12300 * time.Millisecond); d.Result != Limited {
+			t.Fatalf("a refund of a reservation that left the window freed a later one: %v", d.Result)
+		}
+	})
+}

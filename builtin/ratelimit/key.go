@@ -44,6 +44,11 @@ func (k *keyer) key(r *http.Request, id *gateway.Identity) string {
 	return ipKey(gateway.ClientIP(r), k.ipv6Prefix)
 }
 
+// IPKey is the client key of address a, as the limiter counts it:
+// "ip:<address>", IPv6 addresses as their network prefix of v6bits bits
+// (one host usually holds a whole /64), "ip:unknown" for an invalid one.
+func IPKey(a netip.Addr, v6bits int) string { return ipKey(a, v6bits) }
+
 // ipKey formats a client address, IPv6 addresses as their network prefix.
 func ipKey(a netip.Addr, v6bits int) string {
 	if !a.IsValid() {

@@ -217,7 +217,7 @@ func (s *memStore) decide(_ context.Context, q *query) (Decision, error) {
 	}
 	p := &s.p
 	n := p.precision
-	d := Decision{Limit: q.pol.Limit, BurstLimit: max(q.pol.Burst, 0), Source: "memory"}
+	d := Decision{Limit: q.pol.Limit, BurstLimit: max(q.pol.Burst, 0), Source: "memory", At: time.UnixMilli(now)}
 
 	var blockedFor int64
 	s.clients.with(q.client, nil, func(o *offender) bool {
@@ -325,6 +325,28 @@ func (s *memStore) decide(_ context.Context, q *query) (Decision, error) {
 		})
 	}
 	return d, nil
+}
+
+// refund gives back cost units counted at q.now (unix ms), from the
+// sub-windows they were counted in while those are still counted.
+func (s *memStore) refund(_ context.Context, q *query) {
+	n := s.p.precision
+	undo := func(bs []bucket, size int64) {
+		idx := q.now / size
+		for i := range bs {
+			if bs[i].idx == idx {
+				bs[i].n -= min(q.cost, bs[i].n)
+				return
+			}
+		}
+	}
+	s.counters.with(counterKey(q.client, q.scope), nil, func(c *counters) bool {
+		undo(c.w, q.pol.Window.Milliseconds()/n)
+		if q.pol.Burst > 0 {
+			undo(c.b, q.pol.BurstWindow.Milliseconds()/n)
+		}
+		return false
+	})
 }
 
 // escalate is the length of the nth block: Duration doubled for each

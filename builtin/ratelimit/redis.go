@@ -19,6 +19,12 @@ var decideLua string
 // back to EVAL (which caches it again) on NOSCRIPT.
 var decideScript = redis.NewScript(decideLua)
 
+//go:embed refund.lua
+var refundLua string
+
+// refundScript gives back units a decision counted (Engine.Refund).
+var refundScript = redis.NewScript(refundLua)
+
 // redisStore makes decisions with decide.lua, one round trip each.
 //
 // Key layout (P is the key prefix, N the engine name, C the client key, S
@@ -51,7 +57,7 @@ func newRedisStore(ctx context.Context, m *backbone.Manager, name string, p para
 	b := &p.block
 	s.block = fmt.Sprintf("%d %d %d %d", b.Within.Milliseconds(), b.Duration.Milliseconds(),
 		b.Max.Milliseconds(), b.Forget.Milliseconds())
-	m.Load(ctx, decideScript)
+	m.Load(ctx, decideScript, refundScript)
 	return s
 }
 
@@ -94,7 +100,7 @@ func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
 	d := Decision{
 		Result: Result(res[0]), Limit: q.pol.Limit, Remaining: res[1], Reset: ms(res[2]),
 		BurstLimit: burst, BurstRemaining: res[3], BurstReset: ms(res[4]),
-		RetryAfter: ms(res[5]), NewBlock: ms(res[6]), Source: "redis", strikes: res[8],
+		RetryAfter: ms(res[5]), NewBlock: ms(res[6]), Source: "redis", At: time.UnixMilli(res[7]), strikes: res[8],
 	}
 	if d.NewBlock > 0 {
 		// The index lives outside the client's slot: a second call, only
@@ -105,6 +111,20 @@ func (s *redisStore) decide(ctx context.Context, q *query) (Decision, error) {
 		})
 	}
 	return d, nil
+}
+
+// refund gives back cost units counted at q.now (unix ms) for q's client
+// and scope, from the sub-windows they were counted in.
+func (s *redisStore) refund(ctx context.Context, q *query) error {
+	n := s.p.precision
+	bg := int64(0)
+	if q.pol.Burst > 0 {
+		bg = q.pol.BurstWindow.Milliseconds() / n
+	}
+	keys := s.keys(q.client, q.scope)[:1]
+	return s.m.Do(ctx, s.op, func(ctx context.Context, c redis.UniversalClient) error {
+		return refundScript.Run(ctx, c, keys, q.now, q.cost, q.pol.Window.Milliseconds()/n, n, bg).Err()
+	})
 }
 
 func (s *redisStore) blocks(ctx context.Context) ([]Block, error) {

@@ -95,6 +95,13 @@ type UsersConfig struct {
 	FirstRunPatient string `yaml:"first_run_patient"`
 	// Disabled turns password logins off.
 	Disabled bool `yaml:"disabled"`
+	// ReloadInterval is how often the file is checked for changes. A
+	// change takes effect at once: a user disabled, removed or given a new
+	// password loses every session, and a user whose role, scopes,
+	// patient or FHIR user changed loses the sessions that carry the old
+	// ones, on every instance (through Redis) and in every local cache.
+	// Default 500ms.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
 
 // RolePolicy are the session limits of one role.
@@ -166,7 +173,7 @@ func Defaults() *Config {
 	return &Config{
 		Cookie:            CookieConfig{Name: "omnigate_session", Path: "/", SameSite: "lax", Secure: "auto"},
 		Mount:             "/auth",
-		Users:             UsersConfig{File: "./data/users.yaml", FirstRunPatient: "example"},
+		Users:             UsersConfig{File: "./data/users.yaml", FirstRunPatient: "example", ReloadInterval: 500 * time.Millisecond},
 		TouchInterval:     time.Minute,
 		LocalCache:        LocalCacheConfig{Enabled: true, TTL: 5 * time.Second, MaxEntries: 100000},
 		OnRedisDown:       DownMemory,
@@ -201,6 +208,11 @@ func (c *Config) Validate() error {
 		if p.MaxSessions < 0 {
 			fail(key+".max_sessions", "must not be negative")
 		}
+		if c.TouchInterval > 0 && p.Idle > 0 && p.Idle < c.TouchInterval {
+			// Activity is written at most once per touch_interval: an
+			// active session would end as if idle.
+			fail(key+".idle", "must not be shorter than touch_interval (%s)", c.TouchInterval)
+		}
 	}
 	if c.Cookie.Name == "" || strings.ContainsAny(c.Cookie.Name, " ;=,\t") {
 		fail("cookie.name", "must be a cookie token")
@@ -222,6 +234,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Users.Disabled && c.JWT == nil {
 		fail("users.disabled", "with password logins off, configure jwt")
+	}
+	if c.Users.ReloadInterval <= 0 {
+		fail("users.reload_interval", "must be positive")
 	}
 	if c.TouchInterval <= 0 {
 		fail("touch_interval", "must be positive")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
@@ -46,10 +47,17 @@ type loginResponse struct {
 }
 
 // login takes {"username","password"} as JSON or a form and starts a
-// session. Failures say nothing about which part was wrong.
+// session. Failures say nothing about which part was wrong. A login made
+// by a browser from another origin is refused (login CSRF: a hostile page
+// must not log its visitor into the attacker's account).
 func (p *Plugin) login(w http.ResponseWriter, r *http.Request) {
 	if p.users == nil {
 		gateway.Error(w, r, http.StatusNotFound, "password logins are off")
+		return
+	}
+	if !p.loginOriginOK(r) {
+		p.metrics.logins.WithLabelValues("password", "cross_site").Inc()
+		gateway.Error(w, r, http.StatusForbidden, "cross-site login refused: log in from the gateway's own origin or one of csrf.trusted_origins")
 		return
 	}
 	username, password, err := readLogin(r)
@@ -59,26 +67,30 @@ func (p *Plugin) login(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	ip := gateway.ClientIP(r)
-	if wait, ok := p.throttled(ctx, username, ip); !ok {
+	held, wait, err := p.reserveAttempt(ctx, username, ip)
+	if err != nil {
+		p.metrics.logins.WithLabelValues("password", "unavailable").Inc()
+		gateway.Error(w, r, http.StatusServiceUnavailable, "login throttle unavailable; try again shortly")
+		return
+	}
+	if held == nil {
 		p.metrics.logins.WithLabelValues("password", "throttled").Inc()
 		w.Header().Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
 		gateway.Error(w, r, http.StatusTooManyRequests, "too many failed logins; try again later")
 		return
 	}
-	if err := p.users.refresh(); err != nil {
-		p.logger.Error("user directory changed but cannot be read; keeping the previous users", "error", err)
-	}
 	u, ok := p.users.authenticate(username, password)
 	if !ok {
-		p.failed(ctx, username, ip)
+		// The attempt stays counted: it is the failure.
 		p.metrics.logins.WithLabelValues("password", "failure").Inc()
 		p.logger.LogAttrs(ctx, slog.LevelWarn, "login failed", slog.String("request_id", gateway.RequestID(ctx)),
 			slog.String("client_ip", ip.String()))
 		gateway.Error(w, r, http.StatusUnauthorized, "invalid username or password")
 		return
 	}
+	p.releaseAttempt(ctx, held)
 	p.start(w, r, &gateway.Identity{UserID: u.Username, Role: u.Role, Scopes: u.Scopes,
-		PatientID: patientOf(u.Patient, u.FHIRUser), FHIRUser: u.FHIRUser}, "password")
+		PatientID: patientOf(u.Patient, u.FHIRUser), FHIRUser: u.FHIRUser}, "password", time.Time{})
 }
 
 // exchange trades a valid bearer JWT for a server session.
@@ -89,30 +101,43 @@ func (p *Plugin) exchange(w http.ResponseWriter, r *http.Request) {
 		gateway.Error(w, r, http.StatusUnauthorized, "send the identity provider's JWT as Authorization: Bearer")
 		return
 	}
-	id, _, err := p.jwt.verify(r.Context(), cred.value)
+	id, exp, err := p.jwt.verify(r.Context(), cred.value)
 	if err != nil {
 		p.metrics.logins.WithLabelValues("jwt", "failure").Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="omnigate", error="invalid_token"`)
 		gateway.Error(w, r, http.StatusUnauthorized, err.Error())
 		return
 	}
-	p.start(w, r, id, "jwt")
+	p.start(w, r, id, "jwt", exp)
 }
 
 // start creates a session for id and answers with its token and cookie. A
-// session the request already had ends: every login gets a new token.
-func (p *Plugin) start(w http.ResponseWriter, r *http.Request, id *gateway.Identity, method string) {
+// session the request already had ends: every login gets a new token. A
+// non-zero until caps the session's absolute lifetime (the expiry of the
+// JWT it was exchanged from): it never outlives the credential it came
+// from.
+func (p *Plugin) start(w http.ResponseWriter, r *http.Request, id *gateway.Identity, method string, until time.Time) {
 	ctx := r.Context()
+	pol := p.cfg.policy(id.Role)
+	absolute := pol.Absolute
+	if !until.IsZero() {
+		left := until.Sub(p.now())
+		if left < time.Second {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="omnigate", error="invalid_token"`)
+			gateway.Error(w, r, http.StatusUnauthorized, "the token expires too soon to start a session")
+			return
+		}
+		absolute = min(absolute, left)
+	}
 	if old, present, malformed := readCredential(r, p.cfg.Cookie.Name); present && !malformed && !old.jwt {
 		p.store.delete(ctx, recordID(old.value))
 	}
-	pol := p.cfg.policy(id.Role)
 	token, rid := newToken()
 	rec := &Record{
 		ID: rid, UserID: id.UserID, Role: id.Role, Scopes: id.Scopes, PatientID: id.PatientID, FHIRUser: id.FHIRUser, Method: method,
-		IdleTimeout: pol.Idle, UserAgent: truncate(r.UserAgent(), 256), ClientIP: gateway.ClientIP(r).String(),
+		IdleTimeout: min(pol.Idle, absolute), UserAgent: truncate(r.UserAgent(), 256), ClientIP: gateway.ClientIP(r).String(),
 	}
-	evicted, err := p.store.create(ctx, rec, pol.Absolute, pol.MaxSessions)
+	evicted, err := p.store.create(ctx, rec, absolute, pol.MaxSessions)
 	if err != nil {
 		p.metrics.logins.WithLabelValues(method, "unavailable").Inc()
 		p.logger.LogAttrs(ctx, slog.LevelError, "create session failed", slog.String("request_id", gateway.RequestID(ctx)), slog.String("error", err.Error()))
@@ -394,40 +419,89 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// Login throttling counts failed logins per username and per client IP on
-// the rate limiter's engine (Redis when up, so every instance sees them).
-// Before a password is checked, a zero-cost decision against a limit one
-// lower tells whether the failures already reached the limit.
+// Login throttling counts login attempts per username and per client IP
+// (IPv6 clients per /64, as the rate limiter counts them) on the rate
+// limiter's engine: Redis when up, so every instance sees them, memory
+// otherwise. An attempt is reserved atomically before its password is
+// checked, and given back when the login succeeds: so of any number of
+// concurrent attempts, at most the limit reach the password check, and
+// only failures stay counted.
 
-func (p *Plugin) throttleKeys(username string, ip netip.Addr) []struct {
+// throttleKey is one throttle counter an attempt is reserved on.
+type throttleKey struct {
 	key string
 	lim Limit
-} {
-	return []struct {
-		key string
-		lim Limit
-	}{{"user:" + username, p.cfg.LoginThrottle.PerUser}, {"ip:" + ip.String(), p.cfg.LoginThrottle.PerIP}}
 }
 
-func (p *Plugin) throttled(ctx context.Context, username string, ip netip.Addr) (time.Duration, bool) {
+// reservation is an attempt counted on each throttle key, to be given back
+// when the login succeeds.
+type reservation struct {
+	keys []throttleKey
+	made []ratelimit.Decision
+}
+
+func (p *Plugin) throttleKeys(username string, ip netip.Addr) []throttleKey {
+	return []throttleKey{
+		{"user:" + username, p.cfg.LoginThrottle.PerUser},
+		{ratelimit.IPKey(ip, 64), p.cfg.LoginThrottle.PerIP},
+	}
+}
+
+func (k throttleKey) policy() ratelimit.Policy {
+	return ratelimit.Policy{Limit: k.lim.Limit, Window: k.lim.Window}
+}
+
+// reserveAttempt counts one attempt on every throttle key. When a key is
+// at its limit, the attempts already counted are given back and it
+// returns nil and how long to wait.
+func (p *Plugin) reserveAttempt(ctx context.Context, username string, ip netip.Addr) (*reservation, time.Duration, error) {
+	res := &reservation{}
 	for _, k := range p.throttleKeys(username, ip) {
 		if k.lim.Limit <= 0 {
 			continue
 		}
-		d, err := p.throttle.Decide(ctx, k.key, "login", ratelimit.Policy{Limit: k.lim.Limit - 1, Window: k.lim.Window}, 0)
-		if err == nil && d.Result != ratelimit.Allowed {
-			return d.RetryAfter, false
+		d, err := p.throttle.Decide(ctx, k.key, "login", k.policy(), 1)
+		if err == nil && d.Result == ratelimit.Allowed {
+			res.keys, res.made = append(res.keys, k), append(res.made, d)
+			continue
 		}
+		p.releaseAttempt(ctx, res)
+		if err != nil {
+			return nil, 0, fmt.Errorf("login throttle: %w", err)
+		}
+		return nil, d.RetryAfter, nil
 	}
-	return 0, true
+	return res, 0, nil
 }
 
-func (p *Plugin) failed(ctx context.Context, username string, ip netip.Addr) {
-	for _, k := range p.throttleKeys(username, ip) {
-		if k.lim.Limit > 0 {
-			p.throttle.Decide(ctx, k.key, "login", ratelimit.Policy{Limit: k.lim.Limit, Window: k.lim.Window}, 1)
+// releaseAttempt gives back a reserved attempt (the login succeeded).
+func (p *Plugin) releaseAttempt(ctx context.Context, res *reservation) {
+	for i, k := range res.keys {
+		if err := p.throttle.Refund(ctx, k.key, "login", k.policy(), 1, res.made[i]); err != nil {
+			p.logger.LogAttrs(ctx, slog.LevelWarn, "login throttle refund failed", slog.String("error", err.Error()))
 		}
 	}
+}
+
+// loginOriginOK reports whether a login may set a session cookie in the
+// browser that sent it: its Origin (or, without one, its Referer's origin)
+// is the gateway's own or one of csrf.trusted_origins, and the browser does
+// not call it cross-site (Sec-Fetch-Site). Requests with neither Origin,
+// Referer nor Sec-Fetch-Site come from non-browser clients (curl, apps
+// using the bearer token) and pass.
+func (p *Plugin) loginOriginOK(r *http.Request) bool {
+	origin := requestOrigin(r)
+	fetchSite := strings.ToLower(r.Header.Get("Sec-Fetch-Site"))
+	if origin == "" {
+		return fetchSite != "cross-site" && fetchSite != "same-site"
+	}
+	if origin == "null" {
+		return false
+	}
+	if p.origins[origin] {
+		return true
+	}
+	return origin == ownOrigin(r) && fetchSite != "cross-site" && fetchSite != "same-site"
 }
 
 // writeCompactJSON answers 200 with v as one line of JSON, easy to pick

@@ -214,3 +214,48 @@ func TestJWTConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionFromJWTEndsAtItsExp: a session exchanged from a JWT ends when
+// the JWT expires, though its role allows 12 hours; a JWT already past its
+// exp (accepted within the leeway) starts none.
+func TestSessionFromJWTEndsAtItsExp(t *testing.T) {
+	for _, be := range backends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			g := newGateway(t, be.url, usersFile(t), `
+jwt:
+  issuer: https://idp.example.org
+  audience: omnigate
+  hs256_secret: `+hsSecret+`
+  leeway: 30s
+`)
+			tok := sign(t, jwt.SigningMethodHS256, "", []byte(hsSecret), claims(func(c jwt.MapClaims) {
+				c["exp"] = testT0.Add(10 * time.Minute).Unix()
+			}))
+			rec := g.do("POST", "/auth/session", "", bearer(tok)...)
+			if rec.Code != 200 {
+				t.Fatalf("exchange: %d %s", rec.Code, rec.Body)
+			}
+			var lr loginResponse
+			json.Unmarshal(rec.Body.Bytes(), &lr)
+			if !lr.ExpiresAt.Equal(testT0.Add(10 * time.Minute)) {
+				t.Errorf("session expires at %s, want the JWT's exp %s", lr.ExpiresAt, testT0.Add(10*time.Minute))
+			}
+			g.clock.Advance(9*time.Minute + 59*time.Second)
+			if rec := g.do("GET", "/fhir/R4/Observation", "", bearer(lr.Token)...); rec.Code != 200 {
+				t.Fatalf("before the JWT's exp: %d", rec.Code)
+			}
+			g.clock.Advance(time.Second)
+			if rec := g.do("GET", "/fhir/R4/Observation", "", bearer(lr.Token)...); rec.Code != 401 {
+				t.Fatalf("at the JWT's exp: %d, want 401", rec.Code)
+			}
+			// Expired 10 s ago: valid within the leeway, but no session.
+			late := sign(t, jwt.SigningMethodHS256, "", []byte(hsSecret), claims(func(c jwt.MapClaims) {
+				c["iat"] = testT0.Unix()
+				c["exp"] = g.clock.Now().Add(-10 * time.Second).Unix()
+			}))
+			if rec := g.do("POST", "/auth/session", "", bearer(late)...); rec.Code != 401 {
+				t.Fatalf("exchange of an expired JWT within the leeway: %d", rec.Code)
+			}
+		})
+	}
+}

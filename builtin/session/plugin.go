@@ -39,6 +39,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,6 +66,8 @@ type Plugin struct {
 	throttle *ratelimit.Engine
 	metrics  *metrics
 	origins  map[string]bool
+	done     chan struct{} // closed by Close: stops the directory watcher
+	closing  sync.Once
 }
 
 var (
@@ -82,7 +85,8 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		return nil, err
 	}
 	m.Declare("sessions", backbone.Durable)
-	p := &Plugin{cfg: cfg, logger: env.Logger, metrics: newMetrics(env.Registerer), origins: map[string]bool{}}
+	p := &Plugin{cfg: cfg, logger: env.Logger, metrics: newMetrics(env.Registerer), origins: map[string]bool{},
+		done: make(chan struct{})}
 	for _, o := range cfg.CSRF.TrustedOrigins {
 		p.origins[strings.ToLower(o)] = true
 	}
@@ -125,8 +129,14 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		return nil, err
 	}
 	p.metrics.observeSessions(p.store)
+	// Session tokens (and JWTs this gateway accepts) never reach an
+	// upstream: one that kept them could act as the user here.
+	env.GatewayCredential(gateway.Credential{Cookie: cfg.Cookie.Name, Authorization: p.carriesCredential})
 	if cfg.Mount != "off" {
 		p.mount(env)
+	}
+	if p.users != nil {
+		go p.watchUsers(cfg.Users.ReloadInterval)
 	}
 	return p, nil
 }
@@ -146,8 +156,10 @@ func (s *sharedSessions) Close() error {
 	return nil
 }
 
-// Close releases the plugin's JWKS refresher and throttle.
+// Close releases the plugin's directory watcher, JWKS refresher and
+// throttle.
 func (p *Plugin) Close() error {
+	p.closing.Do(func() { close(p.done) })
 	if p.jwt != nil {
 		p.jwt.close()
 	}
@@ -259,7 +271,18 @@ func (p *Plugin) sessionOf(ctx context.Context, cred credential) (*Record, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errStore, err)
 	}
+	if !p.granted(rec) {
+		return nil, errBadSession
+	}
 	return rec, nil
+}
+
+// carriesCredential reports whether an Authorization header value holds
+// a credential of this gateway: a session token, or a JWT when JWTs are
+// accepted (they authenticate here, or are exchanged for sessions).
+func (p *Plugin) carriesCredential(value string) bool {
+	tok, ok := parseBearer(value)
+	return ok && (wellFormedToken(tok) || p.jwt != nil && looksLikeJWT(tok))
 }
 
 func (p *Plugin) jwtStateless() bool { return p.cfg.JWT.Stateless == nil || *p.cfg.JWT.Stateless }
@@ -282,28 +305,46 @@ func (p *Plugin) csrfOK(r *http.Request) bool {
 	if r.Header.Get(p.cfg.CSRF.Header) != "" {
 		return true
 	}
+	origin := requestOrigin(r)
+	if origin == "" || origin == "null" {
+		return false
+	}
+	return p.origins[origin] || origin == ownOrigin(r)
+}
+
+// requestOrigin is the lowercased Origin of r or, without one (or with
+// "null"), the origin of its Referer; "" when it has neither, "null" for
+// an opaque origin without a Referer.
+func requestOrigin(r *http.Request) string {
 	origin := r.Header.Get("Origin")
 	if origin == "" || origin == "null" {
-		ref := r.Header.Get("Referer")
-		if ref == "" {
-			return false
+		if ref := r.Header.Get("Referer"); ref != "" {
+			scheme, rest, ok := strings.Cut(ref, "://")
+			if !ok {
+				return "null"
+			}
+			host, _, _ := strings.Cut(rest, "/")
+			origin = scheme + "://" + host
 		}
-		scheme, rest, ok := strings.Cut(ref, "://")
-		if !ok {
-			return false
-		}
-		host, _, _ := strings.Cut(rest, "/")
-		origin = scheme + "://" + host
 	}
-	origin = strings.ToLower(origin)
-	if p.origins[origin] {
-		return true
-	}
+	return strings.ToLower(origin)
+}
+
+// ownOrigin is the origin the request was sent to.
+func ownOrigin(r *http.Request) string {
 	scheme := "http"
 	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
 		scheme = "https"
 	}
-	return origin == scheme+"://"+strings.ToLower(r.Host)
+	return scheme + "://" + strings.ToLower(r.Host)
+}
+
+// now is the plugin's clock.
+func (p *Plugin) now() time.Time {
+	if p.cfg.now != nil {
+		return p.cfg.now()
+	}
+	return time.Now()
 }
 
 type metrics struct {
@@ -325,7 +366,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: MetricChecks, Help: "Session checks by result (valid, missing, invalid, anonymous, csrf, error).",
 		}, []string{"result"})),
 		logins: gateway.RegisterMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricLogins, Help: "Logins by method and result (success, failure, throttled, unavailable).",
+			Name: MetricLogins, Help: "Logins by method and result (success, failure, throttled, cross_site, unavailable).",
 		}, []string{"method", "result"})),
 		active: gateway.RegisterMetric(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: MetricActive, Help: "Live sessions by role, as counted by the store (sampled every 15s).",

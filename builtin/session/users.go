@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/bcrypt"
@@ -48,11 +47,9 @@ type userFile struct {
 type directory struct {
 	path string
 
-	mu      sync.Mutex
-	users   map[string]*User
-	modTime time.Time
-	size    int64
-	checked time.Time
+	mu    sync.RWMutex
+	users map[string]*User
+	stat  os.FileInfo
 }
 
 // dummyHash is compared against when a username is unknown, so that the
@@ -64,64 +61,81 @@ var dummyHash = sync.OnceValue(func() []byte {
 
 func openDirectory(path string) (*directory, error) {
 	d := &directory{path: path}
-	if err := d.load(); err != nil {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read user directory: %w", err)
+	}
+	if d.users, err = parseDirectory(path); err != nil {
 		return nil, err
 	}
+	d.stat = st
 	return d, nil
 }
 
-func (d *directory) load() error {
-	st, err := os.Stat(d.path)
+// parseDirectory reads and checks the file.
+func parseDirectory(path string) (map[string]*User, error) {
+	users, err := readUsers(path)
 	if err != nil {
-		return fmt.Errorf("read user directory: %w", err)
-	}
-	users, err := readUsers(d.path)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	m := make(map[string]*User, len(users))
 	for i := range users {
 		u := &users[i]
 		if u.Username == "" {
-			return fmt.Errorf("%s: users[%d]: username is required", d.path, i)
+			return nil, fmt.Errorf("%s: users[%d]: username is required", path, i)
 		}
 		if _, dup := m[u.Username]; dup {
-			return fmt.Errorf("%s: users[%d]: duplicate username %q", d.path, i, u.Username)
+			return nil, fmt.Errorf("%s: users[%d]: duplicate username %q", path, i, u.Username)
 		}
 		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
-			return fmt.Errorf("%s: users[%d] (%s): password_hash is not a bcrypt hash", d.path, i, u.Username)
+			return nil, fmt.Errorf("%s: users[%d] (%s): password_hash is not a bcrypt hash", path, i, u.Username)
 		}
 		if u.Role == "" {
-			return fmt.Errorf("%s: users[%d] (%s): role is required", d.path, i, u.Username)
+			return nil, fmt.Errorf("%s: users[%d] (%s): role is required", path, i, u.Username)
 		}
 		m[u.Username] = u
 	}
-	d.users, d.modTime, d.size = m, st.ModTime(), st.Size()
-	return nil
+	return m, nil
 }
 
-// refresh reloads the file when it changed, at most once a second. A file
-// that no longer parses is logged by the caller and the old users stay.
-func (d *directory) refresh() error {
+// reload reads the file again when it changed (another size, modification
+// time or file: an atomic replace is a new file) and returns the users
+// before and after. changed is false when the file is as last read; a file
+// that no longer parses is an error and the old users stay.
+func (d *directory) reload() (before, after map[string]*User, changed bool, err error) {
+	st, err := os.Stat(d.path)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("read user directory: %w", err)
+	}
+	d.mu.RLock()
+	same := os.SameFile(st, d.stat) && st.ModTime().Equal(d.stat.ModTime()) && st.Size() == d.stat.Size()
+	d.mu.RUnlock()
+	if same {
+		return nil, nil, false, nil
+	}
+	users, err := parseDirectory(d.path)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if time.Since(d.checked) < time.Second {
-		return nil
+	d.stat = st // a broken file is reported once, not on every check
+	if err != nil {
+		return nil, nil, false, err
 	}
-	d.checked = time.Now()
-	st, err := os.Stat(d.path)
-	if err != nil || st.ModTime().Equal(d.modTime) && st.Size() == d.size {
-		return nil
-	}
-	return d.load()
+	before, d.users = d.users, users
+	return before, users, true, nil
+}
+
+// lookup returns the user named username, or nil. The User must not be
+// modified.
+func (d *directory) lookup(username string) *User {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.users[username]
 }
 
 // authenticate checks a username and password in constant time with
 // respect to whether the user exists.
 func (d *directory) authenticate(username, password string) (*User, bool) {
-	d.mu.Lock()
-	u := d.users[username]
-	d.mu.Unlock()
+	u := d.lookup(username)
 	var hash []byte
 	if u != nil {
 		hash = []byte(u.PasswordHash)
@@ -134,6 +148,13 @@ func (d *directory) authenticate(username, password string) (*User, bool) {
 	}
 	c := *u
 	return &c, true
+}
+
+// grants reports whether a session holds what u would get at login now:
+// the same role, scopes, patient and FHIR user.
+func (u *User) grants(r *Record) bool {
+	return u.Role == r.Role && slices.Equal(u.Scopes, r.Scopes) &&
+		patientOf(u.Patient, u.FHIRUser) == r.PatientID && u.FHIRUser == r.FHIRUser
 }
 
 func readUsers(path string) ([]User, error) {

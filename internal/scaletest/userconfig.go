@@ -27,7 +27,8 @@ import (
 //   - authz plugins: the probe role may read and write everything;
 //   - audit plugins: no fhir sink (the instances have no embedded FHIR
 //     server); a JSON lines file per instance when no other sink is left;
-//   - ratelimit plugins: the probe role with a limit it never reaches.
+//   - ratelimit plugins: the probe role with a limit it never reaches (and,
+//     for those counting per client IP, every request).
 
 // loadUserConfig parses Options.Config.
 func loadUserConfig(path string) (*yaml.Node, error) {
@@ -174,6 +175,12 @@ func userFleet(o *Options, dir, redisYAML, upstream string) (string, error) {
 				}
 				lim, _ := snippet("limit: 1000000000\nburst: 0\n")
 				mapSet(roles, probeRole, lim)
+				if k := mapGet(p, "key"); k != nil && k.Value == "ip" {
+					// Counted per client IP, before the session: every
+					// simulated user comes from the tool's one address.
+					def, _ := snippet("limit: 1000000000\nwindow: 15m\nburst: 0\n")
+					mapSet(p, "default", def)
+				}
 			}
 		}
 	}

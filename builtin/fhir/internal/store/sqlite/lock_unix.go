@@ -14,7 +14,7 @@ import (
 // the returned file is closed, so that one process at a time owns the
 // store (its read cache relies on it).
 func lockFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock store: %w", err)
 	}

@@ -145,12 +145,16 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	var lock *os.File
 	if !memory {
 		if dir := filepath.Dir(path); dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return nil, fmt.Errorf("create store folder: %w", err)
 			}
 		}
 		var err error
 		if lock, err = lockFile(path); err != nil {
+			return nil, err
+		}
+		if err := createOwnerOnly(path); err != nil {
+			lock.Close()
 			return nil, err
 		}
 	}
@@ -171,6 +175,9 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 		if memory {
 			return "file::memory:?" + q.Encode()
 		}
+		// The -wal and -journal files the driver creates (and deletes and
+		// creates again) get the database file's permissions: owner only.
+		q.Set("modeof", path)
 		return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	}
 	w, err := sql.Open(opt.Driver, dsn(false))
@@ -212,6 +219,26 @@ func Open(ctx context.Context, path string, opt Options) (*Store, error) {
 	return s, nil
 }
 
+// createOwnerOnly creates the database file and its -wal and -shm files,
+// those that do not exist yet, readable and writable by the owner only,
+// before the driver opens them (it would create them 0644 under the usual
+// umask): they hold patient data. Existing files keep their permissions.
+func createOwnerOnly(path string) error {
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		fh, err := os.OpenFile(f, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create store file: %w", err)
+		}
+		if err := fh.Close(); err != nil {
+			return fmt.Errorf("create store file: %w", err)
+		}
+	}
+	return nil
+}
+
 // Path is the database file ("":memory:" for an in-memory store).
 func (s *Store) Path() string { return s.path }
 
@@ -226,6 +253,25 @@ func (s *Store) Backup(ctx context.Context, path string) error {
 	if st, err := os.Stat(path); err == nil && st.Size() > 0 {
 		return fmt.Errorf("backup: %s exists", path)
 	}
+	// It holds patient data: the file is made owner-only before a byte is
+	// written (VACUUM INTO writes into an empty file).
+	created := false
+	if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		f.Close()
+		created = true
+	} else if !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if err := s.vacuumInto(ctx, path); err != nil {
+		if created {
+			os.Remove(path)
+		}
+		return err
+	}
+	return os.Chmod(path, 0o600) // an empty file given by the caller
+}
+
+func (s *Store) vacuumInto(ctx context.Context, path string) error {
 	// Its own connection: the read pool is query-only, and the writer
 	// must stay free for writes while the copy is made.
 	db, err := sql.Open(s.driver, s.dsn)
@@ -236,7 +282,7 @@ func (s *Store) Backup(ctx context.Context, path string) error {
 	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", path); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
-	return os.Chmod(path, 0o600) // it holds patient data
+	return nil
 }
 
 // Close closes the database. Further calls fail.
