@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/julienschmidt/httprouter"
-	"github.com/klauspost/compress/gzhttp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -290,25 +289,10 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 
 func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody int64, compress bool) (*route, error) {
 	if compress {
-		wrap, err := gzhttp.NewWrapper(gzhttp.MinSize(int(cfg.Server.CompressMinSize)))
-		if err != nil {
+		var err error
+		if h, err = compressHandler(h, int(cfg.Server.CompressMinSize)); err != nil {
 			return nil, cfg.Errorf("server.compress_min_size", "%v", err)
 		}
-		gz, plain := wrap(h), h
-		// Most API clients send no Accept-Encoding: skip the wrapper (and
-		// its allocations) for them, but keep the Vary that caches need.
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if _, ok := r.Header["Accept-Encoding"]; ok {
-				gz.ServeHTTP(w, r)
-				return
-			}
-			if h := w.Header(); h["Vary"] == nil {
-				h["Vary"] = varyAcceptEncoding // shared: full capacity, so an Add copies
-			} else {
-				h.Add("Vary", "Accept-Encoding")
-			}
-			plain.ServeHTTP(w, r)
-		})
 	}
 	return &route{
 		info: info, srv: s, handler: h, maxBody: maxBody,
@@ -317,8 +301,6 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 		trusted:   cfg.Server.trusted,
 	}, nil
 }
-
-var varyAcceptEncoding = []string{"Accept-Encoding"}[:1:1]
 
 func (r *route) handle(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
 	r.ServeHTTP(w, req)

@@ -76,7 +76,9 @@ func (r *recorder) flushTo(w http.ResponseWriter) {
 		status = http.StatusOK
 	}
 	w.WriteHeader(status)
-	w.Write(r.buf.Bytes())
+	if r.buf.Len() > 0 {
+		w.Write(r.buf.Bytes())
+	}
 }
 
 // teeWriter passes a response through and keeps its status and the first
