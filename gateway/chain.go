@@ -45,6 +45,8 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.idHeader[1] = id
 	w.Header()[RequestIDHeader] = st.idHeader[1:2:2]
 	st.sw.ResponseWriter = w
+	st.sw.st = st
+	st.res.b = &rt.srv.budget
 	sw := &st.sw
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	rt.srv.metrics.inflight.Inc()
@@ -56,7 +58,7 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
+		r.Body = newRequestBody(st, http.MaxBytesReader(sw, r.Body, rt.maxBody), r.ContentLength)
 	}
 	rt.handler.ServeHTTP(sw, r)
 }
@@ -66,6 +68,9 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (rt *route) finish(st *reqState, r *http.Request) {
 	m := rt.srv.metrics
 	m.inflight.Dec()
+	if n := st.res.end(); n > 0 {
+		rt.srv.bodiesReleased(n)
+	}
 	status := st.sw.status
 	if status == 0 {
 		status = http.StatusOK
@@ -159,6 +164,9 @@ type terminal struct {
 	name string
 	h    http.Handler
 	srv  *Server
+	// streams says h streams the request body on without keeping it (the
+	// upstream proxy): its reads are not charged to the body budget.
+	streams bool
 }
 
 func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -166,6 +174,9 @@ func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		t.h.ServeHTTP(w, r)
 		return
+	}
+	if t.streams {
+		st.streamBody.Store(true)
 	}
 	defer t.srv.recoverPanic(w, r, st, t.name)
 	t0 := time.Now()

@@ -258,7 +258,7 @@ func (p *Plugin) readRequest(r *http.Request, x *exchange) {
 	}
 	switch x.req.Interaction {
 	case fhirreq.Batch:
-		body, _ := peekBody(r, -1)
+		body, _ := gateway.ReadBody(r.Context(), r, -1)
 		if b, err := fhirreq.ParseBundle(body, x.base); err == nil {
 			x.bundle = b
 		}
