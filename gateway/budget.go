@@ -22,61 +22,139 @@ var ErrBodyBudget = errors.New("gateway: body memory budget exhausted")
 // memory or capacity: the storm that caused it is usually short.
 const budgetRetryAfter = "1"
 
+// budgetWait bounds how long a request waits for room in the body budget
+// (see bodyBudget).
+const budgetWait = 10 * time.Second
+
 // bodyBudget is the server's byte semaphore for buffered bodies: request
-// bodies read into memory, response bodies captured by plugins. Every
-// route, plugin and handler of the server draws on it; it never blocks:
-// an acquire that does not fit fails.
+// bodies read into memory, response bodies captured by plugins, the
+// working memory of decoding bodies. Every route, plugin and handler of
+// the server draws on it.
+//
+// When an acquire does not fit, one request at a time may wait for room
+// (until its context ends, at most wait); while it waits, every
+// other acquire that would need room fails at once, so the requests
+// holding the budget fail and give it back, or finish, instead of all
+// waiting on each other or all failing: under a storm of large bodies one
+// gets through at a time and the others get 503 early.
 type bodyBudget struct {
-	limit atomic.Int64 // 0: no limit
-	used  atomic.Int64
+	mu      sync.Mutex
+	limit   atomic.Int64  // 0: no limit
+	used    atomic.Int64  // changed under mu
+	waiting bool          // a request waits for room
+	room    chan struct{} // closed on release while a request waits
+	wait    time.Duration // the longest wait; 0: acquires never wait
 	// refused counts acquires that did not fit.
 	refused atomic.Int64
 }
 
-func (b *bodyBudget) acquire(n int64) bool {
+// acquire takes n bytes, waiting for room when mayWait and no other
+// request waits.
+func (b *bodyBudget) acquire(ctx context.Context, n int64, mayWait bool) bool {
+	b.mu.Lock()
 	lim := b.limit.Load()
+	if lim == 0 || !b.waiting && b.used.Load()+n <= lim {
+		b.used.Add(n)
+		b.mu.Unlock()
+		return true
+	}
+	if !mayWait || b.waiting || ctx == nil || b.wait <= 0 {
+		b.mu.Unlock()
+		b.refused.Add(1)
+		return false
+	}
+	b.waiting = true
+	timer := time.NewTimer(b.wait)
+	defer timer.Stop()
 	for {
-		u := b.used.Load()
-		if lim > 0 && u+n > lim {
+		if lim := b.limit.Load(); lim == 0 || b.used.Load()+n <= lim {
+			b.used.Add(n)
+			b.waiting = false
+			b.mu.Unlock()
+			return true
+		}
+		if b.room == nil {
+			b.room = make(chan struct{})
+		}
+		room := b.room
+		b.mu.Unlock()
+		expired := false
+		select {
+		case <-room:
+		case <-ctx.Done():
+			expired = true
+		case <-timer.C:
+			expired = true
+		}
+		b.mu.Lock()
+		if expired {
+			b.waiting = false
+			b.mu.Unlock()
 			b.refused.Add(1)
 			return false
 		}
-		if b.used.CompareAndSwap(u, u+n) {
-			return true
-		}
 	}
 }
 
-func (b *bodyBudget) release(n int64) { b.used.Add(-n) }
+func (b *bodyBudget) release(n int64) {
+	b.mu.Lock()
+	b.used.Add(-n)
+	if b.room != nil {
+		close(b.room)
+		b.room = nil
+	}
+	b.mu.Unlock()
+}
 
 // reservation is what one request holds of the budget. It is released as
 // a whole when the request ends; what is charged after that is not
-// counted. A request never holds more than the whole budget: what it asks
-// beyond that is granted without being counted, so that a request alone
-// always gets through.
+// counted. A request never holds more than three quarters of the budget:
+// what it asks beyond that is granted without being counted, so that one
+// large request gets through while small ones hold the rest.
 type reservation struct {
 	mu   sync.Mutex
 	b    *bodyBudget
+	ctx  context.Context // the request's: waiting for room ends with it
 	n    int64
 	done bool
+	// over is set when memory the request cannot do without did not fit:
+	// it is answered 503, and every later charge fails.
+	over atomic.Bool
 }
 
-func (r *reservation) grow(n int64) error {
+// grow charges n more bytes. A charge the request must have may wait for
+// room (see bodyBudget) and, when it fails, fails the request; one it can
+// do without neither waits nor fails the request.
+func (r *reservation) grow(n int64, must bool) error {
 	if r == nil || n <= 0 {
 		return nil
 	}
+	if r.over.Load() {
+		return ErrBodyBudget
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.done || r.b == nil {
+		r.mu.Unlock()
 		return nil
 	}
-	if lim := r.b.limit.Load(); lim > 0 && r.n+n > lim {
-		if n = lim - r.n; n <= 0 {
+	if share := r.b.limit.Load() / 4 * 3; share > 0 && r.n+n > share {
+		if n = share - r.n; n <= 0 {
+			r.mu.Unlock()
 			return nil
 		}
 	}
-	if !r.b.acquire(n) {
+	r.mu.Unlock()
+	if !r.b.acquire(r.ctx, n, must) {
+		if must {
+			r.over.Store(true)
+		}
 		return ErrBodyBudget
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done { // the request ended meanwhile
+		r.b.release(n)
+		return nil
 	}
 	r.n += n
 	return nil
@@ -136,8 +214,8 @@ func (b *requestBody) allow(want int, known int64) (int, error) {
 		if step == 0 {
 			return want, nil // at the end: the read gives EOF
 		}
-		if err := b.st.res.grow(step); err != nil {
-			b.st.overBudget.Store(true)
+		if err := b.st.res.grow(step, true); err != nil {
+			b.err = err // every later reader fails too: the request is refused
 			return 0, err
 		}
 		b.credit = step
@@ -258,8 +336,8 @@ func (b *requestBody) fill(limit int64) error {
 		if b.st == nil {
 			return nil
 		}
-		if err := b.st.res.grow(n - use); err != nil {
-			b.st.overBudget.Store(true)
+		if err := b.st.res.grow(n-use, true); err != nil {
+			b.err = err // every later reader fails too: the request is refused
 			return err
 		}
 		return nil
@@ -323,11 +401,7 @@ func ReserveBody(ctx context.Context, n int64) error {
 	if st == nil {
 		return nil
 	}
-	if err := st.res.grow(n); err != nil {
-		st.overBudget.Store(true)
-		return err
-	}
-	return nil
+	return st.res.grow(n, true)
 }
 
 // TryReserveBody charges n bytes of memory that the request in ctx can do
@@ -336,7 +410,7 @@ func ReserveBody(ctx context.Context, n int64) error {
 // do not, the caller does without and the request goes on.
 func TryReserveBody(ctx context.Context, n int64) bool {
 	st := stateFrom(ctx)
-	return st == nil || st.res.grow(n) == nil
+	return st == nil || st.res.grow(n, false) == nil
 }
 
 // Returning memory after bursts. The Go runtime keeps the heap it grew to

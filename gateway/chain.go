@@ -46,7 +46,7 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header()[RequestIDHeader] = st.idHeader[1:2:2]
 	st.sw.ResponseWriter = w
 	st.sw.st = st
-	st.res.b = &rt.srv.budget
+	st.res.b, st.res.ctx = &rt.srv.budget, r.Context()
 	sw := &st.sw
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	rt.srv.metrics.inflight.Inc()
@@ -61,6 +61,9 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = newRequestBody(st, http.MaxBytesReader(sw, r.Body, rt.maxBody), r.ContentLength)
 	}
 	rt.handler.ServeHTTP(sw, r)
+	if st.res.over.Load() && !sw.wroteHeader() && sw.replaced == 0 {
+		sw.rejectOverBudget() // the handler wrote nothing
+	}
 }
 
 // finish records metrics and the access log line. It is deferred so that it
@@ -173,6 +176,12 @@ func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := stateFrom(r.Context())
 	if st == nil {
 		t.h.ServeHTTP(w, r)
+		return
+	}
+	if st.res.over.Load() {
+		// Memory this request needs did not fit: the handler does not run
+		// (the gateway answers 503; see statusWriter).
+		writeError(w, http.StatusServiceUnavailable, "no memory for the request body", st.route.info.FHIR)
 		return
 	}
 	if t.streams {

@@ -50,9 +50,6 @@ type reqState struct {
 	idHeader [2]string
 	// res is what the request holds of the body budget.
 	res reservation
-	// overBudget is set when a read of the request body found the
-	// budget spent: the response becomes 503.
-	overBudget atomic.Bool
 	// streamBody is set by a terminal that streams the body on (the
 	// upstream proxy): its reads are not charged.
 	streamBody atomic.Bool

@@ -22,6 +22,7 @@ func budgetRequest(b *bodyBudget, body io.Reader, contentLength int64) (*http.Re
 	st := &reqState{}
 	st.res.b = b
 	r := httptest.NewRequest("POST", "/x", body)
+	st.res.ctx = r.Context()
 	r.ContentLength = contentLength
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	r.Body = newRequestBody(st, io.NopCloser(body), contentLength)
@@ -70,7 +71,7 @@ func TestReadBodySharesOneChargedCopy(t *testing.T) {
 		t.Errorf("after the request: %d bytes still held", b.used.Load())
 	}
 	// Charges after the end are not counted (late readers).
-	st.res.grow(10)
+	st.res.grow(10, false)
 	if b.used.Load() != 0 {
 		t.Errorf("charged after the request ended")
 	}
@@ -146,6 +147,65 @@ func TestSlowSenderHoldsLittleBudget(t *testing.T) {
 	st.res.end()
 }
 
+// TestBudgetOneWaiter: when the budget is full, the first request that
+// needs room waits for it; meanwhile every other request that needs room
+// is refused at once, so that the holders give it back.
+func TestBudgetOneWaiter(t *testing.T) {
+	b := newBudget(100_000)
+	b.wait = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	holder := &reservation{b: b, ctx: ctx}
+	if err := holder.grow(80_000, true); err != nil {
+		t.Fatal(err)
+	}
+	waiter := &reservation{b: b, ctx: ctx}
+	got := make(chan error, 1)
+	go func() { got <- waiter.grow(50_000, true) }()
+	waitFor(t, "a waiter", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.waiting
+	})
+	// Room for this one, but a request waits: refused, waiting or not.
+	other := &reservation{b: b, ctx: ctx}
+	if err := other.grow(1000, true); !errors.Is(err, ErrBodyBudget) {
+		t.Errorf("while another waits: %v", err)
+	}
+	select {
+	case err := <-got:
+		t.Fatalf("the waiter went on with the budget full: %v", err)
+	default:
+	}
+	holder.end()
+	if err := <-got; err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if b.used.Load() != 50_000 {
+		t.Errorf("used %d", b.used.Load())
+	}
+	// A waiter whose request ends gives up.
+	holder = &reservation{b: b, ctx: ctx}
+	holder.grow(50_000, true)
+	wctx, wcancel := context.WithCancel(context.Background())
+	late := &reservation{b: b, ctx: wctx}
+	go func() { got <- late.grow(10_000, true) }()
+	waitFor(t, "a waiter", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.waiting
+	})
+	wcancel()
+	if err := <-got; !errors.Is(err, ErrBodyBudget) {
+		t.Errorf("cancelled waiter: %v", err)
+	}
+	holder.end()
+	waiter.end()
+	if b.used.Load() != 0 {
+		t.Errorf("%d bytes held after every request ended", b.used.Load())
+	}
+}
+
 func TestOverBudgetAndStreamingReads(t *testing.T) {
 	b := newBudget(200_000)
 	body := bytes.Repeat([]byte("z"), 150_000)
@@ -154,17 +214,31 @@ func TestOverBudgetAndStreamingReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2, st2 := budgetRequest(b, bytes.NewReader(body), int64(len(body)))
-	if _, err := ReadBody(r2.Context(), r2, -1); !errors.Is(err, ErrBodyBudget) || !st2.overBudget.Load() {
-		t.Fatalf("second body over the budget: %v, marked %t", err, st2.overBudget.Load())
+	if _, err := ReadBody(r2.Context(), r2, -1); !errors.Is(err, ErrBodyBudget) || !st2.res.over.Load() {
+		t.Fatalf("second body over the budget: %v, marked %t", err, st2.res.over.Load())
+	}
+	// The refusal sticks: no later reader, not even one that streams the
+	// body on, gets it once room is back.
+	st1.res.end()
+	st2.streamBody.Store(true)
+	if _, err := io.ReadAll(r2.Body); !errors.Is(err, ErrBodyBudget) {
+		t.Errorf("streaming read of a refused body: %v", err)
+	}
+	if err := ReserveBody(r2.Context(), 1); !errors.Is(err, ErrBodyBudget) {
+		t.Errorf("charge after the refusal: %v", err)
+	}
+	r1, st1 = budgetRequest(b, bytes.NewReader(body), int64(len(body)))
+	if _, err := ReadBody(r1.Context(), r1, -1); err != nil {
+		t.Fatal(err)
 	}
 	// A response capture that does not fit is refused without failing
 	// the request; one the request cannot do without fails it.
 	r3, st3 := budgetRequest(b, strings.NewReader(""), 0)
-	if TryReserveBody(r3.Context(), 100_000) || st3.overBudget.Load() {
+	if TryReserveBody(r3.Context(), 100_000) || st3.res.over.Load() {
 		t.Errorf("TryReserveBody over the budget succeeded or marked the request")
 	}
-	if err := ReserveBody(r3.Context(), 100_000); !errors.Is(err, ErrBodyBudget) || !st3.overBudget.Load() {
-		t.Errorf("ReserveBody over the budget: %v, marked %t", err, st3.overBudget.Load())
+	if err := ReserveBody(r3.Context(), 100_000); !errors.Is(err, ErrBodyBudget) || !st3.res.over.Load() {
+		t.Errorf("ReserveBody over the budget: %v, marked %t", err, st3.res.over.Load())
 	}
 	// A terminal that streams the body on reads it free.
 	r4, st4 := budgetRequest(b, bytes.NewReader(body), int64(len(body)))
@@ -173,17 +247,42 @@ func TestOverBudgetAndStreamingReads(t *testing.T) {
 		t.Errorf("streamed read: %d, %v", n, err)
 	}
 	st1.res.end()
-	// A request alone always gets through: what it asks beyond the whole
-	// budget is granted uncounted.
+	// One large request gets through while small ones hold a quarter:
+	// what it asks beyond three quarters of the budget is granted
+	// uncounted.
+	r6, st6 := budgetRequest(b, strings.NewReader(""), 0)
+	if err := ReserveBody(r6.Context(), 50_000); err != nil {
+		t.Fatal(err)
+	}
 	r5, st5 := budgetRequest(b, strings.NewReader(""), 0)
 	if err := ReserveBody(r5.Context(), 10<<20); err != nil || b.used.Load() != 200_000 {
-		t.Errorf("lone request over the budget: %v, used %d", err, b.used.Load())
+		t.Errorf("large request over the budget: %v, used %d", err, b.used.Load())
 	}
+	st6.res.end()
 	for _, st := range []*reqState{st2, st3, st4, st5} {
 		st.res.end()
 	}
 	if b.used.Load() != 0 {
 		t.Errorf("%d bytes held after every request ended", b.used.Load())
+	}
+}
+
+// TestRefusedRequestNeverReachesTerminal: once memory a request needs did
+// not fit, its handler (FHIR server, upstream) does not run, even if room
+// is back by then: the client is told 503 and nothing was done.
+func TestRefusedRequestNeverReachesTerminal(t *testing.T) {
+	srv, _ := newTestServer(t, "routes:\n  - fhir: true\n")
+	called := false
+	term := &terminal{name: "t", srv: srv, h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { called = true })}
+	rec := httptest.NewRecorder()
+	st := &reqState{route: srv.cur.Load().unmatchedFHIR}
+	st.sw.ResponseWriter, st.sw.st = rec, st
+	st.res.over.Store(true)
+	r := httptest.NewRequest("POST", "/fhir/R4/Patient", strings.NewReader("{}"))
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	term.ServeHTTP(&st.sw, r)
+	if called || rec.Code != 503 || rec.Header().Get("Retry-After") != "1" || !strings.Contains(rec.Body.String(), "OperationOutcome") {
+		t.Errorf("terminal called %t; answer %d %v %s", called, rec.Code, rec.Header(), rec.Body)
 	}
 }
 
@@ -250,6 +349,7 @@ server:
 routes:
   - fhir: true
 `)
+	srv.budget.wait = 0 // refuse at once; waiting is TestBudgetOneWaiter's
 	g := newHoldGate(t)
 	body := strings.Repeat("a", 20_000)
 	first := make(chan *httptest.ResponseRecorder, 1)
@@ -365,5 +465,17 @@ func TestMaxConnectionsHoldsAtAccept(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("not served after a connection closed")
+	}
+}
+
+// waitFor waits until cond holds, failing the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

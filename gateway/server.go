@@ -131,6 +131,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 		Name: MetricBodyBudget, Help: "Bytes of buffered request and response bodies held against server.body_budget.",
 	}, func() float64 { return float64(s.budget.used.Load()) }))
 	s.budget.limit.Store(int64(cfg.Server.BodyBudget))
+	s.budget.wait = budgetWait
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
 		s.closeLogs()

@@ -53,7 +53,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (w *statusWriter) overBudget() bool { return w.st != nil && w.st.overBudget.Load() }
+func (w *statusWriter) overBudget() bool { return w.st != nil && w.st.res.over.Load() }
 
 // rejectOverBudget answers 503 with Retry-After for a request whose body
 // did not fit the body budget, in the route's error format. The handler
