@@ -70,10 +70,17 @@ func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
 
 // stormResult is what one storm did to the gateway.
 type stormResult struct {
-	base, peak, after int64       // resident memory: idle before, highest, after
-	codes             map[int]int // answers to the large bodies (0: no answer)
-	took              time.Duration
+	// Resident memory: idle before, highest, the first reading back
+	// under idle + hostileAfterSlack (or the last, 30s after the storm),
+	// and hostileSettle after the storm (with -hostile.compare).
+	base, peak, after, settled int64
+	codes                      map[int]int // answers to the large bodies (0: no answer)
+	took, afterTook            time.Duration
 }
+
+// hostileSettle is when the compared runs read their resident memory
+// after the storm.
+const hostileSettle = 15 * time.Second
 
 // largeObservation is a valid Observation of about n bytes.
 func largeObservation(n int) []byte {
@@ -204,6 +211,7 @@ routes:
 	}
 	wg.Wait()
 	r.took = time.Since(start)
+	end := time.Now()
 	r.peak = procMem(t, pid, "VmHWM")
 	for _, f := range fails {
 		t.Error(f)
@@ -214,15 +222,27 @@ routes:
 		res.Body.Close()
 	}
 	// After the storm: the memory of the burst goes back to the system.
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := end.Add(30 * time.Second)
 	for {
-		r.after = procMem(t, pid, "VmRSS")
+		r.after, r.afterTook = procMem(t, pid, "VmRSS"), time.Since(end)
 		if r.after <= r.base+hostileAfterSlack || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if *hostileCompare {
+		time.Sleep(time.Until(end.Add(hostileSettle)))
+		r.settled = procMem(t, pid, "VmRSS")
+	}
 	return r
+}
+
+func (r stormResult) String() string {
+	s := fmt.Sprintf("idle %s, peak %s, after %s (%s after the storm)", mib(r.base), mib(r.peak), mib(r.after), r.afterTook.Round(100*time.Millisecond))
+	if r.settled > 0 {
+		s += fmt.Sprintf(", %s after: %s", hostileSettle, mib(r.settled))
+	}
+	return s + fmt.Sprintf("; answers %v; storm %s", r.codes, r.took.Round(time.Millisecond))
 }
 
 // trickle opens a connection, writes head, then a byte every 100ms until
@@ -271,8 +291,7 @@ func TestHostileLoadMemory(t *testing.T) {
 	bin := plainBinary(t)
 	body := largeObservation(hostileBodySize)
 	on := runStorm(t, bin, mib(hostileBudget), body)
-	t.Logf("body_budget %s: idle %s, peak %s, after %s; answers %v; %s",
-		mib(hostileBudget), mib(on.base), mib(on.peak), mib(on.after), on.codes, on.took.Round(time.Millisecond))
+	t.Logf("body_budget %s: %s", mib(hostileBudget), on)
 	if on.peak > hostileBudget+hostileMargin {
 		t.Errorf("peak resident memory %s over the budget %s + %s", mib(on.peak), mib(hostileBudget), mib(hostileMargin))
 	}
@@ -284,7 +303,6 @@ func TestHostileLoadMemory(t *testing.T) {
 	}
 	if *hostileCompare {
 		off := runStorm(t, bin, "0", body)
-		t.Logf("body_budget off: idle %s, peak %s, after %s; answers %v; %s",
-			mib(off.base), mib(off.peak), mib(off.after), off.codes, off.took.Round(time.Millisecond))
+		t.Logf("body_budget off: %s", off)
 	}
 }
