@@ -45,6 +45,8 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.idHeader[1] = id
 	w.Header()[RequestIDHeader] = st.idHeader[1:2:2]
 	st.sw.ResponseWriter = w
+	st.sw.st = st
+	st.res.b, st.res.ctx = &rt.srv.budget, r.Context()
 	sw := &st.sw
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	rt.srv.metrics.inflight.Inc()
@@ -56,9 +58,12 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(sw, r.Body, rt.maxBody)
+		r.Body = newRequestBody(st, http.MaxBytesReader(sw, r.Body, rt.maxBody), r.ContentLength)
 	}
 	rt.handler.ServeHTTP(sw, r)
+	if st.res.over.Load() && !sw.wroteHeader() && sw.replaced == 0 {
+		sw.rejectOverBudget() // the handler wrote nothing
+	}
 }
 
 // finish records metrics and the access log line. It is deferred so that it
@@ -66,6 +71,9 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (rt *route) finish(st *reqState, r *http.Request) {
 	m := rt.srv.metrics
 	m.inflight.Dec()
+	if n := st.res.end(); n > 0 {
+		rt.srv.bodiesReleased(n)
+	}
 	status := st.sw.status
 	if status == 0 {
 		status = http.StatusOK
@@ -159,6 +167,9 @@ type terminal struct {
 	name string
 	h    http.Handler
 	srv  *Server
+	// streams says h streams the request body on without keeping it (the
+	// upstream proxy): its reads are not charged to the body budget.
+	streams bool
 }
 
 func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -166,6 +177,15 @@ func (t *terminal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		t.h.ServeHTTP(w, r)
 		return
+	}
+	if st.res.over.Load() {
+		// Memory this request needs did not fit: the handler does not run
+		// (the gateway answers 503; see statusWriter).
+		writeError(w, http.StatusServiceUnavailable, "no memory for the request body", st.route.info.FHIR)
+		return
+	}
+	if t.streams {
+		st.streamBody.Store(true)
 	}
 	defer t.srv.recoverPanic(w, r, st, t.name)
 	t0 := time.Now()

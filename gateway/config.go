@@ -95,11 +95,29 @@ type ServerConfig struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// IdleTimeout closes idle keep-alive connections. Default 120s.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
-	// MaxHeaderBytes caps request headers. Default 1MiB.
+	// MaxHeaderBytes caps request headers (the request line and header
+	// fields); larger ones get 431. Default 64KiB.
 	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
 	// MaxBody caps request bodies; larger ones get 413. Default 16MiB.
 	// Routes may set their own.
 	MaxBody ByteSize `yaml:"max_body"`
+	// BodyBudget bounds the memory of all bodies buffered at once, over
+	// every request: request bodies read into memory by plugins and the
+	// FHIR server, responses captured by plugins (the cache). A request
+	// whose body does not fit gets 503 with Retry-After (an
+	// OperationOutcome on FHIR routes); a response that does not fit is
+	// passed on without being captured (not cached). Bodies streamed to an
+	// upstream are not counted. Default 256MiB; 0 turns it off. Must be at
+	// least every route's max_body.
+	BodyBudget ByteSize `yaml:"body_budget"`
+	// MaxConnections caps open client connections; further ones wait to
+	// be accepted until one closes. Default 4096; 0 means no cap. Changes
+	// take effect on restart.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxInFlight caps requests being served at once; further ones get 503
+	// with Retry-After at once (an OperationOutcome under the FHIR base).
+	// Default 1024; 0 means no cap.
+	MaxInFlight int `yaml:"max_in_flight"`
 	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM,
 	// SIGINT or after a reload. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
@@ -312,8 +330,11 @@ func DefaultConfig() *Config {
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       60 * time.Second,
 			IdleTimeout:       120 * time.Second,
-			MaxHeaderBytes:    1 << 20,
+			MaxHeaderBytes:    64 << 10,
 			MaxBody:           16 << 20,
+			BodyBudget:        256 << 20,
+			MaxConnections:    4096,
+			MaxInFlight:       1024,
 			ShutdownTimeout:   30 * time.Second,
 			CompressMinSize:   1 << 10,
 		},
@@ -525,6 +546,21 @@ func (c *Config) validate() {
 	}
 	if s.MaxBody <= 0 {
 		c.fail("server.max_body", "must be positive")
+	}
+	if s.MaxHeaderBytes <= 0 {
+		c.fail("server.max_header_bytes", "must be positive")
+	}
+	if s.BodyBudget < 0 {
+		c.fail("server.body_budget", "must not be negative (0 turns it off)")
+	} else if s.BodyBudget > 0 && s.BodyBudget < s.MaxBody {
+		c.fail("server.body_budget", "%s is less than server.max_body (%s): no body of the largest size allowed would fit; raise it, or 0 turns it off",
+			s.BodyBudget, s.MaxBody)
+	}
+	if s.MaxConnections < 0 {
+		c.fail("server.max_connections", "must not be negative (0 means no cap)")
+	}
+	if s.MaxInFlight < 0 {
+		c.fail("server.max_in_flight", "must not be negative (0 means no cap)")
 	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		c.fail("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
@@ -738,6 +774,9 @@ func (c *Config) validateRoutes() {
 		}
 		if rc.MaxBody == 0 {
 			rc.MaxBody = c.Server.MaxBody
+		}
+		if b := c.Server.BodyBudget; b > 0 && rc.MaxBody > b {
+			c.fail(key+".max_body", "%s is more than server.body_budget (%s): no body of the largest size allowed would fit", rc.MaxBody, b)
 		}
 	}
 	if len(c.Routes) > 0 && c.dec.Err() == nil {

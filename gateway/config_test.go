@@ -61,6 +61,16 @@ func TestConfigErrorsNameFileLineKey(t *testing.T) {
 			`f.yaml:4:5: plugins.p.label: required`},
 		{"duplicate key", "listen: ':1'\nlisten: ':2'\nroutes: [{path: /a, upstream: 'http://h'}]\n",
 			`f.yaml:2:1: listen: duplicate key`},
+		{"body budget under max_body", "server:\n  body_budget: 1MiB\nroutes: [{path: /a, upstream: 'http://h'}]\n",
+			`f.yaml:2:3: server.body_budget: 1MiB is less than server.max_body (16MiB)`},
+		{"route max_body over the budget", "server:\n  body_budget: 32MiB\nroutes:\n  - path: /a\n    upstream: http://h\n    max_body: 64MiB\n",
+			`f.yaml:6:5: routes[0].max_body: 64MiB is more than server.body_budget (32MiB)`},
+		{"negative max_connections", "server:\n  max_connections: -1\nroutes: [{path: /a, upstream: 'http://h'}]\n",
+			`f.yaml:2:3: server.max_connections: must not be negative`},
+		{"negative max_in_flight", "server:\n  max_in_flight: -5\nroutes: [{path: /a, upstream: 'http://h'}]\n",
+			`f.yaml:2:3: server.max_in_flight: must not be negative`},
+		{"zero max_header_bytes", "server:\n  max_header_bytes: 0\nroutes: [{path: /a, upstream: 'http://h'}]\n",
+			`f.yaml:2:3: server.max_header_bytes: must be positive`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +106,11 @@ func TestConfigDefaults(t *testing.T) {
 		{"redis dial timeout", cfg.Redis.DialTimeout, 200 * time.Millisecond},
 		{"shutdown timeout", cfg.Server.ShutdownTimeout, 30 * time.Second},
 		{"read header timeout", cfg.Server.ReadHeaderTimeout, 10 * time.Second},
+		{"read timeout", cfg.Server.ReadTimeout, 60 * time.Second},
+		{"max header bytes", cfg.Server.MaxHeaderBytes, ByteSize(64 << 10)},
+		{"body budget", cfg.Server.BodyBudget, ByteSize(256 << 20)},
+		{"max connections", cfg.Server.MaxConnections, 4096},
+		{"max in flight", cfg.Server.MaxInFlight, 1024},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -219,6 +219,14 @@ func TestMain(m *testing.M) {
 				if r.URL.Path == cfg.BasePathValue+"/panic" {
 					panic("fhir handler panics")
 				}
+				if r.URL.Path == cfg.BasePathValue+"/replay" {
+					replayBuffered(w)
+					return
+				}
+				if r.URL.Path == cfg.BasePathValue+"/hold" {
+					serveHold(w, r)
+					return
+				}
 				w.Header().Set("Content-Type", "application/fhir+json")
 				w.Header().Set("X-Chain-Seen", strings.Join(r.Header.Values("X-Chain"), ","))
 				io.WriteString(w, `{"resourceType":"Patient","id":"1","path":"`+r.URL.Path+`"}`)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +48,11 @@ type reqState struct {
 	// idHeader backs the X-Request-Id header values, so setting them
 	// costs no allocation of its own.
 	idHeader [2]string
+	// res is what the request holds of the body budget.
+	res reservation
+	// streamBody is set by a terminal that streams the body on (the
+	// upstream proxy): its reads are not charged.
+	streamBody atomic.Bool
 }
 
 type stateKey struct{}

@@ -20,6 +20,8 @@ const (
 	MetricUpstreamErrors  = "omnigate_upstream_errors_total"
 	MetricReloads         = "omnigate_config_reloads_total"
 	MetricReloadTime      = "omnigate_config_last_reload_success_timestamp_seconds"
+	MetricRejected        = "omnigate_http_requests_rejected_total"
+	MetricBodyBudget      = "omnigate_body_budget_used_bytes"
 )
 
 type metrics struct {
@@ -31,6 +33,7 @@ type metrics struct {
 	upstreamErrors *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	reloadTime     prometheus.Gauge
+	rejected       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -63,9 +66,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricReloadTime, Help: "Unix time of the last successful config load.",
 		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRejected, Help: "Requests answered 503 for want of capacity, by reason (body_budget, in_flight).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.inflight, m.pluginDuration, m.panics,
-		m.upstreamErrors, m.reloads, m.reloadTime)
+		m.upstreamErrors, m.reloads, m.reloadTime, m.rejected)
 	return m
 }
 

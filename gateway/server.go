@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/julienschmidt/httprouter"
-	"github.com/klauspost/compress/gzhttp"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 )
 
 // Options configure a Server beyond its Config.
@@ -51,6 +51,12 @@ type Server struct {
 	after       func(time.Duration) <-chan time.Time // the shutdown delay's clock; tests replace it
 	cur         atomic.Pointer[runtime]
 	draining    atomic.Bool
+	// budget is the body budget every request draws on (server.body_budget).
+	budget bodyBudget
+	trim   trimmer
+	// public counts requests in flight on the public listener
+	// (server.max_in_flight).
+	public atomic.Int64
 
 	reloadMu sync.Mutex
 	stopped  bool           // Shutdown retired the last runtime; under reloadMu
@@ -122,6 +128,11 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 	}
 	s.described = &describingRegisterer{reg: s.reg, names: map[string]bool{}}
 	s.metrics = newMetrics(s.described)
+	s.described.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: MetricBodyBudget, Help: "Bytes of buffered request and response bodies held against server.body_budget.",
+	}, func() float64 { return float64(s.budget.used.Load()) }))
+	s.budget.limit.Store(int64(cfg.Server.BodyBudget))
+	s.budget.wait = budgetWait
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
 		s.closeLogs()
@@ -230,7 +241,7 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 				return nil, cfg.Errorf(fmt.Sprintf("routes[%d].upstream", i), "%v", err)
 			}
 			rt.closers = append(rt.closers, up)
-			term = &terminal{name: "upstream", h: up, srv: s}
+			term = &terminal{name: "upstream", h: up, srv: s, streams: true}
 		}
 		chain := make([]namedPlugin, len(rc.Plugins))
 		for j, name := range rc.Plugins {
@@ -291,25 +302,10 @@ func (s *Server) build(ctx context.Context, cfg *Config) (_ *runtime, err error)
 
 func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody int64, compress bool) (*route, error) {
 	if compress {
-		wrap, err := gzhttp.NewWrapper(gzhttp.MinSize(int(cfg.Server.CompressMinSize)))
-		if err != nil {
+		var err error
+		if h, err = compressHandler(h, int(cfg.Server.CompressMinSize)); err != nil {
 			return nil, cfg.Errorf("server.compress_min_size", "%v", err)
 		}
-		gz, plain := wrap(h), h
-		// Most API clients send no Accept-Encoding: skip the wrapper (and
-		// its allocations) for them, but keep the Vary that caches need.
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if _, ok := r.Header["Accept-Encoding"]; ok {
-				gz.ServeHTTP(w, r)
-				return
-			}
-			if h := w.Header(); h["Vary"] == nil {
-				h["Vary"] = varyAcceptEncoding // shared: full capacity, so an Add copies
-			} else {
-				h.Add("Vary", "Accept-Encoding")
-			}
-			plain.ServeHTTP(w, r)
-		})
 	}
 	return &route{
 		info: info, srv: s, handler: h, maxBody: maxBody,
@@ -318,8 +314,6 @@ func (s *Server) newRoute(cfg *Config, info RouteInfo, h http.Handler, maxBody i
 		trusted:   cfg.Server.trusted,
 	}, nil
 }
-
-var varyAcceptEncoding = []string{"Accept-Encoding"}[:1:1]
 
 func (r *route) handle(w http.ResponseWriter, req *http.Request, _ httprouter.Params) {
 	r.ServeHTTP(w, req)
@@ -377,6 +371,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt.unmatched.ServeHTTP(w, r)
+}
+
+// publicHandler serves the public listener: Server.ServeHTTP within
+// server.max_in_flight.
+type publicHandler struct{ s *Server }
+
+func (h publicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := h.s
+	n := s.public.Add(1)
+	defer s.public.Add(-1)
+	if lim := s.cur.Load().cfg.Server.MaxInFlight; lim > 0 && n > int64(lim) {
+		s.metrics.rejected.WithLabelValues("in_flight").Inc()
+		w.Header().Set("Retry-After", budgetRetryAfter)
+		writeError(w, http.StatusServiceUnavailable, "the gateway is serving as many requests as it may; retry later",
+			hasPathPrefix(r.URL.Path, s.cur.Load().fhirBase))
+		return
+	}
+	s.ServeHTTP(w, r)
 }
 
 func hasPathPrefix(p, prefix string) bool {
@@ -505,10 +517,14 @@ func (s *Server) Reload(ctx context.Context, cfg *Config) error {
 		s.metrics.reloads.WithLabelValues("failure").Inc()
 		return err
 	}
+	s.budget.limit.Store(int64(cfg.Server.BodyBudget))
 	old := s.cur.Swap(rt)
 	s.runOnStart(rt)
 	if cfg.Listen != old.cfg.Listen || cfg.Admin.Listen != old.cfg.Admin.Listen {
 		s.logger.Warn("listen addresses change only on restart", "listen", old.cfg.Listen, "admin", old.cfg.Admin.Listen)
+	}
+	if cfg.Server.MaxConnections != old.cfg.Server.MaxConnections {
+		s.logger.Warn("server.max_connections changes only on restart", "max_connections", old.cfg.Server.MaxConnections)
 	}
 	s.retire(old)
 	s.metrics.reloads.WithLabelValues("success").Inc()
@@ -537,9 +553,12 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if n := cfg.Server.MaxConnections; n > 0 {
+		ln = netutil.LimitListener(ln, n)
+	}
 	s.ln = ln
 	s.httpSrv = &http.Server{
-		Handler:           s,
+		Handler:           publicHandler{s},
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		ReadTimeout:       cfg.Server.ReadTimeout,
 		WriteTimeout:      cfg.Server.WriteTimeout,

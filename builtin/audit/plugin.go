@@ -177,7 +177,7 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	ctx, decision := access.WithRecord(r.Context())
-	cw := &capture{ResponseWriter: w, max: int(p.cfg.InspectBytes), want: p.cfg.InspectBytes > 0 && needsResponse(req, ok)}
+	cw := &capture{ResponseWriter: w, ctx: r.Context(), max: int(p.cfg.InspectBytes), want: p.cfg.InspectBytes > 0 && needsResponse(req, ok)}
 	finished := false
 	defer func() {
 		if !finished { // a panic below: record what was answered, if anything
@@ -260,7 +260,7 @@ func (p *Plugin) readRequest(r *http.Request, x *exchange) {
 	}
 	switch x.req.Interaction {
 	case fhirreq.Batch:
-		body, _ := peekBody(r, -1)
+		body, _ := gateway.ReadBody(r.Context(), r, -1)
 		if b, err := fhirreq.ParseBundle(body, x.base); err == nil {
 			x.bundle = b
 		}
@@ -532,15 +532,18 @@ func (p *Plugin) buildBundle(rec *Record, x *exchange, d access.RecordData, pats
 }
 
 // capture passes the response through and keeps its status and, when
-// wanted and the body is JSON, its first max bytes.
+// wanted and the body is JSON, its first max bytes, within the gateway's
+// body budget (a body that does not fit is treated as one over max).
 type capture struct {
 	http.ResponseWriter
-	status  int
-	want    bool
-	decided bool
-	max     int
-	over    bool
-	buf     *bytes.Buffer
+	ctx      context.Context
+	status   int
+	want     bool
+	decided  bool
+	max      int
+	over     bool
+	buf      *bytes.Buffer
+	reserved int // of the gateway's body budget
 }
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -567,13 +570,27 @@ func (c *capture) Write(b []byte) (int, error) {
 		}
 	}
 	if c.buf != nil && !c.over {
-		if c.buf.Len()+len(b) > c.max {
+		if need := c.buf.Len() + len(b); need > c.max || !c.reserve(need) {
 			c.over = true
 		} else {
 			c.buf.Write(b)
 		}
 	}
 	return c.ResponseWriter.Write(b)
+}
+
+// reserve makes sure the budget reserved covers need bytes, reserving it
+// in steps of 64KiB (up to max).
+func (c *capture) reserve(need int) bool {
+	if need <= c.reserved {
+		return true
+	}
+	step := min(max(need-c.reserved, 64<<10), c.max-c.reserved)
+	if c.ctx == nil || !gateway.TryReserveBody(c.ctx, int64(step)) {
+		return c.ctx == nil
+	}
+	c.reserved += step
+	return true
 }
 
 // body returns the captured body and whether it is the whole body.

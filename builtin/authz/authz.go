@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -399,8 +398,7 @@ func (c *call) readBody() ([]byte, error) {
 	if c.r.Body == nil || c.r.Body == http.NoBody {
 		return nil, nil
 	}
-	b, err := io.ReadAll(c.r.Body)
-	c.r.Body.Close()
+	b, err := gateway.ReadBody(c.r.Context(), c.r, -1)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -408,8 +406,6 @@ func (c *call) readBody() ([]byte, error) {
 		}
 		return nil, httpErr(http.StatusBadRequest, "read request body: "+err.Error())
 	}
-	c.r.Body = io.NopCloser(bytes.NewReader(b))
-	c.r.ContentLength = int64(len(b))
 	return b, nil
 }
 

@@ -37,7 +37,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -393,7 +392,7 @@ func (c *Cache) serveRead(w http.ResponseWriter, r *http.Request, next http.Hand
 		inner.Header.Del("If-None-Match")
 		inner.Header.Del("If-Modified-Since")
 	}
-	rec := newRecorder(w, int(c.cfg.MaxBody))
+	rec := newRecorder(r.Context(), w, int(c.cfg.MaxBody))
 	next.ServeHTTP(rec, inner)
 	if rec.streaming {
 		st.count("miss")
@@ -606,19 +605,11 @@ func (c *Cache) serveWrite(w http.ResponseWriter, r *http.Request, next http.Han
 			next.ServeHTTP(w, r) // POST _search reads
 			return
 		}
-		if r.Body != nil && r.Body != http.NoBody {
-			b, err := io.ReadAll(r.Body)
-			r.Body.Close()
-			r.Body = io.NopCloser(bytes.NewReader(b))
-			if err != nil {
-				// Let the handler see the same failure (413 for an
-				// oversized body).
-				r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(b), errReader{err}))
-			}
-			body = b
-		}
+		// On a failed read the handler sees the same failure (413 for an
+		// oversized body, 503 when the gateway's body budget is spent).
+		body, _ = gateway.ReadBody(r.Context(), r, -1)
 	}
-	tw := &teeWriter{ResponseWriter: w, max: 1 << 20}
+	tw := &teeWriter{ResponseWriter: w, ctx: r.Context(), max: 1 << 20}
 	next.ServeHTTP(tw, r)
 	if tw.status == 0 {
 		tw.status = http.StatusOK
@@ -633,15 +624,15 @@ func (c *Cache) serveWrite(w http.ResponseWriter, r *http.Request, next http.Han
 			loc = tw.Header().Get("Content-Location")
 		}
 		tags = writeTags(req, body, tw.buf.Bytes(), loc)
+		if tw.cut && !slices.Contains(tags, tagUnknownComp) {
+			// Patients named past what was kept are not known.
+			tags = append(tags, tagUnknownComp)
+		}
 	} else {
 		tags = []string{prefixRoute + info.Name}
 	}
 	c.invalidate(r.Context(), tags)
 }
-
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // invalidate makes entries with any of tags stale, here at once and on
 // every instance.

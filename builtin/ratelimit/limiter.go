@@ -1,11 +1,9 @@
 package ratelimit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -180,13 +178,10 @@ func (c *Cost) of(method string, search bool) int64 {
 // returns the sum of its entries' costs (at least the cost of the POST).
 // The body is put back for the handler, with the read error if any.
 func (rp *routePolicy) bundleCost(r *http.Request) (int64, bool) {
-	body, err := io.ReadAll(r.Body)
-	r.Body.Close()
+	body, err := gateway.ReadBody(r.Context(), r, -1)
 	if err != nil {
-		r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errReader{err}))
 		return 0, false
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
 	b, err := fhirreq.ParseBundle(body, "")
 	if err != nil {
 		return 0, false
@@ -199,11 +194,6 @@ func (rp *routePolicy) bundleCost(r *http.Request) (int64, bool) {
 	}
 	return max(sum, rp.cost.of(http.MethodPost, false)), true
 }
-
-// errReader returns err once the bytes before it are read.
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // ServeHTTP counts the request and answers 429 when it is over a limit or
 // its client is blocked; otherwise it adds the rate-limit headers and

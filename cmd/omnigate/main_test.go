@@ -118,8 +118,14 @@ func (p *proc) logs() string {
 
 func startServe(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startServeBinary(t, binary, args...)
+}
+
+// startServeBinary runs bin serve args on loopback ports.
+func startServeBinary(t *testing.T, bin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{ready: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
+	p.cmd = exec.Command(bin, append([]string{"serve"}, args...)...)
 	p.cmd.Env = append(os.Environ(), "OMNIGATE_LISTEN=127.0.0.1:0", "OMNIGATE_ADMIN=127.0.0.1:0")
 	p.cmd.Dir = t.TempDir()
 	stderr, _ := p.cmd.StderrPipe()
