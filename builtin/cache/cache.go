@@ -78,6 +78,7 @@ type Cache struct {
 	opPub    *backbone.Op
 	hot      *hotRecorder // nil unless warm.hot_file is set
 	handler  http.Handler // the gateway's, for warming
+	warming  warmStatus   // for /admin/cache/stats
 
 	// outageRefetches counts reads during Redis outages whose entry in
 	// memory was older than outage_max_age.
