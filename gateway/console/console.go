@@ -235,8 +235,8 @@ func SeriesHandler(s *Sampler) http.Handler {
 		minutes := 5.0
 		if v := r.URL.Query().Get("minutes"); v != "" {
 			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 || f > 24*60 {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "minutes: want a number of minutes above 0, not " + strconv.Quote(v)})
+			if err != nil || !(f > 0 && f <= 24*60) {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "minutes: want a number of minutes above 0, at most 1440, not " + strconv.Quote(v)})
 				return
 			}
 			minutes = f
