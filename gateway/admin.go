@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"strings"
 	"time"
 
@@ -22,7 +23,8 @@ import (
 // but /healthz, /readyz and the console's static files requires it as a
 // bearer token. Every request that may change state (any method but GET,
 // HEAD and OPTIONS) is logged as an "admin action" with the client's
-// address and a fingerprint of the token it presented.
+// address and a fingerprint of the token it presented; such a request
+// that a browser sent from a page of another origin is refused (403).
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /admin/metrics/series", console.SeriesHandler(s.sampler))
@@ -73,6 +75,13 @@ func (s *Server) AdminHandler() http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
+		if crossOrigin(r) {
+			// A page of another site in an operator's browser: with no
+			// token set, nothing else would stop it.
+			writeError(w, http.StatusForbidden, "cross-origin admin requests are refused", false)
+			s.logAdminAction(r, http.StatusForbidden)
+			return
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		mux.ServeHTTP(sw, r)
 		if sw.status == 0 {
@@ -80,6 +89,18 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		s.logAdminAction(r, sw.status)
 	})
+}
+
+// crossOrigin reports whether a browser sent r from a page of another
+// origin: its Origin header (browsers send it on every POST, PUT, PATCH and
+// DELETE) names a host other than the one r was sent to.
+func crossOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err != nil || !strings.EqualFold(u.Host, r.Host)
 }
 
 // logAdminAction logs a request of the admin listener that may change

@@ -166,6 +166,21 @@ func TestAdminActionsLogged(t *testing.T) {
 	req("POST", "/admin/held", "not-the-token")
 	req("GET", "/admin/held", "admin-secret")
 	req("PUT", "/admin/nothing", "")
+	cross := func(origin string) int {
+		r := httptest.NewRequest("DELETE", "http://127.0.0.1:9090/admin/held", nil)
+		r.RemoteAddr = "192.0.2.7:5555"
+		r.Header.Set("Authorization", "Bearer admin-secret")
+		r.Header.Set("Origin", origin)
+		rec := httptest.NewRecorder()
+		admin.ServeHTTP(rec, r)
+		return rec.Code
+	}
+	if code := cross("https://evil.example"); code != http.StatusForbidden {
+		t.Errorf("an action from another origin: %d, want 403", code)
+	}
+	if code := cross("http://127.0.0.1:9090"); code != http.StatusMethodNotAllowed {
+		t.Errorf("an action from the console's own origin: %d, want it served (405 here)", code)
+	}
 
 	type line struct {
 		Msg, Method, Path, Token string
@@ -183,6 +198,8 @@ func TestAdminActionsLogged(t *testing.T) {
 		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 405, "192.0.2.7"},
 		{"admin action", "POST", "/admin/held", TokenFingerprintOf("not-the-token"), 401, "192.0.2.7"},
 		{"admin action", "PUT", "/admin/nothing", "none", 401, "192.0.2.7"},
+		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 403, "192.0.2.7"},
+		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 405, "192.0.2.7"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("admin actions logged: %+v", got)

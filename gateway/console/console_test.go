@@ -142,3 +142,31 @@ func TestPluginMetrics(t *testing.T) {
 		t.Error("a family that is not a plugin host's is listed")
 	}
 }
+
+// FuzzPublic: a path the admin listener serves without the token is the
+// page, /ui/auth, or one of the embedded files, named exactly; never a
+// data endpoint.
+func FuzzPublic(f *testing.F) {
+	for _, s := range []string{"/ui", "/ui/", "/ui/auth", "/ui/app.js", "/ui/api/overview", "/ui/../ping", "/ui//app.js",
+		"/ui/app.js/", "/ui/%2e%2e/ping", "/ui/./app.css", "/ui/assets/app.js", "/admin/fhir/stats", "/ui/\x00"} {
+		f.Add(s)
+	}
+	files := map[string]bool{}
+	fs.WalkDir(static, ".", func(name string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files[Prefix+name] = true
+		}
+		return nil
+	})
+	f.Fuzz(func(t *testing.T, p string) {
+		if !Public(p) {
+			return
+		}
+		if p != "/ui" && p != Prefix && p != Prefix+"auth" && !files[p] {
+			t.Errorf("Public(%q) for a path that is not the console's page", p)
+		}
+		if strings.HasPrefix(p, Prefix+"api/") {
+			t.Errorf("Public(%q) for a data endpoint", p)
+		}
+	})
+}
