@@ -433,7 +433,8 @@
     table($('ca-routes'), [{ t: 'route' }, { t: 'hits', num: true }, { t: 'misses', num: true }, { t: 'stale', num: true }, { t: 'bypassed', num: true }, { t: 'hit ratio', num: true }],
       routes.map((r) => [r.route, fmtNum(r.hits), fmtNum(r.misses), fmtNum(r.stale), fmtNum(r.bypassed), fmtPct(r.hit_ratio)]), 'no cacheable request yet');
     const sel = $('ca-route');
-    const want = state.overview.routes.filter((r) => r.plugins.length).map((r) => r.name);
+    const caches = state.overview.plugins.filter((p) => p.type === 'cache').map((p) => p.name);
+    const want = state.overview.routes.filter((r) => r.plugins.some((p) => caches.includes(p))).map((r) => r.name);
     if (sel.options.length - 1 !== want.length) {
       sel.replaceChildren(el('option', { value: '', text: 'or a route…' }), ...want.map((n) => el('option', { value: 'route:' + n, text: 'route ' + n })));
     }
