@@ -17,6 +17,8 @@ import (
 	"github.com/julienschmidt/httprouter"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
+
+	"github.com/omnigate/omnigate/gateway/console"
 )
 
 // Options configure a Server beyond its Config.
@@ -68,6 +70,12 @@ type Server struct {
 	httpSrv, adminSrv *http.Server
 	ln, adminLn       net.Listener
 	serveErr          chan error
+
+	// sampler keeps the recent samples of the metrics the console charts;
+	// it runs while the admin listener serves (stopSampler ends it).
+	sampler     *console.Sampler
+	stopSampler context.CancelFunc
+	console     *console.Console
 }
 
 type sharedEntry struct {
@@ -133,6 +141,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Server, error) {
 	}, func() float64 { return float64(s.budget.used.Load()) }))
 	s.budget.limit.Store(int64(cfg.Server.BodyBudget))
 	s.budget.wait = budgetWait
+	var err error
+	if s.sampler, err = console.NewSampler(console.SamplerOptions{Gatherer: s.reg}); err != nil {
+		s.closeLogs()
+		return nil, err
+	}
+	if s.console, err = console.New(console.Options{Overview: s.consoleOverview, Gatherer: s.reg,
+		TokenRequired: func() bool { return s.Config().Admin.Token != "" }}); err != nil {
+		s.closeLogs()
+		return nil, err
+	}
 	rt, err := s.build(ctx, cfg)
 	if err != nil {
 		s.closeLogs()
@@ -580,6 +598,9 @@ func (s *Server) Start() error {
 			ErrorLog:          errLog,
 		}
 		go s.serve(s.adminSrv, aln)
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopSampler = cancel
+		go s.sampler.Run(ctx)
 	}
 	go s.serve(s.httpSrv, ln)
 	s.logger.Info("serving", "listen", ln.Addr().String(), "admin", s.AdminAddr(), "routes", len(cfg.Routes))
@@ -648,6 +669,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Wait()
 	if s.adminSrv != nil {
 		s.adminSrv.Shutdown(dctx)
+	}
+	if s.stopSampler != nil {
+		s.stopSampler()
 	}
 	s.closeLogs() // the access log's last lines before the last word
 	s.logger.Info("stopped")

@@ -5,7 +5,9 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -111,6 +113,8 @@ func (c *Cache) adminStats(w http.ResponseWriter, r *http.Request) {
 	if c.l1 != nil {
 		out["l1_bytes"] = c.l1.bytes()
 	}
+	out["memory_bytes"], out["memory_entries"] = c.mem.size()
+	out["warming"] = c.warming.state()
 	out["store"] = "memory"
 	if c.redis != nil && c.m.Up() {
 		out["store"] = "redis"
@@ -157,4 +161,45 @@ func (c *Cache) adminPurge(w http.ResponseWriter, r *http.Request) {
 	}
 	c.invalidate(r.Context(), tags)
 	gateway.WriteJSON(w, http.StatusOK, map[string]any{"purged": tags})
+}
+
+// warmStatus tells /admin/cache/stats whether warming runs and how the
+// last run ended.
+type warmStatus struct {
+	mu           sync.Mutex
+	running      int
+	started      time.Time
+	last         *WarmResult
+	lastFinished time.Time
+}
+
+// WarmState is "warming" in GET /admin/cache/stats.
+type WarmState struct {
+	// Running is true while a warming run (on start or from the admin
+	// endpoint) is under way; Started is when the latest began.
+	Running bool      `json:"running"`
+	Started time.Time `json:"started,omitzero"`
+	// Last is the summary of the last run that finished, at LastFinished.
+	Last         *WarmResult `json:"last,omitempty"`
+	LastFinished time.Time   `json:"last_finished,omitzero"`
+}
+
+func (s *warmStatus) begin(now time.Time) {
+	s.mu.Lock()
+	s.running++
+	s.started = now
+	s.mu.Unlock()
+}
+
+func (s *warmStatus) end(res WarmResult, now time.Time) {
+	s.mu.Lock()
+	s.running--
+	s.last, s.lastFinished = &res, now
+	s.mu.Unlock()
+}
+
+func (s *warmStatus) state() WarmState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return WarmState{Running: s.running > 0, Started: s.started.UTC(), Last: s.last, LastFinished: s.lastFinished.UTC()}
 }

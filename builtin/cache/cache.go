@@ -80,6 +80,7 @@ type Cache struct {
 	// the Host header: their keys include it.
 	hostRoutes map[string]bool
 	handler    http.Handler // the gateway's, for warming
+	warming    warmStatus   // for /admin/cache/stats
 
 	// outageRefetches counts reads during Redis outages whose entry in
 	// memory was older than outage_max_age.

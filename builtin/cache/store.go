@@ -159,6 +159,13 @@ func (t *memTier) bump(ctx context.Context, tags []string) error {
 	return nil
 }
 
+// size returns the bytes and the number of the entries held.
+func (t *memTier) size() (int64, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lru.bytes, len(t.lru.items)
+}
+
 func (t *memTier) clear() {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -140,6 +140,7 @@ func (c *Cache) warmList() []WarmRequest {
 // cancelled), logging progress.
 func (c *Cache) warm(ctx context.Context, h http.Handler, reqs []WarmRequest) WarmResult {
 	start := c.now()
+	c.warming.begin(start)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := c.clock.AfterFunc(c.cfg.Warm.Budget, cancel)
@@ -192,6 +193,7 @@ loop:
 	res := WarmResult{Requests: len(reqs), Stored: int(stored.Load()), Cached: int(cached.Load()),
 		NotKept: int(notKept.Load()), Failed: int(failed.Load()), Skipped: len(reqs) - launched,
 		Duration: c.now().Sub(start).Round(time.Millisecond).String()}
+	c.warming.end(res, c.now())
 	c.logger.Info("cache warming finished", "requests", res.Requests, "stored", res.Stored, "cached", res.Cached,
 		"not_kept", res.NotKept, "failed", res.Failed, "skipped", res.Skipped, "duration", res.Duration)
 	return res

@@ -54,6 +54,10 @@ func TestWarmBudgetAndAdminEndpoint(t *testing.T) {
 	// One at a time: the second request reaches the upstream once the
 	// first is done; then the budget runs out on the cache's clock.
 	eventually(t, "the second warming request", 30*time.Second, func() bool { return up.count("/fhir/R4/Patient/2") == 1 })
+	t0 := g.clock.Now()
+	if st := g.stats(); !st.Warming.Running || !st.Warming.Started.Equal(t0) || st.Warming.Last != nil {
+		t.Errorf("stats while warming: %+v", st.Warming)
+	}
 	g.clock.Advance(30*time.Second - time.Millisecond)
 	select {
 	case rec := <-done:
@@ -71,6 +75,10 @@ func TestWarmBudgetAndAdminEndpoint(t *testing.T) {
 	}
 	if x, _, _ := g.get("/fhir/R4/Patient/1", "u"); x != "HIT" {
 		t.Errorf("warmed entry: %s", x)
+	}
+	if st := g.stats(); st.Warming.Running || st.Warming.Last == nil || *st.Warming.Last != res ||
+		!st.Warming.LastFinished.Equal(t0.Add(30*time.Second)) || st.MemoryEntries != 1 || st.MemoryBytes == 0 {
+		t.Errorf("stats after warming: %+v", st)
 	}
 	// A second run finds it cached.
 	rec = httptest.NewRecorder()
@@ -118,4 +126,22 @@ func TestHotKeysSurviveRestart(t *testing.T) {
 	if x, _, _ := b.get("/fhir/R4/Patient/hot", "bob"); x != "MISS" {
 		t.Errorf("alice's warmed entry served to bob: %s", x)
 	}
+}
+
+// cacheStats is the part of GET /admin/cache/stats the tests read.
+type cacheStats struct {
+	Warming       WarmState
+	MemoryBytes   int64 `json:"memory_bytes"`
+	MemoryEntries int   `json:"memory_entries"`
+}
+
+func (g *gw) stats() cacheStats {
+	g.t.Helper()
+	rec := httptest.NewRecorder()
+	g.srv.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/admin/cache/stats", nil))
+	var st cacheStats
+	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil || rec.Code != 200 {
+		g.t.Fatalf("stats: %d %s", rec.Code, rec.Body)
+	}
+	return st
 }

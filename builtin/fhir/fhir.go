@@ -61,6 +61,7 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 	if b, ok := v.(backuper); ok {
 		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger, time.Now))
 	}
+	mountStats(env, v, cfg)
 	return h, nil
 }
 

@@ -31,6 +31,7 @@ func (p *Plugin) mount(env *gateway.Env) {
 	env.Handle(http.MethodDelete, m+"/sessions/:id", http.HandlerFunc(p.revokeOne))
 	env.HandleAdmin(http.MethodGet, "/admin/sessions/stats", http.HandlerFunc(p.stats))
 	env.HandleAdmin(http.MethodDelete, "/admin/users/:user/sessions", http.HandlerFunc(p.revokeUser))
+	p.mountAdmin(env)
 }
 
 // loginResponse is the body of a successful login or exchange.

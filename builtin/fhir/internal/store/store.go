@@ -127,3 +127,24 @@ type Store interface {
 	Update(ctx context.Context, fn func(tx Tx) error) error
 	io.Closer
 }
+
+// Stats is what a store holds, for the admin listener.
+type Stats struct {
+	// Backend names the implementation ("sqlite").
+	Backend string
+	// ByType counts the live (not deleted) resources of each type.
+	ByType map[string]int
+	// Versions counts the versions ever written (creates, updates and
+	// deletes), which history keeps.
+	Versions int64
+	// Bytes is the storage used, when the backend knows it.
+	Bytes int64
+}
+
+// Statser is a store that can describe itself (Stats) and check that it
+// answers (Check). It is optional: the admin endpoint and the health
+// component exist for stores that implement it.
+type Statser interface {
+	Stats(ctx context.Context) (Stats, error)
+	Check(ctx context.Context) error
+}
