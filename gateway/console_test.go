@@ -14,7 +14,7 @@ import (
 const consoleYAML = `
 admin:
   listen: 127.0.0.1:0
-  token: admin-secret
+  token: admin-secret-of-at-least-32-bytes-x
 plugins:
   p1: {type: recorder, label: p1}
   p2: {type: recorder, label: p2, deny: 429}
@@ -58,12 +58,12 @@ func TestConsoleTokenRules(t *testing.T) {
 	}
 	for path, want := range map[string]int{"/ui/api/overview": 200, "/ui/api/plugins": 200, "/ui/api/nope": 404,
 		"/ui/nope.js": 404, "/admin/metrics/series": 200} {
-		if rec := do(admin, "GET", path, nil, "Authorization", "Bearer admin-secret"); rec.Code != want {
+		if rec := do(admin, "GET", path, nil, "Authorization", "Bearer admin-secret-of-at-least-32-bytes-x"); rec.Code != want {
 			t.Errorf("GET %s with the token: %d, want %d", path, rec.Code, want)
 		}
 	}
 	// The console answers reads only.
-	if rec := do(admin, "POST", "/ui/api/overview", nil, "Authorization", "Bearer admin-secret"); rec.Code != http.StatusMethodNotAllowed {
+	if rec := do(admin, "POST", "/ui/api/overview", nil, "Authorization", "Bearer admin-secret-of-at-least-32-bytes-x"); rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST /ui/api/overview: %d", rec.Code)
 	}
 	rec := do(admin, "GET", "/ui/", nil)
@@ -90,7 +90,7 @@ func TestConsoleWithoutToken(t *testing.T) {
 func TestConsoleOverview(t *testing.T) {
 	openCloseGate("console")
 	srv, _ := newTestServer(t, consoleYAML)
-	rec := do(srv.AdminHandler(), "GET", "/ui/api/overview", nil, "Authorization", "Bearer admin-secret")
+	rec := do(srv.AdminHandler(), "GET", "/ui/api/overview", nil, "Authorization", "Bearer admin-secret-of-at-least-32-bytes-x")
 	var ov console.Overview
 	if err := json.Unmarshal(rec.Body.Bytes(), &ov); err != nil {
 		t.Fatalf("%v: %s", err, rec.Body)
@@ -126,7 +126,7 @@ func TestMetricsSeries(t *testing.T) {
 	if err := srv.sampler.Sample(t0.Add(2 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	rec := do(srv.AdminHandler(), "GET", "/admin/metrics/series?minutes=1", nil, "Authorization", "Bearer admin-secret")
+	rec := do(srv.AdminHandler(), "GET", "/admin/metrics/series?minutes=1", nil, "Authorization", "Bearer admin-secret-of-at-least-32-bytes-x")
 	var out struct {
 		Interval float64          `json:"interval_seconds"`
 		Samples  []console.Sample `json:"samples"`
@@ -142,7 +142,7 @@ func TestMetricsSeries(t *testing.T) {
 		s.Routes["api"] != 3 || s.Routes["limited"] != 1 || s.P50 == nil || s.P99 == nil || s.HitRatio != nil {
 		t.Errorf("sample: %+v", s)
 	}
-	if rec := do(srv.AdminHandler(), "GET", "/admin/metrics/series?minutes=-1", nil, "Authorization", "Bearer admin-secret"); rec.Code != 400 {
+	if rec := do(srv.AdminHandler(), "GET", "/admin/metrics/series?minutes=-1", nil, "Authorization", "Bearer admin-secret-of-at-least-32-bytes-x"); rec.Code != 400 {
 		t.Errorf("minutes=-1: %d", rec.Code)
 	}
 }
@@ -162,14 +162,14 @@ func TestAdminActionsLogged(t *testing.T) {
 		}
 		admin.ServeHTTP(httptest.NewRecorder(), r)
 	}
-	req("DELETE", "/admin/held", "admin-secret")
+	req("DELETE", "/admin/held", "admin-secret-of-at-least-32-bytes-x")
 	req("POST", "/admin/held", "not-the-token")
-	req("GET", "/admin/held", "admin-secret")
+	req("GET", "/admin/held", "admin-secret-of-at-least-32-bytes-x")
 	req("PUT", "/admin/nothing", "")
 	cross := func(origin string) int {
 		r := httptest.NewRequest("DELETE", "http://127.0.0.1:9090/admin/held", nil)
 		r.RemoteAddr = "192.0.2.7:5555"
-		r.Header.Set("Authorization", "Bearer admin-secret")
+		r.Header.Set("Authorization", "Bearer admin-secret-of-at-least-32-bytes-x")
 		r.Header.Set("Origin", origin)
 		rec := httptest.NewRecorder()
 		admin.ServeHTTP(rec, r)
@@ -195,11 +195,11 @@ func TestAdminActionsLogged(t *testing.T) {
 		}
 	}
 	want := []line{
-		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 405, "192.0.2.7"},
+		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret-of-at-least-32-bytes-x"), 405, "192.0.2.7"},
 		{"admin action", "POST", "/admin/held", TokenFingerprintOf("not-the-token"), 401, "192.0.2.7"},
 		{"admin action", "PUT", "/admin/nothing", "none", 401, "192.0.2.7"},
-		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 403, "192.0.2.7"},
-		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret"), 405, "192.0.2.7"},
+		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret-of-at-least-32-bytes-x"), 403, "192.0.2.7"},
+		{"admin action", "DELETE", "/admin/held", TokenFingerprintOf("admin-secret-of-at-least-32-bytes-x"), 405, "192.0.2.7"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("admin actions logged: %+v", got)
@@ -209,10 +209,10 @@ func TestAdminActionsLogged(t *testing.T) {
 			t.Errorf("action %d: %+v, want %+v", i, got[i], want[i])
 		}
 	}
-	if strings.Contains(logs.String(), "admin-secret") || strings.Contains(logs.String(), "not-the-token") {
+	if strings.Contains(logs.String(), "admin-secret-of-at-least-32-bytes-x") || strings.Contains(logs.String(), "not-the-token") {
 		t.Error("a token is in the log")
 	}
-	if fp := TokenFingerprintOf("admin-secret"); !strings.HasPrefix(fp, "sha256:") || len(fp) != len("sha256:")+12 {
+	if fp := TokenFingerprintOf("admin-secret-of-at-least-32-bytes-x"); !strings.HasPrefix(fp, "sha256:") || len(fp) != len("sha256:")+12 {
 		t.Errorf("fingerprint %q", fp)
 	}
 }

@@ -36,7 +36,7 @@ import (
 // of each page of the console there (docs/console is made this way).
 const EnvScreenshots = "OMNIGATE_CONSOLE_SCREENSHOTS"
 
-const adminToken = "console-test-admin-token-4f9c"
+const adminToken = "console-test-admin-token-4f9c-0123456789"
 
 // chromium finds Debian's Chromium (or another headless-capable build).
 func chromium() string {
