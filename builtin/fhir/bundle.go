@@ -335,7 +335,7 @@ func prepareEntries(entries []*bundleEntry, refs, cond map[string]string) error 
 		if o == nil || o.res == nil {
 			return
 		}
-		o.res.applyRewrites(rewritesFor(o.res.links, refs, cond))
+		o.res.rewriteLinks(refs, cond)
 		if o.id != "" {
 			o.res.index(o.id)
 		}

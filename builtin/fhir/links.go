@@ -74,7 +74,7 @@ type linkWalker struct {
 // string. In visit, w.path is the path of the string (valid until visit
 // returns).
 func walkLinks(raw []byte, typ string, all bool, visit func(w *linkWalker, kind linkKind, start, end int)) {
-	w := &linkWalker{raw: raw, all: all, visit: visit}
+	w := &linkWalker{raw: raw, all: all, visit: visit, path: make([]pathStep, 0, 16)}
 	i := skipSpace(raw, 0)
 	if i < len(raw) && raw[i] == '{' {
 		w.object(i, typ)
@@ -217,11 +217,6 @@ func resourceTypeOf(raw []byte, i int) string {
 	return ""
 }
 
-// pathCopy returns a copy of the current path.
-func (w *linkWalker) pathCopy() []pathStep {
-	return append([]pathStep(nil), w.path...)
-}
-
 // formatPath renders path as a FHIRPath-like location below typ
 // ("Encounter.participant[0].individual.reference").
 func formatPath(raw []byte, typ string, path []pathStep) string {
@@ -249,19 +244,26 @@ func isConditionalRef(s string) bool {
 // one of fullURLs, and conditional references.
 func collectLinks(raw []byte, typ string, fullURLs map[string]bool) []linkSite {
 	var out []linkSite
+	var steps []pathStep // the paths of all sites, one after the other
 	walkLinks(raw, typ, false, func(w *linkWalker, kind linkKind, start, end int) {
 		tok := raw[start:end]
 		switch kind {
 		case kindURI, kindRef:
-			if len(fullURLs) > 0 && fullURLs[string(tok[1:len(tok)-1])] {
-				break // the usual case: no escapes
+			body := tok[1 : len(tok)-1]
+			plain := bytes.IndexByte(body, '\\') < 0 && utf8.Valid(body)
+			if plain {
+				// The usual case, without decoding.
+				if !fullURLs[string(body)] && !(kind == kindRef && bytes.IndexByte(body, '?') > 0 && isConditionalRef(string(body))) {
+					return
+				}
+				break
 			}
 			v := decodeString(tok)
-			if !(len(fullURLs) > 0 && fullURLs[v] || kind == kindRef && isConditionalRef(v)) {
+			if !fullURLs[v] && !(kind == kindRef && isConditionalRef(v)) {
 				return
 			}
 		case kindDiv:
-			if len(fullURLs) == 0 {
+			if len(fullURLs) == 0 || !bytes.Contains(tok, []byte("href")) && !bytes.Contains(tok, []byte("src")) {
 				return
 			}
 			hit := false
@@ -276,76 +278,70 @@ func collectLinks(raw []byte, typ string, fullURLs map[string]bool) []linkSite {
 			return
 		}
 		v := decodeString(tok)
-		out = append(out, linkSite{kind: kind, value: v, cur: v, start: start, end: end, path: w.pathCopy()})
+		n := len(steps)
+		steps = append(steps, w.path...)
+		out = append(out, linkSite{kind: kind, value: v, cur: v, start: start, end: end, path: steps[n:len(steps):len(steps)]})
 	})
 	return out
 }
 
-// linkRewrite is a new value for a site.
-type linkRewrite struct {
-	site *linkSite
-	to   string
-}
-
-// rewritesFor returns the new values of sites: fullUrls (refs) in
-// references, uris and the narrative, conditional references (cond) in
-// references.
-func rewritesFor(sites []linkSite, refs, cond map[string]string) []linkRewrite {
-	var out []linkRewrite
-	for i := range sites {
-		s := &sites[i]
-		switch s.kind {
-		case kindURI:
-			if to, ok := refs[s.value]; ok {
-				out = append(out, linkRewrite{s, to})
-			}
-		case kindRef:
-			if to, ok := refs[s.value]; ok {
-				out = append(out, linkRewrite{s, to})
-			} else if to, ok := cond[s.value]; ok {
-				out = append(out, linkRewrite{s, to})
-			}
-		case kindDiv:
-			if div, ok := rewriteNarrative(s.value, refs); ok {
-				out = append(out, linkRewrite{s, div})
-			}
+// want returns the value a transaction gives the site: a fullUrl (refs)
+// in a reference, a uri or the narrative; a conditional reference (cond)
+// in a reference; else the value as sent.
+func (s *linkSite) want(refs, cond map[string]string) string {
+	switch s.kind {
+	case kindURI:
+		if to, ok := refs[s.value]; ok {
+			return to
+		}
+	case kindRef:
+		if to, ok := refs[s.value]; ok {
+			return to
+		}
+		if to, ok := cond[s.value]; ok {
+			return to
+		}
+	case kindDiv:
+		if div, ok := rewriteNarrative(s.value, refs); ok {
+			return div
 		}
 	}
-	return out
+	return s.value
 }
 
-// applyRewrites gives the sites of p (p.links) the values of rws, all
-// other sites their values as sent, in p's bytes and tree. It starts from
-// the bytes as sent every time, so that a transaction that runs again
-// rewrites them again.
-func (p *parsed) applyRewrites(rws []linkRewrite) {
+// rewriteLinks gives each link of p (p.links) its new value (see want),
+// in p's bytes and tree. It starts from the bytes as sent every time, so
+// that a transaction that runs again rewrites them again.
+func (p *parsed) rewriteLinks(refs, cond map[string]string) {
+	if len(p.links) == 0 {
+		return
+	}
+	wants := make([]string, len(p.links))
+	changed := false
+	for i := range p.links {
+		s := &p.links[i]
+		wants[i] = s.want(refs, cond)
+		changed = changed || wants[i] != s.cur
+	}
+	if !changed {
+		return
+	}
 	if p.src == nil {
-		if len(rws) == 0 {
-			return
-		}
 		p.src = p.raw
 	}
-	to := make(map[*linkSite]string, len(rws))
-	for _, r := range rws {
-		to[r.site] = r.to
-	}
 	raw := p.src
-	out := make([]byte, 0, len(raw)+16*len(rws))
+	out := make([]byte, 0, len(raw)+16*len(p.links))
 	last := 0
 	for i := range p.links {
 		s := &p.links[i]
-		want, ok := to[s]
-		if !ok {
-			want = s.value
-		}
-		if want != s.value {
+		if wants[i] != s.value {
 			out = append(out, raw[last:s.start]...)
-			out = appendJSONString(out, want)
+			out = appendJSONString(out, wants[i])
 			last = s.end
 		}
-		if want != s.cur {
-			setAt(p.tree, raw, s.path, s.cur, want)
-			s.cur = want
+		if wants[i] != s.cur {
+			setAt(p.tree, raw, s.path, s.cur, wants[i])
+			s.cur = wants[i]
 		}
 	}
 	p.raw = append(out, raw[last:]...)
@@ -355,30 +351,40 @@ func (p *parsed) applyRewrites(rws []linkRewrite) {
 // setAt sets the string at path in tree to to, if it is from (a later
 // duplicate key may have replaced it in the tree).
 func setAt(tree map[string]any, raw []byte, path []pathStep, from, to string) {
+	if len(path) == 0 {
+		return
+	}
 	var cur any = tree
-	for i, s := range path {
-		var next any
-		var set func(v any)
+	for _, s := range path[:len(path)-1] {
 		switch c := cur.(type) {
 		case map[string]any:
-			k := decodeString(raw[s.keyStart-1 : s.keyEnd+1])
-			next, set = c[k], func(v any) { c[k] = v }
+			if k := raw[s.keyStart:s.keyEnd]; bytes.IndexByte(k, '\\') < 0 && utf8.Valid(k) {
+				cur = c[string(k)]
+			} else {
+				cur = c[decodeString(raw[s.keyStart-1:s.keyEnd+1])]
+			}
 		case []any:
 			if s.index < 0 || int(s.index) >= len(c) {
 				return
 			}
-			idx := s.index
-			next, set = c[idx], func(v any) { c[idx] = v }
+			cur = c[s.index]
 		default:
 			return
 		}
-		if i == len(path)-1 {
-			if v, ok := next.(string); ok && v == from {
-				set(to)
-			}
-			return
+	}
+	last := path[len(path)-1]
+	switch c := cur.(type) {
+	case map[string]any:
+		k := decodeString(raw[last.keyStart-1 : last.keyEnd+1])
+		if v, ok := c[k].(string); ok && v == from {
+			c[k] = to
 		}
-		cur = next
+	case []any:
+		if last.index >= 0 && int(last.index) < len(c) {
+			if v, ok := c[last.index].(string); ok && v == from {
+				c[last.index] = to
+			}
+		}
 	}
 }
 

@@ -251,7 +251,7 @@ func (h *Handler) apply(ctx context.Context, tx store.Tx, o *op, now time.Time) 
 		if err != nil {
 			return nil, err
 		}
-		o.res.applyRewrites(rewritesFor(o.res.links, nil, cond))
+		o.res.rewriteLinks(nil, cond)
 	}
 	switch o.method {
 	case http.MethodPost:
