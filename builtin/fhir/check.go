@@ -17,12 +17,13 @@ import (
 type FindingKind string
 
 const (
-	// RewrittenString is a string element (not a reference, not a uri)
-	// whose value is "Type/id" of a resource written in the same
-	// transaction: what a transaction of an earlier release made of a
-	// string equal to the fullUrl of another entry (an Identifier.value
-	// "urn:uuid:…"). The value the client sent is not kept in the store:
-	// the data must be loaded again from its source to repair it.
+	// RewrittenString is an element that is not a link (not a reference,
+	// nor of type uri, url, oid or uuid) whose value is "Type/id" of a
+	// resource written in the same transaction: what a transaction of an
+	// earlier release made of a string equal to the fullUrl of another
+	// entry (an Identifier.value "urn:uuid:…"). The value the client sent
+	// is not kept in the store: the data must be loaded again from its
+	// source to repair it.
 	RewrittenString FindingKind = "rewritten-string"
 	// DanglingReference is a reference "Type/id" to a resource that does
 	// not exist or was deleted.

@@ -3,9 +3,10 @@ package fhir
 // Links of a resource: the strings a transaction rewrites. R4 has a
 // transaction replace the fullUrl of an entry wherever another entry links
 // to it: in references (Reference.reference), in elements of type uri, url,
-// oid, uuid and canonical, and in the href of <a> and the src of <img> in
-// the narrative; never in an element of another type (an Identifier.value
-// equal to a fullUrl is data, and stays as sent). A conditional reference
+// oid and uuid, and in the href of <a> and the src of <img> in the
+// narrative; never in an element of another type (an Identifier.value
+// equal to a fullUrl is data, and stays as sent), nor in one of type
+// canonical, which R4 excludes. A conditional reference
 // ("Patient?identifier=…") is a Reference.reference only. The element types
 // come from the official StructureDefinitions (spec.Elements).
 //
@@ -30,7 +31,7 @@ type linkKind uint8
 const (
 	// kindOther is a string of another type: never rewritten.
 	kindOther linkKind = iota
-	// kindURI is an element of type uri, url, oid, uuid or canonical.
+	// kindURI is an element of type uri, url, oid or uuid.
 	kindURI
 	// kindRef is Reference.reference.
 	kindRef
@@ -110,7 +111,7 @@ func elementOf(ctx string, key []byte) (string, linkKind) {
 	switch t := spec.Elements[ctx][string(key)]; t {
 	case "":
 		return "", kindOther
-	case "uri", "url", "oid", "uuid", "canonical":
+	case "uri", "url", "oid", "uuid":
 		return "", kindURI
 	case "xhtml":
 		return "", kindDiv

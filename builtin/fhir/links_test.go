@@ -11,7 +11,8 @@ import (
 // A transaction rewrites fullUrls in references, uri-typed elements
 // (wherever they are: contained resources, extensions, backbone elements,
 // the extensions of primitives) and narrative links, and conditional
-// references in references only; never a string of another type.
+// references in references only; never a string of another type, nor a
+// canonical (R4 http.html, transaction processing rules).
 func TestRewriteLinks(t *testing.T) {
 	const in = `{"resourceType":"Observation",
  "text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"urn:uuid:p\">patient</a> <img src='urn:uuid:p'/> <area href=\"urn:uuid:p\"/> urn:uuid:p <!-- <a href=\"urn:uuid:p\"> --></div>"},
@@ -23,9 +24,9 @@ func TestRewriteLinks(t *testing.T) {
  "valueString":"urn:uuid:p",
  "component":[{"code":{"text":"c"},"valueString":"Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|1"}],
  "extension":[{"url":"http://example.org/x","valueReference":{"reference":"urn:uuid:p"}},{"url":"http://example.org/y","valueUri":"urn:uuid:p"},{"url":"http://example.org/z","valueString":"urn:uuid:p"}],
- "_status":{"extension":[{"url":"http://example.org/w","valueCanonical":"urn:uuid:p"}]},
+ "_status":{"extension":[{"url":"http://example.org/w","valueUrl":"urn:uuid:p"},{"url":"http://example.org/v","valueCanonical":"urn:uuid:p"}]},
  "contained":[{"resourceType":"Patient","id":"c1","identifier":[{"value":"urn:uuid:p"}],"link":[{"other":{"reference":"urn:uuid:p"},"type":"seealso"}]}],
- "meta":{"source":"urn:uuid:p","tag":[{"code":"urn:uuid:p"}]}}`
+ "meta":{"source":"urn:uuid:p","profile":["urn:uuid:p"],"tag":[{"code":"urn:uuid:p"}]}}`
 	const want = `{"resourceType":"Observation",
  "text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"Patient/1\">patient</a> <img src='Patient/1'/> <area href=\"urn:uuid:p\"/> urn:uuid:p <!-- <a href=\"urn:uuid:p\"> --></div>"},
  "identifier":[{"system":"urn:ietf:rfc:3986","value":"urn:uuid:p"}],
@@ -36,9 +37,9 @@ func TestRewriteLinks(t *testing.T) {
  "valueString":"urn:uuid:p",
  "component":[{"code":{"text":"c"},"valueString":"Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|1"}],
  "extension":[{"url":"http://example.org/x","valueReference":{"reference":"Patient/1"}},{"url":"http://example.org/y","valueUri":"Patient/1"},{"url":"http://example.org/z","valueString":"urn:uuid:p"}],
- "_status":{"extension":[{"url":"http://example.org/w","valueCanonical":"Patient/1"}]},
+ "_status":{"extension":[{"url":"http://example.org/w","valueUrl":"Patient/1"},{"url":"http://example.org/v","valueCanonical":"urn:uuid:p"}]},
  "contained":[{"resourceType":"Patient","id":"c1","identifier":[{"value":"urn:uuid:p"}],"link":[{"other":{"reference":"Patient/1"},"type":"seealso"}]}],
- "meta":{"source":"Patient/1","tag":[{"code":"urn:uuid:p"}]}}`
+ "meta":{"source":"Patient/1","profile":["urn:uuid:p"],"tag":[{"code":"urn:uuid:p"}]}}`
 	tree, err := decodeJSON([]byte(in))
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +53,7 @@ func TestRewriteLinks(t *testing.T) {
 	wantLocs := []string{
 		"Observation.text.div", "Observation.code.coding[0].system", "Observation.subject.reference", "Observation.subject.type",
 		"Observation.performer[0].reference", "Observation.extension[0].valueReference.reference", "Observation.extension[1].valueUri",
-		"Observation._status.extension[0].valueCanonical", "Observation.contained[0].link[0].other.reference", "Observation.meta.source",
+		"Observation._status.extension[0].valueUrl", "Observation.contained[0].link[0].other.reference", "Observation.meta.source",
 	}
 	if !slices.Equal(locs, wantLocs) {
 		t.Errorf("links at\n%v\nwant\n%v", locs, wantLocs)
