@@ -74,7 +74,7 @@ func BenchmarkIngest(b *testing.B) {
 // and an endpoint are conditional (8 distinct criteria), after the Bundle
 // that creates those, to a store file, and reports resources per second.
 func BenchmarkIngestConditional(b *testing.B) {
-	info, data := sharedExample(b, "conditional_info_85.json"), sharedExample(b, "conditional_patient_85.json")
+	info, data := testdataFile(b, conditionalInfo), testdataFile(b, conditionalPatient)
 	h := openFile(b, filepath.Join(b.TempDir(), "ingest.db"))
 	defer h.Close()
 	if r := do(b, h, "POST", "/fhir/R4", info); r.status != 200 {

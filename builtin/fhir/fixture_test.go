@@ -3,9 +3,21 @@ package fhir
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// testdataFile reads testdata/name.
+func testdataFile(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // The Synthea-style fixtures with conditional references are made from
 // patient 85's Bundle the way Synthea exports a population: the
@@ -13,9 +25,10 @@ import (
 // endpoint) in a Bundle of their own, created conditionally by identifier,
 // and the patient's Bundle referring to them by conditional references
 // ("Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|…").
+// Both are in testdata/conditional.
 const (
-	conditionalInfo    = "conditional_info_85.json"
-	conditionalPatient = "conditional_patient_85.json"
+	conditionalInfo    = "conditional/info_85.json"
+	conditionalPatient = "conditional/patient_85.json"
 )
 
 // sharedTypes are the types that conditionalInfo holds: all of patient
@@ -105,8 +118,8 @@ func buildConditionalFixtures(t testing.TB) (info, patient []byte) {
 // -run TestConditionalFixtures -update rewrites them).
 func TestConditionalFixtures(t *testing.T) {
 	info, patient := buildConditionalFixtures(t)
-	golden(t, "synthea/"+conditionalInfo, info)
-	golden(t, "synthea/"+conditionalPatient, patient)
+	golden(t, conditionalInfo, info)
+	golden(t, conditionalPatient, patient)
 	if n := strings.Count(string(patient), `"reference": "Practitioner?identifier=`); n < 100 {
 		t.Errorf("%d conditional references to practitioners", n)
 	}

@@ -20,7 +20,7 @@ import (
 // example Bundles; the Synthea-style pair with conditional references (the
 // information Bundle first), which holds patient 85 again.
 var exampleSets = [][]string{
-	{"uscore_bundle_patient_85.json", "uscore_bundle_patient_355.json", "carin_bundle_patient_888.json"},
+	{"synthea/uscore_bundle_patient_85.json", "synthea/uscore_bundle_patient_355.json", "synthea/carin_bundle_patient_888.json"},
 	{conditionalInfo, conditionalPatient},
 }
 
@@ -41,7 +41,7 @@ func readBundleFile(t testing.TB, name string) *bundleFile {
 			Resource map[string]any `json:"resource"`
 		} `json:"entry"`
 	}
-	d := json.NewDecoder(bytes.NewReader(sharedExample(t, name)))
+	d := json.NewDecoder(bytes.NewReader(testdataFile(t, name)))
 	d.UseNumber()
 	if err := d.Decode(&b); err != nil {
 		t.Fatal(err)
@@ -219,7 +219,7 @@ func TestExamplesIntegrity(t *testing.T) {
 		t.Run("POST "+strings.Join(set, "+"), func(t *testing.T) {
 			h := newTestServer(t, func(c *Config) { c.SchemaValidation = &off })
 			for _, f := range files {
-				r := do(t, h, "POST", "/fhir/R4", sharedExample(t, f.name))
+				r := do(t, h, "POST", "/fhir/R4", testdataFile(t, f.name))
 				mustStatus(t, r, 200)
 				for i, rs := range responses(t, r.json(t)) {
 					if s := rs["status"].(string); s != "201 Created" {
@@ -232,7 +232,7 @@ func TestExamplesIntegrity(t *testing.T) {
 		t.Run("Import "+strings.Join(set, "+"), func(t *testing.T) {
 			h := newTestServer(t, func(c *Config) { c.SchemaValidation = &off })
 			for _, f := range files {
-				sum, err := h.Import(context.Background(), bytes.NewReader(sharedExample(t, f.name)), nil)
+				sum, err := h.Import(context.Background(), bytes.NewReader(testdataFile(t, f.name)), nil)
 				if err != nil || sum.Failed > 0 || sum.Created != len(f.entries) {
 					t.Fatalf("%s: %+v, %v", f.name, sum, err)
 				}
@@ -253,7 +253,7 @@ func TestTransactionKeepsStrings(t *testing.T) {
 	kept := 0
 	for _, name := range exampleSets[0] {
 		f := readBundleFile(t, name)
-		r := do(t, h, "POST", "/fhir/R4", sharedExample(t, name))
+		r := do(t, h, "POST", "/fhir/R4", testdataFile(t, name))
 		mustStatus(t, r, 200)
 		rs := responses(t, r.json(t))
 		target := map[string]string{} // fullUrl → Type/id

@@ -92,10 +92,10 @@ func TestFHIRImportUsage(t *testing.T) {
 // as sent; fhir check finds nothing in the store, and reports a reference
 // that leads nowhere.
 func TestFHIRImportCheck(t *testing.T) {
-	examples := filepath.Join("..", "..", "builtin", "fhir", "testdata", "synthea")
+	testdata := filepath.Join("..", "..", "builtin", "fhir", "testdata")
 	for _, set := range [][]string{
-		{"uscore_bundle_patient_85.json", "uscore_bundle_patient_355.json", "carin_bundle_patient_888.json"},
-		{"conditional_info_85.json", "conditional_patient_85.json"},
+		{"synthea/uscore_bundle_patient_85.json", "synthea/uscore_bundle_patient_355.json", "synthea/carin_bundle_patient_888.json"},
+		{"conditional/info_85.json", "conditional/patient_85.json"},
 	} {
 		t.Run(strings.Join(set, "+"), func(t *testing.T) {
 			dir := t.TempDir()
@@ -107,7 +107,7 @@ func TestFHIRImportCheck(t *testing.T) {
 			type ident struct{ typ, system, value string }
 			var idents []ident
 			for _, name := range set {
-				file := filepath.Join(examples, name)
+				file := filepath.Join(testdata, name)
 				args = append(args, file)
 				data, err := os.ReadFile(file)
 				if err != nil {
