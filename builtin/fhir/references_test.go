@@ -277,7 +277,7 @@ func TestTransactionKeepsStrings(t *testing.T) {
 			sent := e.Resource
 			delete(stored, "meta")
 			delete(stored, "id")
-			sent = maps(sent)
+			sent = copyMap(sent)
 			delete(sent, "meta")
 			delete(sent, "id")
 			diffResource(t, locs[i], sent, stored, target)
@@ -293,8 +293,8 @@ func TestTransactionKeepsStrings(t *testing.T) {
 	}
 }
 
-// maps returns a shallow copy of m.
-func maps(m map[string]any) map[string]any {
+// copyMap returns a shallow copy of m.
+func copyMap(m map[string]any) map[string]any {
 	out := make(map[string]any, len(m))
 	for k, v := range m {
 		out[k] = v
