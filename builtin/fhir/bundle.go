@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 	"github.com/omnigate/omnigate/gateway/outcome"
@@ -71,8 +72,18 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 	if b.ResourceType != "Bundle" {
 		return locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("POST to the base takes a Bundle, not %q", b.ResourceType))
 	}
+	// The fullUrls that other entries of a transaction may link to.
+	var fullURLs map[string]bool
+	if b.Type == "transaction" {
+		fullURLs = make(map[string]bool, len(b.Entry))
+		for _, e := range b.Entry {
+			if e.FullURL != "" {
+				fullURLs[e.FullURL] = true
+			}
+		}
+	}
 	entries := make([]*bundleEntry, len(b.Entry))
-	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i], req.trusted) })
+	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i], req.trusted, fullURLs) })
 	switch b.Type {
 	case "transaction":
 		for _, e := range entries {
@@ -95,8 +106,10 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 	return locErr(http.StatusBadRequest, "Bundle.type", fmt.Sprintf("a Bundle POSTed to the base must be a transaction or a batch, not %q", b.Type))
 }
 
-// parseEntry reads an entry's request and resource.
-func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
+// parseEntry reads an entry's request and resource, and finds the links
+// of the resource to rewrite: to the fullUrls of the other entries of a
+// transaction, and conditional references.
+func (h *Handler) parseEntry(i int, in *inEntry, trusted bool, fullURLs map[string]bool) *bundleEntry {
 	where := fmt.Sprintf("entry[%d]: ", i)
 	e := &bundleEntry{index: i, fullURL: in.FullURL}
 	fail := func(status int, format string, args ...any) *bundleEntry {
@@ -130,7 +143,8 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
 	if !spec.IsResourceType(segs[0]) {
 		return fail(http.StatusNotFound, "unknown resource type %q in request.url", segs[0])
 	}
-	o := &op{method: method, typ: segs[0], ifMatch: rq.IfMatch, ifNoneExist: rq.IfNoneExist, where: where, label: e.label()}
+	o := &op{method: method, typ: segs[0], ifMatch: rq.IfMatch, ifNoneExist: rq.IfNoneExist, where: where, label: e.label(),
+		index: i, fullURL: in.FullURL}
 	switch {
 	case len(segs) == 2 && validID(segs[1]):
 		o.id = segs[1]
@@ -162,6 +176,7 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
 			e.err = err
 			return e
 		}
+		p.links = collectLinks(p.raw, p.typ, fullURLs)
 		o.res = p
 		if method == http.MethodPost {
 			o.id = newID()
@@ -203,38 +218,43 @@ func prefixExpressions(err error, i int) {
 var methodOrder = map[string]int{http.MethodDelete: 0, http.MethodPost: 1, http.MethodPut: 2, http.MethodPatch: 3}
 
 // transaction applies all write entries in one store transaction, with
-// references to the entries' fullUrls rewritten to the ids they get, then
-// runs the reads. Any failure rolls everything back.
+// links to the entries' fullUrls rewritten to the ids the entries get and
+// conditional references to the resources they find, then runs the reads.
+// Any failure rolls everything back.
 func (h *Handler) transaction(ctx context.Context, req *request, entries []*bundleEntry) ([]byte, error) {
 	results := make([]*result, len(entries))
-	// Without conditional entries every id is known now: rewrite and index
-	// the resources on all cores before taking the write lock.
+	// Without conditions every id is known now: rewrite and index the
+	// resources on all cores before taking the write lock.
 	prepared := !hasConditions(entries)
 	if prepared {
-		refs, err := h.resolveIDs(ctx, nil, entries)
+		refs, _, err := h.resolveIDs(ctx, nil, entries)
 		if err != nil {
 			return nil, err
 		}
-		prepareEntries(entries, refs)
-		for _, e := range entries {
-			if e.err != nil {
-				prefixEntry(e.err, e.index)
-				return nil, e.err
-			}
+		if err := prepareEntries(entries, refs, nil); err != nil {
+			return nil, err
 		}
 	}
 	err := h.store.Update(ctx, func(tx store.Tx) error {
 		now := h.now()
 		if !prepared {
-			refs, err := h.resolveIDs(ctx, tx, entries)
+			// Conditions are searched in the transaction, against the
+			// store as it is before the transaction writes: the outcome
+			// does not depend on the order of the entries.
+			refs, matched, err := h.resolveIDs(ctx, tx, entries)
 			if err != nil {
 				return err
 			}
-			for _, e := range entries {
-				if e.op != nil && e.op.res != nil && len(refs) > 0 {
-					e.op.res.raw = rewriteRefs(e.op.res.raw, refs)
-					rewriteTree(e.op.res.tree, refs)
-				}
+			ops := make([]*op, len(entries))
+			for i, e := range entries {
+				ops[i] = e.op
+			}
+			cond, err := h.resolveCondRefs(ctx, tx, ops, matched)
+			if err != nil {
+				return err
+			}
+			if err := prepareEntries(entries, refs, cond); err != nil {
+				return err
 			}
 		}
 		for m := 0; m <= 3; m++ {
@@ -259,10 +279,26 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 	return h.bundleResponse(ctx, req, "transaction-response", entries, results), nil
 }
 
-// hasConditions reports whether an entry needs a search to know its id.
+// hasConditions reports whether an entry needs a search: to know its id
+// (a conditional create or update) or to resolve one of its conditional
+// references.
 func hasConditions(entries []*bundleEntry) bool {
 	for _, e := range entries {
-		if o := e.op; o != nil && (o.ifNoneExist != "" || o.cond != nil && o.method == http.MethodPut) {
+		o := e.op
+		if o == nil {
+			continue
+		}
+		if o.ifNoneExist != "" || o.cond != nil && o.method == http.MethodPut || o.res != nil && hasConditionalRefs(o.res) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasConditionalRefs reports whether p has a conditional reference.
+func hasConditionalRefs(p *parsed) bool {
+	for i := range p.links {
+		if p.links[i].kind == kindRef && isConditionalRef(p.links[i].value) {
 			return true
 		}
 	}
@@ -289,31 +325,39 @@ func parallel(n int, f func(i int)) {
 	wg.Wait()
 }
 
-// prepareEntries rewrites the references of the entries' resources,
-// computes their index entries and splits them for stamp, in parallel.
-func prepareEntries(entries []*bundleEntry, refs map[string]string) {
+// prepareEntries rewrites the links of the entries' resources (fullUrls
+// to refs, conditional references to cond), computes their index entries
+// and splits them for stamp, in parallel.
+func prepareEntries(entries []*bundleEntry, refs, cond map[string]string) error {
+	errs := make([]error, len(entries))
 	parallel(len(entries), func(i int) {
-		e := entries[i]
-		o := e.op
+		o := entries[i].op
 		if o == nil || o.res == nil {
 			return
 		}
-		if len(refs) > 0 {
-			o.res.raw = rewriteRefs(o.res.raw, refs)
-			rewriteTree(o.res.tree, refs)
-		}
+		o.res.rewriteLinks(refs, cond)
 		if o.id != "" {
 			o.res.index(o.id)
 		}
-		e.err = o.res.prepareStamp()
+		errs[i] = o.res.prepareStamp()
 	})
+	for i, err := range errs {
+		if err != nil {
+			prefixEntry(err, entries[i].index)
+			return err
+		}
+	}
+	return nil
 }
 
 // resolveIDs settles the id every write entry will have (running the
 // conditions of conditional creates and updates) and maps the entries'
-// fullUrls to "Type/id" for reference rewriting.
-func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundleEntry) (map[string]string, error) {
-	refs := map[string]string{}
+// fullUrls to "Type/id" for rewriting (refs). matched maps the criteria of
+// those conditional entries ("Type?query", the query in a canonical order)
+// to the resource they settled on, for conditional references with the
+// same criteria.
+func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundleEntry) (refs, matched map[string]string, err error) {
+	refs, matched = map[string]string{}, map[string]string{}
 	for _, e := range entries {
 		if e.op == nil {
 			continue
@@ -324,30 +368,30 @@ func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundle
 			var err error
 			if g, err = h.guard(ctx, o); err != nil {
 				prefixEntry(err, e.index)
-				return nil, err
+				return nil, nil, err
 			}
 		}
+		var crit url.Values
 		switch {
 		case o.method == http.MethodPost && o.ifNoneExist != "":
-			crit, err := url.ParseQuery(o.ifNoneExist)
-			if err != nil {
-				err := errorf(http.StatusBadRequest, "%sbad ifNoneExist: %v", o.where, err)
+			if crit, err = ifNoneExistCriteria(o.typ, o.ifNoneExist, o.where); err != nil {
 				prefixEntry(err, e.index)
-				return nil, err
+				return nil, nil, err
 			}
 			found, err := h.matchOne(ctx, tx, g, o.typ, crit, o.where)
 			if err != nil {
 				prefixEntry(err, e.index)
-				return nil, err
+				return nil, nil, err
 			}
 			if found != nil {
 				o.id = found.ID
 			}
 		case o.method == http.MethodPut && o.cond != nil:
-			found, err := h.matchOne(ctx, tx, g, o.typ, o.cond, o.where)
+			crit = o.cond
+			found, err := h.matchOne(ctx, tx, g, o.typ, crit, o.where)
 			if err != nil {
 				prefixEntry(err, e.index)
-				return nil, err
+				return nil, nil, err
 			}
 			switch bodyID, _ := o.res.tree["id"].(string); {
 			case found != nil:
@@ -358,11 +402,103 @@ func (h *Handler) resolveIDs(ctx context.Context, tx store.Tx, entries []*bundle
 				o.id = newID()
 			}
 		}
+		if crit != nil {
+			matched[o.typ+"?"+crit.Encode()] = o.typ + "/" + o.id
+		}
 		if e.fullURL != "" && o.id != "" && (o.method == http.MethodPost || o.method == http.MethodPut) {
 			refs[e.fullURL] = o.typ + "/" + o.id
 		}
 	}
-	return refs, nil
+	return refs, matched, nil
+}
+
+// resolveCondRefs resolves the conditional references of the resources
+// of ops ("Practitioner?identifier=…") in tx, each distinct one once, and
+// maps them to the "Type/id" of the one resource each selects. A reference
+// whose criteria are those of a conditional create or update of the same
+// transaction (matched, see resolveIDs) is that entry's resource; any
+// other is searched among the stored resources, under the access policy on
+// ctx: it needs the search permission on its type and sees only what the
+// policy lets the caller search, so that it reveals nothing a search would
+// not. No match is a 404, several a 412, bad criteria a 400 (see
+// conditionQuery); the error names the entry, its fullUrl and the element.
+func (h *Handler) resolveCondRefs(ctx context.Context, tx store.Tx, ops []*op, matched map[string]string) (map[string]string, error) {
+	var cond map[string]string
+	for _, o := range ops {
+		if o == nil || o.res == nil {
+			continue
+		}
+		for i := range o.res.links {
+			s := &o.res.links[i]
+			if s.kind != kindRef || !isConditionalRef(s.value) {
+				continue
+			}
+			if _, done := cond[s.value]; done {
+				continue
+			}
+			to, err := h.resolveCondRef(ctx, tx, o, s, matched)
+			if err != nil {
+				return nil, err
+			}
+			if cond == nil {
+				cond = map[string]string{}
+			}
+			cond[s.value] = to
+		}
+	}
+	return cond, nil
+}
+
+// resolveCondRef resolves one conditional reference of o's resource.
+func (h *Handler) resolveCondRef(ctx context.Context, tx store.Tx, o *op, s *linkSite, matched map[string]string) (to string, err error) {
+	src := o.res.src
+	if src == nil {
+		src = o.res.raw
+	}
+	elem := formatPath(src, o.res.typ, s.path)
+	where := fmt.Sprintf("%sthe conditional reference %q at %s: ", o.entryName(), s.value, elem)
+	defer func() {
+		// Locate every issue at the element.
+		var he *httpError
+		if errors.As(err, &he) && o.label != "" {
+			loc := fmt.Sprintf("Bundle.entry[%d].resource%s", o.index, strings.TrimPrefix(elem, o.res.typ))
+			for i := range he.issues {
+				he.issues[i].Expression = []string{loc}
+			}
+		}
+	}()
+	typ, query, _ := strings.Cut(s.value, "?")
+	crit, err := url.ParseQuery(query)
+	if err != nil {
+		return "", errorf(http.StatusBadRequest, "%sbad query: %v", where, err)
+	}
+	if to, ok := matched[typ+"?"+crit.Encode()]; ok {
+		return to, nil
+	}
+	g, err := h.guardFor(ctx, access.Search, typ, where+"resolving it needs a search of "+typ+": ")
+	if err != nil {
+		return "", err
+	}
+	found, err := h.matchOne(ctx, tx, g, typ, crit, where)
+	if err != nil {
+		return "", err
+	}
+	if found == nil {
+		return "", errorf(http.StatusNotFound, "%sno %s matches", where, typ)
+	}
+	return typ + "/" + found.ID, nil
+}
+
+// entryName names o's Bundle entry in messages: its index and fullUrl
+// ("entry[3] (fullUrl urn:uuid:…): "), else its request.
+func (o *op) entryName() string {
+	switch {
+	case o.label == "":
+		return o.where
+	case o.fullURL != "":
+		return fmt.Sprintf("entry[%d] (fullUrl %s): ", o.index, o.fullURL)
+	}
+	return o.refusal()
 }
 
 // prefixEntry adds the entry's location to issues that have none.
@@ -377,25 +513,6 @@ func prefixEntry(err error, i int) {
 	}
 }
 
-// rewriteTree replaces string values equal to a key of refs, in place.
-func rewriteTree(v any, refs map[string]string) any {
-	switch x := v.(type) {
-	case string:
-		if to, ok := refs[x]; ok {
-			return to
-		}
-	case map[string]any:
-		for k, e := range x {
-			x[k] = rewriteTree(e, refs)
-		}
-	case []any:
-		for i, e := range x {
-			x[i] = rewriteTree(e, refs)
-		}
-	}
-	return v
-}
-
 // batch runs each entry on its own; failures are reported in their entry.
 func (h *Handler) batch(ctx context.Context, req *request, entries []*bundleEntry) []byte {
 	results := make([]*result, len(entries))
@@ -403,6 +520,9 @@ func (h *Handler) batch(ctx context.Context, req *request, entries []*bundleEntr
 		if e.err != nil || e.op == nil {
 			continue
 		}
+		// A conditional reference is resolved in the entry's own
+		// transaction: one that fails fails its entry alone.
+		e.op.resolveRefs = e.op.res != nil && hasConditionalRefs(e.op.res)
 		rs, err := h.commit(ctx, e.op)
 		if err != nil {
 			prefixEntry(err, e.index)

@@ -50,6 +50,10 @@ type parsed struct {
 	// rest and meta are prepareStamp's split of raw.
 	rest []byte
 	meta map[string]json.RawMessage
+	// links are the strings of raw that a transaction may rewrite (see
+	// collectLinks); src is raw as sent once they have been rewritten.
+	links []linkSite
+	src   []byte
 }
 
 // index returns the resource's index entries as resource id.
@@ -370,52 +374,4 @@ func (p *parsed) prepareStamp() error {
 		p.rest = []byte{}
 	}
 	return nil
-}
-
-// rewriteRefs replaces every JSON string value that equals a key of refs
-// (a transaction's fullUrl, "urn:uuid:…") with its value ("Patient/12").
-// Object keys and strings that merely contain a key are left alone.
-func rewriteRefs(raw []byte, refs map[string]string) []byte {
-	if len(refs) == 0 {
-		return raw
-	}
-	var out []byte
-	last := 0
-	for i := 0; i < len(raw); i++ {
-		if raw[i] != '"' {
-			continue
-		}
-		start := i
-		j := i + 1
-		escaped := false
-		for j < len(raw) && raw[j] != '"' {
-			if raw[j] == '\\' {
-				escaped = true
-				j++
-			}
-			j++
-		}
-		i = j
-		if j >= len(raw) || escaped {
-			continue
-		}
-		k := j + 1
-		for k < len(raw) && (raw[k] == ' ' || raw[k] == '\n' || raw[k] == '\r' || raw[k] == '\t') {
-			k++
-		}
-		if k < len(raw) && raw[k] == ':' {
-			continue // an object key
-		}
-		to, ok := refs[string(raw[start+1:j])]
-		if !ok {
-			continue
-		}
-		out = append(out, raw[last:start+1]...)
-		out = append(out, to...)
-		last = j
-	}
-	if out == nil {
-		return raw
-	}
-	return append(out, raw[last:]...)
 }

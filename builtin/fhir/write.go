@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -34,6 +35,14 @@ type op struct {
 	// label prefixes refusals by the access policy: a Bundle entry's
 	// index, method and URL ("entry[3] (PUT Observation/1): "), else where.
 	label string
+	// index is the Bundle entry's index (when label is set), fullURL its
+	// fullUrl.
+	index   int
+	fullURL string
+	// resolveRefs has the write resolve the conditional references of res
+	// in its own transaction (a batch entry; a transaction resolves those
+	// of all its entries before it writes).
+	resolveRefs bool
 }
 
 // refusal prefixes the messages of access refusals.
@@ -118,21 +127,59 @@ func (h *Handler) hasListeners() bool {
 	return len(h.onWrite) > 0
 }
 
-// matchOne runs conditional criteria in tx: it returns the matching
-// resource, nil for none, or 412 for several. Under a policy (g not nil)
-// the criteria are confined to what g reaches, and an unknown parameter is
-// an error rather than ignored: a condition never selects more than it
-// says, nor anything outside the policy.
-func (h *Handler) matchOne(ctx context.Context, tx store.Tx, g *guard, typ string, crit url.Values, where string) (*store.Version, error) {
-	q, err := search.Parse(typ, crit, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now(), Strict: g != nil})
+// resultParams are the parameters that shape the result of a search
+// rather than select resources: a condition takes none of them.
+var resultParams = map[string]bool{
+	"_count": true, "_offset": true, "_page": true, "_sort": true, "_summary": true, "_elements": true,
+	"_total": true, "_include": true, "_revinclude": true, "_contained": true, "_containedType": true,
+}
+
+// conditionQuery parses the criteria of a conditional interaction (create,
+// update, patch, delete, a conditional reference) on typ. It is always
+// strict, whatever the request's handling preference: an unknown or
+// unsupported parameter, a parameter that shapes the result (_count,
+// _sort, …) or criteria without a search parameter are a 400 naming the
+// parameter, so that a condition never acts on part of what it says.
+func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*search.Query, error) {
+	bad := &search.Error{}
+	filters := make(url.Values, len(crit))
+	for name, vals := range crit {
+		if code, _, _ := strings.Cut(name, ":"); resultParams[code] {
+			bad.Problems = append(bad.Problems, search.Problem{Param: name, Message: "shapes the result of a search; a condition takes search criteria only"})
+			continue
+		}
+		filters[name] = vals
+	}
+	q, err := search.Parse(typ, filters, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now(), Strict: true})
+	var se *search.Error
+	switch {
+	case errors.As(err, &se):
+		bad.Problems = append(bad.Problems, se.Problems...)
+	case err != nil:
+		return nil, err
+	}
+	if len(bad.Problems) > 0 {
+		sort.SliceStable(bad.Problems, func(i, j int) bool { return bad.Problems[i].Param < bad.Problems[j].Param })
+		return nil, searchError(bad, where)
+	}
+	if len(q.Clauses) == 0 {
+		return nil, errorf(http.StatusBadRequest, "%sthe condition %q has no search criteria", where, crit.Encode())
+	}
+	return q, nil
+}
+
+// matchOne runs conditional criteria in r (a write's transaction): it
+// returns the matching resource, nil for none, or 412 for several. The
+// criteria are parsed strictly (see conditionQuery) and, under a policy (g
+// not nil), confined to what g reaches: a condition never selects more
+// than it says, nor anything outside the policy.
+func (h *Handler) matchOne(ctx context.Context, r store.Reader, g *guard, typ string, crit url.Values, where string) (*store.Version, error) {
+	q, err := h.conditionQuery(typ, crit, where)
 	if err != nil {
-		return nil, searchError(err, where)
+		return nil, err
 	}
 	g.confine(q)
-	if len(q.Clauses) == 0 {
-		return nil, errorf(http.StatusPreconditionFailed, "%sthe condition %q has no search parameter this server knows", where, crit.Encode())
-	}
-	ms, err := tx.Search(ctx, q, 0, 2)
+	ms, err := r.Search(ctx, q, 0, 2)
 	if err != nil {
 		return nil, err
 	}
@@ -140,13 +187,30 @@ func (h *Handler) matchOne(ctx context.Context, tx store.Tx, g *guard, typ strin
 	case 0:
 		return nil, nil
 	case 1:
-		vs, err := tx.Fetch(ctx, ms)
+		vs, err := r.Fetch(ctx, ms)
 		if err != nil || len(vs) == 0 {
 			return nil, err
 		}
 		return vs[0], nil
 	}
 	return nil, errorf(http.StatusPreconditionFailed, "%sthe condition %q matches more than one %s", where, crit.Encode(), typ)
+}
+
+// ifNoneExistCriteria parses the criteria of a conditional create of typ:
+// the query (what follows the "?"), though "Type?query" is taken too.
+func ifNoneExistCriteria(typ, s, where string) (url.Values, error) {
+	s = strings.TrimPrefix(s, "/")
+	if i := strings.IndexByte(s, '?'); i >= 0 && !strings.ContainsAny(s[:i], "=&") {
+		if s[:i] != typ {
+			return nil, errorf(http.StatusBadRequest, "%sthe If-None-Exist criteria %q are for %s, not %s", where, s, s[:i], typ)
+		}
+		s = s[i+1:]
+	}
+	crit, err := url.ParseQuery(s)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "%sbad If-None-Exist %q: %v", where, s, err)
+	}
+	return crit, nil
 }
 
 func searchError(err error, where string) error {
@@ -182,6 +246,13 @@ func checkIfMatch(header string, cur *store.Version, where string) error {
 }
 
 func (h *Handler) apply(ctx context.Context, tx store.Tx, o *op, now time.Time) (*result, error) {
+	if o.resolveRefs && o.res != nil {
+		cond, err := h.resolveCondRefs(ctx, tx, []*op{o}, nil)
+		if err != nil {
+			return nil, err
+		}
+		o.res.rewriteLinks(nil, cond)
+	}
 	switch o.method {
 	case http.MethodPost:
 		return h.applyCreate(ctx, tx, o, now)
@@ -201,9 +272,9 @@ func (h *Handler) applyCreate(ctx context.Context, tx store.Tx, o *op, now time.
 		return nil, err
 	}
 	if o.ifNoneExist != "" {
-		crit, err := url.ParseQuery(o.ifNoneExist)
+		crit, err := ifNoneExistCriteria(o.typ, o.ifNoneExist, o.where)
 		if err != nil {
-			return nil, errorf(http.StatusBadRequest, "%sbad If-None-Exist %q: %v", o.where, o.ifNoneExist, err)
+			return nil, err
 		}
 		found, err := h.matchOne(ctx, tx, g, o.typ, crit, o.where)
 		if err != nil {
@@ -245,6 +316,10 @@ func (h *Handler) applyUpdate(ctx context.Context, tx store.Tx, o *op, now time.
 			id, cur = found.ID, found
 		case bodyID != "":
 			id = bodyID
+		case o.id != "":
+			// The id a transaction gave the entry when it mapped its
+			// fullUrl: the one other entries' references were rewritten to.
+			id = o.id
 		default:
 			id = newID()
 		}

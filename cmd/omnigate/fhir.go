@@ -13,34 +13,88 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir"
 )
 
-// runFHIR runs "omnigate fhir import [-config FILE] FILE...".
+const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir check [-config FILE]"
+
+// runFHIR runs "omnigate fhir import [-config FILE] FILE..." and
+// "omnigate fhir check [-config FILE]".
 func runFHIR(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "import" {
-		fmt.Fprintln(stderr, "usage: omnigate fhir import [-config FILE] [-quiet] FILE...")
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, fhirUsage)
 		return 2
 	}
+	switch args[0] {
+	case "import":
+		return runFHIRImport(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runFHIRCheck(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprintln(stderr, fhirUsage)
+	return 2
+}
+
+// openFHIR opens the store the config file names.
+func openFHIR(ctx context.Context, file string) (*fhir.Handler, *fhir.Config, error) {
+	gcfg, err := loadConfig(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := fhir.ConfigFrom(gcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := fhir.Open(ctx, cfg, fhir.Options{})
+	if err != nil {
+		return nil, nil, err
+	}
+	return h, cfg, nil
+}
+
+// runFHIRCheck reports the problems of the resources of the store (see
+// fhir.Handler.Check): exit status 0 when there are none, 1 otherwise.
+func runFHIRCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fhir check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", os.Getenv(EnvConfig), "config file whose fhir.store is checked (default: $"+EnvConfig+", else the embedded default)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, fhirUsage)
+		return 2
+	}
+	h, cfg, err := openFHIR(ctx, *file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer h.Close()
+	sum, err := h.Check(ctx, func(f fhir.Finding) { fmt.Fprintln(stdout, f) })
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "checked %s: %d resources, %d versions: %d rewritten strings, %d dangling references, %d unresolved references\n",
+		cfg.Store.Path, sum.Resources, sum.Versions, sum.Findings[fhir.RewrittenString], sum.Findings[fhir.DanglingReference], sum.Findings[fhir.UnresolvedReference])
+	if len(sum.Findings) > 0 {
+		return 1
+	}
+	return 0
+}
+
+// runFHIRImport loads files into the store.
+func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("fhir import", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := fs.String("config", os.Getenv(EnvConfig), "config file whose fhir.store is loaded (default: $"+EnvConfig+", else the embedded default)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "omnigate fhir import: name at least one file (transaction or batch Bundles, or NDJSON)")
 		return 2
 	}
-	gcfg, err := loadConfig(*file)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	cfg, err := fhir.ConfigFrom(gcfg)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	h, err := fhir.Open(ctx, cfg, fhir.Options{})
+	h, cfg, err := openFHIR(ctx, *file)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

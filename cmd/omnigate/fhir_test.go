@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,5 +81,106 @@ func TestFHIRImportUsage(t *testing.T) {
 	}
 	if code := run(context.Background(), []string{"fhir", "import"}, &out, &errOut); code != 2 {
 		t.Errorf("exit %d", code)
+	}
+	if code := run(context.Background(), []string{"fhir", "check", "extra"}, &out, &errOut); code != 2 {
+		t.Errorf("exit %d", code)
+	}
+}
+
+// The example Bundles, and the Synthea-style pair with conditional
+// references, import with every reference resolved and every identifier
+// as sent; fhir check finds nothing in the store, and reports a reference
+// that leads nowhere.
+func TestFHIRImportCheck(t *testing.T) {
+	testdata := filepath.Join("..", "..", "builtin", "fhir", "testdata")
+	for _, set := range [][]string{
+		{"synthea/uscore_bundle_patient_85.json", "synthea/uscore_bundle_patient_355.json", "synthea/carin_bundle_patient_888.json"},
+		{"conditional/info_85.json", "conditional/patient_85.json"},
+	} {
+		t.Run(strings.Join(set, "+"), func(t *testing.T) {
+			dir := t.TempDir()
+			store := filepath.Join(dir, "store.db")
+			cfgFile := filepath.Join(dir, "omnigate.yaml")
+			os.WriteFile(cfgFile, []byte("fhir:\n  store: {path: "+store+"}\n  validate: false\nroutes:\n  - name: fhir\n    fhir: true\n"), 0o644)
+			args := []string{"fhir", "import", "-config", cfgFile, "-quiet"}
+			// Identifiers whose value is the fullUrl of an entry.
+			type ident struct{ typ, system, value string }
+			var idents []ident
+			for _, name := range set {
+				file := filepath.Join(testdata, name)
+				args = append(args, file)
+				data, err := os.ReadFile(file)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var b struct {
+					Entry []struct {
+						FullURL  string `json:"fullUrl"`
+						Resource struct {
+							ResourceType string `json:"resourceType"`
+							Identifier   []struct {
+								System, Value string
+							} `json:"identifier"`
+						} `json:"resource"`
+					} `json:"entry"`
+				}
+				if err := json.Unmarshal(data, &b); err != nil {
+					t.Fatal(err)
+				}
+				full := map[string]bool{}
+				for _, e := range b.Entry {
+					if e.FullURL != "" {
+						full[e.FullURL] = true
+					}
+				}
+				for _, e := range b.Entry {
+					for _, id := range e.Resource.Identifier {
+						if full[id.Value] {
+							idents = append(idents, ident{e.Resource.ResourceType, id.System, id.Value})
+						}
+					}
+				}
+			}
+			var out, errOut bytes.Buffer
+			if code := run(context.Background(), args, &out, &errOut); code != 0 {
+				t.Fatalf("import: exit %d\n%s%s", code, out.String(), errOut.String())
+			}
+			out.Reset()
+			if code := run(context.Background(), []string{"fhir", "check", "-config", cfgFile}, &out, &errOut); code != 0 ||
+				!strings.Contains(out.String(), ": 0 rewritten strings, 0 dangling references, 0 unresolved references") {
+				t.Fatalf("check: exit %d\n%s%s", code, out.String(), errOut.String())
+			}
+
+			cfg := fhir.DefaultConfig()
+			cfg.Store.Path = store
+			h, err := fhir.Open(context.Background(), cfg, fhir.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(idents) < 20 {
+				t.Errorf("%d identifiers equal to a fullUrl", len(idents))
+			}
+			for _, id := range idents {
+				w := httptest.NewRecorder()
+				q := id.typ + "?_summary=count&identifier=" + url.QueryEscape(id.system+"|"+id.value)
+				h.ServeHTTP(w, httptest.NewRequest("GET", "http://x/fhir/R4/"+q, nil))
+				if !strings.Contains(w.Body.String(), `"total":1`) {
+					t.Errorf("%s: %s", q, w.Body.String())
+				}
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest("PUT", "http://x/fhir/R4/Observation/dangling",
+				strings.NewReader(`{"resourceType":"Observation","id":"dangling","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/nobody"}}`)))
+			h.Close()
+			if w.Code != 201 {
+				t.Fatalf("PUT: %d %s", w.Code, w.Body.String())
+			}
+			out.Reset()
+			if code := run(context.Background(), []string{"fhir", "check", "-config", cfgFile}, &out, &errOut); code != 1 ||
+				!strings.Contains(out.String(), `Observation/dangling (version 1): Observation.subject.reference = "Patient/nobody": the referenced resource does not exist`) ||
+				!strings.Contains(out.String(), ": 0 rewritten strings, 1 dangling references, 0 unresolved references") {
+				t.Errorf("check: exit %d\n%s%s", code, out.String(), errOut.String())
+			}
+		})
 	}
 }
