@@ -882,13 +882,13 @@ func testHistory(t *testing.T, s store.Store) {
 	w := &Writer{S: s}
 	var seqs []int64
 	for _, r := range []Resource{
-		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},      // 1
-		{"Patient", "b", `{"resourceType":"Patient","id":"b"}`},      // 2
-		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},      // 3
-		{"Organization", "o", `{"resourceType":"Organization"}`},     // 4
-		{"Patient", "b", ""},                                         // 5
-		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},      // 6
-		{"Organization", "o", `{"resourceType":"Organization"}`},     // 7
+		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},  // 1
+		{"Patient", "b", `{"resourceType":"Patient","id":"b"}`},  // 2
+		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},  // 3
+		{"Organization", "o", `{"resourceType":"Organization"}`}, // 4
+		{"Patient", "b", ""}, // 5
+		{"Patient", "a", `{"resourceType":"Patient","id":"a"}`},       // 6
+		{"Organization", "o", `{"resourceType":"Organization"}`},      // 7
 		{"Basic", "x", `{"resourceType":"Basic","id":"x","code":{}}`}, // 8
 	} {
 		seqs = append(seqs, w.Put(t, r.Type, r.ID, r.Body).Seq)
