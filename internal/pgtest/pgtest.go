@@ -51,6 +51,7 @@ const BinEnv = "OMNIGATE_PGTEST_BIN"
 // Server is a PostgreSQL server in a temporary folder. Its methods are safe
 // for concurrent use.
 type Server struct {
+	args []string // extra arguments of postgres
 	bin  string
 	dir  string // owned by the server's user; holds data/, the socket and log
 	port int
@@ -79,9 +80,10 @@ func Bin() (string, error) {
 	return bin, nil
 }
 
-// New creates and starts a server in a new temporary folder. Close stops it
+// New creates and starts a server in a new temporary folder, with args
+// added to the postgres command line ("-c", "ssl=on", …). Close stops it
 // and removes the folder.
-func New(ctx context.Context) (*Server, error) {
+func New(ctx context.Context, args ...string) (*Server, error) {
 	bin, err := Bin()
 	if err != nil {
 		return nil, err
@@ -90,19 +92,10 @@ func New(ctx context.Context) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
-	s := &Server{bin: bin, dir: dir, root: os.Geteuid() == 0}
-	if s.root {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("pgtest: running as root needs a postgres user to run the server as: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("pgtest: %w", err)
-		}
+	s := &Server{args: args, bin: bin, dir: dir, root: os.Geteuid() == 0}
+	if err := chownToServer(dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	out, err := s.command(ctx, "initdb", "-D", s.data(), "-U", "postgres", "-A", "trust",
 		"-E", "UTF8", "--locale=C", "--no-sync").CombinedOutput()
@@ -124,6 +117,49 @@ func New(ctx context.Context) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// chownToServer gives path to the postgres user when the test runs as
+// root (the server runs as that user).
+func chownToServer(path string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return fmt.Errorf("pgtest: running as root needs a postgres user to run the server as: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(path, uid, gid); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
+}
+
+// ServerFiles writes files (name to content) into a new folder that only
+// the server's user can read (as a server's TLS key must be), removed when
+// the test ends, and returns the folder.
+func ServerFiles(t testing.TB, files map[string][]byte) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pgtest-files-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := chownToServer(dir); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := chownToServer(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 func (s *Server) data() string { return filepath.Join(s.dir, "data") }
@@ -191,6 +227,7 @@ func (s *Server) Start(ctx context.Context) error {
 		"-k", s.dir, "-c", "listen_addresses=127.0.0.1",
 		"-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
 		"-c", "shared_buffers=64MB", "-c", "max_wal_size=1GB")
+	cmd.Args = append(cmd.Args, s.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// If the test binary dies without stopping the server, the server is
 	// asked to shut down (runuser passes SIGTERM on to it).
@@ -331,11 +368,12 @@ func (s *Server) NewDatabase(t testing.TB) string {
 	return s.URL(name)
 }
 
-// Start starts a private server for one test and closes it when the test
-// ends: for tests that stop and restart the server.
-func Start(t testing.TB) *Server {
+// Start starts a private server for one test (with args added to its
+// command line, as for New) and closes it when the test ends: for tests
+// that stop and restart the server, or need another configuration.
+func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	s, err := New(context.Background())
+	s, err := New(context.Background(), args...)
 	if err != nil {
 		t.Fatal(err)
 	}

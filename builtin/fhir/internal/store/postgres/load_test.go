@@ -107,6 +107,15 @@ func TestPutAllWritesWhatPutWrites(t *testing.T) {
 	}
 	put := open(t, Options{})
 	vs, idx := versions(t, ops)
+	fresh := func() []*store.Version {
+		out := make([]*store.Version, len(vs))
+		for i, v := range vs {
+			c := *v
+			c.Key, c.Seq = 0, 0
+			out[i] = &c
+		}
+		return out
+	}
 	err := put.Update(ctx, func(tx store.Tx) error {
 		for i, v := range vs {
 			if err := tx.Put(ctx, v, idx[i]); err != nil {
@@ -126,7 +135,7 @@ func TestPutAllWritesWhatPutWrites(t *testing.T) {
 		t.Run(fmt.Sprintf("copy=%v", copyRows), func(t *testing.T) {
 			s := open(t, Options{})
 			s.copyRows = copyRows
-			vs2, idx2 := versions(t, ops)
+			vs2, idx2 := fresh(), idx
 			// In two transactions, the second continuing the first's data.
 			half := len(vs2) / 2
 			if err := s.Load(ctx, vs2[:half], idx2[:half]); err != nil {
@@ -166,7 +175,7 @@ func firstDiff(a, b []string) string {
 func TestPutAllRollback(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, Options{})
-	vs, idx := versions(t, loadOps(t)[:200])
+	vs, idx := versions(t, storetest.Synthea(t)[:200])
 	boom := fmt.Errorf("boom")
 	err := s.Update(ctx, func(tx store.Tx) error {
 		if err := tx.(Loader).PutAll(ctx, vs, idx); err != nil {

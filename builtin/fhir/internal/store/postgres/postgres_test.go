@@ -29,16 +29,14 @@ func open(t testing.TB, opt Options) *Store {
 	return s
 }
 
-// The conformance suite, with the read cache and without, and with the
-// index rows written by COPY.
+// The conformance suite, with the read cache and without.
 func TestConformance(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		opt  Options
-		copy bool
 	}{
-		{"cache", Options{CacheBytes: 1 << 20}, false},
-		{"nocache", Options{}, false},
+		{"cache", Options{CacheBytes: 1 << 20}},
+		{"nocache", Options{}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T) store.Store { return open(t, c.opt) })

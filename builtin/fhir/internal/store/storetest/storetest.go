@@ -16,7 +16,6 @@
 package storetest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -1103,13 +1102,14 @@ func Synthea(t testing.TB) []Resource {
 				refs[e.FullURL] = ref
 			}
 		}
+		var pairs []string
+		for from, to := range refs {
+			pairs = append(pairs, `"`+from+`"`, `"`+to+`"`)
+		}
+		r := strings.NewReplacer(pairs...)
 		for _, e := range b.Entry {
-			body := e.Resource
-			for from, to := range refs {
-				body = bytes.ReplaceAll(body, []byte(`"`+from+`"`), []byte(`"`+to+`"`))
-			}
 			typ, id, _ := strings.Cut(e.Request.URL, "/")
-			out = append(out, Resource{typ, id, string(body)})
+			out = append(out, Resource{typ, id, r.Replace(string(e.Resource))})
 		}
 	}
 	return out
