@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 )
 
 // Every query of the store can be served by its indexes: with sequential
@@ -115,5 +116,58 @@ func TestPlansUseIndexes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
+	}
+}
+
+// Searches, counts, includes and histories are planned with their
+// arguments every time, never prepared (a prepared statement gets a
+// generic plan after five executions, which may drive a search by its
+// least selective condition); the fixed statements are prepared.
+func TestSearchesAreNotPrepared(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, Options{MaxConns: 1}) // one connection: its statements are the store's
+	if _, err := bump(ctx, s, "Patient", "a", `{}`); err != nil {
+		t.Fatal(err)
+	}
+	q, err := search.Parse("Observation", url.Values{"patient": {"a"}, "code": {"http://loinc.org|1-1"}}, search.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := []*store.Version{{Key: 1, Type: "Patient", ID: "a"}}
+	for range 7 {
+		if _, err := s.Search(ctx, q, 0, 10); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Count(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Include(ctx, page, search.Include{Rev: true, Source: "Observation"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.History(ctx, store.HistoryQuery{Type: "Patient", Compartment: "a", Count: 10}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Read(ctx, "Patient", "a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT statement FROM pg_prepared_statements`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := false
+	for _, p := range prepared {
+		read = read || p == readSQL
+		if strings.Contains(p, "FROM resources r WHERE") || strings.Contains(p, "FROM history h WHERE") ||
+			strings.Contains(p, "FROM sp_ref s JOIN") {
+			t.Errorf("prepared: %s", p)
+		}
+	}
+	if !read {
+		t.Errorf("the read by id is not prepared: %q", prepared)
 	}
 }

@@ -426,6 +426,19 @@ func (s *Store) Include(ctx context.Context, page []*store.Version, inc search.I
 	return s.reader().Include(ctx, page, inc)
 }
 
+// planned marks a query to be planned with its arguments on every
+// execution (pgx sends it as an unnamed statement, its description
+// cached), never prepared: PostgreSQL switches a prepared statement to a
+// generic plan after five executions, and a generic plan of a search does
+// not know which of its conditions is selective (a code that ten thousand
+// Observations share, or a patient's reference), so it may drive the
+// search by the wrong one. The searches, counts, includes and histories,
+// whose SQL the query decides, are planned; the fixed statements (reads by
+// id, fetches, writes) are prepared.
+func planned(args []any) []any {
+	return append([]any{pgx.QueryExecModeCacheDescribe}, args...)
+}
+
 // readTx runs fn in a read-only REPEATABLE READ transaction, so that its
 // queries see one state; the whole is bounded by the timeout.
 func (s *Store) readTx(ctx context.Context, fn func(r reader) error) error {
@@ -513,14 +526,14 @@ func (r reader) History(ctx context.Context, q store.HistoryQuery) ([]*store.Ver
 	bctx, cancel := r.bound(ctx)
 	defer cancel()
 	var total int
-	if err := r.q.QueryRow(bctx, `SELECT count(*) FROM history h `+where.String(), args...).Scan(&total); err != nil {
+	if err := r.q.QueryRow(bctx, `SELECT count(*) FROM history h `+where.String(), planned(args)...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count history: %w", classify(ctx, err))
 	}
 	if q.Before > 0 {
 		where.WriteString(` AND h.seq < ` + arg(q.Before))
 	}
 	lim := arg(int64(q.Count))
-	out, err := r.all(bctx, ctx, selectVersion+where.String()+` ORDER BY h.seq DESC LIMIT `+lim, args...)
+	out, err := r.all(bctx, ctx, selectVersion+where.String()+` ORDER BY h.seq DESC LIMIT `+lim, planned(args)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("history: %w", err)
 	}
@@ -555,7 +568,7 @@ func (r reader) Search(ctx context.Context, q *search.Query, offset, limit int) 
 	query := `SELECT r.rid, r.version FROM resources r WHERE ` + b.where.String() + b.orderBy() + ` LIMIT ` + lim + ` OFFSET ` + off
 	bctx, cancel := r.bound(ctx)
 	defer cancel()
-	rows, err := r.q.Query(bctx, query, b.args...)
+	rows, err := r.q.Query(bctx, query, planned(b.args)...)
 	if err != nil {
 		return nil, fmt.Errorf("search: %w", classify(ctx, err))
 	}
@@ -579,7 +592,7 @@ func (r reader) Count(ctx context.Context, q *search.Query) (int, error) {
 	bctx, cancel := r.bound(ctx)
 	defer cancel()
 	var n int
-	if err := r.q.QueryRow(bctx, `SELECT count(*) FROM resources r WHERE `+b.where.String(), b.args...).Scan(&n); err != nil {
+	if err := r.q.QueryRow(bctx, `SELECT count(*) FROM resources r WHERE `+b.where.String(), planned(b.args)...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count: %w", classify(ctx, err))
 	}
 	return n, nil
@@ -660,7 +673,7 @@ func (r reader) Include(ctx context.Context, page []*store.Version, inc search.I
 	query.WriteString(`) ORDER BY h.seq`)
 	bctx, cancel := r.bound(ctx)
 	defer cancel()
-	out, err := r.all(bctx, ctx, query.String(), args...)
+	out, err := r.all(bctx, ctx, query.String(), planned(args)...)
 	if err != nil {
 		return nil, fmt.Errorf("include: %w", err)
 	}
