@@ -302,10 +302,10 @@ func BenchmarkIngest(b *testing.B) {
 	for _, ns := range benchStores(b, srv, false) {
 		vs = append(vs, variant{ns.name + "/put", ns.s, false})
 	}
-	for _, copyRows := range []bool{false, true} {
+	for _, insert := range []bool{true, false} {
 		s := open(b, Options{URL: srv.NewDatabase(b)})
-		s.copyRows = copyRows
-		vs = append(vs, variant{map[bool]string{false: "postgres/putall-insert", true: "postgres/putall-copy"}[copyRows], s, true})
+		s.bulkInsert = insert
+		vs = append(vs, variant{map[bool]string{true: "postgres/putall-insert", false: "postgres/putall-copy"}[insert], s, true})
 	}
 	for _, v := range vs {
 		n := 0 // copies written: b.N runs add more

@@ -131,10 +131,10 @@ func TestPutAllWritesWhatPutWrites(t *testing.T) {
 	if n := len(want["sp_token"]); n < 1000 {
 		t.Fatalf("only %d token rows", n)
 	}
-	for _, copyRows := range []bool{false, true} {
-		t.Run(fmt.Sprintf("copy=%v", copyRows), func(t *testing.T) {
+	for _, insert := range []bool{false, true} {
+		t.Run(fmt.Sprintf("insert=%v", insert), func(t *testing.T) {
 			s := open(t, Options{})
-			s.copyRows = copyRows
+			s.bulkInsert = insert
 			vs2, idx2 := fresh(), idx
 			// In two transactions, the second continuing the first's data.
 			half := len(vs2) / 2

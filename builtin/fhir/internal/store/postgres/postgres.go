@@ -284,8 +284,9 @@ type Store struct {
 	lis     *listener  // nil without a cache
 	stop    context.CancelFunc
 	once    sync.Once
-	// copyRows makes writeTx.copyRows true.
-	copyRows bool
+	// bulkInsert makes PutAll write its rows with INSERT … SELECT
+	// unnest(…) instead of COPY (benchmarks compare the two).
+	bulkInsert bool
 }
 
 var _ store.Store = (*Store)(nil)

@@ -159,13 +159,13 @@ func rowCount(set map[string]*rowSet) int {
 	return n
 }
 
-// writeRows inserts the rows of set: with COPY (one round trip per table),
-// or with one INSERT … SELECT FROM unnest(…) per table, all in one batch
-// (one round trip).
-func (w *writeTx) writeRows(ctx context.Context, set map[string]*rowSet) error {
+// writeRows inserts the rows of set: with COPY (one round trip per table:
+// for many rows), or with one INSERT … SELECT FROM unnest(…) per table,
+// all in one batch (one round trip: for the few rows of a Put).
+func (w *writeTx) writeRows(ctx context.Context, set map[string]*rowSet, useCopy bool) error {
 	bctx, cancel := w.bound(ctx)
 	defer cancel()
-	if w.copyRows {
+	if useCopy {
 		for _, t := range bulkTables {
 			r := set[t.name]
 			if r == nil || len(r.rows) == 0 {

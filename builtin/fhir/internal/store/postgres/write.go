@@ -30,7 +30,7 @@ func (s *Store) Update(ctx context.Context, fn func(tx store.Tx) error) error {
 		s.rollback(ctx, tx)
 		return fmt.Errorf("write lock: %w", classify(ctx, err))
 	}
-	w := &writeTx{reader: reader{tx, s.timeout}, tx: tx, s: s, copyRows: s.copyRows}
+	w := &writeTx{reader: reader{tx, s.timeout}, tx: tx, s: s}
 	err = fn(w)
 	if err == nil {
 		err = w.finish(ctx)
@@ -88,9 +88,6 @@ type writeTx struct {
 	// flush); pendingKeys the resources they belong to.
 	pending     map[string]*rowSet
 	pendingKeys map[string]bool
-	// copyRows writes index and history rows with COPY instead of INSERT
-	// … SELECT unnest(…) (docs/BENCHMARKS.md compares the two).
-	copyRows bool
 }
 
 // putSQL writes a version in one statement: the resource's row (made or
@@ -172,7 +169,7 @@ func (w *writeTx) flush(ctx context.Context) error {
 	if len(w.pendingKeys) == 0 {
 		return nil
 	}
-	err := w.writeRows(ctx, w.pending)
+	err := w.writeRows(ctx, w.pending, false)
 	clear(w.pending)
 	clear(w.pendingKeys)
 	return err
@@ -237,7 +234,10 @@ func (w *writeTx) Include(ctx context.Context, page []*store.Version, inc search
 }
 
 // PutAll implements Loader. The versions are written in runs without a
-// repeated resource; each run takes a few statements whatever its length.
+// repeated resource; each run takes a few statements whatever its length:
+// one for the resources' rows, and a COPY of their history and index rows
+// per table (COPY cost less than INSERT … SELECT unnest(…) in
+// BenchmarkIngest; docs/BENCHMARKS.md).
 func (w *writeTx) PutAll(ctx context.Context, vs []*store.Version, idx []*search.Entries) error {
 	if len(idx) != len(vs) {
 		return errors.New("put all: one index entry set per version")
@@ -345,5 +345,5 @@ func (w *writeTx) putRun(ctx context.Context, vs []*store.Version, idx []*search
 		}
 	}
 	set["history"] = hist
-	return w.writeRows(ctx, set)
+	return w.writeRows(ctx, set, !w.s.bulkInsert)
 }
