@@ -43,3 +43,6 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// pgtestShared is the test binary's server.
+func pgtestShared(ctx context.Context) (*pgtest.Server, error) { return pgtest.SharedServer(ctx) }

@@ -491,10 +491,10 @@ func testConcurrentUpdates(t *testing.T, s store.Store) {
 	}
 }
 
-// searchData are the resources of the search tests, written in this
+// SearchData are the resources of the search tests, written in this
 // order, one Update each (so _lastUpdated and _sort=_lastUpdated follow
-// it); a Body "" deletes.
-func searchData() []Resource {
+// it); a Body "" deletes. LoadSearchData writes them.
+func SearchData() []Resource {
 	long := strings.Repeat("0123456789", 300) // 3,000 bytes
 	return []Resource{
 		{"Practitioner", "dr1", `{"resourceType":"Practitioner","id":"dr1","name":[{"family":"Who","given":["Doctor"]}]}`},
@@ -542,12 +542,20 @@ func searchData() []Resource {
 	}
 }
 
-func loadSearchData(t *testing.T, s store.Store) {
+// LoadSearchData writes SearchData to s.
+func LoadSearchData(t testing.TB, s store.Store) {
 	w := &Writer{S: s}
-	for _, r := range searchData() {
+	for _, r := range SearchData() {
 		w.Put(t, r.Type, r.ID, r.Body)
 	}
 }
+
+// SearchQuery parses a search of typ at Now.
+func SearchQuery(t testing.TB, typ, params string) *search.Query { return query(t, typ, params) }
+
+// Found runs q on r and returns the ids found, in order, checking that
+// Count and Fetch agree with Search.
+func Found(t testing.TB, r store.Reader, q *search.Query) string { return found(t, r, q) }
 
 // at is the Updated time of the n-th write of searchData (from 1), in the
 // form of a search value.
@@ -558,7 +566,7 @@ func at(n int, layout string) string {
 // testSearch: every parameter type with its modifiers and prefixes.
 // Without _sort, results come in the order the resources were created.
 func testSearch(t *testing.T, s store.Store) {
-	loadSearchData(t, s)
+	LoadSearchData(t, s)
 	long := strings.Repeat("0123456789", 300)
 	for _, c := range []struct {
 		name, typ, params, want string
@@ -579,6 +587,7 @@ func testSearch(t *testing.T, s store.Store) {
 		{"string of an address", "Patient", "address-city=springfield", "p1"},
 		{"string of another type", "Observation", "value-string=positive", "o4"},
 		{"string invalid UTF-8", "Patient", "name=%FF", ""},
+		{"string :exact invalid UTF-8", "Patient", "family:exact=%FF", ""},
 		// token
 		{"token code", "Patient", "gender=female", "p2,p3"},
 		{"token codes ORed", "Patient", "gender=male,other", "p1,p5"},
@@ -597,6 +606,8 @@ func testSearch(t *testing.T, s store.Store) {
 		{"token identifier of 3,000 bytes", "Patient", "identifier=urn:long|" + long, "p3"},
 		{"token identifier with a NUL", "Patient", "identifier=urn:nul|a%00b", "p3"},
 		{"token email", "Patient", "email=jose@example.org", "p1"},
+		{"token invalid UTF-8", "Patient", "identifier=%FF|%FE", ""},
+		{"_id invalid UTF-8", "Patient", "_id=%FF", ""},
 		{"token category", "Observation", "category=laboratory", "o1"},
 		{"token status", "Observation", "status=final", "o1,o3,o4,o5,o6"},
 		// reference
@@ -659,6 +670,7 @@ func testSearch(t *testing.T, s store.Store) {
 		{"uri :below", "ValueSet", "url:below=http://example.org/fhir", "vs1,vs2"},
 		{"uri :above", "ValueSet", "url:above=http://example.org/fhir/ValueSet/a/b/c", "vs1,vs2"},
 		{"uri _profile", "Patient", "_profile=http://example.org/fhir/StructureDefinition/vip", "p1"},
+		{"uri invalid UTF-8", "ValueSet", "url:below=http://example.org/%FF", ""},
 		// :missing
 		{"string :missing=true", "Observation", "value-string:missing=true", "o1,o2,o3,o5,o6"},
 		{"string :missing=false", "Observation", "value-string:missing=false", "o4"},
@@ -797,7 +809,7 @@ func testFetch(t *testing.T, s store.Store) {
 // target type; deleted resources are left out.
 func testInclude(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	loadSearchData(t, s)
+	LoadSearchData(t, s)
 	page := func(typ string, ids ...string) []*store.Version {
 		var out []*store.Version
 		for _, id := range ids {
@@ -851,7 +863,7 @@ func testInclude(t *testing.T, s store.Store) {
 		t.Errorf("include of an empty page: %v %v", vs, err)
 	}
 	// Deleting a resource removes it from what includes it.
-	w := &Writer{S: s, n: len(searchData())}
+	w := &Writer{S: s, n: len(SearchData())}
 	w.Put(t, "Observation", "o2", "")
 	vs, err := s.Include(ctx, page("Practitioner", "dr1"), search.Include{Rev: true, Source: "Observation"})
 	if err != nil || len(vs) != 0 {
