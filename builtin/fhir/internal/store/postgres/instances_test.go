@@ -181,3 +181,41 @@ func TestFailedTransactionLeavesNothing(t *testing.T) {
 		t.Errorf("next write: %d %v", v, err)
 	}
 }
+
+// A panic inside Update rolls the transaction back and lets the write
+// lock go: the other instance writes at once.
+func TestPanicInUpdate(t *testing.T) {
+	ctx := context.Background()
+	opt := Options{URL: pgtest.NewDatabase(t), StatementTimeout: 2 * time.Second}
+	b := open(t, opt)
+	// a is closed only if the test passes: a transaction left open would
+	// keep its Close waiting.
+	a, err := Open(ctx, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if !t.Failed() {
+			a.Close()
+		}
+	}()
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Errorf("recovered %v, want the panic of fn", r)
+			}
+		}()
+		a.Update(ctx, func(tx store.Tx) error {
+			if err := tx.Put(ctx, &store.Version{Type: "Patient", ID: "p", Version: 1, Updated: time.Now(), Method: "PUT", Body: []byte(`{}`)}, nil); err != nil {
+				return err
+			}
+			panic("boom")
+		})
+	}()
+	if _, err := bump(ctx, b, "Patient", "q", `{}`); err != nil {
+		t.Fatalf("write after a panic on the other instance: %v", err)
+	}
+	if _, err := b.Read(ctx, "Patient", "p"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the write of the panicking transaction: %v", err)
+	}
+}

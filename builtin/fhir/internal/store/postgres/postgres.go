@@ -533,7 +533,12 @@ func (r reader) History(ctx context.Context, q store.HistoryQuery) ([]*store.Ver
 	if q.Before > 0 {
 		where.WriteString(` AND h.seq < ` + arg(q.Before))
 	}
-	lim := arg(int64(q.Count))
+	var count *int64 // a negative count is no limit (NULL), as in SQLite
+	if q.Count >= 0 {
+		c := int64(q.Count)
+		count = &c
+	}
+	lim := arg(count)
 	out, err := r.all(bctx, ctx, selectVersion+where.String()+` ORDER BY h.seq DESC LIMIT `+lim, planned(args)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("history: %w", err)
@@ -565,7 +570,13 @@ func (r reader) all(bctx, ctx context.Context, query string, args ...any) ([]*st
 
 func (r reader) Search(ctx context.Context, q *search.Query, offset, limit int) ([]store.Match, error) {
 	b := buildSearch(q)
-	lim, off := b.arg(int64(limit)), b.arg(int64(offset))
+	// As in SQLite: a negative limit is none (NULL), a negative offset 0.
+	var lim64 *int64
+	if limit >= 0 {
+		l := int64(limit)
+		lim64 = &l
+	}
+	lim, off := b.arg(lim64), b.arg(int64(max(offset, 0)))
 	query := `SELECT r.rid, r.version FROM resources r WHERE ` + b.where.String() + b.orderBy() + ` LIMIT ` + lim + ` OFFSET ` + off
 	bctx, cancel := r.bound(ctx)
 	defer cancel()

@@ -31,6 +31,14 @@ func (s *Store) Update(ctx context.Context, fn func(tx store.Tx) error) error {
 		return fmt.Errorf("write lock: %w", classify(ctx, err))
 	}
 	w := &writeTx{reader: reader{tx, s.timeout}, tx: tx, s: s}
+	defer func() {
+		// A panic in fn must not leave the transaction open: it holds the
+		// write lock of every instance.
+		if r := recover(); r != nil {
+			s.rollback(ctx, tx)
+			panic(r)
+		}
+	}()
 	err = fn(w)
 	if err == nil {
 		err = w.finish(ctx)

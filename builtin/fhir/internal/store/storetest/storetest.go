@@ -757,6 +757,10 @@ func testSearchPaging(t *testing.T, s store.Store) {
 	if ms, err := s.Search(ctx, q, 30, 10); err != nil || len(ms) != 0 {
 		t.Errorf("past the end: %v %v", ms, err)
 	}
+	// A negative limit is none, a negative offset the first.
+	if ms, err := s.Search(ctx, q, -3, -1); err != nil || len(ms) != 25 {
+		t.Errorf("negative offset and limit: %d matches, %v; want 25", len(ms), err)
+	}
 }
 
 // testFetch: matches come back in the order asked; versions that do not
@@ -925,6 +929,7 @@ func testHistory(t *testing.T, s store.Store) {
 		{"since, type", store.HistoryQuery{Type: "Patient", Since: Epoch.Add(3 * time.Second)}, "a/3,b/2", 2},
 		{"excluded types", store.HistoryQuery{ExcludeTypes: []string{"Organization", "Basic"}}, "a/3,b/2,a/2,b/1,a/1", 5},
 		{"excluded types, paged", store.HistoryQuery{ExcludeTypes: []string{"Patient"}, Count: 1}, "x/1", 3},
+		{"a negative count is no limit", store.HistoryQuery{Type: "Organization", Count: -1}, "o/2,o/1", 2},
 	} {
 		got, total := historyOf(t, s, c.q)
 		if got != c.want || total != c.total {
