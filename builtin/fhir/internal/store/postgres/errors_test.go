@@ -118,3 +118,26 @@ func TestCanceledAndClosed(t *testing.T) {
 		t.Errorf("update after Close: %v", err)
 	}
 }
+
+// A connection the server ends (an administrator, a fast shutdown) fails
+// the call on it with ErrUnavailable; the next call gets a new one.
+func TestTerminatedConnection(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, Options{MaxConns: 1})
+	if _, err := bump(ctx, s, "Patient", "x", `{}`); err != nil {
+		t.Fatal(err)
+	}
+	var url string
+	if err := s.pool.QueryRow(ctx, `SELECT 'postgres://postgres@127.0.0.1:' || current_setting('port') || '/postgres?sslmode=disable'`).Scan(&url); err != nil {
+		t.Fatal(err)
+	}
+	var db string
+	s.pool.QueryRow(ctx, `SELECT current_database()`).Scan(&db)
+	exec(t, url, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, db)
+	if _, err := s.Read(ctx, "Patient", "x"); err != nil && !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("read on a terminated connection: %v, want ErrUnavailable", err)
+	}
+	if v, err := s.Read(ctx, "Patient", "x"); err != nil || v.Version != 1 {
+		t.Errorf("read after: %+v %v", v, err)
+	}
+}
