@@ -38,10 +38,7 @@ type listener struct {
 	// connection lost without a word (a network cut) turns the cache off
 	// within their sum.
 	pingEvery, pingTimeout time.Duration
-	// connected is signalled (non-blocking) every time the listener goes
-	// live; tests wait on it.
-	connected chan struct{}
-	done      chan struct{}
+	done                   chan struct{}
 }
 
 func (l *listener) run(ctx context.Context) {
@@ -84,10 +81,6 @@ func (l *listener) listen(ctx context.Context) error {
 	// Listening from here on: commits made before it may have been
 	// missed, so the cache starts empty.
 	l.cache.setLive(true)
-	select {
-	case l.connected <- struct{}{}:
-	default:
-	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, l.pingEvery)
 		n, err := conn.WaitForNotification(wctx)

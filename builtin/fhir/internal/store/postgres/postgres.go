@@ -19,12 +19,13 @@
 // throughput: one write transaction at a time for the whole database,
 // each holding the lock for its round trips to the server (about six for a
 // one-resource write: begin, lock, the read of the current version, the
-// write, the index rows, commit). On loopback that is a few hundred
-// microseconds, some thousands of single-resource writes per second; over
-// a network with a 1 ms round trip, about 150 per second. Batch writes (a
-// transaction Bundle, an import) pay the round trips once for many
-// resources. Commits are durable as the server's configuration makes them
-// (synchronous_commit on, the default: flushed to its write-ahead log).
+// write, the index rows, commit) and for its commit's flush of the
+// write-ahead log, so the fleet writes no faster than one instance
+// (BenchmarkPutParallel; docs/BENCHMARKS.md has the figures). Batch
+// writes (a transaction Bundle, an import) pay the round trips and the
+// flush once for many resources. Commits are durable as the server's
+// configuration makes them (synchronous_commit on, the default: flushed to
+// its write-ahead log).
 //
 // # Reads and the cache
 //
@@ -35,9 +36,32 @@
 // wrote on a PostgreSQL channel (NOTIFY, delivered when it commits), and
 // each Store listens on a dedicated connection and drops them from its
 // cache. Another instance's write is therefore served stale for at most
-// the delivery of its notification (well under a millisecond on a healthy
-// connection); while the listening connection is down the cache is not
-// used at all, and it is emptied when the connection is back.
+// the delivery of its notification (BenchmarkCacheInvalidation measures
+// it); while the listening connection is down the cache is not used at
+// all, and it is emptied when the connection is back. The listening
+// connection is checked with a ping after 5 seconds of silence, so one
+// lost without a word turns the cache off within 5 seconds and half the
+// statement timeout. A write of more than 1,000 resources notifies one
+// "drop everything" instead of each.
+//
+// # Storage
+//
+// Bodies are kept as the bytes written (bytea), with no jsonb copy:
+// nothing queries inside them (the index tables hold what searches need),
+// and a jsonb column cost 75% more server CPU per write and 60% more
+// space per version in BenchmarkLayout (docs/BENCHMARKS.md), and would
+// refuse the \u0000 escapes valid JSON may hold. Text columns compare byte
+// by byte (COLLATE "C") as SQLite's do. PostgreSQL's text holds no NUL
+// and no invalid UTF-8: such characters of index values and search values
+// are stored and searched as U+FFFD, so they still match each other. Its
+// btree entries are limited to about 2,700 bytes: codes, systems,
+// references, uris and compartments are indexed, and searched for, by
+// their first 1,000 bytes (strings are cut to 512 bytes by the indexer, as
+// for SQLite), so two values that long differ in a search only if their
+// first 1,000 bytes do. Searches, counts, includes and histories are
+// planned with their arguments on every execution, never as prepared
+// statements, whose generic plans do not know which condition is
+// selective.
 //
 // # Errors and timeouts
 //
@@ -51,6 +75,9 @@
 // connection in time give store.ErrUnavailable. When the caller's own
 // context ends first, its error is returned instead. The pool reconnects
 // by itself: a restarted server is used again without reopening the Store.
+// A transaction left idle for a minute (a process stuck inside fn, holding
+// the write lock) is ended by the server
+// (idle_in_transaction_session_timeout).
 //
 // # Schema
 //
@@ -325,7 +352,7 @@ func Open(ctx context.Context, opt Options) (*Store, error) {
 	s := &Store{pool: pool, timeout: opt.StatementTimeout, cache: newReadCache(opt.CacheBytes), stop: stop}
 	if s.cache != nil {
 		s.lis = &listener{cfg: cfg.Copy(), cache: s.cache, pingEvery: 5 * time.Second,
-			pingTimeout: max(opt.StatementTimeout/2, 100*time.Millisecond), connected: make(chan struct{}, 1), done: make(chan struct{})}
+			pingTimeout: max(opt.StatementTimeout/2, 100*time.Millisecond), done: make(chan struct{})}
 		go s.lis.run(lctx)
 	}
 	return s, nil
