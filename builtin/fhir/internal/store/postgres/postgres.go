@@ -48,9 +48,9 @@
 //
 // Bodies are kept as the bytes written (bytea), with no jsonb copy:
 // nothing queries inside them (the index tables hold what searches need),
-// and a jsonb column cost 75% more server CPU per write and 60% more
-// space per version in BenchmarkLayout (docs/BENCHMARKS.md), and would
-// refuse the \u0000 escapes valid JSON may hold. Text columns compare byte
+// and a jsonb column cost 1.7 to 2.4 times the server CPU per write and
+// 62% more space per version in BenchmarkLayout (docs/BENCHMARKS.md), and
+// would refuse the \u0000 escapes valid JSON may hold. Text columns compare byte
 // by byte (COLLATE "C") as SQLite's do. PostgreSQL's text holds no NUL
 // and no invalid UTF-8: such characters of index values and search values
 // are stored and searched as U+FFFD, so they still match each other. Its
