@@ -46,6 +46,18 @@ func TestOptionsValidate(t *testing.T) {
 	if _, err := Open(context.Background(), Options{URL: "postgres://h/db", SSLMode: "x"}); err == nil {
 		t.Error("Open accepted a bad sslmode")
 	}
+	// Errors do not show the password: a URL that does not parse, a
+	// server that does not answer.
+	for _, u := range []string{"postgres://omni:s3cretpw@127.0.0.1:notaport/db", "postgres://omni:s3cretpw@127.0.0.1:1/db?connect_timeout=2",
+		"host=127.0.0.1 port=1 user=omni password=s3cretpw dbname=db"} {
+		_, err := Open(context.Background(), Options{URL: u})
+		if err == nil || strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("Open(%s): %v", Redact(u), err)
+		}
+		if _, err := Migrate(context.Background(), Options{URL: u}, true); err == nil || strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("Migrate(%s): %v", Redact(u), err)
+		}
+	}
 }
 
 // SSLMode and CAFile reach the connection settings, in both forms of
