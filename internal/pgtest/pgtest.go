@@ -18,7 +18,10 @@
 // The binaries come from /usr/lib/postgresql/15/bin (Debian's
 // postgresql-15 package), or from the folder named by OMNIGATE_PGTEST_BIN.
 // When the test runs as root, initdb and postgres run as the "postgres"
-// user through runuser, since PostgreSQL refuses to run as root.
+// user through runuser, since PostgreSQL refuses to run as root. If the
+// test binary dies without stopping its servers (killed, timed out), they
+// are asked to shut down (SIGTERM, as their parent process dies); their
+// temporary folders stay.
 package pgtest
 
 import (
