@@ -24,9 +24,11 @@ plugins: build
 		if [ -f $$d/cases.yaml ]; then ./$(BIN) plugin build -o data/plugins/$$(basename $$d).wasm ./$$d || exit 1; fi; \
 	done
 
-## test: every test, with the race detector
+## test: every test, with the race detector; then the FHIR server's tests
+## again on the PostgreSQL store (a private server the tests start)
 test:
 	$(GO) test -race -timeout 14m ./...
+	OMNIGATE_TEST_STORE=postgres $(GO) test -race -timeout 14m ./builtin/fhir/
 
 ## bench: Go benchmarks, then loopback load against baselines and peers
 ## (nginx's proxy_pass, proxy_cache and limit_req when nginx is installed)

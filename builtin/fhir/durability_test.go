@@ -43,7 +43,7 @@ func TestDurabilityChild(t *testing.T) {
 // Every write acknowledged before a kill -9 of the server is there after
 // a restart.
 func TestKillDuringWrites(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "store", "omnigate.db")
+	path := testStorePath(t, filepath.Join(t.TempDir(), "store", "omnigate.db"))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDurabilityChild$", "-test.v")
 	cmd.Env = append(os.Environ(), durabilityEnv+"="+path)
 	stdout, err := cmd.StdoutPipe()

@@ -41,7 +41,7 @@ func init() {
 // reuses the open store.
 func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, error) {
 	v, err := env.Shared("fhir-store:"+cfg.Store.Path, func() (any, error) {
-		return sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
+		return openStore(ctx, cfg)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -140,6 +140,16 @@ func storeOptions(cfg *Config) sqlite.Options {
 	return sqlite.Options{Sync: cfg.Store.Sync, CacheBytes: int64(cfg.Store.ReadCache)}
 }
 
+// openStore opens the store cfg.Store names. The package's tests replace
+// it to run on another store (see TestMain).
+var openStore = func(ctx context.Context, cfg *Config) (store.Store, error) {
+	s, err := sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 var sharedValidator = sync.OnceValues(func() (*validate.Validator, error) {
 	v, err := validate.New()
 	if err != nil {
@@ -197,7 +207,7 @@ func Open(ctx context.Context, cfg *Config, opts Options) (*Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("fhir config: %w", err)
 	}
-	st, err := sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

@@ -1,8 +1,8 @@
 // Package store defines what the FHIR server needs from its storage: the
 // versions of resources, their search index, and serialized read-write
 // transactions. The embedded implementation is in store/sqlite; a shared
-// SQL database (PostgreSQL) for several gateway instances fits behind the
-// same interfaces.
+// PostgreSQL database for several gateway instances is in store/postgres.
+// store/storetest is the conformance suite both pass.
 package store
 
 import (
@@ -18,8 +18,11 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // ErrUnavailable wraps the errors of a store that cannot be reached for
-// now (a database server down, restarting or out of connections): the
-// request may succeed if retried later, and nothing was written.
+// now: its database server is down, shutting down or restarting, a
+// connection broke, no connection was free in time, or a statement ran
+// out of time. The request may succeed later (HTTP 503). For a write, the
+// outcome of a commit that failed this way is unknown. The embedded SQLite
+// store does not return it.
 var ErrUnavailable = errors.New("store unavailable")
 
 // Version is one stored version of a resource.
