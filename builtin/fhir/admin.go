@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
@@ -18,6 +19,9 @@ import (
 func mountStats(env *gateway.Env, st any, cfg *Config) {
 	s, ok := st.(store.Statser)
 	if !ok {
+		if p, ok := st.(pinger); ok {
+			env.AddHealth("fhir-store", storeHealth(p, cfg.Store.Driver+" "+RedactURL(cfg.Store.DatabaseURL()), time.Now))
+		}
 		return
 	}
 	dir := cfg.Store.BackupDir
@@ -110,4 +114,38 @@ func backups(dir string) (int, *BackupInfo, error) {
 		}
 	}
 	return n, last, nil
+}
+
+// pinger is a store on a database server, whose reachability /ping and
+// /readyz report.
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// storeHealth is the fhir-store component of /ping for a store on a
+// database server: required (FHIR routes cannot answer without it), down
+// while a ping fails. A result is reused for a second, so that frequent
+// health checks do not load the database.
+func storeHealth(p pinger, what string, now func() time.Time) func() gateway.Health {
+	var (
+		mu   sync.Mutex
+		last gateway.Health
+		at   time.Time
+	)
+	return func() gateway.Health {
+		mu.Lock()
+		defer mu.Unlock()
+		if t := now(); !at.IsZero() && t.Sub(at) < time.Second && !t.Before(at) {
+			return last
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := p.Ping(ctx)
+		cancel()
+		last = gateway.Health{Status: gateway.StatusUp, Required: true, Detail: what}
+		if err != nil {
+			last.Status, last.Detail = gateway.StatusDown, what+": "+err.Error()
+		}
+		at = now()
+		return last
+	}
 }

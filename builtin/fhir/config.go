@@ -2,7 +2,9 @@ package fhir
 
 import (
 	"errors"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store/postgres"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -106,10 +108,34 @@ func (s SMARTConfig) document() SMARTConfig {
 
 // StoreConfig selects the store.
 type StoreConfig struct {
+	// Driver is "sqlite" (default): the embedded store, one file that one
+	// process serves; or "postgres": a PostgreSQL database that every
+	// instance of a fleet serves directly (docs/FHIR.md).
+	Driver string `yaml:"driver"`
 	// Path of the SQLite database file, created with its folder if
 	// missing. Default "./data/omnigate.db". ":memory:" keeps everything
-	// in memory (tests).
+	// in memory (tests). SQLite only.
 	Path string `yaml:"path"`
+	// URL is the PostgreSQL connection URL
+	// (postgres://user:password@host:5432/db?sslmode=verify-full, or
+	// libpq's "host=… dbname=…" pairs); the
+	// environment variable FHIR_DATABASE_URL, when set, replaces it, so the
+	// password need not be in the file. The password is never logged nor
+	// shown by /ping. Required with driver postgres.
+	URL string `yaml:"url"`
+	// MaxConns is the size of the PostgreSQL connection pool. Default 4 per
+	// CPU, at least 8.
+	MaxConns int `yaml:"max_conns"`
+	// StatementTimeout bounds every database call; a call that takes longer
+	// fails and its request is answered 503. Default 5s. PostgreSQL only.
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
+	// SSLMode is PostgreSQL's sslmode (disable, allow, prefer, require,
+	// verify-ca, verify-full); it replaces the URL's. Default: the URL's,
+	// else prefer.
+	SSLMode string `yaml:"sslmode"`
+	// CAFile is a PEM file of the certificate authorities that verify the
+	// server's certificate (verify-ca, verify-full). Default: the system's.
+	CAFile string `yaml:"ca_file"`
 	// Sync is "full" (default): every acknowledged write is fsynced and
 	// survives a power loss; or "normal": acknowledged writes survive a
 	// crash of the process (kill -9) but the last ones may be lost if the
@@ -124,6 +150,24 @@ type StoreConfig struct {
 	// writes consistent copies of the store while it serves. Default
 	// "./data/backups".
 	BackupDir string `yaml:"backup_dir"`
+}
+
+// Describe names the store for messages: the SQLite file, or the
+// PostgreSQL URL without its password.
+func (s *StoreConfig) Describe() string {
+	if s.Driver == "postgres" {
+		return postgres.Redact(s.DatabaseURL())
+	}
+	return s.Path
+}
+
+// DatabaseURL is the PostgreSQL URL: FHIR_DATABASE_URL when set, else
+// URL.
+func (s *StoreConfig) DatabaseURL() string {
+	if u := os.Getenv("FHIR_DATABASE_URL"); u != "" {
+		return u
+	}
+	return s.URL
 }
 
 // CORSConfig configures Cross-Origin Resource Sharing.
@@ -194,8 +238,37 @@ func (c *Config) Validate() error {
 			errs = append(errs, gateway.FieldErrorf("base_url", "must be an absolute http(s) URL without query: %q", c.BaseURL))
 		}
 	}
-	if c.Store.Path == "" {
-		errs = append(errs, gateway.FieldErrorf("store.path", "required (a file name, or :memory:)"))
+	switch c.Store.Driver {
+	case "", "sqlite":
+		if c.Store.Path == "" {
+			errs = append(errs, gateway.FieldErrorf("store.path", "required (a file name, or :memory:)"))
+		}
+	case "postgres":
+		if u := c.Store.DatabaseURL(); u == "" {
+			errs = append(errs, gateway.FieldErrorf("store.url", "required with driver postgres (or set FHIR_DATABASE_URL)"))
+		} else if !strings.Contains(u, "=") || strings.Contains(u, "://") {
+			if p, err := url.Parse(u); err != nil || (p.Scheme != "postgres" && p.Scheme != "postgresql") {
+				errs = append(errs, gateway.FieldErrorf("store.url", "must be a postgres:// URL or host=… dbname=… pairs"))
+			}
+		}
+		switch c.Store.SSLMode {
+		case "", "disable", "allow", "prefer", "require", "verify-ca", "verify-full":
+		default:
+			errs = append(errs, gateway.FieldErrorf("store.sslmode", "must be disable, allow, prefer, require, verify-ca or verify-full, not %q", c.Store.SSLMode))
+		}
+		if c.Store.CAFile != "" {
+			if _, err := os.Stat(c.Store.CAFile); err != nil {
+				errs = append(errs, gateway.FieldErrorf("store.ca_file", "%v", err))
+			}
+		}
+	default:
+		errs = append(errs, gateway.FieldErrorf("store.driver", "must be sqlite or postgres, not %q", c.Store.Driver))
+	}
+	if c.Store.MaxConns < 0 {
+		errs = append(errs, gateway.FieldErrorf("store.max_conns", "must not be negative"))
+	}
+	if c.Store.StatementTimeout < 0 {
+		errs = append(errs, gateway.FieldErrorf("store.statement_timeout", "must not be negative"))
 	}
 	if c.Store.ReadCache < 0 {
 		errs = append(errs, gateway.FieldErrorf("store.read_cache", "must not be negative"))

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/store/postgres"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store/sqlite"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/validate"
 	"github.com/omnigate/omnigate/gateway"
@@ -40,7 +41,7 @@ func init() {
 // are shared objects, so a config reload that names the same store path
 // reuses the open store.
 func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, error) {
-	v, err := env.Shared("fhir-store:"+cfg.Store.Path, func() (any, error) {
+	v, err := env.Shared(storeKey(cfg), func() (any, error) {
 		return openStore(ctx, cfg)
 	})
 	if err != nil {
@@ -142,13 +143,55 @@ func storeOptions(cfg *Config) sqlite.Options {
 
 // openStore opens the store cfg.Store names. The package's tests replace
 // it to run on another store (see TestMain).
-var openStore = func(ctx context.Context, cfg *Config) (store.Store, error) {
+var openStore = openConfiguredStore
+
+// openConfiguredStore opens the SQLite or the PostgreSQL store, as
+// cfg.Store.Driver says.
+func openConfiguredStore(ctx context.Context, cfg *Config) (store.Store, error) {
+	if cfg.Store.Driver == "postgres" {
+		s, err := postgres.Open(ctx, postgresOptions(cfg))
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	s, err := sqlite.Open(ctx, cfg.Store.Path, storeOptions(cfg))
 	if err != nil {
 		return nil, err
 	}
 	return s, nil
 }
+
+// postgresOptions are the PostgreSQL store's options from cfg.
+func postgresOptions(cfg *Config) postgres.Options {
+	return postgres.Options{URL: cfg.Store.DatabaseURL(), MaxConns: cfg.Store.MaxConns,
+		StatementTimeout: cfg.Store.StatementTimeout, SSLMode: cfg.Store.SSLMode, CAFile: cfg.Store.CAFile,
+		CacheBytes: int64(cfg.Store.ReadCache)}
+}
+
+// storeKey names the store cfg opens, for sharing it across config
+// reloads.
+func storeKey(cfg *Config) string {
+	if cfg.Store.Driver == "postgres" {
+		o := postgresOptions(cfg)
+		return fmt.Sprintf("fhir-store:postgres:%s|%d|%s|%s|%s|%d", o.URL, o.MaxConns, o.StatementTimeout, o.SSLMode, o.CAFile, o.CacheBytes)
+	}
+	return "fhir-store:" + cfg.Store.Path
+}
+
+// MigrateStore applies the PostgreSQL store's schema migrations that the
+// database lacks (all of them with dryRun false, none with dryRun true)
+// and returns their names. It is an error for a SQLite store, which
+// migrates itself when it opens.
+func MigrateStore(ctx context.Context, cfg *Config, dryRun bool) ([]string, error) {
+	if cfg.Store.Driver != "postgres" {
+		return nil, errors.New("fhir.store.driver is not postgres: the SQLite store migrates itself when it opens")
+	}
+	return postgres.Migrate(ctx, postgresOptions(cfg), dryRun)
+}
+
+// RedactURL returns a database URL without its password, for messages.
+func RedactURL(u string) string { return postgres.Redact(u) }
 
 var sharedValidator = sync.OnceValues(func() (*validate.Validator, error) {
 	v, err := validate.New()

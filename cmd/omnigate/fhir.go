@@ -13,7 +13,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir"
 )
 
-const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir check [-config FILE]"
+const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
 
 // runFHIR runs "omnigate fhir import [-config FILE] FILE..." and
 // "omnigate fhir check [-config FILE]".
@@ -27,6 +27,8 @@ func runFHIR(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runFHIRImport(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runFHIRCheck(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		return runFHIRMigrate(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprintln(stderr, fhirUsage)
 	return 2
@@ -74,10 +76,50 @@ func runFHIRCheck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	fmt.Fprintf(stdout, "checked %s: %d resources, %d versions: %d rewritten strings, %d dangling references, %d unresolved references\n",
-		cfg.Store.Path, sum.Resources, sum.Versions, sum.Findings[fhir.RewrittenString], sum.Findings[fhir.DanglingReference], sum.Findings[fhir.UnresolvedReference])
+		cfg.Store.Describe(), sum.Resources, sum.Versions, sum.Findings[fhir.RewrittenString], sum.Findings[fhir.DanglingReference], sum.Findings[fhir.UnresolvedReference])
 	if len(sum.Findings) > 0 {
 		return 1
 	}
+	return 0
+}
+
+// runFHIRMigrate applies the PostgreSQL store's schema migrations, or with
+// -dry-run lists those it would apply.
+func runFHIRMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fhir migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", os.Getenv(EnvConfig), "config file whose fhir.store is migrated (default: $"+EnvConfig+", else the embedded default)")
+	dry := fs.Bool("dry-run", false, "list the migrations the database lacks; apply none")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, fhirUsage)
+		return 2
+	}
+	gcfg, err := loadConfig(*file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	cfg, err := fhir.ConfigFrom(gcfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	names, err := fhir.MigrateStore(ctx, cfg, *dry)
+	if err != nil {
+		fmt.Fprintln(stderr, "omnigate fhir migrate:", err)
+		return 1
+	}
+	verb := "applied"
+	if *dry {
+		verb = "would apply"
+	}
+	for _, n := range names {
+		fmt.Fprintf(stdout, "%s %s\n", verb, n)
+	}
+	fmt.Fprintf(stdout, "%s: %s %d migrations\n", fhir.RedactURL(cfg.Store.DatabaseURL()), verb, len(names))
 	return 0
 }
 
@@ -123,7 +165,7 @@ func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	el := time.Since(start)
 	fmt.Fprintf(stdout, "imported %d files into %s in %s: %d resources (%.0f/s), %d created, %d updated, %d unchanged, %d failed\n",
-		len(fs.Args())-failedFiles, cfg.Store.Path, el.Round(time.Millisecond), total.Resources,
+		len(fs.Args())-failedFiles, cfg.Store.Describe(), el.Round(time.Millisecond), total.Resources,
 		float64(total.Resources)/el.Seconds(), total.Created, total.Updated, total.Unchanged, total.Failed)
 	if failedFiles > 0 || total.Failed > 0 {
 		return 1
