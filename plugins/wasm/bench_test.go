@@ -112,7 +112,7 @@ func BenchmarkDeadline(b *testing.B) {
 	b.Run("host-timer", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := in.call(in.onReq, time.Second); err != nil {
+			if _, err := in.call(in.onReq, time.Second, 10*time.Second); err != nil {
 				b.Fatal(err)
 			}
 		}
