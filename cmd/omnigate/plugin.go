@@ -17,7 +17,7 @@ const pluginUsage = `usage:
   omnigate plugin build [-o OUT.wasm] DIR     build the Go plugin in DIR (GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared)
   omnigate plugin test [-timeout D] [-wall-timeout D] PLUGIN.wasm CASES.yaml
                                               run table-driven cases against a built plugin, each call
-                                              under the gateway's default deadline (10ms of CPU, 100ms
+                                              under the gateway's default deadline (10ms of CPU, 1s
                                               wall-clock) unless the file or the flags set another`
 
 func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -73,7 +73,7 @@ func runPluginTest(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var ro wasmtest.RunOptions
 	fs.DurationVar(&ro.Timeout, "timeout", 0, "CPU budget of one call (the plugin's timeout; default the cases file's, else the gateway's 10ms)")
-	fs.DurationVar(&ro.WallTimeout, "wall-timeout", 0, "wall-clock backstop of one call (the plugin's wall_timeout; default 10 × the budget)")
+	fs.DurationVar(&ro.WallTimeout, "wall-timeout", 0, "wall-clock backstop of one call (the plugin's wall_timeout; default the larger of 1s and 10 × the budget)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

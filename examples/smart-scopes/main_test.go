@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -141,5 +143,41 @@ func TestBundles(t *testing.T) {
 				t.Errorf("the upstream got %q", res.UpstreamBody)
 			}
 		})
+	}
+}
+
+// A patient's search of 64 of their own Observations passes under the
+// gateway's default deadline (the harness's default: 10ms of CPU per call),
+// and one result of another patient among them withholds the page. The
+// check costs ≈ 20µs of CPU per resource (twice that under the race
+// detector), so a page of a few hundred fits the default budget.
+func TestLargePatientSearch(t *testing.T) {
+	p := wasmtest.Load(t, wasmtest.Build(t, "."), wasmtest.Options{})
+	patient := &gateway.Identity{UserID: "pat1", Role: "patient", Scopes: []string{"patient/*.rs"}, PatientID: "p1"}
+	page := func(n int, foreign int) string {
+		entries := make([]string, n)
+		for i := range entries {
+			subject := "Patient/p1"
+			if i == foreign {
+				subject = "Patient/p2"
+			}
+			entries[i] = fmt.Sprintf(`{"fullUrl":"http://h/fhir/R4/Observation/o%d","resource":{"resourceType":"Observation","id":"o%d",`+
+				`"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7","display":"Body weight"}]},`+
+				`"subject":{"reference":"%s"},"effectiveDateTime":"2024-01-0%dT08:00:00Z","valueQuantity":{"value":7%d.5,"unit":"kg"},`+
+				`"performer":[{"reference":"Practitioner/pr1"}]},"search":{"mode":"match"}}`, i, i, subject, i%9+1, i%10)
+		}
+		return `{"resourceType":"Bundle","type":"searchset","total":` + strconv.Itoa(n) + `,"entry":[` + strings.Join(entries, ",") + `]}`
+	}
+	search := func(body string) *wasmtest.Result {
+		return p.Do(t, wasmtest.Request{Path: "/fhir/R4/Observation?_count=64", Identity: patient,
+			Upstream: wasmtest.Upstream{Body: body}})
+	}
+	for i := 0; i < 3; i++ { // a fresh instance, then warm ones
+		if res := search(page(64, -1)); res.Decision != wasmtest.Allow || res.Status != 200 {
+			t.Fatalf("search %d of 64 own Observations: %s %d %v", i+1, res.Decision, res.Status, res.Logs)
+		}
+	}
+	if res := search(page(64, 47)); res.Decision != wasmtest.Deny || res.Status != 403 || strings.Contains(res.Body, "p2") {
+		t.Fatalf("a page with another patient's Observation: %s %d %s", res.Decision, res.Status, res.Body)
 	}
 }

@@ -43,7 +43,8 @@ type Options struct {
 	Timeout time.Duration
 	// WallTimeout is the wall-clock backstop of one call, whatever it
 	// waits on (a host call that blocks, a machine that never schedules
-	// it): past it the call is stopped. Default 10 × Timeout.
+	// it): past it the call is stopped. Default DefaultWallTimeout(Timeout):
+	// the larger of 1s and 10 × Timeout.
 	WallTimeout time.Duration
 	// StartTimeout bounds starting an instance (the guest runtime's
 	// initialization and omnigate_start), in wall-clock time. Default 10s.
@@ -160,7 +161,7 @@ func New(ctx context.Context, opts Options) (*Plugin, error) {
 		opts.Timeout = DefaultTimeout
 	}
 	if opts.WallTimeout <= 0 {
-		opts.WallTimeout = WallTimeoutFactor * opts.Timeout
+		opts.WallTimeout = DefaultWallTimeout(opts.Timeout)
 	}
 	if opts.WallTimeout < opts.Timeout {
 		return nil, fmt.Errorf("wasm: wall timeout %s is below the CPU budget %s", opts.WallTimeout, opts.Timeout)

@@ -29,7 +29,7 @@
 //	    config: {header: X-Tenant}   # given to the guest as JSON
 //	    fail: closed                 # or open
 //	    timeout: 10ms                # CPU budget of one call
-//	    wall_timeout: 100ms          # its wall-clock backstop
+//	    wall_timeout: 1s             # its wall-clock backstop
 //	    pool_memory_limit: 512MiB    # instances × memory_limit must fit
 //	    breaker_failures: 5          # consecutive failures that open the breaker
 //
@@ -71,7 +71,7 @@ type Config struct {
 	// not charged. Default 10ms.
 	Timeout time.Duration `yaml:"timeout"`
 	// WallTimeout is the wall-clock backstop of one call, host calls
-	// included. Default 10 × timeout.
+	// included. Default the larger of 1s and 10 × timeout.
 	WallTimeout time.Duration `yaml:"wall_timeout"`
 	// MemoryLimit caps the linear memory of one instance. Default 64MiB;
 	// at least 4MiB (the Go runtime does not start in less).
@@ -121,7 +121,6 @@ type Config struct {
 // Defaults of Config and Options.
 const (
 	DefaultTimeout         = 10 * time.Millisecond
-	WallTimeoutFactor      = 10 // the default wall_timeout is this × timeout
 	DefaultMemoryLimit     = 64 << 20
 	MinMemoryLimit         = 4 << 20
 	DefaultPoolMemoryLimit = 512 << 20
@@ -158,6 +157,14 @@ func DefaultConfig() *Config {
 		LogBurst:        DefaultLogBurst,
 		WatchInterval:   &watch,
 	}
+}
+
+// DefaultWallTimeout is the default wall-clock backstop of a call whose
+// CPU budget is budget: the larger of 1s and 10 × budget. It is generous:
+// it ends calls that wait for ever (a host call that blocks, a deadlock in
+// the host), not calls that a busy machine or a slow host function delays.
+func DefaultWallTimeout(budget time.Duration) time.Duration {
+	return max(time.Second, 10*budget)
 }
 
 // DefaultInstances is the default pool size before the pool's memory cap:

@@ -24,7 +24,7 @@ import (
 //	now: 2026-01-01T09:00:00Z        # the clock at load
 //	fail: closed                     # or open
 //	timeout: 10ms                    # CPU budget of a call; default the gateway's, 10ms
-//	wall_timeout: 100ms              # its wall-clock backstop; default 10 × timeout
+//	wall_timeout: 1s                 # its wall-clock backstop; default the larger of 1s and 10 × timeout
 //	max_request_body: 4096           # bytes; default 1MiB
 //	cases:
 //	  - name: request without the header is denied
@@ -58,7 +58,7 @@ type Cases struct {
 	// Default the gateway's, DefaultTimeout.
 	Timeout time.Duration `yaml:"timeout"`
 	// WallTimeout is the wall-clock backstop of one call (the plugin's
-	// wall_timeout). Default wasm.WallTimeoutFactor × Timeout.
+	// wall_timeout). Default wasm.DefaultWallTimeout(Timeout).
 	WallTimeout time.Duration `yaml:"wall_timeout"`
 	// MaxRequestBody is the plugin's max_request_body in bytes, which also
 	// bounds the batch or transaction bodies read for its interactions.
@@ -326,7 +326,7 @@ func RunFileWith(w io.Writer, path, file string, ro RunOptions) (failed int, err
 	}
 	wall := cs.WallTimeout
 	if wall == 0 {
-		wall = wasm.WallTimeoutFactor * budget
+		wall = wasm.DefaultWallTimeout(budget)
 	}
 	limits := fmt.Sprintf("a call may use %s of CPU, %s of wall-clock time", budget, wall)
 	if failed > 0 {

@@ -88,7 +88,7 @@ func Build(t testing.TB, dir string) string {
 // the gateway's default, so that a test shows what production will do.
 // The budget is charged on the CPU clock of the call's thread, so a busy
 // machine or a slow host does not eat into it; the wall-clock backstop is
-// wasm.WallTimeoutFactor times the budget.
+// wasm.DefaultWallTimeout of the budget, as in the gateway.
 const DefaultTimeout = wasm.DefaultTimeout
 
 // StartTimeout bounds starting an instance in the harness: generous, since
@@ -116,7 +116,7 @@ type Options struct {
 	// configured with a larger budget in production sets the same here.
 	Timeout time.Duration
 	// WallTimeout is the wall-clock backstop of one call, as the plugin's
-	// "wall_timeout". Default wasm.WallTimeoutFactor × Timeout.
+	// "wall_timeout". Default wasm.DefaultWallTimeout(Timeout).
 	WallTimeout time.Duration
 	// MemoryLimit, Instances, MaxRequestBody and MaxResponseBody are as in
 	// wasm.Options. Instances defaults to 1.

@@ -47,6 +47,19 @@ func init() {
 			wasm.Count("echoes", 1)
 		case "respond":
 			r.Respond(202, []byte("accepted locally"), "X-Local", "yes")
+		case "huge": // a reply over the host's limit
+			r.Respond(200, make([]byte, 5<<20))
+		case "now": // a host call, which the test may make block
+			r.Header.Set("X-Now", strconv.FormatInt(wasm.Now().Unix(), 10))
+		case "spam": // 100 log lines, half through the log function
+			for i := 0; i < 50; i++ {
+				wasm.Infof("spam %d", i)
+				println("spam", i)
+			}
+		case "unless-healed": // traps while the KV holds "broken"
+			if _, broken, _ := wasm.KV.Get("broken"); broken {
+				panic("testguest is broken")
+			}
 		}
 	})
 }
