@@ -75,13 +75,10 @@ func (in *instance) call(fn api.Function, budget, wall time.Duration) (uint32, e
 	d.start = time.Now()
 	d.mu.Unlock()
 	in.timer.Reset(min(budget, wall))
-	err := fn.CallWithStack(in.ctx, in.stack[:])
+	err := in.callGuest(fn)
 	d.mu.Lock()
-	d.running = false
 	killed := d.killed
 	d.mu.Unlock()
-	in.timer.Stop()
-	runtime.UnlockOSThread()
 	if killed != "" {
 		if err == nil {
 			err = errDeadline
@@ -92,6 +89,20 @@ func (in *instance) call(fn api.Function, budget, wall time.Duration) (uint32, e
 		return 0, err
 	}
 	return uint32(in.stack[0]), nil
+}
+
+// callGuest calls fn and ends the watch of the call, even when the call
+// panics.
+func (in *instance) callGuest(fn api.Function) error {
+	defer func() {
+		d := &in.deadline
+		d.mu.Lock()
+		d.running = false
+		d.mu.Unlock()
+		in.timer.Stop()
+		runtime.UnlockOSThread()
+	}()
+	return fn.CallWithStack(in.ctx, in.stack[:])
 }
 
 // check is the instance's timer: it stops the running call when it is
