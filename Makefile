@@ -4,7 +4,7 @@ BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test bench bench-go bench-load bench-peers bench-wasm scaletest plugins lint fmt clean proto
+.PHONY: all build run test bench bench-go bench-load bench-peers bench-wasm bench-wasm-fail scaletest plugins lint fmt clean proto
 
 all: build
 
@@ -52,6 +52,10 @@ scaletest: build
 ## bench-wasm: WebAssembly plugins in the gateway on loopback (docs/BENCHMARKS.md)
 bench-wasm:
 	$(GO) run ./plugins/wasm/internal/wasmbench $(BENCHFLAGS)
+
+## bench-wasm-fail: what a Wasm plugin failing on every call costs the other routes (docs/BENCHMARKS.md)
+bench-wasm-fail:
+	$(GO) run ./plugins/wasm/internal/wasmfailbench $(BENCHFLAGS)
 
 ## lint: gofmt and go vet
 lint:

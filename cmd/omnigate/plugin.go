@@ -15,7 +15,10 @@ import (
 
 const pluginUsage = `usage:
   omnigate plugin build [-o OUT.wasm] DIR     build the Go plugin in DIR (GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared)
-  omnigate plugin test PLUGIN.wasm CASES.yaml  run table-driven cases against a built plugin`
+  omnigate plugin test [-timeout D] [-wall-timeout D] PLUGIN.wasm CASES.yaml
+                                              run table-driven cases against a built plugin, each call
+                                              under the gateway's default deadline (10ms of CPU, 1s
+                                              wall-clock) unless the file or the flags set another`
 
 func runPlugin(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -66,11 +69,19 @@ func runPluginBuild(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func runPluginTest(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 2 {
+	fs := flag.NewFlagSet("plugin test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var ro wasmtest.RunOptions
+	fs.DurationVar(&ro.Timeout, "timeout", 0, "CPU budget of one call (the plugin's timeout; default the cases file's, else the gateway's 10ms)")
+	fs.DurationVar(&ro.WallTimeout, "wall-timeout", 0, "wall-clock backstop of one call (the plugin's wall_timeout; default the larger of 1s and 10 × the budget)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 2 || ro.Timeout < 0 || ro.WallTimeout < 0 {
 		fmt.Fprintln(stderr, pluginUsage)
 		return 2
 	}
-	failed, err := wasmtest.RunFile(stdout, args[0], args[1])
+	failed, err := wasmtest.RunFileWith(stdout, fs.Arg(0), fs.Arg(1), ro)
 	if err != nil {
 		fmt.Fprintln(stderr, "omnigate plugin test:", err)
 		return 1

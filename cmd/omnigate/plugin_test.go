@@ -25,6 +25,10 @@ func TestPluginBuildAndTest(t *testing.T) {
 			if code != 0 || strings.Contains(out, "FAIL") || !strings.Contains(out, "cases passed") {
 				t.Fatalf("plugin test: exit %d\n%s%s", code, out, errOut)
 			}
+			// Under the gateway's default deadline.
+			if !strings.Contains(out, "a call may use 10ms of CPU, 1s of wall-clock time") {
+				t.Errorf("plugin test does not run under the default deadline:\n%s", out)
+			}
 		})
 	}
 	t.Run("wrong case", func(t *testing.T) {
@@ -33,6 +37,16 @@ func TestPluginBuildAndTest(t *testing.T) {
 		code, out, _ := runCLI("plugin", "test", filepath.Join(dir, "require-header.wasm"), cases)
 		if code != 1 || !strings.Contains(out, "FAIL  expects the wrong status") || !strings.Contains(out, "status = 400, want 200") {
 			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
+	t.Run("deadline flags", func(t *testing.T) {
+		code, out, errOut := runCLI("plugin", "test", "-timeout", "50ms", "-wall-timeout", "2s",
+			filepath.Join(dir, "require-header.wasm"), filepath.Join("..", "..", "examples", "require-header", "cases.yaml"))
+		if code != 0 || !strings.Contains(out, "a call may use 50ms of CPU, 2s of wall-clock time") {
+			t.Fatalf("exit %d:\n%s%s", code, out, errOut)
+		}
+		if code, _, errOut := runCLI("plugin", "test", "-timeout", "-1s", "a.wasm", "b.yaml"); code != 2 || !strings.Contains(errOut, "usage") {
+			t.Fatalf("a negative timeout: exit %d: %s", code, errOut)
 		}
 	})
 	t.Run("usage", func(t *testing.T) {

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/sdk/wasmtest"
@@ -142,4 +146,70 @@ func TestBundles(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A patient's search of 64 of their own Observations passes under the
+// gateway's default deadline (the harness's default: 10ms of CPU per call),
+// and one result of another patient among them withholds the page. The
+// check costs ≈ 20µs of CPU per resource (twice that under the race
+// detector), so a page of a few hundred fits the default budget.
+func TestLargePatientSearch(t *testing.T) {
+	p := wasmtest.Load(t, wasmtest.Build(t, "."), wasmtest.Options{})
+	search := func(body string) *wasmtest.Result {
+		return p.Do(t, wasmtest.Request{Path: "/fhir/R4/Observation?_count=64", Identity: patientID,
+			Upstream: wasmtest.Upstream{Body: body}})
+	}
+	for i := 0; i < 3; i++ { // a fresh instance, then warm ones
+		if res := search(searchPage(64, -1)); res.Decision != wasmtest.Allow || res.Status != 200 {
+			t.Fatalf("search %d of 64 own Observations: %s %d %v", i+1, res.Decision, res.Status, res.Logs)
+		}
+	}
+	if res := search(searchPage(64, 47)); res.Decision != wasmtest.Deny || res.Status != 403 || strings.Contains(res.Body, "p2") {
+		t.Fatalf("a page with another patient's Observation: %s %d %s", res.Decision, res.Status, res.Body)
+	}
+}
+
+var patientID = &gateway.Identity{UserID: "pat1", Role: "patient", Scopes: []string{"patient/*.rs"}, PatientID: "p1"}
+
+// searchPage is a search Bundle of n Observations of patient p1, but the
+// one at foreign (if any), of p2.
+func searchPage(n int, foreign int) string {
+	entries := make([]string, n)
+	for i := range entries {
+		subject := "Patient/p1"
+		if i == foreign {
+			subject = "Patient/p2"
+		}
+		entries[i] = fmt.Sprintf(`{"fullUrl":"http://h/fhir/R4/Observation/o%d","resource":{"resourceType":"Observation","id":"o%d",`+
+			`"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7","display":"Body weight"}]},`+
+			`"subject":{"reference":"%s"},"effectiveDateTime":"2024-01-0%dT08:00:00Z","valueQuantity":{"value":7%d.5,"unit":"kg"},`+
+			`"performer":[{"reference":"Practitioner/pr1"}]},"search":{"mode":"match"}}`, i, i, subject, i%9+1, i%10)
+	}
+	return `{"resourceType":"Bundle","type":"searchset","total":` + strconv.Itoa(n) + `,"entry":[` + strings.Join(entries, ",") + `]}`
+}
+
+// BenchmarkPatientSearch is a patient's search of n of their own
+// Observations through the plugin, one request at a time; cpu-µs/op is the
+// process's CPU time per request (host, guest and harness).
+func BenchmarkPatientSearch(b *testing.B) {
+	for _, n := range []int{64, 400} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			p := wasmtest.Load(b, wasmtest.Build(b, "."), wasmtest.Options{Timeout: time.Second})
+			req := wasmtest.Request{Path: "/fhir/R4/Observation", Identity: patientID, Upstream: wasmtest.Upstream{Body: searchPage(n, -1)}}
+			p.Do(b, req) // the instance's first call grows its memory
+			cpu0 := cpuTime()
+			for b.Loop() {
+				if res := p.Do(b, req); res.Decision != wasmtest.Allow {
+					b.Fatalf("%s %d", res.Decision, res.Status)
+				}
+			}
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -95,8 +95,10 @@ func BenchmarkGateway(b *testing.B) {
 
 // BenchmarkDeadline measures what bounding a call costs on wazero: the
 // guest's request handler (require-header's, one host call) with no
-// deadline at all, with a context.WithTimeout per call, and with the
-// host's per-instance cancellable context and reused timer.
+// deadline at all, with a context.WithTimeout per call, with a per-instance
+// cancellable context and a reused wall-clock timer (the host's way before
+// the CPU budget), and with the host's CPU budget (the thread locked, its
+// CPU clock read, the same timer).
 func BenchmarkDeadline(b *testing.B) {
 	path := guest(b, "../../examples/require-header")
 	p, _, _ := newPlugin(b, path, func(o *Options) { o.Config = []byte(`{"header":"X-Tenant"}`); o.Instances = 1 })
@@ -109,10 +111,21 @@ func BenchmarkDeadline(b *testing.B) {
 		b.Fatal(err)
 	}
 	in.ex = ex
-	b.Run("host-timer", func(b *testing.B) {
+	b.Run("cpu-budget", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := in.call(in.onReq, time.Second); err != nil {
+			if _, err := in.call(in.onReq, time.Second, 10*time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("wall-timer", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			in.timer.Reset(time.Second)
+			err := in.onReq.CallWithStack(in.ctx, in.stack[:])
+			in.timer.Stop()
+			if err != nil {
 				b.Fatal(err)
 			}
 		}

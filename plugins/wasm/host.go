@@ -25,7 +25,6 @@ const (
 	maxDenyMsg    = 1 << 10
 	maxKeyLen     = 512
 	maxKVValue    = 1 << 20
-	maxReplyBody  = 4 << 20
 	maxCounters   = 100
 	maxCounterLen = 64
 )
@@ -437,8 +436,15 @@ func hostBodySet(in *instance, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrTooLarge)
 		return
 	}
-	b, ok := read(mod, arg(stack, 0), arg(stack, 1))
-	if !ok || int64(len(b)) > ex.p.opts.MaxResponseBody {
+	n := arg(stack, 1)
+	if int64(n) > ex.p.opts.MaxResponseBody {
+		// Not read: the call fails, whatever the guest does next.
+		ex.tooLarge("response body", int64(n), ex.p.opts.MaxResponseBody)
+		ret(stack, abi.ErrTooLarge)
+		return
+	}
+	b, ok := read(mod, arg(stack, 0), n)
+	if !ok {
 		ret(stack, abi.ErrInvalid)
 		return
 	}
@@ -480,8 +486,15 @@ func hostReply(in *instance, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrPhase)
 		return
 	}
-	b, ok := read(mod, arg(stack, 1), arg(stack, 2))
-	if !ok || code < 200 || code > 599 || len(b) > maxReplyBody {
+	n := arg(stack, 2)
+	if int64(n) > ex.p.opts.MaxReplyBody {
+		// Not read: the call fails, whatever the guest does next.
+		ex.tooLarge("reply body", int64(n), ex.p.opts.MaxReplyBody)
+		ret(stack, abi.ErrTooLarge)
+		return
+	}
+	b, ok := read(mod, arg(stack, 1), n)
+	if !ok || code < 200 || code > 599 {
 		ret(stack, abi.ErrInvalid)
 		return
 	}
@@ -540,7 +553,7 @@ func hostLog(in *instance, mod api.Module, stack []uint64) {
 	if in.ex != nil {
 		ctx = in.ex.r.Context()
 	}
-	if !lg.Enabled(ctx, logLevels[level]) {
+	if !lg.Enabled(ctx, logLevels[level]) || !in.m.p.logs.allow() {
 		return
 	}
 	if in.ex != nil {
@@ -561,7 +574,9 @@ func kvKey(in *instance, mod api.Module, ptr, n uint32) (string, bool) {
 
 func (in *instance) kvError(op string, err error) int32 {
 	in.m.p.metrics.kvErrors.Inc()
-	in.m.p.log.Warn("wasm kv "+op+" failed", "error", err)
+	if in.m.p.logs.allow() {
+		in.m.p.log.Warn("wasm kv "+op+" failed", "error", err)
+	}
 	return abi.ErrBackend
 }
 
@@ -602,6 +617,9 @@ func hostKVSet(in *instance, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrInvalid)
 		return
 	}
+	// A copy: the guest's memory is unmapped when its instance closes, and
+	// a store may keep what it is given.
+	v = append(make([]byte, 0, len(v)), v...)
 	if err := in.m.p.opts.KV.Set(in.ctx, key, v, ttl(int64(stack[4]))); err != nil {
 		ret(stack, in.kvError("set", err))
 		return

@@ -8,20 +8,22 @@ import (
 
 // lineWriter logs what a guest writes to stdout or stderr, a line per
 // record, tagged with the stream. Lines longer than maxLogLine are cut.
-// An instance runs one call at a time, so it needs no lock.
+// Lines over the plugin's log rate are dropped, and counted. An instance
+// runs one call at a time, so it needs no lock.
 type lineWriter struct {
 	log    *slog.Logger
+	limit  *logLimiter
 	stream string
 	level  slog.Level
 	buf    []byte
 }
 
-func newLineWriter(log *slog.Logger, stream string) *lineWriter {
+func newLineWriter(log *slog.Logger, limit *logLimiter, stream string) *lineWriter {
 	level := slog.LevelInfo
 	if stream == "stderr" {
 		level = slog.LevelWarn
 	}
-	return &lineWriter{log: log, stream: stream, level: level}
+	return &lineWriter{log: log, limit: limit, stream: stream, level: level}
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
@@ -44,7 +46,9 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 }
 
 func (w *lineWriter) emit() {
-	w.log.Log(context.Background(), w.level, string(w.buf), slog.String("stream", w.stream))
+	if w.log.Enabled(context.Background(), w.level) && w.limit.allow() {
+		w.log.Log(context.Background(), w.level, string(w.buf), slog.String("stream", w.stream))
+	}
 	w.buf = w.buf[:0]
 }
 

@@ -17,35 +17,41 @@ const (
 	MetricReloads    = "omnigate_wasm_reloads_total"
 	MetricKVErrors   = "omnigate_wasm_kv_errors_total"
 	MetricCounter    = "omnigate_wasm_counter_total"
+	MetricStarted    = "omnigate_wasm_instances_started_total"
+	MetricBreaker    = "omnigate_wasm_breaker_state"
+	MetricLogDropped = "omnigate_wasm_log_lines_dropped_total"
 	maxCounterLabels = maxCounters
 )
+
+// vecs are the wasm metric vectors.
+type vecs struct {
+	dec, fail, disc, rel, kve, cnt, started, dropped *prometheus.CounterVec
+	inst, breaker                                    *prometheus.GaugeVec
+}
 
 // newVecs returns the wasm metric vectors; registering them with a
 // registry that already has them returns the registered ones (after a
 // reload, or for a second plugin).
-func newVecs() (dec, fail, disc *prometheus.CounterVec, inst *prometheus.GaugeVec, rel, kve, cnt *prometheus.CounterVec) {
-	dec = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricDecisions, Help: "Decisions of wasm plugins, by plugin, phase and action (continue, stop).",
-	}, []string{"plugin", "phase", "action"})
-	fail = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricFailures, Help: "Failed calls into wasm plugins, by plugin, phase and kind (trap, exit, deadline, abi, busy, canceled).",
-	}, []string{"plugin", "phase", "kind"})
-	disc = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricDiscarded, Help: "Wasm instances discarded after a failure, by plugin.",
-	}, []string{"plugin"})
-	inst = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: MetricInstances, Help: "Size of each wasm plugin's instance pool.",
-	}, []string{"plugin"})
-	rel = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricReloads, Help: "Hot reloads of wasm modules, by plugin and result (success, failure).",
-	}, []string{"plugin", "result"})
-	kve = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricKVErrors, Help: "Failed KV operations of wasm plugins, by plugin.",
-	}, []string{"plugin"})
-	cnt = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricCounter, Help: "Counters that wasm plugins count, by plugin and counter name.",
-	}, []string{"plugin", "name"})
-	return
+func newVecs() vecs {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	}
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	}
+	return vecs{
+		dec: counter(MetricDecisions, "Decisions of wasm plugins, by plugin, phase and action (continue, stop).", "plugin", "phase", "action"),
+		fail: counter(MetricFailures, "Failed calls into wasm plugins, by plugin, phase and kind (trap, exit, deadline, abi, too_large, busy, canceled, breaker).",
+			"plugin", "phase", "kind"),
+		disc:    counter(MetricDiscarded, "Wasm instances discarded after a failure, by plugin.", "plugin"),
+		inst:    gauge(MetricInstances, "Size of each wasm plugin's instance pool.", "plugin"),
+		rel:     counter(MetricReloads, "Hot reloads of wasm modules, by plugin and result (success, failure).", "plugin", "result"),
+		kve:     counter(MetricKVErrors, "Failed KV operations of wasm plugins, by plugin.", "plugin"),
+		cnt:     counter(MetricCounter, "Counters that wasm plugins count, by plugin and counter name.", "plugin", "name"),
+		started: counter(MetricStarted, "Wasm instances started (at load and to replace discarded ones), by plugin.", "plugin"),
+		breaker: gauge(MetricBreaker, "State of each wasm plugin's circuit breaker: 0 closed, 1 open, 2 half-open.", "plugin"),
+		dropped: counter(MetricLogDropped, "Log lines of wasm plugins dropped over their log rate, by plugin.", "plugin"),
+	}
 }
 
 type pluginMetrics struct {
@@ -53,9 +59,12 @@ type pluginMetrics struct {
 
 	failures  *prometheus.CounterVec // curried: phase, kind
 	discarded prometheus.Counter
+	started   prometheus.Counter
 	instances prometheus.Gauge
+	breaker   prometheus.Gauge
 	reloads   *prometheus.CounterVec // curried: result
 	kvErrors  prometheus.Counter
+	dropped   prometheus.Counter
 
 	counters   *prometheus.CounterVec // curried: name
 	countersMu sync.RWMutex
@@ -65,28 +74,34 @@ type pluginMetrics struct {
 // newPluginMetrics registers the wasm metrics with reg (when not nil) and
 // returns the children of plugin name.
 func newPluginMetrics(reg prometheus.Registerer, name string) *pluginMetrics {
-	dec, fail, disc, inst, rel, kve, cnt := newVecs()
+	v := newVecs()
 	if reg != nil {
-		dec = gateway.RegisterMetric(reg, dec)
-		fail = gateway.RegisterMetric(reg, fail)
-		disc = gateway.RegisterMetric(reg, disc)
-		inst = gateway.RegisterMetric(reg, inst)
-		rel = gateway.RegisterMetric(reg, rel)
-		kve = gateway.RegisterMetric(reg, kve)
-		cnt = gateway.RegisterMetric(reg, cnt)
+		v.dec = gateway.RegisterMetric(reg, v.dec)
+		v.fail = gateway.RegisterMetric(reg, v.fail)
+		v.disc = gateway.RegisterMetric(reg, v.disc)
+		v.inst = gateway.RegisterMetric(reg, v.inst)
+		v.rel = gateway.RegisterMetric(reg, v.rel)
+		v.kve = gateway.RegisterMetric(reg, v.kve)
+		v.cnt = gateway.RegisterMetric(reg, v.cnt)
+		v.started = gateway.RegisterMetric(reg, v.started)
+		v.breaker = gateway.RegisterMetric(reg, v.breaker)
+		v.dropped = gateway.RegisterMetric(reg, v.dropped)
 	}
 	l := prometheus.Labels{"plugin": name}
 	return &pluginMetrics{
-		reqContinue:  dec.WithLabelValues(name, "request", "continue"),
-		reqStop:      dec.WithLabelValues(name, "request", "stop"),
-		respContinue: dec.WithLabelValues(name, "response", "continue"),
-		respStop:     dec.WithLabelValues(name, "response", "stop"),
-		failures:     fail.MustCurryWith(l),
-		discarded:    disc.WithLabelValues(name),
-		instances:    inst.WithLabelValues(name),
-		reloads:      rel.MustCurryWith(l),
-		kvErrors:     kve.WithLabelValues(name),
-		counters:     cnt.MustCurryWith(l),
+		reqContinue:  v.dec.WithLabelValues(name, "request", "continue"),
+		reqStop:      v.dec.WithLabelValues(name, "request", "stop"),
+		respContinue: v.dec.WithLabelValues(name, "response", "continue"),
+		respStop:     v.dec.WithLabelValues(name, "response", "stop"),
+		failures:     v.fail.MustCurryWith(l),
+		discarded:    v.disc.WithLabelValues(name),
+		started:      v.started.WithLabelValues(name),
+		instances:    v.inst.WithLabelValues(name),
+		breaker:      v.breaker.WithLabelValues(name),
+		reloads:      v.rel.MustCurryWith(l),
+		kvErrors:     v.kve.WithLabelValues(name),
+		dropped:      v.dropped.WithLabelValues(name),
+		counters:     v.cnt.MustCurryWith(l),
 		byName:       map[string]prometheus.Counter{},
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -105,16 +106,14 @@ func (p *Plugin) load(ctx context.Context, code []byte) (_ *module, err error) {
 	}
 	m.phases = first.phases
 	m.pool.init(m, p.opts.Instances)
-	m.pool.live.Store(1)
-	m.pool.put(first)
+	m.pool.add(first)
 	for i := 1; i < p.opts.Instances; i++ {
 		in, err := m.newInstance(ctx)
 		if err != nil {
 			m.pool.closeIdle()
 			return nil, err
 		}
-		m.pool.live.Add(1)
-		m.pool.put(in)
+		m.pool.add(in)
 	}
 	p.log.Info("wasm module loaded", "path", p.opts.Path, "sha256", fmt.Sprintf("%x", m.hash[:8]),
 		"compile_ms", compiled.Milliseconds(), "start_ms", time.Since(t0).Milliseconds()-compiled.Milliseconds(),
@@ -189,25 +188,19 @@ func equalTypes(a, b []api.ValueType) bool {
 
 // instance is one instantiated module, used by one call at a time. Its
 // context carries the instance itself (for the host functions) and is
-// cancelled by a reused timer when a call overruns the deadline; wazero
+// cancelled by the call's watchdog (deadline) when a call overruns; wazero
 // then stops the guest, and the instance is discarded.
 type instance struct {
-	m      *module
-	mod    api.Module
-	ctx    context.Context
-	cancel context.CancelFunc
-	timer  *time.Timer
-	onReq  api.Function
-	onResp api.Function
-	stack  [1]uint64
-	phases int32
-
-	// remain is what is left of the running call's deadline when its
-	// clock last started, at since; pause and resume take the time spent
-	// in heavy host functions out of it.
-	remain time.Duration
-	since  time.Time
-	paused bool
+	m        *module
+	mod      api.Module
+	ctx      context.Context
+	cancel   context.CancelFunc
+	timer    *time.Timer // the watchdog of the running call: check
+	deadline deadline
+	onReq    api.Function
+	onResp   api.Function
+	stack    [1]uint64
+	phases   int32
 
 	ex         *exchange // the request being served, during a call
 	lastErrLog string    // the last error the guest logged, for load errors
@@ -217,17 +210,20 @@ type instance struct {
 
 type instanceKey struct{}
 
-// errDeadline marks a call cut at the deadline.
-var errDeadline = errors.New("deadline exceeded")
-
+// newInstance instantiates the compiled module (never compiling it again)
+// and runs the guest's initialization and omnigate_start. Its linear
+// memory is mapped outside the Go heap (mmapAllocator) and unmapped when
+// it closes.
 func (m *module) newInstance(ctx context.Context) (*instance, error) {
 	p := m.p
+	p.metrics.started.Inc()
 	in := &instance{m: m}
-	base, cancel := context.WithCancel(context.Background())
+	base, cancel := context.WithCancel(experimental.WithMemoryAllocator(context.Background(), mmapAllocator))
 	in.ctx, in.cancel = context.WithValue(base, instanceKey{}, in), cancel
-	in.timer = time.AfterFunc(p.opts.StartTimeout, cancel)
-	in.stdout = newLineWriter(p.log, "stdout")
-	in.stderr = newLineWriter(p.log, "stderr")
+	in.timer = time.AfterFunc(time.Hour, in.check)
+	in.timer.Stop()
+	in.stdout = newLineWriter(p.log, p.logs, "stdout")
+	in.stderr = newLineWriter(p.log, p.logs, "stderr")
 	cfg := wazero.NewModuleConfig().
 		WithName("").
 		WithStartFunctions("_initialize").
@@ -236,8 +232,9 @@ func (m *module) newInstance(ctx context.Context) (*instance, error) {
 		WithSysWalltime().
 		WithSysNanotime().
 		WithRandSource(rand.Reader)
+	startTimer := time.AfterFunc(p.opts.StartTimeout, cancel)
 	mod, err := m.rt.InstantiateModule(in.ctx, m.cm, cfg)
-	fired := !in.timer.Stop()
+	fired := !startTimer.Stop()
 	in.stdout.Flush()
 	in.stderr.Flush()
 	if err == nil && fired {
@@ -253,14 +250,14 @@ func (m *module) newInstance(ctx context.Context) (*instance, error) {
 		in.close()
 		return nil, err
 	}
-	ver, err := in.call(mod.ExportedFunction(abi.ExportVersion), p.opts.StartTimeout)
+	ver, err := in.call(mod.ExportedFunction(abi.ExportVersion), p.opts.StartTimeout, p.opts.StartTimeout)
 	if err != nil {
 		return fail(fmt.Errorf("call %s: %w", abi.ExportVersion, describeCallError(err)))
 	}
 	if ver != abi.Version {
 		return fail(fmt.Errorf("module speaks ABI version %d; this host speaks version %d", int32(ver), abi.Version))
 	}
-	phases, err := in.call(mod.ExportedFunction(abi.ExportStart), p.opts.StartTimeout)
+	phases, err := in.call(mod.ExportedFunction(abi.ExportStart), p.opts.StartTimeout, p.opts.StartTimeout)
 	if err != nil {
 		return fail(fmt.Errorf("call %s: %w", abi.ExportStart, describeCallError(err)))
 	}
@@ -287,44 +284,6 @@ func (m *module) newInstance(ctx context.Context) (*instance, error) {
 	return in, nil
 }
 
-// call runs fn with the given deadline and returns its i32 result. After an
-// error the instance must be discarded.
-func (in *instance) call(fn api.Function, deadline time.Duration) (uint32, error) {
-	in.remain, in.since = deadline, time.Now()
-	in.timer.Reset(deadline)
-	err := fn.CallWithStack(in.ctx, in.stack[:])
-	if !in.timer.Stop() {
-		if err == nil {
-			err = errDeadline
-		}
-		return 0, fmt.Errorf("%w: %w", errDeadline, err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return uint32(in.stack[0]), nil
-}
-
-// pause stops the deadline's clock while the host works for the guest
-// (JSON rewriting, KV round trips): the deadline bounds the guest's own
-// time, and host work preempted on a saturated CPU would otherwise eat it.
-// It costs two timer operations per heavy host call.
-func (in *instance) pause() {
-	if in.timer.Stop() {
-		in.paused = true
-		in.remain -= time.Since(in.since)
-	}
-}
-
-// resume restarts the deadline's clock with what is left of the budget.
-func (in *instance) resume() {
-	if in.paused {
-		in.paused = false
-		in.since = time.Now()
-		in.timer.Reset(max(in.remain, 0))
-	}
-}
-
 func (in *instance) close() {
 	in.timer.Stop()
 	in.cancel()
@@ -345,11 +304,16 @@ func failureKind(err error) string {
 		return "exit"
 	case errors.Is(err, errBadAction):
 		return "abi"
+	case errors.Is(err, errTooLarge):
+		return "too_large"
 	}
 	return "trap"
 }
 
-var errBadAction = errors.New("invalid action returned")
+var (
+	errBadAction = errors.New("invalid action returned")
+	errTooLarge  = errors.New("reply too large")
+)
 
 // describeCallError turns wazero's errors into short messages: an exit
 // code from a Go guest is a panic or a fatal error (its message is in the
@@ -392,15 +356,21 @@ func (m *module) close() {
 	m.rt.Close(context.Background())
 }
 
-// pool is a bounded set of instances. Idle ones wait in a channel; a
-// discarded one is replaced in the background.
+// pool is a bounded set of instances. Idle ones wait in a channel. A
+// discarded one is closed at once (its memory unmapped) and its slot
+// refilled in the background at the plugin's restart rate, so that at most
+// max instances exist at any time and a plugin that fails on every call
+// starts at most restart_rate instances a second.
 type pool struct {
 	m       *module
 	idle    chan *instance
-	live    atomic.Int32
 	max     int32
-	failing atomic.Int32 // replacements that failed to start
-	closed  atomic.Bool
+	failing atomic.Int32 // replacements that failed to start, in a row
+
+	mu      sync.Mutex
+	live    int32       // instances open or starting
+	closed  bool        // no more instances: the module is closing
+	pending func() bool // stops the timer of the next refill
 }
 
 func (pl *pool) init(m *module, n int) {
@@ -416,19 +386,6 @@ func (pl *pool) get(ctx context.Context) (*instance, error) {
 		return in, nil
 	default:
 	}
-	// Below the bound (replacements that failed to start): start one here.
-	for n := pl.live.Load(); n < pl.max; n = pl.live.Load() {
-		if pl.live.CompareAndSwap(n, n+1) {
-			in, err := pl.m.newInstance(ctx)
-			if err != nil {
-				pl.live.Add(-1)
-				pl.failing.Add(1)
-				return nil, err
-			}
-			pl.failing.Store(0)
-			return in, nil
-		}
-	}
 	t := time.NewTimer(pl.m.p.opts.QueueTimeout)
 	defer t.Stop()
 	select {
@@ -441,59 +398,104 @@ func (pl *pool) get(ctx context.Context) (*instance, error) {
 	}
 }
 
-func (pl *pool) put(in *instance) {
-	in.ex = nil
-	if pl.closed.Load() {
-		in.close()
-		pl.live.Add(-1)
-		return
-	}
-	select {
-	case pl.idle <- in:
-	default: // cannot happen while live counts slots; never block
-		in.close()
-		pl.live.Add(-1)
-	}
+// add puts a started instance in the pool, counted.
+func (pl *pool) add(in *instance) {
+	pl.mu.Lock()
+	pl.live++
+	pl.mu.Unlock()
+	pl.put(in)
 }
 
-// discard closes a failed instance and starts a replacement in its slot
-// of the pool; when the replacement fails, the slot is freed and get
-// starts an instance in it later.
+func (pl *pool) put(in *instance) {
+	in.ex = nil
+	pl.mu.Lock()
+	closed := pl.closed
+	pl.mu.Unlock()
+	if !closed {
+		select {
+		case pl.idle <- in:
+			return
+		default: // cannot happen while live counts slots; never block
+		}
+	}
+	in.close()
+	pl.mu.Lock()
+	pl.live--
+	pl.mu.Unlock()
+}
+
+// discard closes a failed instance and refills its slot.
 func (pl *pool) discard(in *instance) {
 	in.close()
 	pl.m.p.metrics.discarded.Inc()
-	if pl.closed.Load() {
-		pl.live.Add(-1)
-		return
-	}
-	pl.m.refs.Add(1) // keep the module open while replacing
-	go func() {
-		defer pl.m.release()
-		if pl.closed.Load() || pl.m.retired.Load() {
-			pl.live.Add(-1)
-			return
-		}
-		n, err := pl.m.newInstance(context.Background())
-		if err != nil {
-			pl.live.Add(-1)
-			pl.failing.Add(1)
-			pl.m.p.log.Error("wasm instance could not be restarted", "error", err)
-			return
-		}
-		pl.failing.Store(0)
-		pl.put(n)
-	}()
+	pl.mu.Lock()
+	pl.live--
+	pl.mu.Unlock()
+	pl.refill()
 }
 
-// closeIdle closes the idle instances; instances in use are closed when
-// they are put back.
+// refill starts instances in the free slots as the restart rate allows,
+// each in its own goroutine, and sets a timer for the slots it cannot fill
+// yet.
+func (pl *pool) refill() {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for !pl.closed && !pl.m.retired.Load() && pl.live < pl.max && pl.pending == nil {
+		if wait := pl.m.p.restartWait(); wait > 0 {
+			pl.pending = pl.m.p.opts.Clock.AfterFunc(wait, func() {
+				pl.mu.Lock()
+				pl.pending = nil
+				pl.mu.Unlock()
+				pl.refill()
+			})
+			return
+		}
+		pl.live++
+		pl.m.refs.Add(1) // keep the module open while starting
+		go pl.start()
+	}
+}
+
+// start starts one instance in a slot refill reserved.
+func (pl *pool) start() {
+	defer pl.m.release()
+	in, err := pl.m.newInstance(context.Background())
+	if err != nil {
+		pl.mu.Lock()
+		pl.live--
+		closed := pl.closed
+		pl.mu.Unlock()
+		if closed || pl.m.retired.Load() {
+			return
+		}
+		pl.failing.Add(1)
+		if pl.m.p.logs.allow() {
+			pl.m.p.log.Error("wasm instance could not be restarted", "error", err)
+		}
+		pl.refill() // again, at the restart rate
+		return
+	}
+	pl.failing.Store(0)
+	pl.put(in)
+}
+
+// closeIdle closes the idle instances and stops refilling; instances in
+// use are closed when they are put back.
 func (pl *pool) closeIdle() {
-	pl.closed.Store(true)
+	pl.mu.Lock()
+	pl.closed = true
+	if pl.pending != nil {
+		pl.pending()
+		pl.pending = nil
+	}
+	pl.mu.Unlock()
 	for {
 		select {
 		case in := <-pl.idle:
 			in.close()
-			pl.live.Add(-1)
+			pl.mu.Lock()
+			pl.live--
+			pl.mu.Unlock()
 		default:
 			return
 		}

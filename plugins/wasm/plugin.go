@@ -29,28 +29,73 @@ type Options struct {
 	// Config is given to the guest, once per instance, as its config
 	// (JSON by convention). Default: "null".
 	Config []byte
-	// FailOpen passes requests on when the plugin fails; the default
-	// (false) answers them with 500.
+	// FailOpen passes requests on when the plugin fails, and while its
+	// circuit breaker is open; the default (false) answers them with 500,
+	// and with 503 and Retry-After while the breaker is open.
 	FailOpen bool
-	// Timeout is the deadline of one call into the guest. Default 10ms.
+	// Timeout is the CPU budget of one call into the guest: the CPU time
+	// of the thread that runs the call, so that time the call spends
+	// descheduled on a busy machine is not charged. The host's own work in
+	// the JSON helpers, the interactions property and KV calls is not
+	// charged either. A call over budget is stopped within about a tenth
+	// of it (at most 1ms) more. Where threads have no CPU clock (other
+	// systems than Linux) it is wall-clock time. Default 10ms.
 	Timeout time.Duration
+	// WallTimeout is the wall-clock backstop of one call, whatever it
+	// waits on (a host call that blocks, a machine that never schedules
+	// it): past it the call is stopped. Default DefaultWallTimeout(Timeout):
+	// the larger of 1s and 10 × Timeout.
+	WallTimeout time.Duration
 	// StartTimeout bounds starting an instance (the guest runtime's
-	// initialization and omnigate_start). Default 10s.
+	// initialization and omnigate_start), in wall-clock time. Default 10s.
 	StartTimeout time.Duration
 	// MemoryLimit caps an instance's linear memory. Default 64MiB. It is
 	// rounded down to 64KiB pages.
 	MemoryLimit int64
+	// PoolMemoryLimit caps the linear memory of the whole pool: Instances
+	// × MemoryLimit must not exceed it, or New fails. Default 512MiB.
+	PoolMemoryLimit int64
 	// Instances bounds the pool; all are started by New. Default twice
-	// GOMAXPROCS.
+	// GOMAXPROCS, at most PoolMemoryLimit / MemoryLimit.
 	Instances int
 	// QueueTimeout bounds the wait for a free instance. Default 1s.
 	QueueTimeout time.Duration
+	// RestartRate bounds how many instances are started per second to
+	// replace discarded ones (a token bucket of RestartBurst), so that a
+	// plugin that fails on every call does not spend the machine on
+	// starting instances. Default 10.
+	RestartRate float64
+	// RestartBurst is how many replacements may start at once. Default
+	// Instances.
+	RestartBurst int
+	// BreakerFailures is how many consecutive failed requests open the
+	// plugin's circuit breaker: requests then get the failure mode at once,
+	// without a call into the guest, for BreakerOpenFor; then one request
+	// probes the guest, and its success closes the breaker. Failures are
+	// traps, exits, deadlines, ABI errors and oversized replies; a busy
+	// pool or a client that went away are not. Default 5; negative: no
+	// breaker.
+	BreakerFailures int
+	// BreakerOpenFor is how long the breaker stays open before a probe.
+	// Default 5s.
+	BreakerOpenFor time.Duration
 	// MaxRequestBody caps the request body the guest may read. Default
 	// 1MiB; negative means the guest gets no request body.
 	MaxRequestBody int64
 	// MaxResponseBody caps the response body buffered for the response
-	// phase. Default 4MiB; negative means no body is buffered.
+	// phase, and a body the guest sets. Default 4MiB; negative means no
+	// body is buffered.
 	MaxResponseBody int64
+	// MaxReplyBody caps the body of a local reply; a guest that sends a
+	// larger one fails its call. Default 4MiB.
+	MaxReplyBody int64
+	// LogRate bounds the plugin's log lines per second (the guest's stdout,
+	// stderr and log calls, and the host's records of its failures), with
+	// a burst of LogBurst; the lines dropped are counted in one record
+	// logged later. Default 100.
+	LogRate float64
+	// LogBurst is how many lines may be logged at once. Default 200.
+	LogBurst int
 	// CacheDir holds compiled modules on disk. Default: none (compiled
 	// modules are still shared in memory by the plugins of a process).
 	// "off" is the same as "".
@@ -67,6 +112,9 @@ type Options struct {
 	KV KV
 	// Now is the clock of the now host function. Default time.Now.
 	Now func() time.Time
+	// Clock is the clock of the circuit breaker, the restart rate and the
+	// log rate. Default the system's.
+	Clock Clock
 }
 
 // Plugin is a loaded WebAssembly policy plugin: a gateway.Plugin that runs
@@ -74,7 +122,12 @@ type Options struct {
 type Plugin struct {
 	opts    Options
 	log     *slog.Logger
+	logs    *logLimiter
 	metrics *pluginMetrics
+	breaker *breaker
+
+	restartMu sync.Mutex
+	restarts  bucket // replacements of discarded instances
 
 	cur     atomic.Pointer[module]
 	reload  sync.Mutex
@@ -107,23 +160,56 @@ func New(ctx context.Context, opts Options) (*Plugin, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.WallTimeout <= 0 {
+		opts.WallTimeout = DefaultWallTimeout(opts.Timeout)
+	}
+	if opts.WallTimeout < opts.Timeout {
+		return nil, fmt.Errorf("wasm: wall timeout %s is below the CPU budget %s", opts.WallTimeout, opts.Timeout)
+	}
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 10 * time.Second
 	}
 	if opts.MemoryLimit <= 0 {
 		opts.MemoryLimit = DefaultMemoryLimit
 	}
+	if opts.PoolMemoryLimit <= 0 {
+		opts.PoolMemoryLimit = DefaultPoolMemoryLimit
+	}
 	if opts.Instances <= 0 {
-		opts.Instances = DefaultInstances()
+		opts.Instances = poolSize(opts.MemoryLimit, opts.PoolMemoryLimit)
+	}
+	if err := checkPoolMemory(opts.Instances, opts.MemoryLimit, opts.PoolMemoryLimit); err != nil {
+		return nil, fmt.Errorf("wasm: %w", err)
 	}
 	if opts.QueueTimeout <= 0 {
 		opts.QueueTimeout = DefaultQueueTimeout
+	}
+	if opts.RestartRate <= 0 {
+		opts.RestartRate = DefaultRestartRate
+	}
+	if opts.RestartBurst <= 0 {
+		opts.RestartBurst = opts.Instances
+	}
+	if opts.BreakerFailures == 0 {
+		opts.BreakerFailures = DefaultBreakerFailures
+	}
+	if opts.BreakerOpenFor <= 0 {
+		opts.BreakerOpenFor = DefaultBreakerOpenFor
 	}
 	if opts.MaxRequestBody == 0 {
 		opts.MaxRequestBody = DefaultMaxRequestBody
 	}
 	if opts.MaxResponseBody == 0 {
 		opts.MaxResponseBody = DefaultMaxResponseBody
+	}
+	if opts.MaxReplyBody <= 0 {
+		opts.MaxReplyBody = DefaultMaxReplyBody
+	}
+	if opts.LogRate <= 0 {
+		opts.LogRate = DefaultLogRate
+	}
+	if opts.LogBurst <= 0 {
+		opts.LogBurst = DefaultLogBurst
 	}
 	if opts.CacheDir == "off" {
 		opts.CacheDir = ""
@@ -137,8 +223,15 @@ func New(ctx context.Context, opts Options) (*Plugin, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Clock == nil {
+		opts.Clock = systemClock{}
+	}
 	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{})}
 	p.metrics = newPluginMetrics(opts.Registerer, opts.Name)
+	p.logs = newLogLimiter(opts.Logger, opts.Clock, opts.LogRate, opts.LogBurst, p.metrics.dropped)
+	p.restarts = newBucket(opts.RestartRate, opts.RestartBurst, opts.Clock.Now())
+	p.breaker = &breaker{threshold: max(opts.BreakerFailures, 0), openFor: opts.BreakerOpenFor, clock: opts.Clock,
+		onChange: p.breakerChanged}
 
 	code, stamp, err := p.readModule()
 	if err != nil {
@@ -243,6 +336,7 @@ func (p *Plugin) swap(ctx context.Context, code []byte) error {
 	}
 	old := p.cur.Swap(m)
 	old.retire()
+	p.breaker.reset() // new code: judge it afresh
 	p.lastErr.Store(nil)
 	p.metrics.reloads.WithLabelValues("success").Inc()
 	p.log.Info("wasm module reloaded", "path", p.opts.Path, "sha256", fmt.Sprintf("%x", m.hash[:8]))
@@ -261,6 +355,13 @@ func (p *Plugin) Health() gateway.Health {
 	if e := p.lastErr.Load(); e != nil {
 		return gateway.Health{Status: gateway.StatusDegraded, Detail: "reload failed, previous module serving: " + *e}
 	}
+	if state, until := p.breaker.snapshot(); state != breakerClosed {
+		what := "open until " + until.UTC().Format(time.RFC3339)
+		if state == breakerHalfOpen {
+			what = "half-open, probing"
+		}
+		return gateway.Health{Status: gateway.StatusDegraded, Detail: fmt.Sprintf("%s; circuit breaker %s after %d consecutive failed requests", detail, what, p.opts.BreakerFailures)}
+	}
 	if n := m.pool.failing.Load(); n > 0 {
 		return gateway.Health{Status: gateway.StatusDegraded, Detail: fmt.Sprintf("%s; %d instances could not be restarted", detail, n)}
 	}
@@ -277,7 +378,30 @@ func (p *Plugin) Close() error {
 	p.reload.Lock()
 	defer p.reload.Unlock()
 	p.cur.Load().retire()
+	p.logs.flush()
 	return nil
+}
+
+// breakerChanged logs and exports a change of the breaker's state.
+func (p *Plugin) breakerChanged(state, failures int) {
+	p.metrics.breaker.Set(float64(state))
+	switch state {
+	case breakerOpen:
+		p.log.Error("wasm plugin circuit breaker open: requests get the failure mode without calling the plugin",
+			"consecutive_failures", failures, "open_for", p.opts.BreakerOpenFor.String())
+	case breakerHalfOpen:
+		p.log.Info("wasm plugin circuit breaker half-open: one request probes the plugin")
+	case breakerClosed:
+		p.log.Info("wasm plugin circuit breaker closed")
+	}
+}
+
+// restartWait takes a token for starting a replacement instance, or
+// reports how long until one is available.
+func (p *Plugin) restartWait() time.Duration {
+	p.restartMu.Lock()
+	defer p.restartMu.Unlock()
+	return p.restarts.take(p.opts.Clock.Now())
 }
 
 // acquire returns the current module with a reference held.

@@ -3,11 +3,13 @@ package wasm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/gateway/fhirreq"
@@ -54,6 +56,15 @@ type exchange struct {
 	denyMsg     string
 	deny        bool
 
+	// callErr fails the running call whatever the guest returns (a reply
+	// over its size limit).
+	callErr error
+	// failedCall: a call of this request failed in the guest; neutral: a
+	// call could not be made (no free instance, the client went away).
+	// For the circuit breaker.
+	failedCall bool
+	neutral    bool
+
 	// Response phase.
 	bw          *bufferWriter
 	respBody    []byte
@@ -66,6 +77,12 @@ var exchanges = sync.Pool{New: func() any { return new(exchange) }}
 
 func (ex *exchange) reset() {
 	*ex = exchange{reqBody: ex.reqBody[:0], inter: ex.inter[:0], respBody: nil}
+}
+
+// tooLarge fails the running call: the guest handed the host more than
+// limit bytes (n) as what.
+func (ex *exchange) tooLarge(what string, n, limit int64) {
+	ex.callErr = fmt.Errorf("%w: %s of %d bytes exceeds the limit of %d", errTooLarge, what, n, limit)
 }
 
 // fhirRequest parses the FHIR interaction once, on FHIR routes only.
@@ -138,15 +155,32 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // ServeHTTP runs the guest's request handler, then the rest of the chain,
 // then, when the guest has one, its response handler on the buffered
 // response.
+//
+// While the circuit breaker is open the guest is not called: the request
+// gets the failure mode at once (503 with Retry-After when failing closed).
 func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	t, wait, ok := p.breaker.allow()
+	if !ok {
+		p.rejected(w, r, next, wait)
+		return
+	}
 	m := p.acquire()
 	if m == nil {
+		p.breaker.done(t, neutral)
 		p.failed(w, r, next, phaseRequest, errors.New("plugin closed"))
 		return
 	}
 	defer m.release()
 	ex := exchanges.Get().(*exchange)
 	defer func() {
+		o := success
+		switch {
+		case ex.failedCall:
+			o = failure
+		case ex.neutral:
+			o = neutral
+		}
+		p.breaker.done(t, o)
 		ex.reset()
 		exchanges.Put(ex)
 	}()
@@ -200,23 +234,30 @@ var respBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return 
 func (m *module) run(ex *exchange, phase int) (uint32, error) {
 	in, err := m.pool.get(ex.r.Context())
 	if err != nil {
+		ex.neutral = true
 		return 0, err
 	}
-	in.ex, ex.phase = ex, phase
+	in.ex, ex.phase, ex.callErr = ex, phase, nil
 	fn := in.onReq
 	if phase == phaseResponse {
 		fn = in.onResp
 	}
-	action, err := in.call(fn, m.p.opts.Timeout)
+	action, err := in.call(fn, m.p.opts.Timeout, m.p.opts.WallTimeout)
+	if err == nil && ex.callErr != nil {
+		err = ex.callErr
+	}
 	if err != nil {
+		ex.failedCall = true
 		m.pool.discard(in)
 		return 0, err
 	}
 	m.pool.put(in)
 	switch {
 	case action == abi.ActionStop && !ex.replied:
+		ex.failedCall = true
 		return 0, errors.New("guest returned stop without setting a reply: " + errBadAction.Error())
 	case action > abi.ActionSkipResponse, action == abi.ActionSkipResponse && phase != phaseRequest:
+		ex.failedCall = true
 		return 0, errBadAction
 	}
 	return action, nil
@@ -241,10 +282,12 @@ func (p *Plugin) failed(w http.ResponseWriter, r *http.Request, next http.Handle
 	if p.opts.FailOpen {
 		mode = "open"
 	}
-	p.log.LogAttrs(r.Context(), slog.LevelError, "wasm plugin failed",
-		slog.String("request_id", gateway.RequestID(r.Context())),
-		slog.String("phase", phaseName), slog.String("kind", kind), slog.String("fail", mode),
-		slog.String("error", describeCallError(err).Error()))
+	if p.logs.allow() {
+		p.log.LogAttrs(r.Context(), slog.LevelError, "wasm plugin failed",
+			slog.String("request_id", gateway.RequestID(r.Context())),
+			slog.String("phase", phaseName), slog.String("kind", kind), slog.String("fail", mode),
+			slog.String("error", describeCallError(err).Error()))
+	}
 	if p.opts.FailOpen {
 		if phase == phaseRequest {
 			next.ServeHTTP(w, r)
@@ -253,6 +296,21 @@ func (p *Plugin) failed(w http.ResponseWriter, r *http.Request, next http.Handle
 	}
 	gateway.Error(w, r, http.StatusInternalServerError,
 		"policy plugin "+p.opts.Name+" failed (request "+gateway.RequestID(r.Context())+")")
+}
+
+// rejected answers a request that the open circuit breaker keeps from the
+// guest: passed on when failing open, else 503 with Retry-After (the time
+// until the breaker lets a probe through, in whole seconds).
+func (p *Plugin) rejected(w http.ResponseWriter, r *http.Request, next http.Handler, wait time.Duration) {
+	p.metrics.failures.WithLabelValues("request", "breaker").Inc()
+	if p.opts.FailOpen {
+		next.ServeHTTP(w, r)
+		return
+	}
+	secs := int64((wait + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	gateway.Error(w, r, http.StatusServiceUnavailable,
+		"policy plugin "+p.opts.Name+" is failing: its circuit breaker refuses requests for now (request "+gateway.RequestID(r.Context())+")")
 }
 
 // writeReply sends the local reply the guest set.

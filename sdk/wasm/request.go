@@ -347,7 +347,8 @@ func (r *Response) Respond(status int, body []byte, header ...string) {
 
 // KV is the shared key-value store, namespaced per plugin: keys of one
 // plugin never meet another's. With Redis configured it is shared by every
-// gateway instance. Calls count against the call's deadline.
+// gateway instance. The time of a KV call is not charged to the call's CPU
+// budget; it counts against its wall-clock backstop.
 var KV kvStore
 
 type kvStore struct{}

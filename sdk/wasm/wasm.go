@@ -34,10 +34,10 @@
 // Handlers run one at a time per instance, but a gateway runs many
 // instances, and the request and response phases of one request may run
 // in different instances: keep no per-request state in globals between
-// phases. Every call has a deadline (10ms by default) and instances have a
-// memory cap; a handler that panics, loops or runs out of memory fails its
-// request (the plugin's "fail" setting says how) and its instance is
-// replaced.
+// phases. Every call has a CPU budget (10ms of CPU by default, with a
+// wall-clock backstop) and instances have a memory cap; a handler that
+// panics, loops or runs out of memory fails its request (the plugin's
+// "fail" setting says how) and its instance is replaced.
 //
 // Outside a wasm build the package compiles, but every host call fails
 // with ErrPhase; test plugins with sdk/wasmtest, which runs the built

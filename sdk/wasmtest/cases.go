@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/plugins/wasm"
 )
 
 // Cases is a file of table-driven cases: the plugin's setup and the
@@ -22,6 +23,8 @@ import (
 //	kv: {quota:acme: "5"}            # KV contents at load
 //	now: 2026-01-01T09:00:00Z        # the clock at load
 //	fail: closed                     # or open
+//	timeout: 10ms                    # CPU budget of a call; default the gateway's, 10ms
+//	wall_timeout: 1s                 # its wall-clock backstop; default the larger of 1s and 10 × timeout
 //	max_request_body: 4096           # bytes; default 1MiB
 //	cases:
 //	  - name: request without the header is denied
@@ -47,11 +50,16 @@ import (
 //	      counters: {allowed: 1}
 //	      logs: [allowed for acme]
 type Cases struct {
-	Config  any               `yaml:"config"`
-	KV      map[string]string `yaml:"kv"`
-	Now     time.Time         `yaml:"now"`
-	Fail    string            `yaml:"fail"`
-	Timeout time.Duration     `yaml:"timeout"`
+	Config any               `yaml:"config"`
+	KV     map[string]string `yaml:"kv"`
+	Now    time.Time         `yaml:"now"`
+	Fail   string            `yaml:"fail"`
+	// Timeout is the CPU budget of one call (the plugin's timeout).
+	// Default the gateway's, DefaultTimeout.
+	Timeout time.Duration `yaml:"timeout"`
+	// WallTimeout is the wall-clock backstop of one call (the plugin's
+	// wall_timeout). Default wasm.DefaultWallTimeout(Timeout).
+	WallTimeout time.Duration `yaml:"wall_timeout"`
 	// MaxRequestBody is the plugin's max_request_body in bytes, which also
 	// bounds the batch or transaction bodies read for its interactions.
 	// Default 1MiB.
@@ -136,7 +144,7 @@ func ReadCases(file string) (*Cases, error) {
 // Open loads the module at path with the cases' setup.
 func (cs *Cases) Open(path string) (*Plugin, error) {
 	return Open(path, Options{Config: jsonable(cs.Config), KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open",
-		Timeout: cs.Timeout, MaxRequestBody: cs.MaxRequestBody})
+		Timeout: cs.Timeout, WallTimeout: cs.WallTimeout, MaxRequestBody: cs.MaxRequestBody})
 }
 
 // jsonable turns YAML-decoded maps (map[string]any, and
@@ -268,9 +276,27 @@ func RunCases(t *testing.T, path, file string) {
 // like go test: "ok" or "FAIL" per case with what did not match, then a
 // summary line. It returns the number of failed cases.
 func RunFile(w io.Writer, path, file string) (failed int, err error) {
+	return RunFileWith(w, path, file, RunOptions{})
+}
+
+// RunOptions change a cases file's setup for one run.
+type RunOptions struct {
+	// Timeout and WallTimeout, when not zero, replace the file's (and so
+	// the defaults, the gateway's).
+	Timeout, WallTimeout time.Duration
+}
+
+// RunFileWith is RunFile with the file's setup changed by ro.
+func RunFileWith(w io.Writer, path, file string, ro RunOptions) (failed int, err error) {
 	cs, err := ReadCases(file)
 	if err != nil {
 		return 0, err
+	}
+	if ro.Timeout != 0 {
+		cs.Timeout = ro.Timeout
+	}
+	if ro.WallTimeout != 0 {
+		cs.WallTimeout = ro.WallTimeout
 	}
 	t0 := time.Now()
 	p, err := cs.Open(path)
@@ -294,10 +320,19 @@ func RunFile(w io.Writer, path, file string) (failed int, err error) {
 		}
 	}
 	total := time.Since(t0).Round(time.Millisecond)
+	budget := cs.Timeout
+	if budget == 0 {
+		budget = DefaultTimeout
+	}
+	wall := cs.WallTimeout
+	if wall == 0 {
+		wall = wasm.DefaultWallTimeout(budget)
+	}
+	limits := fmt.Sprintf("a call may use %s of CPU, %s of wall-clock time", budget, wall)
 	if failed > 0 {
-		fmt.Fprintf(w, "FAIL  %s: %d of %d cases failed (%s)\n", file, failed, len(cs.Cases), total)
+		fmt.Fprintf(w, "FAIL  %s: %d of %d cases failed (%s; %s)\n", file, failed, len(cs.Cases), total, limits)
 	} else {
-		fmt.Fprintf(w, "ok    %s: %d cases passed (%s)\n", file, len(cs.Cases), total)
+		fmt.Fprintf(w, "ok    %s: %d cases passed (%s; %s)\n", file, len(cs.Cases), total, limits)
 	}
 	return failed, nil
 }

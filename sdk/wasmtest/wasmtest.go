@@ -84,9 +84,17 @@ func Build(t testing.TB, dir string) string {
 	return out
 }
 
-// DefaultTimeout is the harness's deadline of a call into the guest and of
-// starting an instance.
-const DefaultTimeout = time.Minute
+// DefaultTimeout is the harness's CPU budget of a call into the guest:
+// the gateway's default, so that a test shows what production will do.
+// The budget is charged on the CPU clock of the call's thread, so a busy
+// machine or a slow host does not eat into it; the wall-clock backstop is
+// wasm.DefaultWallTimeout of the budget, as in the gateway.
+const DefaultTimeout = wasm.DefaultTimeout
+
+// StartTimeout bounds starting an instance in the harness: generous, since
+// starting a guest is not what a plugin's tests are about and is slow under
+// the race detector.
+const StartTimeout = time.Minute
 
 // Options configure a plugin under test.
 type Options struct {
@@ -102,13 +110,14 @@ type Options struct {
 	Now time.Time
 	// FailOpen selects the "fail: open" mode.
 	FailOpen bool
-	// Timeout is the per-call deadline. Default a minute, so that tests on
-	// a busy machine (or under the race detector, where a guest's first
-	// calls grow its memory slowly) never fail on time; the gateway's
-	// default is 10ms, and benchmarks are the place to check a plugin
-	// stays well within it. A test of what the deadline does sets it, with
-	// a request the plugin spends far longer on.
+	// Timeout is the CPU budget of one call, as the plugin's "timeout".
+	// Default DefaultTimeout, the gateway's default: a plugin whose calls
+	// need more fails its tests as it would fail its requests. A plugin
+	// configured with a larger budget in production sets the same here.
 	Timeout time.Duration
+	// WallTimeout is the wall-clock backstop of one call, as the plugin's
+	// "wall_timeout". Default wasm.DefaultWallTimeout(Timeout).
+	WallTimeout time.Duration
 	// MemoryLimit, Instances, MaxRequestBody and MaxResponseBody are as in
 	// wasm.Options. Instances defaults to 1.
 	MemoryLimit     int64
@@ -179,7 +188,8 @@ func Open(path string, opts Options) (*Plugin, error) {
 		Config:          conf,
 		FailOpen:        opts.FailOpen,
 		Timeout:         opts.Timeout,
-		StartTimeout:    DefaultTimeout, // starting a guest is not what a plugin's tests are about
+		WallTimeout:     opts.WallTimeout,
+		StartTimeout:    StartTimeout,
 		MemoryLimit:     opts.MemoryLimit,
 		Instances:       opts.Instances,
 		MaxRequestBody:  opts.MaxRequestBody,

@@ -144,3 +144,20 @@ cases:
 		t.Errorf("%v; upstream body %q", bad, res.UpstreamBody)
 	}
 }
+
+// The harness runs calls under the gateway's default deadline, so a guest
+// that loops fails as fast, and as plainly, as in production.
+func TestProductionDeadline(t *testing.T) {
+	p := Load(t, Build(t, "../../plugins/wasm/testdata/guests/testguest"), Options{})
+	res := p.Do(t, Request{Path: "/fhir/R4/Patient/1", Header: map[string]string{"X-Test": "loop"}})
+	if res.Decision != Fail || res.Status != 500 {
+		t.Fatalf("a guest that loops: %s %d", res.Decision, res.Status)
+	}
+	found := false
+	for _, l := range res.Logs {
+		found = found || strings.Contains(l.String(), "over the CPU budget of 10ms")
+	}
+	if !found {
+		t.Errorf("no record of the 10ms budget: %v", res.Logs)
+	}
+}

@@ -47,6 +47,23 @@ func init() {
 			wasm.Count("echoes", 1)
 		case "respond":
 			r.Respond(202, []byte("accepted locally"), "X-Local", "yes")
+		case "huge": // a reply over the host's limit: X-Size bytes, default 5MiB
+			n := 5 << 20
+			if v, err := strconv.Atoi(r.Header.Get("X-Size")); err == nil {
+				n = v
+			}
+			r.Respond(200, make([]byte, n))
+		case "now": // a host call, which the test may make block
+			r.Header.Set("X-Now", strconv.FormatInt(wasm.Now().Unix(), 10))
+		case "spam": // 100 log lines, half through the log function
+			for i := 0; i < 50; i++ {
+				wasm.Infof("spam %d", i)
+				println("spam", i)
+			}
+		case "unless-healed": // traps while the KV holds "broken"
+			if _, broken, _ := wasm.KV.Get("broken"); broken {
+				panic("testguest is broken")
+			}
 		}
 	})
 }
