@@ -167,7 +167,8 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
 			o.id = newID()
 		}
 	case http.MethodPatch:
-		// A Binary resource holding the JSON Patch, or the patch itself.
+		// A Binary resource holding the JSON Patch, or the patch itself;
+		// or a Parameters resource, a FHIRPath Patch.
 		o.patch = in.Resource
 		var bin struct {
 			ResourceType string `json:"resourceType"`
@@ -175,6 +176,13 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool) *bundleEntry {
 		}
 		if json.Unmarshal(in.Resource, &bin) == nil && bin.ResourceType == "Binary" {
 			o.patch = bin.Data
+		}
+		if bin.ResourceType == "Parameters" {
+			fp, err := parseFHIRPatch(in.Resource)
+			if err != nil {
+				return fail(http.StatusBadRequest, "%v", err)
+			}
+			o.fhirPatch = fp
 		}
 	}
 	e.op = o

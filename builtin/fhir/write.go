@@ -34,6 +34,9 @@ type op struct {
 	// label prefixes refusals by the access policy: a Bundle entry's
 	// index, method and URL ("entry[3] (PUT Observation/1): "), else where.
 	label string
+	// fhirPatch is a PATCH's FHIRPath Patch, turned into a JSON Patch of
+	// the whole resource when it applies.
+	fhirPatch *fhirPatch
 }
 
 // refusal prefixes the messages of access refusals.
@@ -336,6 +339,11 @@ func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.T
 	}
 	if err := checkIfMatch(o.ifMatch, cur, o.where); err != nil {
 		return nil, err
+	}
+	if o.fhirPatch != nil {
+		if o.patch, err = o.fhirPatch.asJSONPatch(o.typ, cur.Body, o.where); err != nil {
+			return nil, err
+		}
 	}
 	patch, err := jsonpatch.DecodePatch(o.patch)
 	if err != nil {
