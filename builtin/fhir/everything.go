@@ -62,6 +62,11 @@ type collector struct {
 
 	guards map[string]*guard
 	denied map[string]bool
+	// fetched keeps the versions read for their references, up to
+	// keepFetched of them, so that a page of the result need not read
+	// them again; nil when not kept.
+	fetched     map[int64]*store.Version
+	keepFetched int
 }
 
 func newCollector(h *Handler, local []string) *collector {
@@ -324,9 +329,43 @@ func (c *collector) scanMatches(ctx context.Context, refs refSet, ms []store.Mat
 		}
 		for _, v := range vs {
 			c.scan(refs, v)
+			if c.fetched != nil && len(c.fetched) < c.keepFetched {
+				c.fetched[v.Key] = v
+			}
 		}
 	}
 	return nil
+}
+
+// versions returns the versions of ms: those kept when their references
+// were read, the others fetched.
+func (c *collector) versions(ctx context.Context, ms []store.Match) ([]*store.Version, error) {
+	var missing []store.Match
+	for _, m := range ms {
+		if v := c.fetched[m.Key]; v == nil || v.Version != m.Version {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) > 0 {
+		vs, err := c.h.store.Fetch(ctx, missing)
+		if err != nil {
+			return nil, err
+		}
+		if c.fetched == nil {
+			c.fetched = map[int64]*store.Version{}
+		}
+		for _, v := range vs {
+			c.fetched[v.Key] = v
+		}
+	}
+	out := make([]*store.Version, 0, len(ms))
+	for _, m := range ms {
+		// Versions that no longer exist are left out, as Fetch does.
+		if v := c.fetched[m.Key]; v != nil && v.Version == m.Version {
+			out = append(out, v)
+		}
+	}
+	return out, nil
 }
 
 // eachReference calls fn with the value of every "reference" member of a
@@ -549,6 +588,7 @@ func (h *Handler) everything(w http.ResponseWriter, req *request, id string) err
 	}
 	c := newCollector(h, h.localBases(req))
 	c.types, c.since = e.types, e.since
+	c.fetched, c.keepFetched = map[int64]*store.Version{}, h.cfg.MaxCount
 	key := "everything|" + path + "|" + h.policyKey(ctx) + "|" + e.self.Encode()
 	var all []store.Match
 	token := ""
@@ -567,7 +607,7 @@ func (h *Handler) everything(w http.ResponseWriter, req *request, id string) err
 	}
 	start := min(e.offset, len(all))
 	end := min(len(all), start+e.count)
-	versions, err := h.store.Fetch(ctx, all[start:end])
+	versions, err := c.versions(ctx, all[start:end])
 	if err != nil {
 		return err
 	}
