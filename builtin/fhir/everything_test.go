@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -247,5 +248,110 @@ func TestEverythingSince(t *testing.T) {
 	sameRefs(t, "updated since", s.matches, []string{obs})
 	if len(s.included) != 0 {
 		t.Errorf("included %v, none was updated since", s.included)
+	}
+}
+
+// FuzzEachReference: on any JSON document, the reference scanner finds
+// exactly the string values of the members named "reference" that a full
+// decode finds, in order.
+func FuzzEachReference(f *testing.F) {
+	for _, s := range []string{
+		`{"subject":{"reference":"Patient/85"},"performer":[{"reference":"Practitioner/1"},{"display":"x"}]}`,
+		`{"text":{"div":"<p>\"reference\":\"Patient/1\"</p>"},"a":"\\","reference":"X/1"}`,
+		`{"reference" : "a\u002fb", "b":{"reference":7}, "c":["reference"]}`,
+		`{"x\\":{"reference":"Y/2"}}`, `[]`, `"reference"`,
+		`{"reference":"a","b":{"c":1},"reference":"b"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var tree any
+		if json.Unmarshal(body, &tree) != nil {
+			eachReference(body, func(string) {}) // must not panic
+			return
+		}
+		var want []string
+		root, err := decodeOrdered(body)
+		if err != nil || hasDuplicateKeys(body) {
+			return // a decoder keeps one of duplicate members; the scanner sees both
+		}
+		var ordered func(v any)
+		ordered = func(v any) {
+			switch v := v.(type) {
+			case *jobject:
+				for _, k := range v.keys {
+					if s, ok := v.vals[k].(string); ok && k == "reference" {
+						want = append(want, s)
+						continue
+					}
+					ordered(v.vals[k])
+				}
+			case []any:
+				for _, x := range v {
+					ordered(x)
+				}
+			}
+		}
+		ordered(root)
+		var got []string
+		eachReference(body, func(s string) { got = append(got, s) })
+		if !slices.Equal(got, want) {
+			t.Fatalf("scanner found %q, the document holds %q", got, want)
+		}
+	})
+}
+
+// hasDuplicateKeys reports whether an object of a JSON document has a
+// member name twice.
+func hasDuplicateKeys(body []byte) bool {
+	d := json.NewDecoder(bytes.NewReader(body))
+	type frame struct {
+		obj   bool
+		keys  map[string]bool
+		isKey bool // the next string token is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch tok := tok.(type) {
+		case json.Delim:
+			switch tok {
+			case '{':
+				if top != nil && top.obj {
+					top.isKey = true
+				}
+				stack = append(stack, &frame{obj: true, keys: map[string]bool{}, isKey: true})
+			case '[':
+				if top != nil && top.obj {
+					top.isKey = true
+				}
+				stack = append(stack, &frame{})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+		case string:
+			if top != nil && top.obj {
+				if top.isKey {
+					if top.keys[tok] {
+						return true
+					}
+					top.keys[tok] = true
+					top.isKey = false
+				} else {
+					top.isKey = true
+				}
+			}
+		default:
+			if top != nil && top.obj {
+				top.isKey = true
+			}
+		}
 	}
 }
