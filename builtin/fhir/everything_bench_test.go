@@ -2,6 +2,8 @@ package fhir
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"sort"
@@ -99,6 +101,7 @@ func BenchmarkExport(b *testing.B) {
 	dir := b.TempDir()
 	h := openFile(b, bigStore(b), func(c *Config) { c.Export.Dir = dir })
 	defer h.Close()
+	h.export.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	total := 0
 	r := do(b, h, "GET", "/fhir/R4/$export", nil, "Prefer", "respond-async")
 	if r.status != http.StatusAccepted {
