@@ -133,8 +133,11 @@ func parseOperation(i int, p *jobject) (*patchOp, error) {
 	list, _ := p.vals["part"].([]any)
 	for _, raw := range list {
 		part, ok := raw.(*jobject)
-		name, _ := part.vals["name"].(string)
-		if !ok || name == "" {
+		name := ""
+		if ok {
+			name, _ = part.vals["name"].(string)
+		}
+		if name == "" {
 			return nil, errorf(http.StatusBadRequest, "FHIRPath Patch operation[%d]: a part without a name", i)
 		}
 		if parts[name] != nil {
@@ -257,8 +260,11 @@ func patchValueOf(part *jobject, depth int) (*patchValue, error) {
 	pv := &patchValue{}
 	for _, raw := range list {
 		sub, ok := raw.(*jobject)
-		name, _ := sub.vals["name"].(string)
-		if !ok || name == "" {
+		name := ""
+		if ok {
+			name, _ = sub.vals["name"].(string)
+		}
+		if name == "" {
 			return nil, errors.New("a part without a name")
 		}
 		v, err := patchValueOf(sub, depth+1)

@@ -286,6 +286,9 @@ func FuzzFHIRPathPatch(f *testing.F) {
 		fhirPatchBody([]string{opType("replace"), opPath("Patient.name.where(use='official')[0].family"), part("value", "String", "X")}),
 		`{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"add"}]}]}`,
 		`{"resourceType":"Parameters"}`, `[]`, `{`, "\x00",
+		`{"resourceType":"Parameters","parameter":[{"name":"operation","part":[1]}]}`,
+		`{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"add"},{"name":"path","valueString":"Patient"},` +
+			`{"name":"name","valueString":"contact"},{"name":"value","part":[7]}]}]}`,
 	} {
 		f.Add([]byte(s))
 	}
