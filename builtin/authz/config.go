@@ -188,10 +188,16 @@ func DefaultReadableTypes() []string {
 }
 
 // DefaultOperations are the operations allowed when the config lists
-// none: $everything on a Patient, which needs rs on every type.
+// none, each needing rs on every type: $everything on a Patient; bulk
+// $export at the base, on Patient and on a Group, with the status and file
+// endpoints of exports ($export-poll-status, $export-file), which the
+// embedded server answers only to the identity that started the export.
 func DefaultOperations() map[string]OperationConfig {
 	return map[string]OperationConfig{
-		"everything": {Permission: "rs", Types: []string{"Patient"}, AllTypes: true},
+		"everything":         {Permission: "rs", Types: []string{"Patient"}, AllTypes: true},
+		"export":             {Permission: "rs", Types: []string{"Patient", "Group"}, System: true, AllTypes: true},
+		"export-poll-status": {Permission: "rs", System: true},
+		"export-file":        {Permission: "rs", System: true},
 	}
 }
 

@@ -35,7 +35,8 @@ func TestConfigDefaults(t *testing.T) {
 	if len(bg.Roles) != 0 || bg.Header != "X-Break-Glass-Reason" || !slices.Equal(bg.Scopes, []string{"user/*.rs"}) || bg.MaxReason != 200 || bg.Recent != 100 {
 		t.Errorf("break_glass %+v", bg)
 	}
-	if op := c.Operations["everything"]; op.Permission != "rs" || !op.AllTypes || len(c.Operations) != 1 {
+	if op := c.Operations["everything"]; op.Permission != "rs" || !op.AllTypes || len(c.Operations) != 4 ||
+		!c.Operations["export"].System || !c.Operations["export-poll-status"].System || !c.Operations["export-file"].System {
 		t.Errorf("operations %+v", c.Operations)
 	}
 	e := c.Enforcement

@@ -66,16 +66,23 @@ var syntheaFiles = map[string]string{
 // newAccessFixture loads the Bundles, without schema validation (they are
 // valid; access control does not depend on it, and it is slow under the
 // race detector).
-func newAccessFixture(t *testing.T) *accessFixture {
+func newAccessFixture(t *testing.T, mod ...func(*Config)) *accessFixture {
 	t.Helper()
 	off := false
+	h := newTestServer(t, append([]func(*Config){func(c *Config) { c.SchemaValidation = &off }}, mod...)...)
+	return loadAccessFixture(t, h, "85", "355", "888")
+}
+
+// loadAccessFixture loads the Bundles of patients into h.
+func loadAccessFixture(t testing.TB, h *Handler, patients ...string) *accessFixture {
+	t.Helper()
 	f := &accessFixture{
-		h:     newTestServer(t, func(c *Config) { c.SchemaValidation = &off }),
+		h:     h,
 		refs:  map[string][]string{},
 		res:   map[string][]map[string]any{},
 		owner: map[string]string{},
 	}
-	for _, patient := range []string{"85", "355", "888"} {
+	for _, patient := range patients {
 		r := do(t, f.h, "POST", "/fhir/R4", sharedExample(t, syntheaFiles[patient]))
 		mustStatus(t, r, 200)
 		f.res[patient] = syntheaResources(t, syntheaFiles[patient])
@@ -387,7 +394,7 @@ func TestAccessSearch(t *testing.T) {
 		{"laboratory scope, another type", lab85, "GET", "/fhir/R4/Condition", "", 403, nil},
 		{"no scope", nobody, "GET", "/fhir/R4/Observation", "", 403, nil},
 		{"no scope, POST _search", nobody, "POST", "/fhir/R4/Observation/_search", "", 403, nil},
-		{"system search is not served", patient85, "GET", "/fhir/R4?_type=Observation", "", 405, nil},
+		{"system search, within the compartment", patient85, "GET", "/fhir/R4?_type=Observation&_count=1000", "", 200, f.members("85", "Observation")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var body any
@@ -793,7 +800,7 @@ func TestAccessWrites(t *testing.T) {
 
 		// Operations the server does not implement.
 		{"$validate", physician, "POST", "/fhir/R4/Observation/$validate", observation("85", "x"), nil, 404, ""},
-		{"$everything", patient85, "GET", "/fhir/R4/Patient/85/$everything", "", nil, 404, ""},
+		{"$lastn", patient85, "GET", "/fhir/R4/Observation/$lastn", "", nil, 404, ""},
 		{"an unknown endpoint", patient85, "GET", "/fhir/R4/Patient/85/Observation/x", "", nil, 403, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

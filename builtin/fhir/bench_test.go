@@ -187,11 +187,12 @@ var searchFixture100k struct {
 
 // bigStore returns a store file holding at least 100,000 resources, made
 // once and kept in the temp folder across runs. Its name carries the store's
-// schema version: builds of another schema make their own.
+// schema version: builds of another schema make their own (a build would
+// migrate an older file, which older builds then refuse).
 func bigStore(b *testing.B) string {
 	f := &searchFixture100k
 	f.once.Do(func() {
-		f.path = filepath.Join(os.TempDir(), "omnigate-fhir-bench-100k-v2.db")
+		f.path = filepath.Join(os.TempDir(), "omnigate-fhir-bench-100k-v4.db")
 		if _, err := os.Stat(f.path + ".done"); err == nil {
 			return
 		}

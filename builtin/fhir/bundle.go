@@ -182,7 +182,8 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool, fullURLs map[stri
 			o.id = newID()
 		}
 	case http.MethodPatch:
-		// A Binary resource holding the JSON Patch, or the patch itself.
+		// A Binary resource holding the JSON Patch, or the patch itself;
+		// or a Parameters resource, a FHIRPath Patch.
 		o.patch = in.Resource
 		var bin struct {
 			ResourceType string `json:"resourceType"`
@@ -190,6 +191,13 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool, fullURLs map[stri
 		}
 		if json.Unmarshal(in.Resource, &bin) == nil && bin.ResourceType == "Binary" {
 			o.patch = bin.Data
+		}
+		if bin.ResourceType == "Parameters" {
+			fp, err := parseFHIRPatch(in.Resource)
+			if err != nil {
+				return fail(http.StatusBadRequest, "%v", err)
+			}
+			o.fhirPatch = fp
 		}
 	}
 	e.op = o

@@ -61,6 +61,30 @@ type Config struct {
 	// SMART is served at [base]/.well-known/smart-configuration, where SMART
 	// on FHIR apps discover how to authorize.
 	SMART SMARTConfig `yaml:"smart"`
+	// Export configures bulk data export ($export).
+	Export ExportConfig `yaml:"export"`
+}
+
+// ExportConfig configures bulk data export: where the NDJSON files of
+// exports are written, for how long they are kept, and how many exports
+// run at once.
+type ExportConfig struct {
+	// Dir is the folder of the exports' files and job states, created
+	// when the first export starts. Default "./data/exports".
+	Dir string `yaml:"dir"`
+	// Retention is how long an export's files stay available after it
+	// completes; they are deleted then. Default 1h.
+	Retention time.Duration `yaml:"retention"`
+	// MaxLines is the most resources one NDJSON file holds; a type with
+	// more is split into several files. Default 100000.
+	MaxLines int `yaml:"max_lines"`
+	// Concurrency is how many exports run at once; others wait their
+	// turn. Default 2. Read when the export folder is first opened (a
+	// change takes effect on restart).
+	Concurrency int `yaml:"concurrency"`
+	// MaxJobs caps the exports waiting or running; a kick-off beyond it is
+	// answered 429. Default 16.
+	MaxJobs int `yaml:"max_jobs"`
 }
 
 // SMARTConfig is the SMART App Launch discovery document. Apps authorize
@@ -195,6 +219,7 @@ func DefaultConfig() *Config {
 		PageSnapshots:    &snaps,
 		SnapshotSize:     10000,
 		SnapshotTTL:      10 * time.Minute,
+		Export:           ExportConfig{Dir: "./data/exports", Retention: time.Hour, MaxLines: 100000, Concurrency: 2, MaxJobs: 16},
 	}
 }
 
@@ -306,5 +331,27 @@ func (c *Config) Validate() error {
 	if c.SnapshotTTL <= 0 {
 		errs = append(errs, gateway.FieldErrorf("snapshot_ttl", "must be positive"))
 	}
+	errs = append(errs, c.Export.validate()...)
 	return errors.Join(errs...)
+}
+
+// validate checks the export settings; each error names its key.
+func (e *ExportConfig) validate() []error {
+	var errs []error
+	if strings.TrimSpace(e.Dir) == "" {
+		errs = append(errs, gateway.FieldErrorf("export.dir", "required (a folder for the export files)"))
+	}
+	if e.Retention <= 0 {
+		errs = append(errs, gateway.FieldErrorf("export.retention", "must be positive"))
+	}
+	if e.MaxLines < 1 {
+		errs = append(errs, gateway.FieldErrorf("export.max_lines", "must be at least 1"))
+	}
+	if e.Concurrency < 1 {
+		errs = append(errs, gateway.FieldErrorf("export.concurrency", "must be at least 1"))
+	}
+	if e.MaxJobs < e.Concurrency {
+		errs = append(errs, gateway.FieldErrorf("export.max_jobs", "must be at least export.concurrency (%d)", e.Concurrency))
+	}
+	return errs
 }

@@ -268,7 +268,8 @@ func TestPatch(t *testing.T) {
 		t.Fatalf("patched: %s", r.body)
 	}
 	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, patch, "Content-Type", ct, "If-Match", `W/"1"`), 412)
-	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, patch), 415)
+	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, patch, "Content-Type", "text/plain"), 415)
+	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, patch), 400) // not a FHIRPath Patch
 	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, `{"op":1}`, "Content-Type", ct), 400)
 	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, `[{"op":"replace","path":"/gender","value":7}]`, "Content-Type", ct), 422)
 	mustStatus(t, do(t, h, "PATCH", "/fhir/R4/Patient/"+id, `[{"op":"replace","path":"/id","value":"zzz"}]`, "Content-Type", ct), 422)

@@ -78,7 +78,7 @@ func TestErrors(t *testing.T) {
 		{"_include of a parameter that is no reference", "GET", "/fhir/R4/Patient?_include=Patient:name", "", nil, 400},
 		{"not a Bundle at the base", "POST", "/fhir/R4", `{"resourceType":"Patient"}`, nil, 400},
 		{"Bundle of the wrong type", "POST", "/fhir/R4", `{"resourceType":"Bundle","type":"collection"}`, nil, 400},
-		{"GET at the base", "GET", "/fhir/R4", "", nil, 405},
+		{"PUT at the base", "PUT", "/fhir/R4", "", nil, 405},
 		{"compartment of a type outside it", "GET", "/fhir/R4/Patient/p1/Organization", "", nil, 400},
 	}
 	var out bytes.Buffer

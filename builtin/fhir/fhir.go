@@ -59,6 +59,18 @@ func build(ctx context.Context, cfg *Config, env *gateway.Env) (http.Handler, er
 	if err != nil {
 		return nil, err
 	}
+	// One exporter per export folder, kept across reloads like the store.
+	dir, err := filepath.Abs(cfg.Export.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("export.dir: %w", err)
+	}
+	xv, err := env.Shared("fhir-export:"+dir, func() (any, error) { return newExporter(cfg.Export, nil, env.Logger) })
+	if err != nil {
+		return nil, fmt.Errorf("open export folder: %w", err)
+	}
+	h.export = xv.(*exporter)
+	h.export.configure(cfg.Export)
+	env.HandleAdmin(http.MethodGet, "/admin/fhir/exports", h.export.adminHandler())
 	if b, ok := v.(backuper); ok {
 		env.HandleAdmin(http.MethodPost, "/admin/fhir/backup", backupHandler(b, cfg.Store.BackupDir, env.Logger, time.Now))
 	}
@@ -232,6 +244,9 @@ type Handler struct {
 	smartJSON []byte
 	origins   map[string]bool
 	anyOrigin bool
+	// export runs bulk exports: the Handler's own (Open) or the one the
+	// gateway shares per export folder.
+	export *exporter
 
 	mu      sync.RWMutex
 	onWrite []func(ctx context.Context, w Write)
@@ -266,6 +281,10 @@ func Open(ctx context.Context, cfg *Config, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h.ownStore = true
+	if h.export, err = newExporter(cfg.Export, opts.Now, opts.Logger); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open export folder: %w", err)
+	}
 	return h, nil
 }
 
@@ -308,11 +327,11 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 	return h, nil
 }
 
-// Close closes the store if the Handler opened it (Open); a store shared
-// through the gateway is closed by the gateway.
+// Close closes the store and stops the exports if the Handler opened them
+// (Open); those shared through the gateway are closed by the gateway.
 func (h *Handler) Close() error {
 	if h.ownStore {
-		return h.store.Close()
+		return errors.Join(h.export.Close(), h.store.Close())
 	}
 	return nil
 }

@@ -250,21 +250,29 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 	}
 	segs := req.segs
 	for _, s := range segs {
-		// The server implements no operation: whoever asks, and whatever
-		// access control allowed, none runs.
 		if strings.HasPrefix(s, "$") {
-			he := errorf(http.StatusNotFound, "operation %s is not supported by this server", s)
-			he.issues[0].Code = "not-supported"
-			return he
+			return h.operation(w, req, m)
 		}
 	}
 	if len(segs) == 0 {
-		if m == http.MethodPost {
+		switch m {
+		case http.MethodPost:
 			return h.bundle(w, req)
+		case http.MethodGet:
+			return h.systemSearch(w, req, req.query)
 		}
-		return methodNotAllowed(req.Method, "POST")
+		return methodNotAllowed(req.Method, "GET", "HEAD", "POST")
 	}
 	switch segs[0] {
+	case "_search":
+		if len(segs) == 1 && m == http.MethodPost {
+			params, err := h.formParams(req)
+			if err != nil {
+				return err
+			}
+			return h.systemSearch(w, req, params)
+		}
+		return methodNotAllowed(req.Method, "POST")
 	case "metadata":
 		if len(segs) == 1 && m == http.MethodGet {
 			return h.writeRaw(w, req, http.StatusOK, h.capJSON)

@@ -225,19 +225,12 @@ func (h *Handler) conditionalUpdate(w http.ResponseWriter, req *request, typ str
 	return h.runOp(w, req, &op{method: http.MethodPut, typ: typ, cond: crit, res: p, ifMatch: req.Header.Get("If-Match")})
 }
 
-func (h *Handler) readPatch(req *request) ([]byte, error) {
-	if mt := req.Header.Get("Content-Type"); !strings.HasPrefix(mt, "application/json-patch+json") {
-		return nil, errorf(http.StatusUnsupportedMediaType, "PATCH takes a JSON Patch (Content-Type: application/json-patch+json)")
-	}
-	return h.readBody(req.Request)
-}
-
 func (h *Handler) patch(w http.ResponseWriter, req *request, typ, id string) error {
-	body, err := h.readPatch(req)
+	body, fp, err := h.patchBody(req)
 	if err != nil {
 		return err
 	}
-	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, id: id, patch: body, ifMatch: req.Header.Get("If-Match")})
+	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, id: id, patch: body, fhirPatch: fp, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) conditionalPatch(w http.ResponseWriter, req *request, typ string) error {
@@ -245,11 +238,11 @@ func (h *Handler) conditionalPatch(w http.ResponseWriter, req *request, typ stri
 	if err != nil {
 		return err
 	}
-	body, err := h.readPatch(req)
+	body, fp, err := h.patchBody(req)
 	if err != nil {
 		return err
 	}
-	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, cond: crit, patch: body, ifMatch: req.Header.Get("If-Match")})
+	return h.runOp(w, req, &op{method: http.MethodPatch, typ: typ, cond: crit, patch: body, fhirPatch: fp, ifMatch: req.Header.Get("If-Match")})
 }
 
 func (h *Handler) delete(w http.ResponseWriter, req *request, typ, id string) error {

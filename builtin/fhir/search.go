@@ -132,7 +132,8 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 	if err != nil {
 		return err
 	}
-	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict, Now: h.now()})
+	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict,
+		Now: h.now(), LocalBases: h.localBases(req)})
 	if err != nil {
 		return searchError(err, "")
 	}

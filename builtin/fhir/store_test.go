@@ -23,7 +23,9 @@ const testStoreEnv = "OMNIGATE_TEST_STORE"
 func TestMain(m *testing.M) {
 	switch v := os.Getenv(testStoreEnv); v {
 	case "", "sqlite":
-		os.Exit(m.Run())
+		code := m.Run()
+		closeShared()
+		os.Exit(code)
 	case "postgres":
 		openStore = openTestPostgres
 		pgtest.Main(m)

@@ -43,6 +43,9 @@ type op struct {
 	// in its own transaction (a batch entry; a transaction resolves those
 	// of all its entries before it writes).
 	resolveRefs bool
+	// fhirPatch is a PATCH's FHIRPath Patch, turned into a JSON Patch of
+	// the whole resource when it applies.
+	fhirPatch *fhirPatch
 }
 
 // refusal prefixes the messages of access refusals.
@@ -411,6 +414,11 @@ func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.T
 	}
 	if err := checkIfMatch(o.ifMatch, cur, o.where); err != nil {
 		return nil, err
+	}
+	if o.fhirPatch != nil {
+		if o.patch, err = o.fhirPatch.asJSONPatch(o.typ, cur.Body, o.where); err != nil {
+			return nil, err
+		}
 	}
 	patch, err := jsonpatch.DecodePatch(o.patch)
 	if err != nil {

@@ -98,6 +98,9 @@ func (e *Entries) add(p *Param, key string, n fhirpath.Node) {
 		e.addString(key, n.V, 0)
 	case TypeToken:
 		e.addToken(key, n)
+		if IsIdentifier(p) {
+			e.addOfType(key+OfTypeSuffix, n.V)
+		}
 	case TypeReference:
 		e.addRef(key, n.V)
 	case TypeDate:

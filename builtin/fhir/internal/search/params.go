@@ -5,6 +5,7 @@ package search
 
 import (
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/fhirpath"
@@ -28,6 +29,8 @@ type Param struct {
 	spec.SearchParam
 	expr *fhirpath.Expr
 	key  string
+	// ident is set for token parameters on Identifier elements.
+	ident bool
 }
 
 // Key is "Type.code", the name the store indexes the parameter's values
@@ -48,7 +51,8 @@ func loadTable() {
 		if err != nil { // the generator keeps only expressions that parse
 			panic("search: generated expression does not parse: " + err.Error())
 		}
-		p := &Param{SearchParam: sp, expr: e, key: sp.Resource + "." + sp.Code}
+		p := &Param{SearchParam: sp, expr: e, key: sp.Resource + "." + sp.Code,
+			ident: sp.Type == TypeToken && strings.Contains(strings.ToLower(sp.Expression), "identifier")}
 		if table[sp.Resource] == nil {
 			table[sp.Resource] = map[string]*Param{}
 		}

@@ -122,6 +122,13 @@ type Options struct {
 	// Now is the instant the search runs at, copied to Query.Now.
 	// Default: the time Parse is called.
 	Now time.Time
+	// LocalBases are the absolute base URLs of this server
+	// ("https://fhir.example.org/fhir/R4"): a reference value under one of
+	// them ("https://fhir.example.org/fhir/R4/Patient/85") also matches the
+	// relative reference it names (Patient/85), besides what was stored
+	// under that URL. Default none: an absolute URL matches only what was
+	// stored under it.
+	LocalBases []string
 }
 
 // Error is a query that cannot be run; Problems lists each bad parameter.
@@ -152,7 +159,7 @@ var prefixes = []string{"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"}
 // modifiers allowed per parameter type.
 var modifiers = map[string][]string{
 	TypeString:    {"missing", "exact", "contains"},
-	TypeToken:     {"missing", "text", "not"},
+	TypeToken:     {"missing", "text", "not", "of-type"},
 	TypeReference: {"missing"},
 	TypeDate:      {"missing"},
 	TypeNumber:    {"missing"},
@@ -251,6 +258,13 @@ func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 				bad(name, "modifier :%s is not supported on %s parameters", mod, c.Type)
 				continue
 			}
+			if mod == "of-type" {
+				if !IsIdentifier(c.Param) {
+					bad(name, "modifier :of-type applies to identifier parameters only")
+					continue
+				}
+				c.Param = ofTypeParam(c.Param)
+			}
 			c.Modifier = mod
 			ok = true
 			for _, v := range vals {
@@ -259,6 +273,9 @@ func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 					bad(name, "%v", err)
 					ok = false
 					continue
+				}
+				if cl.Type == TypeReference && len(opt.LocalBases) > 0 {
+					cl.addLocal(opt.LocalBases)
 				}
 				q.Clauses = append(q.Clauses, cl)
 			}
@@ -413,6 +430,16 @@ func (c *Clause) parseValue(s string) (Value, error) {
 	case TypeToken:
 		if c.Modifier == "text" {
 			v.Str = Normalize(strings.ReplaceAll(s, `\|`, "|"))
+			break
+		}
+		if c.Modifier == "of-type" {
+			parts := splitBar(s)
+			if len(parts) != 3 || parts[1] == "" || parts[2] == "" {
+				return v, fmt.Errorf(":of-type takes [system]|code|value (the identifier's type and its value), not %q", s)
+			}
+			// Indexed as type code|value under the type's system (see
+			// Entries.addOfType); no system: any.
+			v.System, v.Code, v.AnySystem = parts[0], parts[1]+"|"+parts[2], parts[0] == ""
 			break
 		}
 		parts := splitBar(s)

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 )
@@ -146,4 +147,63 @@ func migrateAbsoluteRefs(ctx context.Context, tx *sql.Tx) error {
 	// The past versions of the resources touched are filed again (the
 	// others' rows are already there and ignored).
 	return fillHistoryCompartments(ctx, tx)
+}
+
+// migrateOfType (schema 3 to 4) adds the rows that index identifiers by
+// their type (search.OfTypeSuffix) for the current version of every
+// resource that may have one (a coding somewhere in its body), a thousand
+// resources at a time.
+func migrateOfType(ctx context.Context, tx *sql.Tx) error {
+	const page = 1000
+	var last int64
+	for {
+		rows, err := tx.QueryContext(ctx, `SELECT r.rid, r.type, r.id, h.body FROM resources r JOIN history h ON h.seq = r.seq
+			WHERE r.rid > ? AND r.deleted = 0 ORDER BY r.rid LIMIT ?`, last, page)
+		if err != nil {
+			return fmt.Errorf("read resources: %w", err)
+		}
+		type row struct {
+			rid     int64
+			typ, id string
+			body    []byte
+		}
+		var batch []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.rid, &r.typ, &r.id, &r.body); err != nil {
+				rows.Close()
+				return fmt.Errorf("read resources: %w", err)
+			}
+			batch = append(batch, r)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("read resources: %w", err)
+		}
+		for _, r := range batch {
+			if !bytes.Contains(r.body, []byte(`"coding"`)) {
+				continue
+			}
+			d := json.NewDecoder(bytes.NewReader(r.body))
+			d.UseNumber()
+			var tree any
+			if err := d.Decode(&tree); err != nil {
+				return fmt.Errorf("decode %s/%s: %w", r.typ, r.id, err)
+			}
+			for _, e := range search.Index(r.typ, r.id, tree).Tokens {
+				if !strings.HasSuffix(e.Param, search.OfTypeSuffix) {
+					continue
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO sp_token (rid, p, sys, code, text) VALUES (?, ?, ?, ?, ?)`,
+					r.rid, e.Param, e.System, e.Code, e.Text); err != nil {
+					return fmt.Errorf("index identifier types: %w", err)
+				}
+			}
+		}
+		if len(batch) < page {
+			return nil
+		}
+		last = batch[len(batch)-1].rid
+	}
 }
