@@ -299,4 +299,3 @@ func FuzzEachReference(f *testing.F) {
 		}
 	})
 }
-
