@@ -19,25 +19,18 @@ import (
 func mountStats(env *gateway.Env, st any, cfg *Config) {
 	s, ok := st.(store.Statser)
 	if !ok {
-		if p, ok := st.(pinger); ok {
-			env.AddHealth("fhir-store", storeHealth(p, cfg.Store.Driver+" "+RedactURL(cfg.Store.DatabaseURL()), time.Now))
-		}
 		return
 	}
 	dir := cfg.Store.BackupDir
 	if dir == "" {
 		dir = defaultBackupDir
 	}
-	path := cfg.Store.Path
+	path, what := cfg.Store.Path, "sqlite "+cfg.Store.Path
+	if cfg.Store.Driver == "postgres" {
+		path, what = "", "postgres "+cfg.Store.Describe()
+	}
 	env.HandleAdmin(http.MethodGet, "/admin/fhir/stats", statsHandler(s, path, dir))
-	env.AddHealth("fhir-store", func() gateway.Health {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := s.Check(ctx); err != nil {
-			return gateway.Health{Status: gateway.StatusDown, Required: true, Detail: err.Error()}
-		}
-		return gateway.Health{Status: gateway.StatusUp, Required: true, Detail: "sqlite " + path}
-	})
+	env.AddHealth("fhir-store", storeHealth(s, what, time.Now))
 }
 
 // StoreStats is the body of GET /admin/fhir/stats.
@@ -116,17 +109,11 @@ func backups(dir string) (int, *BackupInfo, error) {
 	return n, last, nil
 }
 
-// pinger is a store on a database server, whose reachability /ping and
-// /readyz report.
-type pinger interface {
-	Ping(ctx context.Context) error
-}
-
-// storeHealth is the fhir-store component of /ping for a store on a
-// database server: required (FHIR routes cannot answer without it), down
-// while a ping fails. A result is reused for a second, so that frequent
-// health checks do not load the database.
-func storeHealth(p pinger, what string, now func() time.Time) func() gateway.Health {
+// storeHealth is the fhir-store component of /ping and /readyz: required
+// (FHIR routes cannot answer without the store), down while its Check
+// fails. A result is reused for a second, so that frequent health checks
+// do not load a database server.
+func storeHealth(s store.Statser, what string, now func() time.Time) func() gateway.Health {
 	var (
 		mu   sync.Mutex
 		last gateway.Health
@@ -139,7 +126,7 @@ func storeHealth(p pinger, what string, now func() time.Time) func() gateway.Hea
 			return last
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := p.Ping(ctx)
+		err := s.Check(ctx)
 		cancel()
 		last = gateway.Health{Status: gateway.StatusUp, Required: true, Detail: what}
 		if err != nil {

@@ -62,7 +62,7 @@ func TestPostgresFromConfigAcrossInstances(t *testing.T) {
 	}
 
 	clock := newTestClock(testEpoch)
-	health := storeHealth(stA.(pinger), "postgres", clock.Now)
+	health := storeHealth(stA.(store.Statser), "postgres", clock.Now)
 	if h := health(); h.Status != gateway.StatusUp || !h.Required {
 		t.Fatalf("health with the server up: %+v", h)
 	}
