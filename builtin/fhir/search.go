@@ -163,26 +163,9 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 	if err != nil {
 		return err
 	}
-	versions, err := h.store.Fetch(ctx, pg.matches)
+	entries, err := h.pageEntries(ctx, req, q, pg.matches)
 	if err != nil {
 		return err
-	}
-	entries := make([]entry, 0, len(versions))
-	seen := map[string]bool{}
-	for _, v := range versions {
-		body, err := h.shape(v, q)
-		if err != nil {
-			return err
-		}
-		seen[v.Type+"/"+v.ID] = true
-		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: body, mode: "match"})
-	}
-	included, err := h.includes(ctx, q, versions, seen)
-	if err != nil {
-		return err
-	}
-	for _, v := range included {
-		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: v.Body, mode: "include"})
 	}
 	links := []link{{"self", pageURL(path, q, q.Count, q.Offset, pg.token)}}
 	if pg.hasNext {
@@ -201,6 +184,33 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 // includes resolves _include and _revinclude for a page, then the
 // :iterate ones once more over what they found. Under a policy, only the
 // resources it lets the caller see are included, and only they lead on.
+// pageEntries are the entries of a search page: its matches, shaped by
+// _summary and _elements, then what _include and _revinclude add.
+func (h *Handler) pageEntries(ctx context.Context, req *request, q *search.Query, matches []store.Match) ([]entry, error) {
+	versions, err := h.store.Fetch(ctx, matches)
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]entry, 0, len(versions))
+	seen := map[string]bool{}
+	for _, v := range versions {
+		body, err := h.shape(v, q)
+		if err != nil {
+			return nil, err
+		}
+		seen[v.Type+"/"+v.ID] = true
+		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: body, mode: "match"})
+	}
+	included, err := h.includes(ctx, q, versions, seen)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range included {
+		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: v.Body, mode: "include"})
+	}
+	return entries, nil
+}
+
 func (h *Handler) includes(ctx context.Context, q *search.Query, page []*store.Version, seen map[string]bool) ([]*store.Version, error) {
 	var out []*store.Version
 	from := page

@@ -100,26 +100,9 @@ func (h *Handler) systemSearch(w http.ResponseWriter, req *request, params url.V
 	if err != nil {
 		return err
 	}
-	versions, err := h.store.Fetch(ctx, pg.matches)
+	entries, err := h.pageEntries(ctx, req, q0, pg.matches)
 	if err != nil {
 		return err
-	}
-	entries := make([]entry, 0, len(versions))
-	seen := map[string]bool{}
-	for _, v := range versions {
-		body, err := h.shape(v, q0)
-		if err != nil {
-			return err
-		}
-		seen[v.Type+"/"+v.ID] = true
-		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: body, mode: "match"})
-	}
-	included, err := h.includes(ctx, q0, versions, seen)
-	if err != nil {
-		return err
-	}
-	for _, v := range included {
-		entries = append(entries, entry{fullURL: req.base + "/" + v.Type + "/" + v.ID, resource: v.Body, mode: "include"})
 	}
 	links := []link{{"self", pageURL(req.base, &self, q0.Count, q0.Offset, pg.token)}}
 	if pg.hasNext {
