@@ -85,6 +85,32 @@ func TestConfigErrorsNameFileLineKey(t *testing.T) {
 	}
 }
 
+// TestConfigSyntaxErrorsPointAtTheLine: yaml.v3 names the line where the
+// enclosing block began; the error must name the line that broke it.
+func TestConfigSyntaxErrorsPointAtTheLine(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"bad indent in a list item", "listen: ':1'\nroutes:\n  - path: /a\n    upstream: http://h\n    plugins: []\n   bad: indent\n",
+			`f.yaml:6:4: did not find expected '-' indicator`},
+		{"bad indent in a mapping", "listen: ':1'\nlog:\n  level: info\n format: json\nroutes: [{path: /a, upstream: 'http://h'}]\n",
+			`f.yaml:4:2: did not find expected key`},
+		{"over-indented key", "routes:\n  - path: /a\n    upstream: http://a\n  - path: /b\n     upstream: http://b\n",
+			`f.yaml:5:6: mapping values are not allowed in this context`},
+		{"tab", "listen: ':1'\nroutes:\n\t- path: /a\n",
+			`f.yaml:3:`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("f.yaml", []byte(tt.yaml), nil)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error = %q\nwant it to begin with %q", err, tt.want)
+			}
+		})
+	}
+}
+
 func TestConfigDefaults(t *testing.T) {
 	cfg, err := Parse("f.yaml", []byte("routes:\n  - fhir: true\n"), nil)
 	if err != nil {

@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/omnigate/omnigate/gateway/internal/confyaml"
 )
 
 // FuzzRouting sends arbitrary paths and request ids through a server with
@@ -84,4 +88,27 @@ routes:
 	}
 	cfg.Log.AccessLog = new(bool)
 	return New(context.Background(), cfg, Options{Logger: discardLogger()})
+}
+
+// FuzzConfigParse: no config file, however broken, panics the parser, and a
+// syntax error always names a line inside the file.
+func FuzzConfigParse(f *testing.F) {
+	for _, s := range []string{
+		"listen: ':1'\nroutes:\n  - path: /a\n    upstream: http://h\n   bad: indent\n",
+		"routes: [{path: /a, upstream: 'http://h'}]\n",
+		"log:\n  level: info\n format: json\n",
+		"a: \"unterminated\nb: 1\n",
+		"routes:\n  - fhir: true\n    plugins: [x]\nplugins:\n  x: {type: ratelimit, default: {limit: 0}}\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, err := Parse("f.yaml", data, nil)
+		var ce *confyaml.Error
+		// YAML breaks lines at \n, \r\n and \r.
+		lines := bytes.Count(data, []byte("\n")) + bytes.Count(data, []byte("\r")) + 1
+		if err != nil && errors.As(err, &ce) && ce.Pos.Line > lines {
+			t.Fatalf("error at line %d of a %d-line file: %v", ce.Pos.Line, lines, err)
+		}
+	})
 }

@@ -72,11 +72,17 @@ func NewDecoder(file string) *Decoder {
 	return &Decoder{File: file, Positions: map[string]Pos{}}
 }
 
-// Parse reads one YAML document. An empty document yields a nil node.
+// Parse reads one YAML document. An empty document yields a nil node. A
+// syntax error is reported at the line where the document stops being
+// valid YAML (see locate), with the column of that line's first character.
 func Parse(file string, data []byte) (*yaml.Node, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, parseError(file, err)
+		e := parseError(file, err)
+		if pos, ok := locate(data, e.Pos.Line, e.Err.Error()); ok {
+			e.Pos = pos
+		}
+		return nil, e
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return nil, nil
@@ -84,8 +90,42 @@ func Parse(file string, data []byte) (*yaml.Node, error) {
 	return doc.Content[0], nil
 }
 
+// maxLocateLines bounds the work locate does (it parses up to this many
+// prefixes); on a longer file the error keeps yaml.v3's line.
+const maxLocateLines = 1000
+
+// locate finds where a syntax error is. yaml.v3 reports the line where the
+// enclosing block began (a bad indent on line 6 of a list that starts on
+// line 2 is "line 2"), so the error is found again by parsing ever longer
+// prefixes of the file: the first prefix that fails with the same message
+// ends on the offending line. A prefix that fails differently (cut inside a
+// quoted scalar, say) is passed over. The search starts at from, the line
+// yaml.v3 named, since the error cannot come before the block it is in.
+func locate(data []byte, from int, msg string) (Pos, bool) {
+	lines := strings.SplitAfter(string(data), "\n")
+	from = max(from, 1)
+	if len(lines)-from > maxLocateLines {
+		return Pos{}, false
+	}
+	var prefix strings.Builder
+	for i, l := range lines {
+		prefix.WriteString(l)
+		if i+1 < from {
+			continue
+		}
+		var doc yaml.Node
+		err := yaml.Unmarshal([]byte(prefix.String()), &doc)
+		if err == nil || parseError("", err).Err.Error() != msg {
+			continue
+		}
+		col := 1 + len(l) - len(strings.TrimLeft(l, " \t"))
+		return Pos{Line: i + 1, Column: col}, true
+	}
+	return Pos{}, false
+}
+
 // parseError turns yaml.v3's "yaml: line N: msg" into an *Error.
-func parseError(file string, err error) error {
+func parseError(file string, err error) *Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
