@@ -158,7 +158,7 @@ func Defaults() *Config {
 	return &Config{
 		Key:           KeyIdentity,
 		IPv6Prefix:    64,
-		Default:       Limit{Limit: 100, Window: 15 * time.Minute, Burst: &burst, BurstWindow: time.Second},
+		Default:       Limit{Limit: 100, Window: 15 * time.Minute, Burst: &burst},
 		AnonymousRole: "anonymous",
 		Cost:          Cost{Default: 1},
 		Block: BlockConfig{After: 20, Within: time.Minute, Duration: 5 * time.Minute,
@@ -220,22 +220,17 @@ func (c *Config) Validate() error {
 	if c.AnonymousRole == "" {
 		fail("anonymous_role", "must not be empty")
 	}
-	if c.Default.BurstWindow == 0 {
-		c.Default.BurstWindow = time.Second
+	defaultBW := c.Default.BurstWindow != 0
+	if !defaultBW {
+		c.Default.BurstWindow = defaultBurstWindow
 	}
 	if c.Default.Burst == nil {
 		c.Default.Burst = new(int64)
 	}
-	if c.Default.Limit <= 0 {
-		fail("default.limit", "must be positive")
-	}
-	if c.Default.Window <= 0 {
-		fail("default.window", "must be positive")
-	}
-	errs = append(errs, c.checkLimit("default", c.Default, c.Cost)...)
+	errs = append(errs, c.checkLimit("default", c.Default, defaultBW, c.Cost)...)
 	for _, role := range sortedKeys(c.Roles) {
 		l := c.Roles[role]
-		errs = append(errs, c.checkLimit("roles."+role, inherit(l, c.Default), c.Cost)...)
+		errs = append(errs, c.checkLimit("roles."+role, inherit(l, c.Default), l.BurstWindow != 0 || defaultBW, c.Cost)...)
 	}
 	errs = append(errs, c.checkCost("cost", c.Cost)...)
 	for _, name := range sortedKeys(c.Routes) {
@@ -249,10 +244,12 @@ func (c *Config) Validate() error {
 		def := c.Default
 		if rl.Default != nil {
 			def = inherit(*rl.Default, c.Default)
-			errs = append(errs, c.checkLimit(key+".default", def, cost)...)
+			errs = append(errs, c.checkLimit(key+".default", def, rl.Default.BurstWindow != 0 || defaultBW, cost)...)
 		}
 		for _, role := range sortedKeys(rl.Roles) {
-			errs = append(errs, c.checkLimit(key+".roles."+role, roleLimit(c, rl, def, role), cost)...)
+			set := defaultBW || rl.Roles[role].BurstWindow != 0 || c.Roles[role].BurstWindow != 0 ||
+				rl.Default != nil && rl.Default.BurstWindow != 0
+			errs = append(errs, c.checkLimit(key+".roles."+role, roleLimit(c, rl, def, role), set, cost)...)
 		}
 	}
 	b := &c.Block
@@ -273,31 +270,43 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkLimit checks a resolved limit and that the largest cost fits it.
-func (c *Config) checkLimit(key string, l Limit, cost Cost) []error {
+// defaultBurstWindow is the burst window when none is set.
+const defaultBurstWindow = time.Second
+
+// checkLimit checks a resolved limit and that the largest cost fits it. One
+// mistake gives one error: a window too short for the burst window is
+// blamed on burst_window when the file set one (bwSet), and on the window
+// otherwise, so that a file that never wrote burst_window is never told to
+// change it.
+func (c *Config) checkLimit(key string, l Limit, bwSet bool, cost Cost) []error {
 	var errs []error
+	fail := func(k, format string, args ...any) {
+		errs = append(errs, gateway.FieldErrorf(k, format, args...))
+	}
 	n := time.Duration(max(c.Precision, 1))
 	if l.Limit <= 0 {
-		errs = append(errs, gateway.FieldErrorf(key+".limit", "must be positive"))
+		fail(key+".limit", "must be positive")
 	}
 	if l.Window < n*time.Millisecond {
-		errs = append(errs, gateway.FieldErrorf(key+".window", "must be at least %s (1ms per sub-window)", n*time.Millisecond))
+		fail(key+".window", "must be at least %s (1ms per sub-window)", n*time.Millisecond)
+		return errs
 	}
 	burst := int64(0)
 	if l.Burst != nil {
 		burst = *l.Burst
 	}
-	if burst < 0 {
-		errs = append(errs, gateway.FieldErrorf(key+".burst", "must not be negative"))
-	}
-	if burst > 0 && l.BurstWindow < n*time.Millisecond {
-		errs = append(errs, gateway.FieldErrorf(key+".burst_window", "must be at least %s", n*time.Millisecond))
-	}
-	if burst > 0 && l.BurstWindow >= l.Window {
-		errs = append(errs, gateway.FieldErrorf(key+".burst_window", "must be shorter than the window (%s)", l.Window))
+	switch {
+	case burst < 0:
+		fail(key+".burst", "must not be negative")
+	case burst > 0 && l.BurstWindow < n*time.Millisecond:
+		fail(key+".burst_window", "must be at least %s", n*time.Millisecond)
+	case burst > 0 && l.BurstWindow >= l.Window && bwSet:
+		fail(key+".burst_window", "must be shorter than the window (%s)", l.Window)
+	case burst > 0 && l.BurstWindow >= l.Window:
+		fail(key+".window", "must be longer than the burst window (%s by default); set burst_window, or burst: 0 to turn burst protection off", l.BurstWindow)
 	}
 	if m := maxCost(cost); l.Limit > 0 && (m > l.Limit || burst > 0 && m > burst) {
-		errs = append(errs, gateway.FieldErrorf(key, "a request costing %d could never pass this limit", m))
+		fail(key, "a request costing %d could never pass this limit", m)
 	}
 	return errs
 }

@@ -429,6 +429,39 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// TestConfigOneMistakeOneError: each mistake in a limit is reported once,
+// at the key the file wrote; a file that never set burst_window is never
+// told to change it.
+func TestConfigOneMistakeOneError(t *testing.T) {
+	for _, tc := range []struct {
+		limit string
+		want  []string
+	}{
+		{"{limit: 0, window: 15m}", []string{"t.yaml:4:15: plugins.limit.default.limit: must be positive"}},
+		{"{limit: 100, window: 0s}", []string{"t.yaml:4:27: plugins.limit.default.window: must be at least 10ms"}},
+		{"{limit: 100, window: 500ms}", []string{"t.yaml:4:27: plugins.limit.default.window: must be longer than the burst window (1s by default)"}},
+		{"{limit: 100, window: 1m, burst_window: 2m}", []string{"t.yaml:4:39: plugins.limit.default.burst_window: must be shorter than the window"}},
+		{"{limit: 0, window: 0s}", []string{"limit.default.limit: must be positive", "limit.default.window: must be at least 10ms"}},
+	} {
+		t.Run(tc.limit, func(t *testing.T) {
+			yaml := "plugins:\n  limit:\n    type: ratelimit\n    default: " + tc.limit + "\nroutes:\n  - name: api\n    path: /api\n    upstream: http://127.0.0.1:1\n    plugins: [limit]\n"
+			_, err := gateway.Parse("t.yaml", []byte(yaml), nil)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+			if len(lines) != len(tc.want) {
+				t.Fatalf("%d errors, want %d:\n%v", len(lines), len(tc.want), err)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(lines[i], w) {
+					t.Errorf("error %d = %q, want it to contain %q", i, lines[i], w)
+				}
+			}
+		})
+	}
+}
+
 // TestBundleCostsItsEntries: a batch or transaction posted to the FHIR
 // base costs the sum of its entries (a search entry as a search), so a
 // Bundle is no way around the limit; the body reaches the server intact.
