@@ -209,26 +209,58 @@ func writeUsers(path string, users []User) error {
 // if missing), storing a bcrypt hash of password at the given cost
 // (0: bcrypt.DefaultCost).
 func AddUser(path string, u User, password string, cost int) error {
-	if u.Username == "" || u.Role == "" {
-		return errors.New("add user: username and role are required")
+	_, err := EditUser(path, u.Username, password, cost, func(x *User, _ bool) error {
+		*x = u
+		return nil
+	})
+	return err
+}
+
+// EditUser adds or updates the user named username in the directory file
+// at path (created if missing). edit receives the stored user (or a new one
+// holding only the name, with exists false) and changes what it means to;
+// the rest is kept. A non-empty password replaces the stored hash (bcrypt
+// at cost, 0: bcrypt.DefaultCost); a new user needs one of at least 8
+// characters, and a role. It reports whether the user existed.
+func EditUser(path, username, password string, cost int, edit func(u *User, exists bool) error) (existed bool, err error) {
+	if username == "" {
+		return false, errors.New("edit user: username is required")
 	}
-	if len(password) < 8 {
-		return errors.New("add user: the password must have at least 8 characters")
-	}
-	if cost == 0 {
-		cost = bcrypt.DefaultCost
-	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), cost)
-	if err != nil {
-		return fmt.Errorf("add user: %w", err)
-	}
-	u.PasswordHash = string(hash)
 	users, err := readUsers(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return false, err
 	}
-	users = slices.DeleteFunc(users, func(x User) bool { return x.Username == u.Username })
-	return writeUsers(path, append(users, u))
+	i := slices.IndexFunc(users, func(x User) bool { return x.Username == username })
+	u := User{Username: username}
+	if existed = i >= 0; existed {
+		u = users[i]
+	}
+	if err := edit(&u, existed); err != nil {
+		return existed, err
+	}
+	u.Username = username
+	if u.Role == "" {
+		return existed, errors.New("edit user: a role is required")
+	}
+	if password != "" || !existed {
+		if len(password) < 8 {
+			return existed, errors.New("edit user: the password must have at least 8 characters")
+		}
+		if cost == 0 {
+			cost = bcrypt.DefaultCost
+		}
+		hash, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+		if err != nil {
+			return existed, fmt.Errorf("edit user: %w", err)
+		}
+		u.PasswordHash = string(hash)
+	}
+	if existed {
+		users[i] = u
+	} else {
+		users = append(users, u)
+	}
+	return existed, writeUsers(path, users)
 }
 
 // RandomPassword returns 18 random bytes from crypto/rand, base64url: 24

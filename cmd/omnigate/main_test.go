@@ -298,3 +298,42 @@ func TestUserAdd(t *testing.T) {
 		t.Errorf("missing username: %d", code)
 	}
 }
+
+// TestUserAddKeepsWhatItDoesNotChange: adding an existing user again (the
+// documented way to reset a password) keeps the role, scopes and patient
+// the command line does not give, and says it updated the user.
+func TestUserAddKeepsWhatItDoesNotChange(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "users.yaml")
+	if code, out, errOut := runCLI("user", "add", "-file", file, "-username", "dana", "-role", "nurse", "-scopes", "user/*.rs,openid", "-patient", "85"); code != 0 {
+		t.Fatalf("exit %d: %s %s", code, out, errOut)
+	}
+	before, _ := os.ReadFile(file)
+	code, out, errOut := runCLI("user", "add", "-file", file, "-username", "dana")
+	if code != 0 || !strings.Contains(out, "user dana (nurse) updated in") || !strings.Contains(out, "password changed, the rest kept") {
+		t.Fatalf("exit %d: %q %q", code, out, errOut)
+	}
+	after, _ := os.ReadFile(file)
+	for _, want := range []string{"role: nurse", "- user/*.rs", "- openid", "patient: \"85\""} {
+		if !strings.Contains(string(after), want) {
+			t.Errorf("users file lost %q:\n%s", want, after)
+		}
+	}
+	if string(before) == string(after) {
+		t.Error("the password hash did not change")
+	}
+	// Given flags change only what they name; an empty -scopes clears them.
+	if code, out, errOut := runCLI("user", "add", "-file", file, "-username", "dana", "-role", "physician", "-scopes", ""); code != 0 || !strings.Contains(out, "role, scopes, password changed") {
+		t.Fatalf("exit %d: %q %q", code, out, errOut)
+	}
+	after, _ = os.ReadFile(file)
+	if !strings.Contains(string(after), "role: physician") || strings.Contains(string(after), "openid") || !strings.Contains(string(after), "patient: \"85\"") {
+		t.Errorf("users file after a role and scope change:\n%s", after)
+	}
+	// A new user still needs a role; extra arguments are refused.
+	if code, _, errOut := runCLI("user", "add", "-file", file, "-username", "eve"); code != 1 || !strings.Contains(errOut, "-role is required") {
+		t.Errorf("new user without a role: %d %q", code, errOut)
+	}
+	if code, _, _ := runCLI("user", "add", "-file", file, "-username", "dana", "extra"); code != 2 {
+		t.Errorf("extra argument: %d", code)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/omnigate/omnigate/builtin/session"
@@ -17,24 +18,30 @@ var stdin io.Reader = os.Stdin
 
 func runUser(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "add" {
-		fmt.Fprintln(stderr, "usage: omnigate user add -username NAME -role ROLE [-file ./data/users.yaml] [-scopes a,b] [-patient ID] [-password-stdin]")
+		fmt.Fprintln(stderr, "usage: omnigate user add -username NAME [-role ROLE] [-file ./data/users.yaml] [-scopes a,b] [-patient ID] [-password-stdin]")
 		return 2
 	}
 	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := fs.String("file", "./data/users.yaml", "user directory file (created if missing)")
 	username := fs.String("username", "", "user name (required)")
-	role := fs.String("role", "", "role: physician, nurse, admin, patient, … (required)")
-	scopes := fs.String("scopes", "", "comma-separated scopes, e.g. user/*.rs,openid")
-	patient := fs.String("patient", "", "patient id, for patient users")
+	role := fs.String("role", "", "role: physician, nurse, admin, patient, … (required for a new user)")
+	scopes := fs.String("scopes", "", "comma-separated scopes, e.g. user/*.rs,openid (an existing user's are kept unless given)")
+	patient := fs.String("patient", "", "patient id, for patient users (an existing user's is kept unless given)")
 	fromStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input (default: generate one and print it)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	if *username == "" || *role == "" {
-		fmt.Fprintln(stderr, "omnigate user add: -username and -role are required")
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "omnigate user add: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	if *username == "" {
+		fmt.Fprintln(stderr, "omnigate user add: -username is required")
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	password := ""
 	if *fromStdin {
 		line, err := bufio.NewReader(stdin).ReadString('\n')
@@ -46,17 +53,44 @@ func runUser(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	} else {
 		password = session.RandomPassword()
 	}
-	u := session.User{Username: *username, Role: *role, Patient: *patient}
-	for _, s := range strings.Split(*scopes, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			u.Scopes = append(u.Scopes, s)
+	var changed []string
+	existed, err := session.EditUser(*file, *username, password, 0, func(u *session.User, exists bool) error {
+		if !exists && *role == "" {
+			return fmt.Errorf("no user %q in %s: -role is required to add one", *username, *file)
 		}
-	}
-	if err := session.AddUser(*file, u, password, 0); err != nil {
+		if set["role"] && *role != u.Role {
+			u.Role = *role
+			changed = append(changed, "role")
+		}
+		if set["patient"] && *patient != u.Patient {
+			u.Patient = *patient
+			changed = append(changed, "patient")
+		}
+		if set["scopes"] {
+			var ss []string
+			for _, s := range strings.Split(*scopes, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					ss = append(ss, s)
+				}
+			}
+			if !slices.Equal(ss, u.Scopes) {
+				u.Scopes = ss
+				changed = append(changed, "scopes")
+			}
+		}
+		*role = u.Role
+		return nil
+	})
+	if err != nil {
 		fmt.Fprintln(stderr, "omnigate user add:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "user %s (%s) written to %s\n", *username, *role, *file)
+	if existed {
+		changed = append(changed, "password")
+		fmt.Fprintf(stdout, "user %s (%s) updated in %s: %s changed, the rest kept\n", *username, *role, *file, strings.Join(changed, ", "))
+	} else {
+		fmt.Fprintf(stdout, "user %s (%s) added to %s\n", *username, *role, *file)
+	}
 	if !*fromStdin {
 		fmt.Fprintf(stdout, "password: %s\n(shown only now)\n", password)
 	}
