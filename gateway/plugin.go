@@ -287,6 +287,18 @@ func PluginTypes() []string {
 	return names
 }
 
+// PluginConfig returns a new config of the plugin type name with its
+// defaults set (a pointer to the struct its keys decode onto), for tools
+// that document or check config files; false when no such type is
+// registered.
+func PluginConfig(name string) (any, bool) {
+	pt, ok := lookupPluginType(name)
+	if !ok {
+		return nil, false
+	}
+	return pt.newConfig(), true
+}
+
 func lookupPluginType(name string) (*pluginType, bool) {
 	registryMu.RLock()
 	defer registryMu.RUnlock()
