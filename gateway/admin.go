@@ -263,12 +263,10 @@ func (s *Server) health() (PingResponse, int) {
 	}
 	status := http.StatusOK
 	check := func(h Health) {
-		if h.Status != StatusDown {
-			return
-		}
-		if h.Required {
+		switch {
+		case h.Status == StatusDown && h.Required:
 			resp.Status, status = "down", http.StatusServiceUnavailable
-		} else if resp.Status == "ok" {
+		case (h.Status == StatusDown || h.Status == StatusDegraded) && resp.Status == "ok":
 			resp.Status = "degraded"
 		}
 	}

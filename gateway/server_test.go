@@ -527,6 +527,29 @@ func TestPingReportsRequiredComponentDown(t *testing.T) {
 	}
 }
 
+type degradedPlugin struct{ recorder }
+
+func (*degradedPlugin) Health() Health {
+	return Health{Status: StatusDegraded, Detail: "redis down: counting in memory"}
+}
+
+// A plugin that works in a reduced mode (degraded) makes the top-level
+// status degraded, still 200: the instance serves, but an operator should
+// look.
+func TestPingReportsDegradedPlugin(t *testing.T) {
+	srv, _ := newTestServer(t, "routes:\n  - fhir: true\n")
+	rt := srv.cur.Load()
+	rt.plugins = append(rt.plugins, namedPlugin{"limit", &degradedPlugin{}})
+	rec := do(srv.AdminHandler(), "GET", "/ping", nil)
+	var ping PingResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &ping); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != 200 || ping.Status != "degraded" || ping.Plugins["limit"].Status != StatusDegraded {
+		t.Errorf("degraded plugin: %d %s", rec.Code, rec.Body)
+	}
+}
+
 // While a required component (a database the FHIR store lives in) is down,
 // /readyz answers 503 naming it, so that load balancers send traffic to
 // other instances; it is ready again once the component is back.
