@@ -91,12 +91,19 @@ func New(ctx context.Context, cfg *Config, env *gateway.Env) (gateway.Plugin, er
 		p.origins[strings.ToLower(o)] = true
 	}
 	if !cfg.Users.Disabled {
-		if _, err := os.Stat(cfg.Users.File); errors.Is(err, os.ErrNotExist) && (cfg.Users.Create == nil || *cfg.Users.Create) {
+		create := cfg.Users.Create == nil || *cfg.Users.Create
+		_, err := os.Stat(cfg.Users.File)
+		switch {
+		case errors.Is(err, os.ErrNotExist) && create:
 			if err := createFirstRun(cfg.Users.File, cfg.roleNames(), cfg.Users.FirstRunPatient, Console); err != nil {
 				return nil, fmt.Errorf("create user directory: %w", err)
 			}
 			env.Logger.Warn("created a user directory with one user per role; their passwords were printed to the console once",
 				"file", cfg.Users.File)
+		case err == nil && create:
+			// A later start: the passwords were shown on the first one.
+			fmt.Fprintf(Console, "\nOmniGate uses the user directory %s, made on an earlier run (its passwords were shown then).\n"+
+				"Set a new password with: omnigate user add -file %s -username NAME\n\n", cfg.Users.File, cfg.Users.File)
 		}
 		if p.users, err = openDirectory(cfg.Users.File); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -153,7 +155,7 @@ func startServeBinary(t *testing.T, bin string, args ...string) *proc {
 	}()
 	select {
 	case <-p.ready:
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute): // a deadline, not an expectation: a loaded machine starts slowly
 		t.Fatalf("omnigate serve did not start:\n%s", p.logs())
 	}
 	return p
@@ -335,5 +337,52 @@ func TestUserAddKeepsWhatItDoesNotChange(t *testing.T) {
 	}
 	if code, _, _ := runCLI("user", "add", "-file", file, "-username", "dana", "extra"); code != 2 {
 		t.Errorf("extra argument: %d", code)
+	}
+}
+
+// TestReadmeLoginFailsLoudly runs the README tour's login helper against
+// the embedded default config: the right password gives a bare token, a
+// wrong one a message on stderr, a failing status and an empty variable
+// (not an error document where the token should be).
+func TestReadmeLoginFailsLoudly(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?s)\nlogin\(\) \{.*?; \}; \}\n`).Find(readme)
+	if m == nil {
+		t.Fatal("README.md has no login() helper")
+	}
+	p := startServe(t)
+	var pass string
+	for _, line := range strings.Split(p.logs(), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "physician" {
+			pass = f[1]
+		}
+	}
+	if pass == "" {
+		t.Fatalf("no first-run password printed:\n%s", p.logs())
+	}
+	fn := strings.ReplaceAll(string(m), "localhost:8080", p.listen)
+	login := func(password string) (code int, stdout, stderr string) {
+		cmd := exec.Command("bash", "-c", fn+`TOKEN=$(login physician "$1") || exit 3; printf %s "$TOKEN"`, "bash", password)
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return code, o.String(), e.String()
+	}
+	code, out, errOut := login(pass)
+	if code != 0 || len(out) < 20 || strings.ContainsAny(out, "{}\" \n") {
+		t.Errorf("right password: exit %d, token %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = login("wrong-password")
+	if code != 3 || out != "" || !strings.Contains(errOut, "login as physician failed") {
+		t.Errorf("wrong password: exit %d, token %q, stderr %q", code, out, errOut)
 	}
 }
