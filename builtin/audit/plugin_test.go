@@ -27,7 +27,7 @@ func (g *gw) seed() {
 // concerned and the outcome; capabilities, SMART discovery and CORS
 // preflights get none.
 func TestRecordsEveryInteraction(t *testing.T) {
-	g := newGateway(t, gwOptions{})
+	g := newGateway(t, gwOptions{fhir: "smart: {token_endpoint: https://idp.example.org/token}"})
 	g.seed()
 	type want struct {
 		interaction, typ, id, version, compartment, query string

@@ -20,6 +20,7 @@ admin: "off"
 log: {access_log: false}
 fhir:
   store: {path: ":memory:"}
+  smart: {token_endpoint: "https://idp.example.org/token"}
 plugins:
   as: {type: as}
   record: {type: record}

@@ -112,7 +112,7 @@ func capabilityStatement(cfg *Config, now time.Time) ([]byte, error) {
 		resources = append(resources, r)
 	}
 	security := map[string]any{"cors": len(cfg.CORS.AllowedOrigins) > 0}
-	if sm := cfg.SMART; sm.AuthorizationEndpoint != "" || sm.TokenEndpoint != "" {
+	if sm := cfg.SMART; sm.Configured() {
 		var uris []map[string]any
 		for _, u := range []struct{ name, uri string }{{"authorize", sm.AuthorizationEndpoint}, {"token", sm.TokenEndpoint}} {
 			if u.uri != "" {

@@ -111,11 +111,23 @@ type SMARTConfig struct {
 	CodeChallengeMethods []string `yaml:"code_challenge_methods" json:"code_challenge_methods_supported,omitempty"`
 }
 
+// Configured reports whether SMART discovery is served: the OAuth
+// server's token endpoint, which SMART App Launch requires, is set.
+// Without it [base]/.well-known/smart-configuration answers 404 (this
+// server then is no SMART authorization server: its sessions come from
+// its own login or from bearer JWTs), and the CapabilityStatement carries
+// no SMART security extension.
+func (s SMARTConfig) Configured() bool { return s.TokenEndpoint != "" }
+
 // document returns the discovery document with defaults filled in.
+// Standalone launch is declared only with an authorization endpoint.
 func (s SMARTConfig) document() SMARTConfig {
 	if len(s.Capabilities) == 0 {
 		s.Capabilities = []string{"permission-v1", "permission-v2", "permission-patient", "permission-user",
-			"launch-standalone", "client-public", "client-confidential-symmetric"}
+			"client-public", "client-confidential-symmetric"}
+		if s.AuthorizationEndpoint != "" {
+			s.Capabilities = append(s.Capabilities, "launch-standalone")
+		}
 	}
 	if len(s.Scopes) == 0 {
 		s.Scopes = []string{"openid", "fhirUser", "launch/patient", "offline_access",
@@ -254,6 +266,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	var errs []error
+	if sm := c.SMART; !sm.Configured() && (sm.AuthorizationEndpoint != "" || sm.Issuer != "" || sm.JWKSURI != "" ||
+		len(sm.GrantTypes)+len(sm.Scopes)+len(sm.Capabilities)+len(sm.CodeChallengeMethods) > 0) {
+		errs = append(errs, gateway.FieldErrorf("smart.token_endpoint", "required: SMART discovery is served only with the OAuth server's token endpoint"))
+	}
 	if b := c.BasePath(); !strings.HasPrefix(b, "/") || (len(b) > 1 && strings.HasSuffix(b, "/")) || strings.ContainsAny(b, ":*?# ") {
 		errs = append(errs, gateway.FieldErrorf("base_path", "must begin with '/', not end with one, and hold no ':', '*', '?', '#' or spaces: %q", b))
 	}

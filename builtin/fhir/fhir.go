@@ -318,8 +318,10 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 		h.origins[o] = true
 	}
 	var err error
-	if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
-		return nil, err
+	if cfg.SMART.Configured() {
+		if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
+			return nil, err
+		}
 	}
 	if h.capJSON, err = capabilityStatement(cfg, opts.Now()); err != nil {
 		return nil, err

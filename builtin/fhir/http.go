@@ -290,6 +290,9 @@ func (h *Handler) route(w http.ResponseWriter, req *request) error {
 		if m != http.MethodGet {
 			return methodNotAllowed(req.Method, "GET", "HEAD")
 		}
+		if h.smartJSON == nil {
+			return errorf(http.StatusNotFound, "SMART on FHIR is not configured on this server: fhir.smart must name the OAuth server (token_endpoint, authorization_endpoint) whose tokens the gateway accepts")
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "public, max-age=3600")
 		w.Write(h.smartJSON)
