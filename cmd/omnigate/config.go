@@ -31,20 +31,40 @@ func loadConfig(file string) (*gateway.Config, error) {
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: omnigate config check [FILE] | omnigate config default")
+		fmt.Fprintln(stderr, "usage: omnigate config check [-config FILE | FILE] | omnigate config default")
 		return 2
 	}
 	switch args[0] {
 	case "default":
+		if len(args) > 1 && isHelpFlag(args[1]) {
+			fmt.Fprintln(stdout, "usage: omnigate config default   print the embedded default config")
+			return 0
+		}
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "omnigate config default: unexpected argument %q\n", args[1])
+			return 2
+		}
 		stdout.Write(defaultConfig)
 		return 0
 	case "check":
 		fs := flag.NewFlagSet("config check", flag.ContinueOnError)
 		fs.SetOutput(stderr)
+		fs.Usage = func() {
+			fmt.Fprintln(fs.Output(), "usage: omnigate config check [-config FILE | FILE]   validate a config (default: the embedded one) and print each route's chain")
+			fs.PrintDefaults()
+		}
+		flagFile := fs.String("config", "", "config file (or give it as the argument)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
-		file := fs.Arg(0)
+		file := *flagFile
+		switch {
+		case fs.NArg() > 1 || fs.NArg() == 1 && file != "":
+			fmt.Fprintln(stderr, "omnigate config check: one config file, as -config FILE or as the argument")
+			return 2
+		case fs.NArg() == 1:
+			file = fs.Arg(0)
+		}
 		cfg, err := loadConfig(file)
 		if err != nil {
 			fmt.Fprintln(stderr, err)

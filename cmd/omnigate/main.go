@@ -19,10 +19,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -30,18 +33,24 @@ var version = "dev"
 
 type command struct {
 	name, usage string
-	run         func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+	// subs are the subcommands, each with its own flags.
+	subs []string
+	run  func(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 func commands() []command {
 	return []command{
-		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
-		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
-		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
-		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", runPlugin},
-		{"fhir", "fhir import [-config FILE] FILE... | fhir check [-config FILE] | fhir migrate [-config FILE] [-dry-run]   load transaction/batch Bundles or NDJSON into the FHIR store, report the problems of its resources, or apply the PostgreSQL store's migrations", runFHIR},
-		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", runScaletest},
-		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", nil, runServe},
+		{"config", "config check [-config FILE | FILE] | config default   validate a config, or print the embedded one", []string{"check", "default"}, runConfig},
+		{"user", "user add -username NAME [-role ROLE] [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add or update a user of the user directory", []string{"add"}, runUser},
+		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", []string{"build", "test"}, runPlugin},
+		{"fhir", "fhir import [-config FILE] FILE... | fhir check [-config FILE] | fhir migrate [-config FILE] [-dry-run]   load transaction/batch Bundles or NDJSON into the FHIR store, report the problems of its resources, or apply the PostgreSQL store's migrations", []string{"import", "check", "migrate"}, runFHIR},
+		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", nil, runScaletest},
+		{"version", "version   print the version (also: --version)", nil, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+			if len(args) > 0 && !isHelpFlag(args[0]) {
+				fmt.Fprintf(stderr, "omnigate version: unexpected argument %q\n", args[0])
+				return 2
+			}
 			fmt.Fprintln(stdout, "omnigate", version)
 			return 0
 		}},
@@ -52,22 +61,70 @@ func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run dispatches to a command. Help works the same everywhere: "omnigate
+// help", "-h" or "--help" print the list of commands; "omnigate help CMD
+// [SUB]" and "-h"/"--help" anywhere after a command print that command's
+// (or subcommand's) usage, to standard output, with exit status 0.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(stdout)
 		return 0
+	case "--version", "-version":
+		args = []string{"version"}
+	case "help":
+		if len(args) == 1 {
+			usage(stdout)
+			return 0
+		}
+		args = append(args[1:], "-h")
 	}
 	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, args[1:], stdout, stderr)
+		if c.name != args[0] {
+			continue
 		}
+		if i := slices.IndexFunc(args[1:], isHelpFlag); i >= 0 {
+			help(ctx, c, args[1:i+1], stdout)
+			return 0
+		}
+		return c.run(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "omnigate: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+func isHelpFlag(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
+
+// help prints the usage of command c, or of its subcommand when before (the
+// arguments before the help flag) names one, with the flags that command
+// parses (which its flag set prints for -h, to the writer given).
+func help(ctx context.Context, c command, before []string, w io.Writer) {
+	sub := len(before) > 0 && slices.Contains(c.subs, before[0])
+	if len(c.subs) > 0 && !sub {
+		fmt.Fprintln(w, "usage: omnigate "+c.usage)
+		return
+	}
+	var b bytes.Buffer
+	h := []string{"-h"}
+	if sub {
+		h = []string{before[0], "-h"}
+	}
+	c.run(ctx, h, &b, &b)
+	out := b.String()
+	if !strings.Contains(out, "usage:") {
+		fmt.Fprintln(w, "usage: omnigate "+c.usage)
+	}
+	if i := strings.Index(out, "Usage of "); i >= 0 {
+		if j := strings.IndexByte(out[i:], '\n'); j >= 0 {
+			out = out[:i] + "flags:" + out[i+j:]
+		}
+	}
+	io.WriteString(w, out)
 }
 
 func usage(w io.Writer) {

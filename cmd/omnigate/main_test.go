@@ -386,3 +386,55 @@ func TestReadmeLoginFailsLoudly(t *testing.T) {
 		t.Errorf("wrong password: exit %d, token %q, stderr %q", code, out, errOut)
 	}
 }
+
+// TestCLIHelpAndArguments: help works the same on every command and
+// subcommand (to stdout, exit 0, that command's usage), --version works,
+// config check takes -config like the other commands, and extra arguments
+// are refused.
+func TestCLIHelpAndArguments(t *testing.T) {
+	helps := map[string]string{
+		"help":                  "usage: omnigate <command>",
+		"--help":                "usage: omnigate <command>",
+		"help serve":            "usage: omnigate serve",
+		"serve -h":              "-config",
+		"serve --help":          "-config",
+		"config -h":             "usage: omnigate config check",
+		"config check -h":       "usage: omnigate config check [-config FILE | FILE]",
+		"help config check":     "-config",
+		"config default --help": "usage: omnigate config default",
+		"user -h":               "usage: omnigate user add",
+		"user add -h":           "-password-stdin",
+		"plugin -h":             "usage: omnigate plugin build",
+		"plugin build -h":       "-o",
+		"fhir -h":               "usage: omnigate fhir import",
+		"fhir import -h":        "-config",
+		"fhir check --help":     "-config",
+		"help fhir migrate":     "-dry-run",
+		"scaletest -h":          "-instances",
+		"version -h":            "omnigate ",
+	}
+	for args, want := range helps {
+		code, out, errOut := runCLI(strings.Fields(args)...)
+		if code != 0 || !strings.Contains(out, want) || errOut != "" || strings.Contains(out, "unknown subcommand") {
+			t.Errorf("omnigate %s: exit %d, stdout %q, stderr %q; want exit 0 and %q on stdout", args, code, out, errOut, want)
+		}
+	}
+	if code, out, _ := runCLI("--version"); code != 0 || !strings.HasPrefix(out, "omnigate ") {
+		t.Errorf("--version: %d %q", code, out)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	os.WriteFile(file, []byte("routes:\n  - path: /a\n    upstream: http://127.0.0.1:1\n"), 0o600)
+	if code, out, errOut := runCLI("config", "check", "-config", file); code != 0 || !strings.Contains(out, file+": ok") {
+		t.Errorf("config check -config: %d %q %q", code, out, errOut)
+	}
+	for _, args := range [][]string{
+		{"serve", "extra"}, {"scaletest", "extra"}, {"version", "extra"}, {"config", "default", "extra"},
+		{"config", "check", file, "extra"}, {"config", "check", "-config", file, file},
+		{"fhir", "check", "extra"}, {"fhir", "migrate", "extra"}, {"user", "add", "-username", "x", "extra"},
+	} {
+		if code, _, errOut := runCLI(args...); code != 2 || errOut == "" {
+			t.Errorf("omnigate %s: exit %d, stderr %q; want 2 and a message", strings.Join(args, " "), code, errOut)
+		}
+	}
+}

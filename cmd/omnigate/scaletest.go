@@ -49,6 +49,10 @@ func runScaletest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "omnigate scaletest: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
 	o.Limits = map[string]int64{}
 	for _, kv := range strings.Split(*limits, ",") {
 		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")

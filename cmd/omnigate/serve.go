@@ -28,6 +28,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "omnigate serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
 	cfg, err := loadConfig(*file)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
