@@ -90,8 +90,12 @@ func evicting(policy string) bool {
 	return strings.HasPrefix(policy, "allkeys-") || strings.HasPrefix(policy, "volatile-")
 }
 
+// warning is one operator warning: its kind (what is at risk, whatever
+// builtins keep state here) and its text.
+type warning struct{ kind, text string }
+
 // warnings derives the operator warnings from the settings and the uses.
-func warnings(s redisSettings, uses map[string]Use) []string {
+func warnings(s redisSettings, uses map[string]Use) []warning {
 	var durable []string
 	for name, u := range uses {
 		if u == Durable {
@@ -104,15 +108,15 @@ func warnings(s redisSettings, uses map[string]Use) []string {
 	slices.Sort(durable)
 	what := strings.Join(durable, " and ")
 	if !s.known {
-		return []string{"CONFIG GET is not allowed on this Redis: eviction and persistence settings could not be checked for " + what}
+		return []warning{{"unchecked", "CONFIG GET is not allowed on this Redis: eviction and persistence settings could not be checked for " + what}}
 	}
-	var out []string
+	var out []warning
 	if s.maxmemory > 0 && evicting(s.policy) {
-		out = append(out, fmt.Sprintf("%s state can be evicted: maxmemory-policy %s with maxmemory %d bytes; use noeviction here and put the cache on its own Redis (cache_redis)",
-			what, s.policy, s.maxmemory))
+		out = append(out, warning{"eviction", fmt.Sprintf("%s state can be evicted: maxmemory-policy %s with maxmemory %d bytes; use noeviction here and put the cache on its own Redis (cache_redis)",
+			what, s.policy, s.maxmemory)})
 	}
 	if s.save == "" && s.appendonly != "yes" {
-		out = append(out, fmt.Sprintf("%s state is lost when Redis restarts: no RDB snapshots (save \"\") and no AOF (appendonly no); enable one of them", what))
+		out = append(out, warning{"persistence", fmt.Sprintf("%s state is lost when Redis restarts: no RDB snapshots (save \"\") and no AOF (appendonly no); enable one of them", what)})
 	}
 	return out
 }
@@ -127,7 +131,9 @@ func (m *Manager) checkSettings(ctx context.Context, c redis.UniversalClient) {
 	m.warn()
 }
 
-// warn logs each warning once per connection.
+// warn logs each kind of warning once per connection: builtins declaring
+// their state one after another (which changes the text, not the risk)
+// do not log it again; /ping shows the current text.
 func (m *Manager) warn() {
 	s := m.settings.Load()
 	if s == nil {
@@ -137,9 +143,9 @@ func (m *Manager) warn() {
 	ws := warnings(*s, m.uses)
 	var fresh []string
 	for _, w := range ws {
-		if !slices.Contains(m.warned, w) {
-			m.warned = append(m.warned, w)
-			fresh = append(fresh, w)
+		if !slices.Contains(m.warned, w.kind) {
+			m.warned = append(m.warned, w.kind)
+			fresh = append(fresh, w.text)
 		}
 	}
 	m.mu.Unlock()
@@ -156,5 +162,9 @@ func (m *Manager) Warnings() []string {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return warnings(*s, m.uses)
+	var out []string
+	for _, w := range warnings(*s, m.uses) {
+		out = append(out, w.text)
+	}
+	return out
 }

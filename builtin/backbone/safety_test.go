@@ -61,22 +61,33 @@ func TestSafetyWarnings(t *testing.T) {
 				if !strings.Contains(got[i], w) {
 					t.Errorf("warning %q lacks %q", got[i], w)
 				}
-				if !strings.Contains(logs.String(), w) {
+				if !strings.Contains(logs.String(), risk(w)) {
 					t.Errorf("warning not logged: %s", w)
 				}
 			}
 			if h := m.Health(); len(h.Warnings) != len(tt.want) {
 				t.Errorf("/ping health shows %d warnings, want %d", len(h.Warnings), len(tt.want))
 			}
-			// Logged once, however often uses are declared.
+			// Logged once, however often and by whichever builtins uses
+			// are declared.
 			m.Declare("sessions", Durable)
+			m.Declare("login throttle", Durable)
 			for _, w := range tt.want {
-				if n := strings.Count(logs.String(), w); n != 1 {
-					t.Errorf("warning logged %d times: %s", n, w)
+				if n := strings.Count(logs.String(), risk(w)); n != 1 {
+					t.Errorf("warning logged %d times: %s\n%s", n, w, logs.String())
 				}
 			}
 		})
 	}
+}
+
+// risk is a warning's text without the builtins it names, which grow as
+// builtins declare their state.
+func risk(w string) string {
+	if i := strings.Index(w, "state "); i >= 0 {
+		return w[i:]
+	}
+	return w
 }
 
 func TestSafetyWithConfigDisabled(t *testing.T) {
