@@ -14,6 +14,7 @@ import (
 
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/internal/plural"
 )
 
 // adminRegistry lets every audit instance of a config load share one set
@@ -330,7 +331,7 @@ func (p *Plugin) Health() gateway.Health {
 	case len(failing) > 0:
 		return gateway.Health{Status: gateway.StatusDegraded, Detail: "failing sinks: " + strings.Join(failing, ", ") + "; records wait in the spool"}
 	}
-	return gateway.Health{Status: gateway.StatusUp, Detail: fmt.Sprintf("%d sinks, spool %d bytes", len(st.Sinks), st.SpoolBytes)}
+	return gateway.Health{Status: gateway.StatusUp, Detail: plural.Of(len(st.Sinks), "sink") + ", spool " + plural.Of(st.SpoolBytes, "byte")}
 }
 
 // sinkHealth is one sink's component in /ping: down while it fails, so
@@ -341,10 +342,10 @@ func (p *pipeline) sinkHealth(name string) gateway.Health {
 			continue
 		}
 		if s.Failing {
-			return gateway.Health{Status: gateway.StatusDown, Detail: fmt.Sprintf("failing since %s (%d attempts): %s; %d bytes wait in the spool",
-				s.FailingSince.UTC().Format(time.RFC3339), s.ConsecutiveFailures, s.LastError, s.BehindBytes)}
+			return gateway.Health{Status: gateway.StatusDown, Detail: fmt.Sprintf("failing since %s (%s): %s; %s wait in the spool",
+				s.FailingSince.UTC().Format(time.RFC3339), plural.Of(s.ConsecutiveFailures, "attempt"), s.LastError, plural.Of(s.BehindBytes, "byte"))}
 		}
-		return gateway.Health{Status: gateway.StatusUp, Detail: fmt.Sprintf("%d records shipped, %d bytes behind", s.Shipped, s.BehindBytes)}
+		return gateway.Health{Status: gateway.StatusUp, Detail: plural.Of(s.Shipped, "record") + " shipped, " + plural.Of(s.BehindBytes, "byte") + " behind"}
 	}
 	return gateway.Health{Status: gateway.StatusLoaded, Detail: "not started"}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/gateway"
 	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/internal/plural"
 )
 
 func init() {
@@ -155,7 +156,8 @@ func (p *Plugin) mountAdmin(env *gateway.Env) error {
 // Health reports the plugin loaded with its roles and cached policies.
 func (p *Plugin) Health() gateway.Health {
 	return gateway.Health{Status: gateway.StatusLoaded,
-		Detail: fmt.Sprintf("%d roles, %d policies cached, %d break-glass accesses", len(p.cfg.Roles), p.policies.len(), p.ring.totalCount())}
+		Detail: plural.Of(len(p.cfg.Roles), "role") + ", " + plural.Of(p.policies.len(), "policy", "policies") + " cached, " +
+			plural.Of(p.ring.totalCount(), "break-glass access", "break-glass accesses")}
 }
 
 func (p *Plugin) routeFor(name string) *routeInfo {

@@ -275,7 +275,7 @@ func TestReload(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &ping); err != nil {
 		t.Fatal(err)
 	}
-	if p := ping.Plugins["authz"]; p.Type != "authz" || !strings.Contains(p.Detail, "1 roles") {
+	if p := ping.Plugins["authz"]; p.Type != "authz" || !strings.Contains(p.Detail, "1 role,") {
 		t.Errorf("/ping: %+v", p)
 	}
 }
