@@ -1,5 +1,6 @@
 # OmniGate. The two commands a new machine needs: `make run` and `make test`.
 GO      ?= go
+SHELL   := /bin/bash
 BIN     := bin/omnigate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
@@ -25,10 +26,12 @@ plugins: build
 	done
 
 ## test: every test, with the race detector; then the FHIR server's tests
-## again on the PostgreSQL store (a private server the tests start)
+## again on the PostgreSQL store (a private server the tests start). The
+## report shows one line per package, failing tests' output and the
+## slowest tests.
 test:
-	$(GO) test -race -timeout 14m ./...
-	OMNIGATE_TEST_STORE=postgres $(GO) test -race -timeout 14m ./builtin/fhir/
+	set -o pipefail; $(GO) test -race -timeout 14m -json ./... | $(GO) run ./scripts/testreport
+	set -o pipefail; OMNIGATE_TEST_STORE=postgres $(GO) test -race -timeout 14m -json ./builtin/fhir/ | $(GO) run ./scripts/testreport -slowest 5
 
 ## bench: Go benchmarks, then loopback load against baselines and peers
 ## (nginx's proxy_pass, proxy_cache and limit_req when nginx is installed)
