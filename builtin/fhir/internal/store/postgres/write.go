@@ -68,8 +68,8 @@ func (s *Store) rollback(ctx context.Context, tx pgx.Tx) {
 }
 
 // Loader is the bulk write path: the store.Tx that Update passes to fn
-// implements it. The import command can use it to write many resources in
-// few round trips.
+// implements it. Transaction Bundles (and so the import command) and the
+// copy command write through it: many resources in few round trips.
 type Loader interface {
 	// PutAll is Put of each version with its index entries (idx[i] for
 	// vs[i], nil for a tombstone), in order: it writes exactly what those
