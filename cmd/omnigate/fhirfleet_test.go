@@ -300,35 +300,22 @@ func TestFHIRFleetKill(t *testing.T) {
 	a, b := startServe(t, "-config", cfg), startServe(t, "-config", cfg)
 	var mu sync.Mutex
 	var acked []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 200; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("k%d-%d", w, i)
-				r := call("PUT", fhirBase(a)+"/Patient/"+id, `{"resourceType":"Patient","id":"`+id+`"}`)
-				if r.err != nil {
-					return // the instance is gone
-				}
-				if r.status == 201 {
-					mu.Lock()
-					acked = append(acked, id)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	stop := writeUntilStopped(4, 200, func(w, i int) bool {
+		id := fmt.Sprintf("k%d-%d", w, i)
+		r := call("PUT", fhirBase(a)+"/Patient/"+id, `{"resourceType":"Patient","id":"`+id+`"}`)
+		if r.err != nil {
+			return false // the instance is gone
+		}
+		if r.status == 201 {
+			mu.Lock()
+			acked = append(acked, id)
+			mu.Unlock()
+		}
+		return true
+	})
 	waitFor(t, "some writes", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) >= 20 })
 	a.cmd.Process.Kill()
-	close(stop)
-	wg.Wait()
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
 	for _, id := range acked {
@@ -361,48 +348,39 @@ func TestFHIRPostgresRestartThroughGateway(t *testing.T) {
 	var mu sync.Mutex
 	var acked, failed []string
 	unavailable := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 2000; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				n := fmt.Sprintf("w%d-%d", w, i)
-				r := call("POST", base, bundle(n))
-				mu.Lock()
-				switch {
-				case r.err != nil:
-					t.Errorf("bundle %s: %v", n, r.err)
-				case r.status == 200:
-					acked = append(acked, n)
-				case r.status == 503:
-					unavailable++
-					failed = append(failed, n)
-					if r.header.Get("Retry-After") == "" || !bytes.Contains(r.body, []byte(`"OperationOutcome"`)) {
-						t.Errorf("bundle %s: 503 without Retry-After or OperationOutcome: %v %s", n, r.header, r.body)
-					}
-				default:
-					failed = append(failed, n)
-					t.Errorf("bundle %s: %d %s", n, r.status, r.body)
-				}
-				// Generous bound for a loaded machine; a hang would be
-				// the client's 20 seconds.
-				if r.took > timeout+5*time.Second {
-					t.Errorf("bundle %s: answered after %s, statement timeout %s", n, r.took, timeout)
-				}
-				mu.Unlock()
-				if r.status == 503 {
-					time.Sleep(50 * time.Millisecond) // a client backs off
-				}
+	stop := writeUntilStopped(2, 2000, func(w, i int) bool {
+		n := fmt.Sprintf("w%d-%d", w, i)
+		r := call("POST", base, bundle(n))
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.err != nil:
+			t.Errorf("bundle %s: %v", n, r.err)
+		case r.status == 200:
+			acked = append(acked, n)
+		case r.status == 503:
+			unavailable++
+			failed = append(failed, n)
+			if r.header.Get("Retry-After") == "" || !bytes.Contains(r.body, []byte(`"OperationOutcome"`)) {
+				t.Errorf("bundle %s: 503 without Retry-After or OperationOutcome: %v %s", n, r.header, r.body)
 			}
-		}()
-	}
+		default:
+			failed = append(failed, n)
+			t.Errorf("bundle %s: %d %s", n, r.status, r.body)
+		}
+		// Generous bound for a loaded machine; a hang would be the
+		// client's 20 seconds.
+		if r.took > timeout+5*time.Second {
+			t.Errorf("bundle %s: answered after %s, statement timeout %s", n, r.took, timeout)
+		}
+		if r.status == 503 {
+			// A client backs off (not holding mu: the test reads the lists).
+			mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+			mu.Lock()
+		}
+		return true
+	})
 	count := func(list *[]string) int { mu.Lock(); defer mu.Unlock(); return len(*list) }
 	waitFor(t, "writes before the outage", func() bool { return count(&acked) >= 5 })
 	srv.Stop()
@@ -414,8 +392,7 @@ func TestFHIRPostgresRestartThroughGateway(t *testing.T) {
 	before := count(&acked)
 	waitFor(t, "writes after the restart", func() bool { return count(&acked) >= before+5 })
 	waitFor(t, "/readyz 200 after the restart", func() bool { code, _ := httpGet(t, admin+"/readyz"); return code == 200 })
-	close(stop)
-	wg.Wait()
+	stop()
 
 	countOf := func(typ, n string) float64 {
 		r := call("GET", base+"/"+typ+"?_summary=count&identifier=urn:test:rs|"+n, nil)
@@ -435,4 +412,32 @@ func TestFHIRPostgresRestartThroughGateway(t *testing.T) {
 		}
 	}
 	t.Logf("%d bundles acknowledged, %d answered 503", len(acked), unavailable)
+}
+
+// writeUntilStopped runs n writers, each calling write(w, i) for i from 0
+// to limit-1 until write returns false or stop is called; stop waits for
+// them.
+func writeUntilStopped(n, limit int, write func(w, i int) bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < limit; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if !write(w, i) {
+					return
+				}
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
