@@ -243,9 +243,13 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 			return nil, err
 		}
 	}
-	err := h.store.Update(ctx, func(tx store.Tx) error {
+	err := h.bulkUpdate(ctx, func(tx store.Tx) error {
 		now := h.now()
-		if !prepared {
+		if prepared {
+			if err := prefetch(ctx, tx, entries); err != nil {
+				return err
+			}
+		} else {
 			// Conditions are searched in the transaction, against the
 			// store as it is before the transaction writes: the outcome
 			// does not depend on the order of the entries.
@@ -262,6 +266,9 @@ func (h *Handler) transaction(ctx context.Context, req *request, entries []*bund
 				return err
 			}
 			if err := prepareEntries(entries, refs, cond); err != nil {
+				return err
+			}
+			if err := prefetch(ctx, tx, entries); err != nil {
 				return err
 			}
 		}

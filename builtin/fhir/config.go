@@ -186,6 +186,10 @@ type StoreConfig struct {
 	// writes consistent copies of the store while it serves. Default
 	// "./data/backups".
 	BackupDir string `yaml:"backup_dir"`
+	// IgnoreEnv makes DatabaseURL return URL even when FHIR_DATABASE_URL
+	// is set: for a URL given on a command line (omnigate fhir copy). Not a
+	// config key.
+	IgnoreEnv bool `yaml:"-"`
 }
 
 // Describe names the store for messages: the SQLite file, or the
@@ -197,10 +201,10 @@ func (s *StoreConfig) Describe() string {
 	return s.Path
 }
 
-// DatabaseURL is the PostgreSQL URL: FHIR_DATABASE_URL when set, else
-// URL.
+// DatabaseURL is the PostgreSQL URL: FHIR_DATABASE_URL when set (unless
+// IgnoreEnv), else URL.
 func (s *StoreConfig) DatabaseURL() string {
-	if u := os.Getenv("FHIR_DATABASE_URL"); u != "" {
+	if u := os.Getenv("FHIR_DATABASE_URL"); u != "" && !s.IgnoreEnv {
 		return u
 	}
 	return s.URL

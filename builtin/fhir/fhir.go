@@ -248,6 +248,10 @@ type Handler struct {
 	// gateway shares per export folder.
 	export *exporter
 
+	// noBulk makes transactions write Put by Put on every store
+	// (benchmarks compare it with the bulk path, see bulkUpdate).
+	noBulk bool
+
 	mu      sync.RWMutex
 	onWrite []func(ctx context.Context, w Write)
 	now     func() time.Time

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -13,7 +15,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir"
 )
 
-const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
+const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir copy -from STORE -to STORE [-force] [-quiet] | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
 
 // runFHIR runs "omnigate fhir import [-config FILE] FILE..." and
 // "omnigate fhir check [-config FILE]".
@@ -29,6 +31,8 @@ func runFHIR(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runFHIRCheck(ctx, args[1:], stdout, stderr)
 	case "migrate":
 		return runFHIRMigrate(ctx, args[1:], stdout, stderr)
+	case "copy":
+		return runFHIRCopy(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprintln(stderr, fhirUsage)
 	return 2
@@ -121,6 +125,95 @@ func runFHIRMigrate(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	fmt.Fprintf(stdout, "%s: %s %d migrations\n", fhir.RedactURL(cfg.Store.DatabaseURL()), verb, len(names))
 	return 0
+}
+
+// runFHIRCopy copies a whole store, every version of every resource, into
+// another (see fhir.CopyStore).
+func runFHIRCopy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fhir copy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	from := fs.String("from", "", "the store copied: sqlite:PATH, a postgres:// URL, or a config file whose fhir.store is used")
+	to := fs.String("to", "", "the store written, named as -from; created or migrated if needed")
+	force := fs.Bool("force", false, "empty a target that holds resources first (default: refuse it)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 || *from == "" || *to == "" {
+		fmt.Fprintln(stderr, "usage: omnigate fhir copy -from STORE -to STORE [-force] [-quiet]; STORE is sqlite:PATH, postgres://… or a config file")
+		return 2
+	}
+	src, err := storeSpec(*from)
+	if err != nil {
+		fmt.Fprintln(stderr, "omnigate fhir copy: -from:", err)
+		return 2
+	}
+	dst, err := storeSpec(*to)
+	if err != nil {
+		fmt.Fprintln(stderr, "omnigate fhir copy: -to:", err)
+		return 2
+	}
+	opt := fhir.CopyOptions{Force: *force}
+	var bar *progressbar.ProgressBar
+	if !*quiet {
+		opt.Progress = func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.NewOptions64(total,
+					progressbar.OptionSetWriter(stderr),
+					progressbar.OptionSetDescription("copy"),
+					progressbar.OptionShowCount(),
+					progressbar.OptionSetItsString("versions"),
+					progressbar.OptionShowIts(),
+					progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionClearOnFinish(),
+				)
+			}
+			bar.ChangeMax64(total)
+			bar.Set64(done)
+		}
+	}
+	start := time.Now()
+	sum, err := fhir.CopyStore(ctx, src, dst, opt)
+	if bar != nil {
+		bar.Finish()
+	}
+	if errors.Is(err, fhir.ErrTargetNotEmpty) {
+		fmt.Fprintf(stderr, "omnigate fhir copy: %s holds resources: copy into an empty store, or add -force to empty it first\n", dst.Describe())
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "omnigate fhir copy:", err)
+		return 1
+	}
+	el := time.Since(start)
+	fmt.Fprintf(stdout, "copied %d versions of %d resources from %s to %s in %s (%.0f versions/s)\n",
+		sum.Versions, sum.Resources, src.Describe(), dst.Describe(), el.Round(time.Millisecond), float64(sum.Versions)/el.Seconds())
+	return 0
+}
+
+// storeSpec returns the store a copy's -from or -to names: "sqlite:PATH",
+// a postgres:// (or postgresql://) URL, or a config file whose fhir.store
+// is used.
+func storeSpec(spec string) (*fhir.StoreConfig, error) {
+	switch {
+	case strings.HasPrefix(spec, "sqlite:"):
+		path := strings.TrimPrefix(spec, "sqlite:")
+		if path == "" {
+			return nil, errors.New("sqlite: needs a file path")
+		}
+		return &fhir.StoreConfig{Driver: "sqlite", Path: path}, nil
+	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
+		return &fhir.StoreConfig{Driver: "postgres", URL: spec, IgnoreEnv: true}, nil
+	}
+	gcfg, err := loadConfig(spec)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := fhir.ConfigFrom(gcfg)
+	if err != nil {
+		return nil, err
+	}
+	return &cfg.Store, nil
 }
 
 // runFHIRImport loads files into the store.

@@ -96,3 +96,55 @@ func TestFHIRStoreConfigErrors(t *testing.T) {
 		t.Errorf("url from FHIR_DATABASE_URL: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// fhir copy from a SQLite store into PostgreSQL and back: the counts, a
+// refused non-empty target until -force, a config file as the source, and
+// no password in any output.
+func TestFHIRCopyCommand(t *testing.T) {
+	dir := t.TempDir()
+	url := strings.Replace(pgtest.NewDatabase(t), "postgres://postgres@", "postgres://postgres:s3cret-pw@", 1)
+	if !strings.Contains(url, "s3cret-pw") {
+		t.Fatalf("unexpected test URL form %q", url)
+	}
+	srcCfg := filepath.Join(dir, "src.yaml")
+	os.WriteFile(srcCfg, []byte("fhir:\n  validate: false\n  store: {path: "+filepath.Join(dir, "src.db")+"}\nroutes:\n  - fhir: true\n"), 0o600)
+	bundle := filepath.Join(dir, "tx.json")
+	os.WriteFile(bundle, []byte(`{"resourceType":"Bundle","type":"transaction","entry":[
+		{"resource":{"resourceType":"Patient","id":"a"},"request":{"method":"PUT","url":"Patient/a"}},
+		{"resource":{"resourceType":"Patient","id":"b"},"request":{"method":"PUT","url":"Patient/b"}}]}`), 0o644)
+	del := filepath.Join(dir, "del.json")
+	os.WriteFile(del, []byte(`{"resourceType":"Bundle","type":"transaction","entry":[
+		{"request":{"method":"DELETE","url":"Patient/b"}},
+		{"resource":{"resourceType":"Patient","id":"a","active":true},"request":{"method":"PUT","url":"Patient/a"}}]}`), 0o644)
+	for _, f := range []string{bundle, del} {
+		if code, out, errOut := runCLI("fhir", "import", "-config", srcCfg, "-quiet", f); code != 0 {
+			t.Fatalf("import %s: exit %d\n%s%s", f, code, out, errOut)
+		}
+	}
+	check := func(what string, code, want int, out, errOut, wantOut string) {
+		t.Helper()
+		if strings.Contains(out+errOut, "s3cret-pw") {
+			t.Errorf("%s: the password is shown:\n%s%s", what, out, errOut)
+		}
+		if code != want || !strings.Contains(out+errOut, wantOut) {
+			t.Errorf("%s: exit %d, want %d and %q\n%s%s", what, code, want, wantOut, out, errOut)
+		}
+	}
+	code, out, errOut := runCLI("fhir", "copy", "-from", srcCfg, "-to", url)
+	check("copy to PostgreSQL", code, 0, out, errOut, "copied 4 versions of 2 resources from "+filepath.Join(dir, "src.db")+" to postgres://postgres@")
+	code, out, errOut = runCLI("fhir", "copy", "-from", "sqlite:"+filepath.Join(dir, "src.db"), "-to", url, "-quiet")
+	check("copy into a non-empty target", code, 1, out, errOut, "add -force")
+	code, out, errOut = runCLI("fhir", "copy", "-from", "sqlite:"+filepath.Join(dir, "src.db"), "-to", url, "-quiet", "-force")
+	check("forced copy", code, 0, out, errOut, "copied 4 versions")
+	back := filepath.Join(dir, "back.db")
+	code, out, errOut = runCLI("fhir", "copy", "-from", url, "-to", "sqlite:"+back, "-quiet")
+	check("copy back", code, 0, out, errOut, "copied 4 versions of 2 resources")
+	backCfg := filepath.Join(dir, "back.yaml")
+	os.WriteFile(backCfg, []byte("fhir:\n  validate: false\n  store: {path: "+back+"}\nroutes:\n  - fhir: true\n"), 0o600)
+	code, out, errOut = runCLI("fhir", "check", "-config", backCfg)
+	check("check the copy", code, 0, out, errOut, ", 4 versions")
+	code, out, errOut = runCLI("fhir", "copy", "-from", "sqlite:", "-to", url)
+	check("empty sqlite path", code, 2, out, errOut, "needs a file path")
+	code, out, errOut = runCLI("fhir", "copy", "-from", url)
+	check("no target", code, 2, out, errOut, "usage")
+}

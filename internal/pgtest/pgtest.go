@@ -393,7 +393,11 @@ var (
 
 // Main runs the package's tests (m.Run) and then stops the shared server if
 // one was started, and exits with the tests' status. Call it from TestMain.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain with more to do after the tests: it returns
+// their status instead of exiting.
+func Run(m *testing.M) int {
 	mainCalled.Store(true)
 	code := m.Run()
 	sharedMu.Lock()
@@ -401,7 +405,7 @@ func Main(m *testing.M) {
 		shared.Close()
 	}
 	sharedMu.Unlock()
-	os.Exit(code)
+	return code
 }
 
 // Shared returns the test binary's server, started on first use and

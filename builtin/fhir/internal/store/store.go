@@ -151,3 +151,15 @@ type Statser interface {
 	Stats(ctx context.Context) (Stats, error)
 	Check(ctx context.Context) error
 }
+
+// Copier is a store that can be read whole, in the order it was written,
+// and emptied: what copying one store into another needs (omnigate fhir
+// copy). Both stores implement it.
+type Copier interface {
+	// Versions returns up to limit versions whose Seq is above after, in
+	// Seq order (the order they were written), deletions included.
+	Versions(ctx context.Context, after int64, limit int) ([]*Version, error)
+	// Clear removes every resource, version, index entry and paging
+	// snapshot, in one transaction taken as a write.
+	Clear(ctx context.Context) error
+}

@@ -142,6 +142,11 @@ type Options struct {
 	// ErrMigrationNeeded if the database lacks some (apply them with
 	// Migrate), as with ErrSchemaNewer if it has unknown ones.
 	NoMigrate bool
+	// BulkInsert makes Loader.PutAll write its history and index rows
+	// with INSERT … SELECT unnest(…) instead of COPY, which is faster
+	// (docs/BENCHMARKS.md): for benchmarks that compare the two. Default
+	// false.
+	BulkInsert bool
 }
 
 // defaults and limits of Options.
@@ -311,8 +316,7 @@ type Store struct {
 	lis     *listener  // nil without a cache
 	stop    context.CancelFunc
 	once    sync.Once
-	// bulkInsert makes PutAll write its rows with INSERT … SELECT
-	// unnest(…) instead of COPY (benchmarks compare the two).
+	// bulkInsert is Options.BulkInsert.
 	bulkInsert bool
 }
 
@@ -349,7 +353,7 @@ func Open(ctx context.Context, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	lctx, stop := context.WithCancel(context.Background())
-	s := &Store{pool: pool, timeout: opt.StatementTimeout, cache: newReadCache(opt.CacheBytes), stop: stop}
+	s := &Store{pool: pool, timeout: opt.StatementTimeout, cache: newReadCache(opt.CacheBytes), stop: stop, bulkInsert: opt.BulkInsert}
 	if s.cache != nil {
 		s.lis = &listener{cfg: cfg.Copy(), cache: s.cache, pingEvery: 5 * time.Second,
 			pingTimeout: max(opt.StatementTimeout/2, 100*time.Millisecond), done: make(chan struct{})}

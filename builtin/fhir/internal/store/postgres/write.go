@@ -68,8 +68,8 @@ func (s *Store) rollback(ctx context.Context, tx pgx.Tx) {
 }
 
 // Loader is the bulk write path: the store.Tx that Update passes to fn
-// implements it. The import command can use it to write many resources in
-// few round trips.
+// implements it. Transaction Bundles (and so the import command) and the
+// copy command write through it: many resources in few round trips.
 type Loader interface {
 	// PutAll is Put of each version with its index entries (idx[i] for
 	// vs[i], nil for a tombstone), in order: it writes exactly what those
@@ -77,6 +77,11 @@ type Loader interface {
 	// in each version's Key and Seq. The caller sets Version and Updated
 	// as for Put. The same resource may appear more than once.
 	PutAll(ctx context.Context, vs []*store.Version, idx []*search.Entries) error
+	// ReadAll returns the current versions (tombstones included) of the
+	// resources named by refs ("Type/id"), by ref, in one round trip:
+	// those that do not exist are left out. It sees the transaction's
+	// writes.
+	ReadAll(ctx context.Context, refs []string) (map[string]*store.Version, error)
 }
 
 var _ Loader = (*writeTx)(nil)
@@ -84,6 +89,37 @@ var _ Loader = (*writeTx)(nil)
 // Load writes the versions in one Update through Loader.PutAll.
 func (s *Store) Load(ctx context.Context, vs []*store.Version, idx []*search.Entries) error {
 	return s.Update(ctx, func(tx store.Tx) error { return tx.(Loader).PutAll(ctx, vs, idx) })
+}
+
+// readAllSQL reads the current versions of the resources named by two
+// arrays of types and ids.
+const readAllSQL = `SELECT ` + versionColumns + ` FROM unnest($1::text[], $2::text[]) AS k(type, id)
+	JOIN resources r ON r.type = k.type AND r.id = k.id JOIN history h ON h.seq = r.seq`
+
+// ReadAll implements Loader.
+func (w *writeTx) ReadAll(ctx context.Context, refs []string) (map[string]*store.Version, error) {
+	out := make(map[string]*store.Version, len(refs))
+	if len(refs) == 0 {
+		return out, nil
+	}
+	types, ids := make([]string, 0, len(refs)), make([]string, 0, len(refs))
+	for _, ref := range refs {
+		typ, id, ok := strings.Cut(ref, "/")
+		if !ok {
+			return nil, fmt.Errorf("read all: %q is not Type/id", ref)
+		}
+		types, ids = append(types, text(typ)), append(ids, text(id))
+	}
+	bctx, cancel := w.bound(ctx)
+	defer cancel()
+	vs, err := w.all(bctx, ctx, readAllSQL, types, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read all: %w", err)
+	}
+	for _, v := range vs {
+		out[v.Type+"/"+v.ID] = v
+	}
+	return out, nil
 }
 
 // writeTx implements store.Tx and Loader.
@@ -156,6 +192,10 @@ func (w *writeTx) Put(ctx context.Context, v *store.Version, idx *search.Entries
 	}
 	return nil
 }
+
+// minCopyRows is the fewest rows PutAll writes with COPY rather than with
+// one batch of INSERTs.
+const minCopyRows = 64
 
 // maxPending bounds the rows queued before they are written.
 const maxPending = 20000
@@ -353,5 +393,7 @@ func (w *writeTx) putRun(ctx context.Context, vs []*store.Version, idx []*search
 		}
 	}
 	set["history"] = hist
-	return w.writeRows(ctx, set, !w.s.bulkInsert)
+	// COPY takes a round trip per table, the INSERT batch one in all: a
+	// short run's rows go in the batch.
+	return w.writeRows(ctx, set, !w.s.bulkInsert && rowCount(set) >= minCopyRows)
 }

@@ -73,3 +73,12 @@ func (c *readCache) invalidate(keys []string) {
 		}
 	}
 }
+
+// clear drops everything.
+func (c *readCache) clear() {
+	c.gen.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.m)
+	c.size = 0
+}

@@ -63,8 +63,75 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConfinedHistory", testConfinedHistory},
 		{"AbsoluteReferencesStayOutside", testAbsoluteReferences},
 		{"CompartmentMembership", testCompartmentMembership},
+		{"Copier", testCopier},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
+	}
+}
+
+// testCopier: Versions pages through every version in the order written,
+// deletions included; Clear leaves an empty store that numbers its history
+// from the start again and takes new writes.
+func testCopier(t *testing.T, s store.Store) {
+	c, ok := s.(store.Copier)
+	if !ok {
+		t.Skip("the store is not a store.Copier")
+	}
+	ctx := context.Background()
+	w := &Writer{S: s}
+	var want []*store.Version
+	for i := range 5 {
+		id := fmt.Sprintf("p%d", i%3)
+		body := fmt.Sprintf(`{"resourceType":"Patient","id":%q,"birthDate":"20%02d"}`, id, i)
+		if i == 3 {
+			body = ""
+		}
+		want = append(want, w.Put(t, "Patient", id, body))
+	}
+	var got []*store.Version
+	for after := int64(0); ; {
+		vs, err := c.Versions(ctx, after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(vs) == 0 {
+			break
+		}
+		if len(vs) > 2 {
+			t.Fatalf("%d versions, limit 2", len(vs))
+		}
+		got = append(got, vs...)
+		after = vs[len(vs)-1].Seq
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d versions, want %d", len(got), len(want))
+	}
+	for i := range want {
+		g, x := got[i], want[i]
+		if g.Seq != x.Seq || g.Key != x.Key || g.Type != x.Type || g.ID != x.ID || g.Version != x.Version ||
+			!g.Updated.Equal(x.Updated) || g.Deleted != x.Deleted || g.Method != x.Method || string(g.Body) != string(x.Body) {
+			t.Errorf("version %d: %+v, want %+v", i, g, x)
+		}
+	}
+	if err := c.Clear(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := c.Versions(ctx, 0, 10); len(vs) != 0 {
+		t.Errorf("%d versions after Clear", len(vs))
+	}
+	if _, err := s.Read(ctx, "Patient", "p0"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("read after Clear: %v", err)
+	}
+	q, err := search.Parse("Patient", url.Values{"birthdate": {"ge2000"}}, search.Options{Now: Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Count(ctx, q); err != nil || n != 0 {
+		t.Errorf("search after Clear: %d %v", n, err)
+	}
+	v := w.Put(t, "Patient", "p0", `{"resourceType":"Patient","id":"p0"}`)
+	if v.Version != 1 || v.Seq != 1 {
+		t.Errorf("first write after Clear: version %d, seq %d; want 1 and 1", v.Version, v.Seq)
 	}
 }
 
