@@ -411,6 +411,7 @@ func TestCLIHelpAndArguments(t *testing.T) {
 		"fhir -h":               "usage: omnigate fhir import",
 		"fhir import -h":        "-config",
 		"fhir check --help":     "-config",
+		"fhir copy -h":          "-force",
 		"help fhir migrate":     "-dry-run",
 		"scaletest -h":          "-instances",
 		"version -h":            "omnigate ",
