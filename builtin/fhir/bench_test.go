@@ -115,7 +115,7 @@ func BenchmarkValidate(b *testing.B) {
 			defer func() { h.validator = v }()
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if _, err := h.parseResource(body, "Observation", "", false); err != nil {
+				if _, err := h.parseResource(body, "Observation", "", checkAll); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -179,7 +179,7 @@ func (h *Handler) bodyResource(req *request, typ string) (*parsed, error) {
 	if err != nil {
 		return nil, err
 	}
-	return h.parseResource(body, typ, "", req.trusted)
+	return h.parseResource(body, typ, "", req.checks)
 }
 
 func (h *Handler) create(w http.ResponseWriter, req *request, typ string) error {
