@@ -126,14 +126,19 @@ const (
 )
 
 // conformance validates tree against the core definitions and the
-// profiles it declares (and extra ones), as the config says. Issues of
-// severity error fail the resource with 422.
-func (h *Handler) conformance(typ string, tree map[string]any, where string, extra []string) []issue {
+// profiles it declares, as the config says. Issues of severity error fail
+// the resource with 422.
+func (h *Handler) conformance(typ string, tree map[string]any, where string) []issue {
 	if h.profiles == nil {
 		return nil
 	}
 	v := h.cfg.Validation
-	found := h.profiles.Validate(tree, profile.Options{Core: boolOr(v.Core, true), Profiles: boolOr(v.Profiles, true), Extra: extra})
+	return conformanceIssues(h.profiles, typ, tree, where, profile.Options{Core: boolOr(v.Core, true), Profiles: boolOr(v.Profiles, true)})
+}
+
+// conformanceIssues validates tree against set's definitions as o says.
+func conformanceIssues(set *profile.Set, typ string, tree map[string]any, where string, o profile.Options) []issue {
+	found := set.Validate(tree, o)
 	out := make([]issue, 0, len(found))
 	for _, p := range found {
 		out = append(out, issue{Severity: p.Severity, Code: p.Code, Diagnostics: where + p.Message, Expression: []string{p.Expression}})

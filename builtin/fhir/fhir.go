@@ -241,7 +241,9 @@ type Handler struct {
 	validator *validate.Validator
 	// profiles are the StructureDefinitions writes are validated against
 	// (nil: none).
-	profiles  *profile.Set
+	profiles *profile.Set
+	// opVal are $validate's, built on first use.
+	opVal     validators
 	log       *slog.Logger
 	pages     *snapshots
 	capJSON   []byte

@@ -15,6 +15,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/validate"
 )
 
 func validID(s string) bool { return search.ValidID(s) }
@@ -183,7 +184,7 @@ func (h *Handler) check(typ string, tree map[string]any, where string, c checks)
 	}
 	schemaFailed := len(issues) > 0
 	if c == checkAll {
-		issues = mergeIssues(issues, h.conformance(typ, tree, where, nil))
+		issues = mergeIssues(issues, h.conformance(typ, tree, where))
 	}
 	if hasErrors(issues) {
 		return validationError(schemaFailed, issues)
@@ -210,20 +211,26 @@ func mergeIssues(issues, more []issue) []issue {
 	return issues
 }
 
-// schemaIssues validates tree against the schema, and each contained
-// resource against its own type's.
+// schemaIssues validates tree against the schema, if validation is on.
 func (h *Handler) schemaIssues(typ string, tree map[string]any, where string) ([]issue, error) {
 	if h.validator == nil {
 		return nil, nil
 	}
+	return schemaProblems(h.validator, h.cfg.RejectUnknownElements, typ, tree, where)
+}
+
+// schemaProblems validates tree against the schema, and each contained
+// resource against its own type's; elements the schema does not define
+// are problems only with rejectUnknown.
+func schemaProblems(v *validate.Validator, rejectUnknown bool, typ string, tree map[string]any, where string) ([]issue, error) {
 	var issues []issue
-	add := func(prefix, typ string, v any) error {
-		probs, err := h.validator.Validate(typ, v)
+	add := func(prefix, typ string, x any) error {
+		probs, err := v.Validate(typ, x)
 		if err != nil {
 			return err
 		}
 		for _, p := range probs {
-			if p.Unknown && !h.cfg.RejectUnknownElements {
+			if p.Unknown && !rejectUnknown {
 				continue
 			}
 			is := newIssue(http.StatusBadRequest, where+p.Message)
