@@ -247,7 +247,9 @@ func examplePatient(t testing.TB) map[string]any {
 	if err != nil {
 		t.Skipf("example data: %v", err)
 	}
-	var b struct{ Entry []struct{ Resource map[string]any } }
+	var b struct {
+		Entry []struct{ Resource map[string]any }
+	}
 	d := json.NewDecoder(bytes.NewReader(data))
 	d.UseNumber()
 	if err := d.Decode(&b); err != nil {
