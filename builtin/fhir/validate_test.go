@@ -240,13 +240,10 @@ func TestProfilesFromPackages(t *testing.T) {
 	mustStatus(t, do(t, h, "PUT", "/fhir/R4/Patient/85", body), 201)
 }
 
-// examplePatient is Patient/85 of the shared US Core example Bundle.
+// examplePatient is Patient/85 of the US Core example Bundle.
 func examplePatient(t testing.TB) map[string]any {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "fhir-r4", "examples", "uscore_bundle_patient_85.json"))
-	if err != nil {
-		t.Skipf("example data: %v", err)
-	}
+	data := sharedExample(t, "uscore_bundle_patient_85.json")
 	var b struct {
 		Entry []struct{ Resource map[string]any }
 	}

@@ -11,9 +11,9 @@ import (
 	"testing"
 )
 
-// examples are the real US Core transaction Bundles shared by the project's
-// machines (read, not committed: see ../../testdata for what is).
-const examples = "../../../../../shared/fhir-r4/examples"
+// examples are the real US Core transaction Bundles (Synthea patients)
+// committed for the FHIR server's tests.
+const examples = "../../testdata/synthea"
 
 func decode(t testing.TB, s string) map[string]any {
 	t.Helper()
@@ -96,7 +96,7 @@ func exampleResources(t testing.TB) []map[string]any {
 	for _, f := range []string{"uscore_bundle_patient_85.json", "uscore_bundle_patient_355.json", "carin_bundle_patient_888.json"} {
 		data, err := os.ReadFile(filepath.Join(examples, f))
 		if err != nil {
-			t.Skipf("example data: %v", err)
+			t.Fatal(err)
 		}
 		b := decode(t, string(data))
 		for _, e := range b["entry"].([]any) {
@@ -354,5 +354,18 @@ func TestExpand(t *testing.T) {
 		if got != c.want {
 			t.Errorf("%s: %s (%v), want %s", c.url, got, err, c.want)
 		}
+	}
+}
+
+// BenchmarkValidate validates the example Bundles' resources against the
+// core definitions and the US Core profiles they declare, one resource per
+// operation.
+func BenchmarkValidate(b *testing.B) {
+	s := usCore(b)
+	rs := exampleResources(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s.Validate(rs[i%len(rs)], Options{Core: true, Profiles: true})
 	}
 }
