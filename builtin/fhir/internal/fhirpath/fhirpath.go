@@ -41,8 +41,12 @@ func (e *Expr) String() string { return e.src }
 type TypeNames func(suffix string) string
 
 // Parse compiles src. The error names the offset of what it could not read.
-func Parse(src string) (*Expr, error) {
-	p := &parser{src: src}
+func Parse(src string) (*Expr, error) { return parse(src, false) }
+
+// parse compiles src in the search subset, or with full in the language of
+// invariants (see ParseInvariant).
+func parse(src string, full bool) (*Expr, error) {
+	p := &parser{src: src, full: full}
 	p.next()
 	n, err := p.expr(0)
 	if err != nil {

@@ -34,18 +34,7 @@ var fullFuncs = map[string][2]int{
 // variables %resource, %context and %ucum, and the functions listed in
 // fullFuncs. Anything else is an error, so that a caller can skip the
 // constraint rather than evaluate it wrongly.
-func ParseInvariant(src string) (*Expr, error) {
-	p := &parser{src: src, full: true}
-	p.next()
-	n, err := p.expr(0)
-	if err != nil {
-		return nil, err
-	}
-	if p.tok.kind != tEOF {
-		return nil, p.errorf("unexpected %q", p.tok.text)
-	}
-	return &Expr{src: src, root: n}, nil
-}
+func ParseInvariant(src string) (*Expr, error) { return parse(src, true) }
 
 // Holds evaluates e as an invariant of value (an element of resource):
 // value is the context ($this, %context), resource is %resource. It reports
@@ -424,7 +413,11 @@ func (n binaryNode) evalFull(_ *evalCtx, l, r []Node) []Node {
 		} else {
 			x.Sub(x, y)
 		}
-		return []Node{{V: json.Number(x.RatString()), Type: "decimal"}}
+		out := x.RatString()
+		if !x.IsInt() {
+			out = strings.TrimRight(x.FloatString(20), "0")
+		}
+		return []Node{{V: json.Number(out), Type: "decimal"}}
 	case "<", ">", "<=", ">=":
 		a, aok := singleValue(l)
 		b, bok := singleValue(r)
