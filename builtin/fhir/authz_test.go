@@ -798,8 +798,10 @@ func TestAccessWrites(t *testing.T) {
 		{"constrained update of what it does not match", lab85w, "PUT", "/fhir/R4/" + own[8], body(own[8], "85"), nil, 403, own[8]},
 		{"constrained delete of what it does not match", lab85w, "DELETE", "/fhir/R4/" + own[9], "", nil, 404, own[9]},
 
-		// Operations the server does not implement.
-		{"$validate", physician, "POST", "/fhir/R4/Observation/$validate", observation("85", "x"), nil, 404, ""},
+		// $validate writes nothing; the server does not implement others.
+		{"$validate", physician, "POST", "/fhir/R4/Observation/$validate", observation("85", "x"), nil, 200, ""},
+		{"$validate of a deletion", patient85, "POST", "/fhir/R4/" + own[10] + "/$validate?mode=delete", "", nil, 200, own[10]},
+		{"$meta-add", physician, "POST", "/fhir/R4/Observation/$meta-add", observation("85", "x"), nil, 404, ""},
 		{"$lastn", patient85, "GET", "/fhir/R4/Observation/$lastn", "", nil, 404, ""},
 		{"an unknown endpoint", patient85, "GET", "/fhir/R4/Patient/85/Observation/x", "", nil, 403, ""},
 	} {

@@ -62,6 +62,9 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 	if err != nil {
 		return err
 	}
+	if err := checkUTF8(body); err != nil {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
 	var b inBundle
 	if err := json.Unmarshal(body, &b); err != nil {
 		if _, jerr := decodeJSON(body); jerr != nil {
@@ -83,7 +86,7 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 		}
 	}
 	entries := make([]*bundleEntry, len(b.Entry))
-	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i], req.trusted, fullURLs) })
+	parallel(len(entries), func(i int) { entries[i] = h.parseEntry(i, &b.Entry[i], req.checks, fullURLs) })
 	switch b.Type {
 	case "transaction":
 		for _, e := range entries {
@@ -109,7 +112,7 @@ func (h *Handler) bundle(w http.ResponseWriter, req *request) error {
 // parseEntry reads an entry's request and resource, and finds the links
 // of the resource to rewrite: to the fullUrls of the other entries of a
 // transaction, and conditional references.
-func (h *Handler) parseEntry(i int, in *inEntry, trusted bool, fullURLs map[string]bool) *bundleEntry {
+func (h *Handler) parseEntry(i int, in *inEntry, c checks, fullURLs map[string]bool) *bundleEntry {
 	where := fmt.Sprintf("entry[%d]: ", i)
 	e := &bundleEntry{index: i, fullURL: in.FullURL}
 	fail := func(status int, format string, args ...any) *bundleEntry {
@@ -170,7 +173,7 @@ func (h *Handler) parseEntry(i int, in *inEntry, trusted bool, fullURLs map[stri
 	}
 	switch method {
 	case http.MethodPost, http.MethodPut:
-		p, err := h.parseResource(in.Resource, o.typ, where, trusted)
+		p, err := h.parseResource(in.Resource, o.typ, where, c)
 		if err != nil {
 			prefixExpressions(err, i)
 			e.err = err

@@ -3,6 +3,7 @@ package fhir
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
@@ -108,7 +109,7 @@ func capabilityStatement(cfg *Config, now time.Time) ([]byte, error) {
 			}
 		}
 		r.SearchRevInclude = revs[t]
-		r.Operation = typeOperations[t]
+		r.Operation = append(slices.Clone(typeOperations[t]), capOperation{"validate", defValidate})
 		resources = append(resources, r)
 	}
 	security := map[string]any{"cors": len(cfg.CORS.AllowedOrigins) > 0}

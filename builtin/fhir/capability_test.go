@@ -145,6 +145,13 @@ func TestCapabilityDeclaresWhatWorks(t *testing.T) {
 				if r.status == 202 {
 					finish(t, h, h.export, linkPath(r.header.Get("Content-Location")))
 				}
+			case "validate":
+				// One handler serves every type; the first use of a
+				// type compiles its schema, so a few types suffice.
+				if typ == "Patient" || typ == "Observation" || typ == "Bundle" {
+					check(typ+" $validate", do(t, h, "POST", "/fhir/R4/"+typ+"/$validate", `{"resourceType":"`+typ+`"}`), 200)
+					check(typ+" $validate (instance)", do(t, h, "GET", "/fhir/R4/"+typ+"/"+id+"/$validate", nil), 200)
+				}
 			default:
 				t.Errorf("%s: operation %v has no request here", typ, om["name"])
 			}
@@ -190,7 +197,7 @@ func TestCapabilityDeclaresWhatWorks(t *testing.T) {
 	}
 	t.Logf("requests per declared item: %v", counts)
 	// What the statement must declare.
-	if counts["searchRevInclude"] == 0 || counts["operation"] != 3 || counts["system operation"] != 1 || counts["system searchParam"] != 5 {
+	if counts["searchRevInclude"] == 0 || counts["operation"] != 3+len(rest["resource"].([]any)) || counts["system operation"] != 1 || counts["system searchParam"] != 5 {
 		t.Errorf("declared %v", counts)
 	}
 	for _, raw := range rest["resource"].([]any) {

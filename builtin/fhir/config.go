@@ -32,8 +32,13 @@ type Config struct {
 	UpdateCreate *bool `yaml:"update_create"`
 	// SchemaValidation checks every written resource against the official
 	// R4 JSON schema (unknown elements, wrong types, bad primitive
-	// formats). Default true.
+	// formats) and, as Validation says, the StructureDefinitions. Default
+	// true; false turns all validation off (the checks of input that
+	// FHIR's JSON rules need, UTF-8 and exact numbers, stay on).
 	SchemaValidation *bool `yaml:"validate"`
+	// Validation configures validation beyond the schema, when validate
+	// is true.
+	Validation ValidationConfig `yaml:"validation"`
 	// RejectUnknownElements makes schema validation also reject elements
 	// that R4 does not define. Default false: they are stored as sent, as
 	// real-world data (Synthea's exports among it) carries some.
@@ -63,6 +68,26 @@ type Config struct {
 	SMART SMARTConfig `yaml:"smart"`
 	// Export configures bulk data export ($export).
 	Export ExportConfig `yaml:"export"`
+}
+
+// ValidationConfig configures validation against StructureDefinitions:
+// the core definitions of R4, and profiles from FHIR packages.
+type ValidationConfig struct {
+	// Core checks written resources against the core StructureDefinitions:
+	// cardinality, choice types, fixed and pattern values, required
+	// bindings and invariants. Default true.
+	Core *bool `yaml:"core"`
+	// Profiles checks written resources against the profiles their
+	// meta.profile declares, among those of Packages (a profile the
+	// server does not know is not checked). Default true.
+	Profiles *bool `yaml:"profiles"`
+	// Packages are the FHIR packages whose profiles, value sets and code
+	// systems the server knows: each an NPM-style package (.tgz, as
+	// published, e.g. hl7.fhir.us.core-5.0.1.tgz), a folder of JSON
+	// resources, or a JSON file (a resource, a Bundle or an array).
+	// StructureDefinitions must carry a snapshot. Relative paths are
+	// from the working folder. Default: none.
+	Packages []string `yaml:"packages"`
 }
 
 // ExportConfig configures bulk data export: where the NDJSON files of
@@ -352,6 +377,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, gateway.FieldErrorf("snapshot_ttl", "must be positive"))
 	}
 	errs = append(errs, c.Export.validate()...)
+	if boolOr(c.SchemaValidation, true) {
+		for i, p := range c.Validation.Packages {
+			if _, err := loadPackage(p); err != nil {
+				errs = append(errs, gateway.FieldErrorf("validation.packages["+strconv.Itoa(i)+"]", "%v", err))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/omnigate/omnigate/builtin/fhir/internal/profile"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store/postgres"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store/sqlite"
@@ -238,6 +239,11 @@ type Handler struct {
 	store     store.Store
 	ownStore  bool
 	validator *validate.Validator
+	// profiles are the StructureDefinitions writes are validated against
+	// (nil: none).
+	profiles *profile.Set
+	// opVal are $validate's, built on first use.
+	opVal     validators
 	log       *slog.Logger
 	pages     *snapshots
 	capJSON   []byte
@@ -322,6 +328,9 @@ func newHandler(cfg *Config, st store.Store, opts Options) (*Handler, error) {
 		h.origins[o] = true
 	}
 	var err error
+	if h.profiles, err = profileSet(cfg); err != nil {
+		return nil, err
+	}
 	if cfg.SMART.Configured() {
 		if h.smartJSON, err = json.Marshal(cfg.SMART.document()); err != nil {
 			return nil, err

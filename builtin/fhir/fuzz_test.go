@@ -3,7 +3,9 @@ package fhir
 import (
 	"encoding/json"
 	"net/url"
+	"strconv"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzResourceJSON posts arbitrary bodies: the server answers 201 or a 4xx
@@ -72,6 +74,74 @@ func FuzzSearchQuery(f *testing.F) {
 		r := do(t, h, "GET", "/fhir/R4/Observation?"+vals.Encode(), nil)
 		if r.status != 200 && r.status != 400 {
 			t.Fatalf("%q: status %d: %s", query, r.status, r.body)
+		}
+	})
+}
+
+// FuzzInputChecks runs the input checks of every write on arbitrary
+// bodies: what they accept is valid UTF-8 whose numbers a double keeps,
+// and they never fail.
+func FuzzInputChecks(f *testing.F) {
+	for _, s := range []string{
+		`{"resourceType":"Patient","multipleBirthInteger":9007199254740991}`,
+		`{"resourceType":"Patient","multipleBirthInteger":9007199254740992}`,
+		`{"a":[1.50,-0.0,1e308,1e309,2.2250738585072014e-308,0.1000000000000000055511151231257827]}`,
+		"{\"a\":\"\xed\xa0\x80\"}", "{\"a\":\"\xc3\xa9\"}", `{"a":1E-1000000000000}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		tree, err := decodeInput(body, "")
+		if err != nil {
+			return
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted invalid UTF-8: %q", body)
+		}
+		var walk func(v any)
+		walk = func(v any) {
+			switch v := v.(type) {
+			case map[string]any:
+				for _, x := range v {
+					walk(x)
+				}
+			case []any:
+				for _, x := range v {
+					walk(x)
+				}
+			case json.Number:
+				f, err := strconv.ParseFloat(string(v), 64)
+				if err != nil || !sameDecimal(string(v), strconv.FormatFloat(f, 'g', -1, 64)) {
+					t.Fatalf("accepted %s", v)
+				}
+				if i, err := strconv.ParseInt(string(v), 10, 64); err == nil && (i > maxSafeInteger || i < -maxSafeInteger) {
+					t.Fatalf("accepted integer %s", v)
+				}
+			}
+		}
+		walk(tree)
+	})
+}
+
+// FuzzValidateOperation posts arbitrary bodies to $validate: 200 with an
+// OperationOutcome, or a 4xx one, never more.
+func FuzzValidateOperation(f *testing.F) {
+	for _, s := range []string{
+		`{"resourceType":"Observation","status":"final","code":{"text":"x"}}`,
+		`{"resourceType":"Parameters","parameter":[{"name":"resource","resource":{"resourceType":"Observation"}},{"name":"mode","valueCode":"update"},{"name":"profile","valueUri":"http://x"}]}`,
+		`{"resourceType":"Parameters","parameter":[{"name":"resource"},{"name":"mode","valueCode":5}]}`,
+		`{"resourceType":"Observation","valueQuantity":{"value":1e999}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	h := newTestServer(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := do(t, h, "POST", "/fhir/R4/Observation/$validate", body)
+		if r.status != 200 && (r.status < 400 || r.status >= 500) {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+		if r.json(t)["resourceType"] != "OperationOutcome" {
+			t.Fatalf("%d without OperationOutcome", r.status)
 		}
 	})
 }

@@ -36,7 +36,9 @@ type request struct {
 	pretty  bool
 	summary string // _summary on reads
 	elems   []string
-	trusted bool // made in process by the gateway's plugins: writes skip schema validation
+	// checks is the validation its writes get: none for the gateway's
+	// plugins (in process), the schema only under SkipValidation.
+	checks checks
 }
 
 type preferences struct {
@@ -73,8 +75,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errorf(http.StatusNotFound, "%s is not under the FHIR base %s", r.URL.Path, h.base))
 		return
 	}
-	req := &request{Request: r, query: r.URL.Query(), prefer: parsePrefer(r.Header.Values("Prefer")),
-		trusted: gateway.InProcess(r.Context())}
+	req := &request{Request: r, query: r.URL.Query(), prefer: parsePrefer(r.Header.Values("Prefer"))}
+	switch {
+	case gateway.InProcess(r.Context()):
+		req.checks = checkNone
+	case skipsValidation(r.Context()):
+		req.checks = checkSchema
+	}
 	if rest = strings.Trim(rest, "/"); rest != "" {
 		req.segs = strings.Split(rest, "/")
 	}

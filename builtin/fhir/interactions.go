@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -14,29 +15,36 @@ import (
 )
 
 func (h *Handler) read(w http.ResponseWriter, req *request, typ, id string) error {
-	g, err := h.guardFor(req.Context(), access.Read, typ, "")
+	v, err := h.readCurrent(req.Context(), w, typ, id)
 	if err != nil {
 		return err
+	}
+	return h.writeVersion(w, req, http.StatusOK, v)
+}
+
+// readCurrent is the current version of typ/id as the policy on ctx lets
+// the caller read it: 404 when it does not exist or is out of reach, 410
+// when it was deleted (its version headers set on w).
+func (h *Handler) readCurrent(ctx context.Context, w http.ResponseWriter, typ, id string) (*store.Version, error) {
+	g, err := h.guardFor(ctx, access.Read, typ, "")
+	if err != nil {
+		return nil, err
 	}
 	if g.constrained() {
-		v, err := h.readGuarded(req.Context(), w, g, typ, id)
-		if err != nil {
-			return err
-		}
-		return h.writeVersion(w, req, http.StatusOK, v)
+		return h.readGuarded(ctx, w, g, typ, id)
 	}
-	v, err := h.store.Read(req.Context(), typ, id)
+	v, err := h.store.Read(ctx, typ, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return errorf(http.StatusNotFound, "%s/%s is not known", typ, id)
+		return nil, errorf(http.StatusNotFound, "%s/%s is not known", typ, id)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if v.Deleted {
 		versionHeaders(w, v)
-		return errorf(http.StatusGone, "%s/%s was deleted", typ, id)
+		return nil, errorf(http.StatusGone, "%s/%s was deleted", typ, id)
 	}
-	return h.writeVersion(w, req, http.StatusOK, v)
+	return v, nil
 }
 
 func (h *Handler) vread(w http.ResponseWriter, req *request, typ, id string, vid int64) error {
@@ -179,7 +187,7 @@ func (h *Handler) bodyResource(req *request, typ string) (*parsed, error) {
 	if err != nil {
 		return nil, err
 	}
-	return h.parseResource(body, typ, "", req.trusted)
+	return h.parseResource(body, typ, "", req.checks)
 }
 
 func (h *Handler) create(w http.ResponseWriter, req *request, typ string) error {

@@ -3,6 +3,8 @@ package fhir
 import (
 	"net/http"
 	"strings"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 )
 
 // Operation names and the canonical URLs of their definitions, as the
@@ -24,7 +26,8 @@ const (
 
 // operation dispatches a request whose path names an operation ($…):
 // $everything on Patient, $export at the base, on Patient and on a Group,
-// and the status and file endpoints of exports. Anything else is 404
+// the status and file endpoints of exports, and $validate on every type
+// and instance. Anything else is 404
 // not-supported, whoever asks.
 func (h *Handler) operation(w http.ResponseWriter, req *request, method string) error {
 	segs := req.segs
@@ -73,6 +76,19 @@ func (h *Handler) operation(w http.ResponseWriter, req *request, method string) 
 			return methodNotAllowed(req.Method, "GET", "HEAD", "POST")
 		}
 		return h.everything(w, req, segs[1])
+	case len(segs) == 2 && op == opValidate && spec.IsResourceType(segs[0]):
+		if req.Method != http.MethodPost {
+			return methodNotAllowed(req.Method, "POST")
+		}
+		return h.validateOp(w, req, segs[0], "")
+	case len(segs) == 3 && op == opValidate && spec.IsResourceType(segs[0]):
+		if !validID(segs[1]) {
+			return errorf(http.StatusBadRequest, "invalid id %q", segs[1])
+		}
+		if !getOrPost {
+			return methodNotAllowed(req.Method, "GET", "HEAD", "POST")
+		}
+		return h.validateOp(w, req, segs[0], segs[1])
 	case len(segs) == 3 && segs[0] == "Group" && op == opExport:
 		if !validID(segs[1]) {
 			return errorf(http.StatusBadRequest, "invalid id %q", segs[1])

@@ -15,6 +15,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/validate"
 )
 
 func validID(s string) bool { return search.ValidID(s) }
@@ -103,39 +104,68 @@ func describeJSONError(raw []byte, err error) error {
 	return fmt.Errorf("malformed JSON: %v", err)
 }
 
-// parseResource decodes and checks a resource body: well-formed JSON, a
-// known resourceType equal to want (if want is set), and, when validation
-// is on and trusted is false, the official schema. Problems are one issue
-// each.
-func (h *Handler) parseResource(raw []byte, want, where string, trusted bool) (*parsed, error) {
+// parseResource decodes and checks a resource body: valid UTF-8,
+// well-formed JSON with numbers a JSON reader keeps exactly, a known
+// resourceType equal to want (if want is set), and, as c and the config
+// say, the official schema (400 when broken), the core
+// StructureDefinitions and the profiles it declares (422 when it fails
+// them). Every problem is an issue of the answer.
+func (h *Handler) parseResource(raw []byte, want, where string, c checks) (*parsed, error) {
+	tree, err := decodeInput(raw, where)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := checkResourceType(tree, want, where)
+	if err != nil {
+		return nil, err
+	}
+	if c != checkNone {
+		if err := h.check(rt, tree, where, c); err != nil {
+			return nil, err
+		}
+	}
+	return &parsed{typ: rt, raw: raw, tree: tree}, nil
+}
+
+// decodeInput decodes a resource body, refusing with 400 what FHIR's JSON
+// rules forbid: an empty body, invalid UTF-8, malformed JSON, numbers
+// that a JSON reader would not keep exactly.
+func decodeInput(raw []byte, where string) (map[string]any, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, errorf(http.StatusBadRequest, "%sthe request has no resource", where)
+	}
+	if err := checkUTF8(raw); err != nil {
+		return nil, errorf(http.StatusBadRequest, "%s%v", where, err)
 	}
 	tree, err := decodeJSON(raw)
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "%s%v", where, err)
 	}
+	if issues := checkNumbers(tree, where); len(issues) > 0 {
+		return nil, &httpError{status: http.StatusBadRequest, issues: issues}
+	}
+	return tree, nil
+}
+
+// checkResourceType checks the resourceType (known, and want if set) and
+// the id of a decoded resource, and returns the type.
+func checkResourceType(tree map[string]any, want, where string) (string, error) {
 	rt, _ := tree["resourceType"].(string)
 	switch {
 	case rt == "":
-		return nil, locErr(http.StatusBadRequest, "resourceType", where+"the resource has no resourceType")
+		return "", locErr(http.StatusBadRequest, "resourceType", where+"the resource has no resourceType")
 	case !spec.IsResourceType(rt):
-		return nil, locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sunknown resourceType %q", where, rt))
+		return "", locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sunknown resourceType %q", where, rt))
 	case want != "" && rt != want:
-		return nil, locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sresourceType %q does not match the URL's %q", where, rt, want))
+		return "", locErr(http.StatusBadRequest, "resourceType", fmt.Sprintf("%sresourceType %q does not match the URL's %q", where, rt, want))
 	}
 	if id, ok := tree["id"]; ok {
 		s, isStr := id.(string)
 		if !isStr || !validID(s) {
-			return nil, locErr(http.StatusBadRequest, rt+".id", where+"invalid id: want 1-64 of A-Z a-z 0-9 - .")
+			return "", locErr(http.StatusBadRequest, rt+".id", where+"invalid id: want 1-64 of A-Z a-z 0-9 - .")
 		}
 	}
-	if !trusted {
-		if err := h.check(rt, tree, where); err != nil {
-			return nil, err
-		}
-	}
-	return &parsed{typ: rt, raw: raw, tree: tree}, nil
+	return rt, nil
 }
 
 func locErr(status int, expr, msg string) *httpError {
@@ -144,20 +174,63 @@ func locErr(status int, expr, msg string) *httpError {
 	return &httpError{status: status, issues: []issue{is}}
 }
 
-// check validates tree against the schema, and each contained resource
-// against its own type's.
-func (h *Handler) check(typ string, tree map[string]any, where string) error {
-	if h.validator == nil {
-		return nil
+// check validates tree as c says: the schema (400 with its issues), then,
+// for checkAll, the StructureDefinitions (422). All issues are reported
+// together.
+func (h *Handler) check(typ string, tree map[string]any, where string, c checks) error {
+	issues, err := h.schemaIssues(typ, tree, where)
+	if err != nil {
+		return err
 	}
+	schemaFailed := len(issues) > 0
+	if c == checkAll {
+		issues = mergeIssues(issues, h.conformance(typ, tree, where))
+	}
+	if hasErrors(issues) {
+		return validationError(schemaFailed, issues)
+	}
+	return nil
+}
+
+// mergeIssues adds more to issues, leaving out those at an expression that
+// issues already has a problem at (the schema's enumerations and the
+// required bindings say the same thing).
+func mergeIssues(issues, more []issue) []issue {
+	if len(issues) == 0 {
+		return more
+	}
+	at := make(map[string]bool, len(issues))
+	for _, is := range issues {
+		at[is.Expression[0]] = true
+	}
+	for _, is := range more {
+		if !at[is.Expression[0]] {
+			issues = append(issues, is)
+		}
+	}
+	return issues
+}
+
+// schemaIssues validates tree against the schema, if validation is on.
+func (h *Handler) schemaIssues(typ string, tree map[string]any, where string) ([]issue, error) {
+	if h.validator == nil {
+		return nil, nil
+	}
+	return schemaProblems(h.validator, h.cfg.RejectUnknownElements, typ, tree, where)
+}
+
+// schemaProblems validates tree against the schema, and each contained
+// resource against its own type's; elements the schema does not define
+// are problems only with rejectUnknown.
+func schemaProblems(v *validate.Validator, rejectUnknown bool, typ string, tree map[string]any, where string) ([]issue, error) {
 	var issues []issue
-	add := func(prefix, typ string, v any) error {
-		probs, err := h.validator.Validate(typ, v)
+	add := func(prefix, typ string, x any) error {
+		probs, err := v.Validate(typ, x)
 		if err != nil {
 			return err
 		}
 		for _, p := range probs {
-			if p.Unknown && !h.cfg.RejectUnknownElements {
+			if p.Unknown && !rejectUnknown {
 				continue
 			}
 			is := newIssue(http.StatusBadRequest, where+p.Message)
@@ -168,7 +241,7 @@ func (h *Handler) check(typ string, tree map[string]any, where string) error {
 		return nil
 	}
 	if err := add("", typ, tree); err != nil {
-		return err
+		return nil, err
 	}
 	if cs, ok := tree["contained"].([]any); ok {
 		for i, c := range cs {
@@ -182,27 +255,24 @@ func (h *Handler) check(typ string, tree map[string]any, where string) error {
 				continue
 			}
 			if err := add(fmt.Sprintf("%s.contained[%d].", typ, i), ct, m); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
-	if len(issues) > 0 {
-		// The schema's locations start with the type; inside contained
-		// resources drop the repeated type name.
-		for i := range issues {
-			e := issues[i].Expression[0]
-			if j := strings.Index(e, "]."); j > 0 && strings.Contains(e[:j], ".contained[") {
-				rest := e[j+2:]
-				if k := strings.IndexByte(rest, '.'); k >= 0 {
-					issues[i].Expression[0] = e[:j+2] + rest[k+1:]
-				} else {
-					issues[i].Expression[0] = e[:j+1]
-				}
+	// The schema's locations start with the type; inside contained
+	// resources drop the repeated type name.
+	for i := range issues {
+		e := issues[i].Expression[0]
+		if j := strings.Index(e, "]."); j > 0 && strings.Contains(e[:j], ".contained[") {
+			rest := e[j+2:]
+			if k := strings.IndexByte(rest, '.'); k >= 0 {
+				issues[i].Expression[0] = e[:j+2] + rest[k+1:]
+			} else {
+				issues[i].Expression[0] = e[:j+1]
 			}
 		}
-		return &httpError{status: http.StatusBadRequest, issues: issues}
 	}
-	return nil
+	return issues, nil
 }
 
 // member is one top-level member of a JSON object, its value as sent.

@@ -428,7 +428,7 @@ func (h *Handler) applyPatch(ctx context.Context, tx store.Tx, o *op, now time.T
 	if err != nil {
 		return nil, errorf(http.StatusUnprocessableEntity, "%sthe patch does not apply: %v", o.where, err)
 	}
-	p, err := h.parseResource(doc, o.typ, o.where, false)
+	p, err := h.parseResource(doc, o.typ, o.where, checkAll)
 	if err != nil {
 		var he *httpError
 		if errors.As(err, &he) && he.status == http.StatusBadRequest {

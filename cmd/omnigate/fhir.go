@@ -15,7 +15,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir"
 )
 
-const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] FILE... | omnigate fhir copy -from STORE -to STORE [-force] [-quiet] | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
+const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] [-skip-validation] FILE... | omnigate fhir copy -from STORE -to STORE [-force] [-quiet] | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
 
 // runFHIR runs "omnigate fhir import [-config FILE] FILE..." and
 // "omnigate fhir check [-config FILE]".
@@ -222,8 +222,12 @@ func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	file := fs.String("config", os.Getenv(EnvConfig), "config file whose fhir.store is loaded (default: $"+EnvConfig+", else the embedded default)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	skip := fs.Bool("skip-validation", false, "check resources against the JSON schema only, not against the StructureDefinitions and the profiles they declare")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *skip {
+		ctx = fhir.SkipValidation(ctx)
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "omnigate fhir import: name at least one file (transaction or batch Bundles, or NDJSON)")

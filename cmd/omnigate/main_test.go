@@ -89,6 +89,13 @@ routes:
 	if code != 1 || !strings.Contains(errOut, bad+`:4:15: routes[0].plugins[0]: no plugin named "nope"`) {
 		t.Errorf("bad config: exit %d, stderr %q", code, errOut)
 	}
+	// A FHIR package that cannot be read is an error at its key and line.
+	pkgs := filepath.Join(dir, "packages.yaml")
+	os.WriteFile(pkgs, []byte("fhir:\n  validation:\n    packages:\n      - "+filepath.Join(dir, "missing.tgz")+"\n"), 0o644)
+	code, _, errOut = runCLI("config", "check", pkgs)
+	if code != 1 || !strings.Contains(errOut, pkgs+":4:") || !strings.Contains(errOut, "fhir.validation.packages[0]") {
+		t.Errorf("missing package: exit %d, stderr %q", code, errOut)
+	}
 	if code, _, _ := runCLI("config", "check", filepath.Join(dir, "missing.yaml")); code != 1 {
 		t.Errorf("missing file: exit %d", code)
 	}

@@ -41,8 +41,12 @@ func (e *Expr) String() string { return e.src }
 type TypeNames func(suffix string) string
 
 // Parse compiles src. The error names the offset of what it could not read.
-func Parse(src string) (*Expr, error) {
-	p := &parser{src: src}
+func Parse(src string) (*Expr, error) { return parse(src, false) }
+
+// parse compiles src in the search subset, or with full in the language of
+// invariants (see ParseInvariant).
+func parse(src string, full bool) (*Expr, error) {
+	p := &parser{src: src, full: full}
 	p.next()
 	n, err := p.expr(0)
 	if err != nil {
@@ -68,12 +72,15 @@ func MustParse(src string) *Expr {
 // recognized). Nested arrays are flattened, as FHIRPath collections are.
 func (e *Expr) Eval(resource any, typeOf TypeNames) []Node {
 	rt, _ := resourceType(resource)
-	ctx := &evalCtx{typeOf: typeOf}
-	return e.root.eval(ctx, []Node{{V: resource, Type: rt}}, true)
+	root := Node{V: resource, Type: rt}
+	ctx := &evalCtx{typeOf: typeOf, resource: root, context: root}
+	return e.root.eval(ctx, []Node{root}, true)
 }
 
 type evalCtx struct {
 	typeOf TypeNames
+	// resource and context are %resource and %context (invariants).
+	resource, context Node
 }
 
 func resourceType(v any) (string, bool) {
@@ -255,7 +262,7 @@ func (n funcNode) eval(ctx *evalCtx, in []Node, _ bool) []Node {
 		}
 		return out
 	}
-	return nil
+	return n.evalFull(ctx, in)
 }
 
 // referenceType returns the resource type a Reference (or a reference
@@ -343,6 +350,9 @@ func (n binaryNode) eval(ctx *evalCtx, in []Node, root bool) []Node {
 			return boolNode(true)
 		}
 		return boolNode(truth(n.right.eval(ctx, in, root)))
+	case "=", "!=":
+	default:
+		return n.evalFull(ctx, l, n.right.eval(ctx, in, root))
 	}
 	r := n.right.eval(ctx, in, root)
 	if len(l) == 0 || len(r) == 0 {
@@ -401,6 +411,8 @@ type parser struct {
 	pos int
 	tok token
 	err error
+	// full accepts the larger language of ParseInvariant.
+	full bool
 }
 
 func (p *parser) errorf(format string, args ...any) error {
@@ -456,34 +468,60 @@ func (p *parser) next() {
 			p.pos++
 		}
 		p.tok = token{tNumber, s[start:p.pos], start}
-	case c == '!' && p.pos+1 < len(s) && s[p.pos+1] == '=':
+	case c == '%' && p.full && p.pos+1 < len(s) && (s[p.pos+1] == '_' || unicode.IsLetter(rune(s[p.pos+1]))):
+		p.pos++
+		for p.pos < len(s) && (s[p.pos] == '_' || unicode.IsLetter(rune(s[p.pos])) || unicode.IsDigit(rune(s[p.pos]))) {
+			p.pos++
+		}
+		p.tok = token{tIdent, s[start:p.pos], start}
+	case (c == '!' || c == '<' || c == '>') && p.pos+1 < len(s) && s[p.pos+1] == '=':
 		p.pos += 2
-		p.tok = token{tPunct, "!=", start}
+		p.tok = token{tPunct, s[start:p.pos], start}
 	default:
 		p.pos++
 		p.tok = token{tPunct, string(c), start}
 	}
 }
 
-// precedence of binary operators, lowest first.
-func binaryPrec(t token) int {
+// binaryPrec is the precedence of a binary operator, lowest first (0: not
+// an operator). Search expressions know or, and, =, !=, |, is and as;
+// invariants (full) all of FHIRPath's but ~, !~, *, /, div and mod.
+func binaryPrec(t token, full bool) int {
 	if t.kind == tIdent {
 		switch t.text {
 		case "or":
-			return 1
-		case "and":
 			return 2
+		case "and":
+			return 3
 		case "is", "as":
-			return 5
+			return 8
+		}
+		if full {
+			switch t.text {
+			case "implies":
+				return 1
+			case "xor":
+				return 2
+			case "in", "contains":
+				return 4
+			}
 		}
 		return 0
 	}
 	if t.kind == tPunct {
 		switch t.text {
 		case "=", "!=":
-			return 3
+			return 5
 		case "|":
-			return 4
+			return 7
+		}
+		if full {
+			switch t.text {
+			case "<", ">", "<=", ">=":
+				return 6
+			case "+", "-", "&":
+				return 9
+			}
 		}
 	}
 	return 0
@@ -495,7 +533,7 @@ func (p *parser) expr(minPrec int) (node, error) {
 		return nil, err
 	}
 	for {
-		prec := binaryPrec(p.tok)
+		prec := binaryPrec(p.tok, p.full)
 		if prec == 0 || prec <= minPrec {
 			return left, p.err
 		}
@@ -579,6 +617,8 @@ func (p *parser) punct(s string) bool {
 	return false
 }
 
+// knownFuncs are the functions of search expressions and their number of
+// arguments.
 var knownFuncs = map[string]int{
 	"where": 1, "ofType": 1, "exists": 0, "empty": 0, "not": 0, "first": 0, "resolve": 0,
 }
@@ -586,12 +626,20 @@ var knownFuncs = map[string]int{
 // call parses the argument list of function name; the current token is "(".
 func (p *parser) call(name string) (node, error) {
 	nargs, ok := knownFuncs[name]
+	lo, hi := nargs, nargs
+	if p.full {
+		ar, known := fullFuncs[name]
+		if !known {
+			return nil, p.errorf("unsupported function %s()", name)
+		}
+		ok, lo, hi = true, ar[0], ar[1]
+	}
 	if !ok {
 		return nil, p.errorf("unsupported function %s()", name)
 	}
 	p.next()
 	f := funcNode{name: name}
-	if name == "ofType" {
+	if name == "ofType" || name == "is" || name == "as" {
 		if p.tok.kind != tIdent {
 			return nil, p.errorf("type name expected in ofType()")
 		}
@@ -612,8 +660,8 @@ func (p *parser) call(name string) (node, error) {
 				break
 			}
 		}
-		if len(f.args) != nargs {
-			return nil, p.errorf("%s() takes %d arguments", name, nargs)
+		if len(f.args) < lo || len(f.args) > hi {
+			return nil, p.errorf("%s() takes %d to %d arguments", name, lo, hi)
 		}
 	}
 	if !p.punct(")") {
@@ -633,6 +681,9 @@ func (p *parser) primary() (node, error) {
 		case "$this":
 			return thisNode{}, nil
 		}
+		if t.text[0] == '%' {
+			return varNode{t.text[1:]}, nil
+		}
 		if p.tok.kind == tPunct && p.tok.text == "(" {
 			return p.call(t.text)
 		}
@@ -642,6 +693,9 @@ func (p *parser) primary() (node, error) {
 		return literalNode{Node{V: t.text, Type: "string"}}, nil
 	case tNumber:
 		p.next()
+		if strings.HasSuffix(t.text, ".") {
+			return nil, p.errorf("bad number %q", t.text)
+		}
 		return literalNode{Node{V: json.Number(t.text), Type: "decimal"}}, nil
 	case tPunct:
 		if t.text == "(" {

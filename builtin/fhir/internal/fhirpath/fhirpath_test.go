@@ -107,3 +107,67 @@ func FuzzParse(f *testing.F) {
 		e.Eval(res, types)
 	})
 }
+
+// The invariant language: each expression, evaluated on the Observation
+// above, holds or not; empty results hold.
+func TestInvariants(t *testing.T) {
+	res := decode(t, obs)
+	for _, c := range []struct {
+		expr string
+		want bool
+	}{
+		{"status.exists() implies value.exists()", true},
+		{"code.coding.exists() implies subject.exists()", true},
+		{"code.coding.count() = 2", true},
+		{"code.coding.count() > 2", false},
+		{"code.coding.all(system.exists())", true},
+		{"code.coding.all(system = 'http://loinc.org')", false},
+		{"code.coding.exists(code = '2')", true},
+		{"code.coding.code.isDistinct()", true},
+		{"code.coding.select(system).count() = 2", true},
+		{"telecom.system.distinct().count() = 2", true},
+		{"effective.exists() xor value.exists()", false},
+		{"'phone' in telecom.system", true},
+		{"telecom.system contains 'fax'", false},
+		{"subject.reference.startsWith('Patient/')", true},
+		{"subject.reference.matches('Patient/[0-9]+')", true},
+		{"subject.reference.length() = 10", true},
+		{"subject.reference.substring(0, 7) = 'Patient'", true},
+		{"valueQuantity.value > 5 and valueQuantity.value <= 5.4", true},
+		{"valueQuantity.value + 1 = 6.4", true},
+		{"(id & '-' & status) = 'o1-'", true},
+		{"%resource.id = 'o1'", true},
+		{"iif(status.exists(), false, true)", true},
+		{"iif(id.exists(), false, true)", false},
+		{"effective >= '2020-01-01'", true},
+		{"effective < '2020-01-01T00:00:00Z'", true}, // different precision: empty
+		{"performer.tail().count() = 1 and performer.first().exists() and performer.last().exists()", true},
+		{"code.coding.code.combine(id).count() = 3", true},
+		{"code.coding.code.intersect('2' | '3').count() = 1", true},
+		{"children().count() > 5", true},
+		{"id.toInteger().empty() and id.toString() = 'o1'", true},
+		{"(true | false).anyTrue() and (true | false).allTrue().not()", true},
+		{"value.is(Quantity)", true},
+		{"value.as(Quantity).unit = 'mg'", true},
+		{"valueQuantity.value.hasValue() and code.hasValue().not()", true},
+		{"code.coding.trace('c').exists()", true},
+	} {
+		e, err := ParseInvariant(c.expr)
+		if err != nil {
+			t.Errorf("%s: %v", c.expr, err)
+			continue
+		}
+		if got := e.Holds(res, res, "Observation", types); got != c.want {
+			t.Errorf("%s: %v, want %v", c.expr, got, c.want)
+		}
+	}
+	for _, bad := range []string{"descendants()", "today() > 1", "code.memberOf('x')", "a ~ b", "x.frobnicate()"} {
+		if _, err := ParseInvariant(bad); err == nil {
+			t.Errorf("%s: parsed", bad)
+		}
+	}
+	// Search expressions keep the smaller language.
+	if _, err := Parse("a.count() > 1"); err == nil {
+		t.Error("Parse accepted an invariant")
+	}
+}

@@ -15,7 +15,7 @@ func TestGeneratedUpToDate(t *testing.T) {
 	if err := run(defs, out); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"zz_generated.go", "zz_elements.go", "fhir.schema.json.gz"} {
+	for _, f := range []string{"zz_generated.go", "zz_elements.go", "fhir.schema.json.gz", "conformance.json.gz"} {
 		got, err := os.ReadFile(filepath.Join(out, f))
 		if err != nil {
 			t.Fatal(err)

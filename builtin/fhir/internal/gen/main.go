@@ -3,7 +3,12 @@
 // search parameter table (every non-composite parameter whose expression the
 // fhirpath package compiles), the Patient compartment, the summary elements
 // of each resource type, the types of the elements of every resource and
-// complex data type (zz_elements.go), and a gzip copy of the JSON schema.
+// complex data type (zz_elements.go), a gzip copy of the JSON schema, and
+// the core validation tables (conformance.json.gz: the part of each
+// StructureDefinition that validation reads, and the expansions of the
+// value sets of required bindings, from valuesets.json). With -report it
+// prints what validation skips (invariants, value sets it cannot expand
+// offline) instead.
 //
 // Run it with go generate in builtin/fhir/internal/spec, or by hand:
 //
@@ -37,7 +42,16 @@ import (
 func main() {
 	defs := flag.String("defs", "builtin/fhir/internal/gen/defs", "folder with the R4 definitions (search-parameters.json, …, or their .gz copies)")
 	out := flag.String("out", "builtin/fhir/internal/spec", "folder of the generated package")
+	report := flag.Bool("report", false, "print the invariants and required bindings that validation skips, and write nothing")
 	flag.Parse()
+	if *report {
+		_, rep, err := conformanceTables(*defs)
+		if err != nil {
+			log.Fatal(err)
+		}
+		printReport(os.Stdout, rep)
+		return
+	}
 	if err := run(*defs, *out); err != nil {
 		log.Fatal(err)
 	}
@@ -193,6 +207,13 @@ func run(defs, out string) error {
 		return err
 	}
 	if err := writeElements(filepath.Join(out, "zz_elements.go"), elements); err != nil {
+		return err
+	}
+	tables, _, err := conformanceTables(defs)
+	if err != nil {
+		return err
+	}
+	if err := writeConformance(filepath.Join(out, "conformance.json.gz"), tables); err != nil {
 		return err
 	}
 	return writeSchema(filepath.Join(defs, "fhir.schema.json"), filepath.Join(out, "fhir.schema.json.gz"))

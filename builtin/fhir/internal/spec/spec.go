@@ -1,7 +1,8 @@
 // Package spec holds the FHIR R4 (4.0.1) tables the server needs at run
 // time, generated from the official definitions by ../gen: resource types,
 // data type names, search parameters, the Patient compartment, summary
-// elements, and the official JSON schema (gzip-compressed).
+// elements, the official JSON schema (gzip-compressed), and the core
+// validation tables.
 package spec
 
 //go:generate go run ../gen -defs ../gen/defs -out .
@@ -34,6 +35,14 @@ type SearchParam struct {
 
 //go:embed fhir.schema.json.gz
 var schemaGz []byte
+
+// ConformanceTables is the core validation tables, gzip-compressed JSON:
+// the part of each R4 StructureDefinition of a resource or data type that
+// validation reads, and the expansions of the value sets of their required
+// bindings (the profile package decodes them).
+//
+//go:embed conformance.json.gz
+var ConformanceTables []byte
 
 // Schema returns the official FHIR R4 JSON schema (draft-06), decompressed.
 func Schema() ([]byte, error) {
