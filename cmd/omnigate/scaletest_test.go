@@ -156,6 +156,8 @@ func TestRedactArgs(t *testing.T) {
 		{[]string{"-redis", "url", "-redis-url", "redis://u:secret@127.0.0.1:7000/0"}, []string{"-redis", "url", "-redis-url", "redis://u:xxxxx@127.0.0.1:7000/0"}},
 		{[]string{"-redis-url=redis://:secret@127.0.0.1:7000"}, []string{"-redis-url=redis://:xxxxx@127.0.0.1:7000"}},
 		{[]string{"-duration", "10s"}, []string{"-duration", "10s"}},
+		{[]string{"-store", "postgres", "-store-url", "postgres://og:secret@127.0.0.1:5433/fhir"}, []string{"-store", "postgres", "-store-url", "postgres://og:xxxxx@127.0.0.1:5433/fhir"}},
+		{[]string{"-store-url=postgres://og:secret@127.0.0.1:5433/fhir"}, []string{"-store-url=postgres://og:xxxxx@127.0.0.1:5433/fhir"}},
 	} {
 		got := strings.Join(redactArgs(tc.in), " ")
 		if want := strings.Join(tc.want, " "); got != want || strings.Contains(got, "secret") {

@@ -92,7 +92,7 @@ func TestGeneratedConfigLoads(t *testing.T) {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		path, err := writeConfig(dir, &o, redis, "http://127.0.0.1:9")
+		path, err := writeConfig(dir, &o, redis, "http://127.0.0.1:9", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -304,8 +304,8 @@ func TestRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := page.String()
-	if n := strings.Count(h, `<svg class="chart"`); n != 7 {
-		t.Errorf("%d charts, want 7", n)
+	if n := strings.Count(h, `<svg class="chart"`); n != 8 {
+		t.Errorf("%d charts, want 8", n)
 	}
 	for _, banned := range []string{"http://", "https://", "<link", "src="} {
 		if strings.Contains(strings.ReplaceAll(h, `xmlns="http://www.w3.org/2000/svg"`, ""), banned) {
