@@ -326,7 +326,12 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, pg *
 	rd.sessCheck.checked, rd.sessCheck.valid, rd.sessCheck.failures = verifySessions(checkCtx, c, book)
 	rd.witnesses = wit.verify(checkCtx, c)
 	logf("reading back every acknowledged write")
-	rd.writes, rd.acks = verifyWrites(checkCtx, c, probeUser, ds.base, c.acks), c.acks
+	// Without a login the reads are refused, and counted missing.
+	tok, err := loginAnywhere(checkCtx, c, probeUser)
+	rd.writes, rd.acks = verifyWrites(checkCtx, c, tok, ds.base, c.acks), c.acks
+	if err != nil {
+		rd.writes.Problems = append(rd.writes.Problems, "no probe login for the check: "+err.Error())
+	}
 	if pg != nil {
 		rd.store, rd.storePings, rd.storeDesc = sl, storePings, pg.describe()
 		if o.NoStoreRestart {

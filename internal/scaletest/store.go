@@ -160,10 +160,11 @@ func parseAck(body []byte, location string) (typ, id, version string, ok bool) {
 }
 
 // validRef accepts what can go back into a URL path as it is: FHIR ids
-// and version ids are [A-Za-z0-9\-.]{1,64}, type names letters.
+// and version ids are [A-Za-z0-9\-.]{1,64} (but not the dot segments "."
+// and ".."), type names letters and digits.
 func validRef(typ, id, version string) bool {
 	ok := func(s string, extra string) bool {
-		if s == "" || len(s) > 64 {
+		if s == "" || len(s) > 64 || s == "." || s == ".." {
 			return false
 		}
 		for _, c := range s {
@@ -194,28 +195,25 @@ type WriteCheck struct {
 	Problems          []string `json:"problems,omitempty"`
 }
 
-// verifyWrites reads every acknowledged version back (vread), spread over
-// the instances, 8 at a time, as the probe user.
-func verifyWrites(ctx context.Context, c *client, u *user, base string, b *ackBook) WriteCheck {
+// loginAnywhere logs u in on the first instance that lets it.
+func loginAnywhere(ctx context.Context, c *client, u *user) (token, error) {
+	var err error
+	for i := range c.insts {
+		var tok token
+		if tok, err = c.login(ctx, i, u); err == nil {
+			return tok, nil
+		}
+	}
+	return token{}, err
+}
+
+// verifyWrites reads every acknowledged version back (vread) with tok,
+// spread over the instances, 8 at a time.
+func verifyWrites(ctx context.Context, c *client, tok token, base string, b *ackBook) WriteCheck {
 	b.mu.Lock()
 	acks := append([]ack(nil), b.acks...)
 	wc := WriteCheck{Acknowledged: len(b.acks) + b.bad, NoVersion: b.bad}
 	b.mu.Unlock()
-	if len(acks) == 0 {
-		return wc
-	}
-	var tok token
-	var err error
-	for i := range c.insts {
-		if tok, err = c.login(ctx, i, u); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		wc.Problems = append(wc.Problems, "no probe login for the check: "+err.Error())
-		wc.Missing = len(acks)
-		return wc
-	}
 	var mu sync.Mutex
 	next := 0
 	var wg sync.WaitGroup
