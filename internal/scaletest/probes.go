@@ -41,9 +41,10 @@ type prober struct {
 	results []staleness
 	writes  int
 	failed  []string
-	// unavailable are when probe writes were answered 503 with
-	// Retry-After (the store was down): not failures if the store was.
-	unavailable []time.Duration
+	// unavailable are when probe writes that were answered 503 with
+	// Retry-After began and ended: not failures if the store was down
+	// meanwhile.
+	unavailable [][2]time.Duration
 }
 
 func (p *prober) record(s staleness) {
@@ -100,7 +101,7 @@ func (p *prober) run(ctx, load context.Context) {
 		}
 		if err == nil && res.status == http.StatusServiceUnavailable && res.header.Get("Retry-After") != "" {
 			p.mu.Lock()
-			p.unavailable = append(p.unavailable, res.start.Sub(p.c.rec.start))
+			p.unavailable = append(p.unavailable, [2]time.Duration{res.start.Sub(p.c.rec.start), res.start.Add(res.dur).Sub(p.c.rec.start)})
 			p.mu.Unlock()
 			sleep(load, p.o.ProbeInterval)
 			continue

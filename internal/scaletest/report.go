@@ -875,9 +875,9 @@ func stalenessSummary(rd *runData, inOutage func(time.Duration) bool, storeOut s
 	if rd.o.Store == StorePostgres {
 		sum.UpBoundMS = msf(storeStaleBound)
 	}
-	for _, at := range p.unavailable {
-		if !storeOut.contains(at) {
-			sum.Errors = append(sum.Errors, fmt.Sprintf("probe write at %s answered 503 while the store was up", fms(msf(at))))
+	for _, w := range p.unavailable {
+		if !storeOut.overlaps(w[0], w[1]) {
+			sum.Errors = append(sum.Errors, fmt.Sprintf("probe write at %s answered 503 while the store was up", fms(msf(w[0]))))
 		}
 	}
 	for _, d := range up {
