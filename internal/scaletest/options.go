@@ -16,6 +16,12 @@
 //   - throughput and latency percentiles per instance and over time;
 //   - CPU and memory of each instance.
 //
+// With Store "postgres" the instances serve the embedded FHIR handlers
+// themselves on one PostgreSQL database (no origin process), which is
+// also stopped and started again under load; every run then reads back
+// each write the fleet acknowledged, and 503 with Retry-After is the only
+// 5xx allowed while the database is down.
+//
 // Run returns a Report, which renders as Markdown and as one
 // self-contained HTML page with SVG charts. Everything Run starts it
 // stops, also when ctx is cancelled or a step fails.
