@@ -42,32 +42,51 @@ func BenchmarkSearch1M(b *testing.B) {
 		b.Skip("set " + bench1MEnv + "=1: loads 1,000,000 resources (minutes)")
 	}
 	ctx := context.Background()
-	s := open(b, Options{})
+	// ANALYZE of a million resources takes longer than the default 5 s.
+	s := open(b, Options{StatementTimeout: 30 * time.Minute})
 	copies := (1_000_000 + 750) / 751
 	syntheaOnce.Do(func() { syntheaRes = storetest.Synthea(b) })
-	var pairs []string
-	for _, r := range syntheaRes {
-		pairs = append(pairs, `"`+r.Type+`/`+r.ID+`"`, "")
-	}
 	start := time.Now()
-	for k := range copies {
-		sfx := fmt.Sprintf("-c%d", k)
-		for i := 0; i < len(pairs); i += 2 {
-			pairs[i+1] = pairs[i][:len(pairs[i])-1] + sfx + `"`
+	// One goroutine makes the copies (bodies and index entries) while the
+	// loop writes the previous ones.
+	type batch struct {
+		vs  []*store.Version
+		idx []*search.Entries
+		err error
+	}
+	batches := make(chan batch, 4)
+	go func() {
+		defer close(batches)
+		var pairs []string
+		for _, r := range syntheaRes {
+			pairs = append(pairs, `"`+r.Type+`/`+r.ID+`"`, "")
 		}
-		rep := strings.NewReplacer(pairs...)
-		vs := make([]*store.Version, len(syntheaRes))
-		idx := make([]*search.Entries, len(syntheaRes))
-		for j, r := range syntheaRes {
-			body := rep.Replace(r.Body)
-			e, err := storetest.Index(r.Type, r.ID+sfx, body)
-			if err != nil {
-				b.Fatal(err)
+		for k := range copies {
+			sfx := fmt.Sprintf("-c%d", k)
+			for i := 0; i < len(pairs); i += 2 {
+				pairs[i+1] = pairs[i][:len(pairs[i])-1] + sfx + `"`
 			}
-			vs[j] = &store.Version{Type: r.Type, ID: r.ID + sfx, Version: 1, Updated: start, Method: "PUT", Body: []byte(body)}
-			idx[j] = e
+			rep := strings.NewReplacer(pairs...)
+			bt := batch{vs: make([]*store.Version, len(syntheaRes)), idx: make([]*search.Entries, len(syntheaRes))}
+			for j, r := range syntheaRes {
+				body := rep.Replace(r.Body)
+				bt.idx[j], bt.err = storetest.Index(r.Type, r.ID+sfx, body)
+				if bt.err != nil {
+					break
+				}
+				bt.vs[j] = &store.Version{Type: r.Type, ID: r.ID + sfx, Version: 1, Updated: start, Method: "PUT", Body: []byte(body)}
+			}
+			batches <- bt
+			if bt.err != nil {
+				return
+			}
 		}
-		if err := s.Load(ctx, vs, idx); err != nil {
+	}()
+	for bt := range batches {
+		if bt.err != nil {
+			b.Fatal(bt.err)
+		}
+		if err := s.Load(ctx, bt.vs, bt.idx); err != nil {
 			b.Fatal(err)
 		}
 	}
