@@ -189,7 +189,8 @@ type WriteCheck struct {
 	Missing   int `json:"missing"`
 	// BeforeStoreStop were acknowledged in the 2 s before the store was
 	// stopped; DuringStoreOutage between the stop and every instance
-	// being back on the store (0 expected: the store was down).
+	// being back on the store (by instances whose pool had reconnected
+	// while others' had not yet).
 	BeforeStoreStop   int      `json:"before_store_stop"`
 	DuringStoreOutage int      `json:"during_store_outage"`
 	Problems          []string `json:"problems,omitempty"`
