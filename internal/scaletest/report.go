@@ -606,35 +606,12 @@ func analyzeStoreOutage(rd *runData) *StoreOutageSummary {
 	if sl.err != nil {
 		so.Error = sl.err.Error()
 	}
-	allBack := sl.readyAt
-	for i, pl := range rd.storePings {
-		pl.mu.Lock()
-		inf := InstanceFailover{Instance: i + 1, DownMS: -1, BackMS: -1, BackAtMS: -1}
-		var down time.Duration = -1
-		for _, p := range pl.points {
-			if p.at < sl.stopAt {
-				continue
-			}
-			if down < 0 && p.status != "up" {
-				down = p.at
-				inf.DownMS = msf(p.at - sl.stopAt)
-			}
-			if down >= 0 && p.status == "up" && p.at >= sl.restartAt {
-				inf.BackAtMS, inf.BackMS = msf(p.at), msf(p.at-sl.restartAt)
-				allBack = max(allBack, p.at)
-				break
-			}
-		}
-		if down < 0 {
-			inf.BackAtMS = msf(sl.readyAt)
-		}
-		if inf.BackAtMS < 0 {
-			allBack = rd.elapsed + time.Hour
-		}
-		pl.mu.Unlock()
-		so.Instances = append(so.Instances, inf)
-	}
-	so.AllBackMS = msf(allBack)
+	// An instance is back once its component is up after the restart
+	// began (a pool may look up between the stop and its first failed
+	// call); never seen down, when the server was ready again.
+	var allBack time.Duration
+	so.Instances, allBack = downAndBack(rd.storePings, sl.stopAt, sl.restartAt, sl.restartAt, sl.readyAt, rd.elapsed)
+	so.AllBackMS = msf(max(allBack, sl.readyAt))
 	return so
 }
 
@@ -893,42 +870,51 @@ func analyzeFailover(rd *runData) *FailoverSummary {
 	fo := rd.fo
 	f := &FailoverSummary{Topology: rd.topo, StopAtMS: msf(fo.stopAt), Stop: fo.stopMsg,
 		RestartMS: msf(fo.restartAt), Restart: fo.restMsg}
+	// Never seen down (the outage was shorter than a poll): it was back
+	// as soon as the stop ended.
 	var allBack time.Duration
-	for i, pl := range rd.pings {
+	f.Instances, allBack = downAndBack(rd.pings, fo.stopAt, 0, fo.restartAt, fo.stopAt, rd.elapsed)
+	f.AllBackMS = msf(allBack)
+	f.BackAfterRestartMS = msf(allBack - fo.restartAt)
+	f.BackAfterStopMS = msf(allBack - fo.stopAt)
+	return f
+}
+
+// downAndBack reads each instance's component log after a stop at stop:
+// when it was first seen down, and when up again (not before upFrom),
+// with BackMS counted from restart. An instance never seen down counts as
+// back at unseen. allBack is the latest return, past elapsed when an
+// instance never came back.
+func downAndBack(logs []*pingLog, stop, upFrom, restart, unseen, elapsed time.Duration) (out []InstanceFailover, allBack time.Duration) {
+	for i, pl := range logs {
 		pl.mu.Lock()
 		inf := InstanceFailover{Instance: i + 1, DownMS: -1, BackMS: -1, BackAtMS: -1}
 		var down time.Duration = -1
 		for _, p := range pl.points {
-			if p.at < fo.stopAt {
+			if p.at < stop {
 				continue
 			}
 			if down < 0 && p.status != "up" {
 				down = p.at
-				inf.DownMS = msf(p.at - fo.stopAt)
+				inf.DownMS = msf(p.at - stop)
 			}
-			if down >= 0 && p.status == "up" {
-				inf.BackAtMS = msf(p.at)
-				inf.BackMS = msf(p.at - fo.restartAt)
+			if down >= 0 && p.status == "up" && p.at >= upFrom {
+				inf.BackAtMS, inf.BackMS = msf(p.at), msf(p.at-restart)
 				allBack = max(allBack, p.at)
 				break
 			}
 		}
 		if down < 0 {
-			// Never seen down (the outage was shorter than a poll):
-			// it was back as soon as the stop ended.
-			inf.BackAtMS = msf(fo.stopAt)
-			allBack = max(allBack, fo.stopAt)
+			inf.BackAtMS = msf(unseen)
+			allBack = max(allBack, unseen)
 		}
 		if inf.BackAtMS < 0 {
-			allBack = rd.elapsed + time.Hour // never back: the outage lasts
+			allBack = elapsed + time.Hour // never back: the outage lasts
 		}
 		pl.mu.Unlock()
-		f.Instances = append(f.Instances, inf)
+		out = append(out, inf)
 	}
-	f.AllBackMS = msf(allBack)
-	f.BackAfterRestartMS = msf(allBack - fo.restartAt)
-	f.BackAfterStopMS = msf(allBack - fo.stopAt)
-	return f
+	return out, allBack
 }
 
 func processSummary(rd *runData) []ProcessSummary {
