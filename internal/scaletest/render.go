@@ -205,7 +205,7 @@ func (r *Report) Markdown(w io.Writer) error {
 		if st.Up.P99MS > st.UpBoundMS || st.Up.MaxMS > st.UpBoundMS {
 			verdict = "**over**"
 		}
-		p("While Redis and the store are up, a read by id on another instance may return the previous version until the read cache's invalidation (PostgreSQL NOTIFY) arrives; the bound checked is %s (docs/FHIR.md). Measured: p99 %s, max %s, %s the bound.",
+		p("While Redis and the store are up, a read by id on another instance may return the previous version until the response cache's invalidation (Redis pub/sub) arrives (the store's read cache is off in this fleet: docs/FHIR.md); the bound checked is %s. Measured: p99 %s, max %s, %s the bound.",
 			fms(st.UpBoundMS), fms(st.Up.P99MS), fms(st.Up.MaxMS), verdict)
 		p("")
 	}

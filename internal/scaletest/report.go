@@ -175,8 +175,8 @@ type StalenessSummary struct {
 	// StoreOutage are probes whose wait overlapped the store's restart
 	// (their reads were answered 503 meanwhile); not held to a bound.
 	StoreOutage StalenessClass `json:"store_outage"`
-	// UpBoundMS bounds p99 and max of Up (Store postgres: the read
-	// cache's cross-instance invalidation, docs/FHIR.md); 0: not checked.
+	// UpBoundMS bounds p99 and max of Up (Store postgres, docs/SCALING.md);
+	// 0: not checked.
 	UpBoundMS float64   `json:"up_bound_ms"`
 	Errors    []string  `json:"errors,omitempty"`
 	upMS      []float64 // for the chart

@@ -73,7 +73,7 @@ func (s *pgStore) pid() int {
 
 // storeStaleBound is how long after a write on one instance a read by id
 // on another may still return the previous version while the database
-// and Redis are up (docs/FHIR.md, "Caches"): the read cache's NOTIFY
+// and Redis are up (docs/SCALING.md): the response cache's invalidation
 // arrives in milliseconds; the bound leaves room for a loaded machine.
 const storeStaleBound = time.Second
 
