@@ -84,8 +84,12 @@ func runScaletest(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	// folder of its own, and their comparison.
 	var reps []*scaletest.Report
 	baseDir := o.Dir
+	storeURL := o.StoreURL
 	for _, st := range []struct{ store, dir string }{{scaletest.StoreSQLite, "origin"}, {scaletest.StorePostgres, "postgres"}} {
-		o.Store = st.store
+		o.Store, o.StoreURL = st.store, ""
+		if st.store == scaletest.StorePostgres {
+			o.StoreURL = storeURL
+		}
 		if baseDir != "" {
 			o.Dir = filepath.Join(baseDir, st.dir)
 		}
