@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/omnigate/omnigate/internal/pgproc"
 	"github.com/omnigate/omnigate/internal/redistest"
 	"github.com/omnigate/omnigate/internal/scaletest"
 )
@@ -108,6 +109,86 @@ func TestScaletestShort(t *testing.T) {
 	}
 }
 
+// TestScaletestPostgres is the short fleet test on PostgreSQL: two
+// instances (built with the race detector) serve one private PostgreSQL
+// directly, Redis is stopped at 5 s and restarted at 8 s, then PostgreSQL
+// is stopped in immediate mode at 12 s and started at 15 s of a 20 s load. It asserts that the
+// acknowledged-write and staleness checks were computed and held, and that
+// the store restart answered only 503 with Retry-After.
+func TestScaletestPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a fleet and a PostgreSQL for about 40 s")
+	}
+	redistest.Binary(t)
+	if _, err := pgproc.Bin(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	log := &stampWriter{start: start}
+	rep, err := scaletest.Run(context.Background(), scaletest.Options{
+		Binary:             binary,
+		Dir:                filepath.Join(dir, "run"),
+		Instances:          2,
+		Backend:            scaletest.BackendFHIR,
+		Store:              scaletest.StorePostgres,
+		NoSchemaValidation: true,
+		// 20 s, as TestScaletestShort: the 40 witness logins before the
+		// Redis stop (from 3 s) take race-built instances on a loaded
+		// machine up to 400 ms each.
+		Duration:       20 * time.Second,
+		StopAt:         5 * time.Second,
+		RestartAt:      8 * time.Second,
+		StoreStopAt:    12 * time.Second,
+		StoreRestartAt: 15 * time.Second,
+		Window:         2 * time.Second,
+		Limits:         map[string]int64{"physician": 60, "nurse": 30, "patient": 4},
+		Physicians:     2, Nurses: 2, Patients: 2,
+		ProbeTimeout: 20 * time.Second,
+		Log:          log,
+	})
+	if err != nil {
+		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
+	}
+	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
+	var md bytes.Buffer
+	rep.Markdown(&md)
+	t.Log("\n" + md.String())
+
+	if rep.Setup.Store != scaletest.StorePostgres || !strings.Contains(rep.Setup.StoreDesc, "PostgreSQL") {
+		t.Errorf("setup: store %q, %q", rep.Setup.Store, rep.Setup.StoreDesc)
+	}
+	for _, p := range rep.Processes {
+		if p.Name == "fhir-origin" {
+			t.Error("an origin process ran")
+		}
+	}
+	if rep.CPUPerRequestUS["postgres"] <= 0 {
+		t.Errorf("no PostgreSQL CPU measured: %v", rep.CPUPerRequestUS)
+	}
+	w := rep.Writes
+	if w.Acknowledged == 0 || w.Checked != w.Acknowledged || w.Missing != 0 || w.NoVersion != 0 {
+		t.Errorf("acknowledged writes: %+v", w)
+	}
+	so := rep.StoreOutage
+	if so == nil {
+		t.Fatal("the store was not restarted")
+	}
+	if so.Unavailable == 0 || so.Failed != 0 || so.Error != "" {
+		t.Errorf("store restart: %d answered 503 with Retry-After, %d failed otherwise (%v), error %q", so.Unavailable, so.Failed, so.Status, so.Error)
+	}
+	st := rep.Staleness
+	if st.UpBoundMS == 0 || st.Up.Probes == 0 || st.Up.Seen != st.Up.Probes || st.Up.MaxMS > st.UpBoundMS {
+		t.Errorf("staleness while up: %+v, bound %.0f ms", st.Up, st.UpBoundMS)
+	}
+	if len(rep.Failures) > 0 {
+		t.Errorf("failures: %q", rep.Failures)
+	}
+	if left := processesUsing(t, dir); len(left) > 0 {
+		t.Errorf("processes left behind: %q", left)
+	}
+}
+
 // stampWriter prefixes each write with the time since start.
 type stampWriter struct {
 	start time.Time
@@ -156,6 +237,8 @@ func TestRedactArgs(t *testing.T) {
 		{[]string{"-redis", "url", "-redis-url", "redis://u:secret@127.0.0.1:7000/0"}, []string{"-redis", "url", "-redis-url", "redis://u:xxxxx@127.0.0.1:7000/0"}},
 		{[]string{"-redis-url=redis://:secret@127.0.0.1:7000"}, []string{"-redis-url=redis://:xxxxx@127.0.0.1:7000"}},
 		{[]string{"-duration", "10s"}, []string{"-duration", "10s"}},
+		{[]string{"-store", "postgres", "-store-url", "postgres://og:secret@127.0.0.1:5433/fhir"}, []string{"-store", "postgres", "-store-url", "postgres://og:xxxxx@127.0.0.1:5433/fhir"}},
+		{[]string{"-store-url=postgres://og:secret@127.0.0.1:5433/fhir"}, []string{"-store-url=postgres://og:xxxxx@127.0.0.1:5433/fhir"}},
 	} {
 		got := strings.Join(redactArgs(tc.in), " ")
 		if want := strings.Join(tc.want, " "); got != want || strings.Contains(got, "secret") {

@@ -30,6 +30,11 @@ func Stop(pid int, done <-chan struct{}, sig syscall.Signal, grace time.Duration
 type Stat struct {
 	// CPU is user plus system time.
 	CPU time.Duration
+	// ChildCPU is the user plus system time of the children the process
+	// has waited for (exited and reaped).
+	ChildCPU time.Duration
+	// PPid is the parent process.
+	PPid int
 	// RSS is the resident memory in bytes.
 	RSS int64
 	// Pgrp is the process group.
@@ -55,14 +60,18 @@ func ReadStat(pid int) (Stat, error) {
 		return st, fmt.Errorf("procgroup: unexpected /proc/%d/stat", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return st, fmt.Errorf("procgroup: unexpected /proc/%d/stat", pid)
 	}
 	st.State = f[0][0]                       // field 3
+	st.PPid, _ = strconv.Atoi(f[1])          // field 4
 	st.Pgrp, _ = strconv.Atoi(f[2])          // field 5
 	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14
 	sys, _ := strconv.ParseInt(f[12], 10, 64)
 	st.CPU = time.Duration(ut+sys) * time.Second / clockTicks
+	cut, _ := strconv.ParseInt(f[13], 10, 64) // field 16
+	cst, _ := strconv.ParseInt(f[14], 10, 64)
+	st.ChildCPU = time.Duration(cut+cst) * time.Second / clockTicks
 	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return st, err
@@ -108,4 +117,30 @@ func GroupCPU(pgid int) time.Duration {
 		}
 	}
 	return total
+}
+
+// TreeStat sums a process and its live children: CPU is their CPU time
+// plus that of the children the process has reaped, so that it only grows
+// as children come and go (a PostgreSQL postmaster and its backends); RSS
+// adds their resident memory (pages they share are counted once per
+// process).
+func TreeStat(pid int) (Stat, error) {
+	root, err := ReadStat(pid)
+	if err != nil {
+		return root, err
+	}
+	total := root
+	total.CPU += root.ChildCPU
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		if st, err := ReadStat(child); err == nil && st.PPid == pid && st.State != 'Z' {
+			total.CPU += st.CPU
+			total.RSS += st.RSS
+		}
+	}
+	return total, nil
 }

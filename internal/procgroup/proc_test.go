@@ -54,3 +54,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TreeStat adds a process's live children (a shell and its sleep) to it.
+func TestTreeStat(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "sleep 60 & wait")
+	cmd.SysProcAttr = Attr()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer Stop(cmd.Process.Pid, done, syscall.SIGKILL, 0)
+	waitFor(t, "the shell's child", func() bool { return len(Alive(cmd.Process.Pid)) >= 2 })
+	self, err := ReadStat(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := TreeStat(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tree.RSS <= self.RSS || tree.CPU < self.CPU {
+		t.Errorf("TreeStat = %+v, the shell alone %+v: the child is not added", tree, self)
+	}
+	if _, err := TreeStat(1 << 30); err == nil {
+		t.Error("no error for a missing process")
+	}
+}

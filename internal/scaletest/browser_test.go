@@ -74,8 +74,8 @@ func TestReportInBrowser(t *testing.T) {
 	if m == nil {
 		t.Fatalf("the page's script did not run:\n%.2000s", dom)
 	}
-	if n, _ := strconv.Atoi(m[1]); n != 7 {
-		t.Errorf("%s of 7 charts rendered with data", m[1])
+	if n, _ := strconv.Atoi(m[1]); n != 8 {
+		t.Errorf("%s of 8 charts rendered with data", m[1])
 	}
 	for _, d := range regexp.MustCompile(`data-rendered="(\d+)x(\d+):(\d+)"`).FindAllStringSubmatch(dom, -1) {
 		w, _ := strconv.Atoi(d[1])

@@ -73,23 +73,54 @@ plugins:
   cache:
     type: cache
     l1: {enabled: true}
+{{- if .Store}}
+fhir:
+  store: {{.Store}}
+  validate: {{.Validate}}
+{{- end}}
 routes:
-  # The FHIR server behind every instance: {{.Backend}}.
+  # The FHIR server of every instance: {{.Backend}}.
   - name: fhir-metadata
     path: /fhir/R4/metadata
     methods: [GET, HEAD]
+{{- if .Store}}
+    fhir: true
+{{- else}}
     upstream: {{.Upstream}}
     fhir_errors: true
+{{- end}}
   - name: fhir
     path: /fhir/R4/*path
+{{- if .Store}}
+    fhir: true
+{{- else}}
     upstream: {{.Upstream}}
     fhir_errors: true
+{{- end}}
     plugins: [session, ratelimit, cache]
 `))
 
 var backendNames = map[string]string{
 	BackendFHIR:     "the embedded FHIR server, in one process that owns the store",
 	BackendUpstream: "the tool's FHIR stand-in",
+	StorePostgres:   "the embedded FHIR server in each instance, on one PostgreSQL database",
+}
+
+// backendName describes where the fleet's FHIR data is served from.
+func backendName(o *Options) string {
+	if o.Store == StorePostgres {
+		return backendNames[StorePostgres]
+	}
+	return backendNames[o.Backend]
+}
+
+// storeYAML is the flow mapping of the fhir.store section: the origin's
+// SQLite file in dir, or the PostgreSQL database at url.
+func storeYAML(dir, url string) string {
+	if url != "" {
+		return fmt.Sprintf("{driver: postgres, url: %q}", url)
+	}
+	return fmt.Sprintf("{path: %q, sync: normal}", filepath.Join(dir, "fhir.db"))
 }
 
 // originConfig is the config of the process that serves the embedded FHIR
@@ -100,21 +131,36 @@ listen: 127.0.0.1:8080
 admin: 127.0.0.1:9090
 log: {level: warn, access_log: false}
 fhir:
-  store: {path: {{.Store}}, sync: normal}
+  store: {{.Store}}
   validate: {{.Validate}}
 routes:
   - name: fhir
     fhir: true
 `))
 
-// writeOriginConfig writes the FHIR origin's config file.
-func writeOriginConfig(dir string, validate bool) (string, error) {
+// writeOriginConfig writes the FHIR origin's config file: the SQLite
+// file in dir, or the PostgreSQL database at storeURL (the process then
+// only seeds the data set).
+func writeOriginConfig(dir string, validate bool, storeURL string) (string, error) {
 	var b bytes.Buffer
-	if err := originConfig.Execute(&b, map[string]any{"Store": filepath.Join(dir, "fhir.db"), "Validate": validate}); err != nil {
+	if err := originConfig.Execute(&b, map[string]any{"Store": storeYAML(dir, storeURL), "Validate": validate}); err != nil {
 		return "", err
 	}
 	path := filepath.Join(dir, "fhir-origin.yaml")
 	return path, os.WriteFile(path, b.Bytes(), 0o600)
+}
+
+// fleetStoreYAML is the fleet's fhir.store section, "" without one. The
+// store's read cache is off: the response cache plugin runs in front of
+// the FHIR routes, and a read cache that has not yet heard of a write made
+// on another instance (PostgreSQL NOTIFY) could refill the response cache,
+// already invalidated through Redis, with the previous version, which it
+// would then serve until its ttl (docs/FHIR.md, "Caches").
+func fleetStoreYAML(url string) string {
+	if url == "" {
+		return ""
+	}
+	return strings.TrimSuffix(storeYAML("", url), "}") + ", read_cache: 0}"
 }
 
 type roleLimit struct {
@@ -122,18 +168,21 @@ type roleLimit struct {
 	Limit int64
 }
 
-// writeConfig writes the fleet's config file and returns its path.
-func writeConfig(dir string, o *Options, redisYAML, upstream string) (string, error) {
+// writeConfig writes the fleet's config file and returns its path: its
+// FHIR routes go to upstream, or, with storeURL, to the embedded FHIR
+// server of each instance on that PostgreSQL database.
+func writeConfig(dir string, o *Options, redisYAML, upstream, storeURL string) (string, error) {
 	var roles []roleLimit
 	for _, r := range []string{"physician", "nurse", "patient"} {
 		roles = append(roles, roleLimit{r, o.Limits[r]})
 	}
 	var b bytes.Buffer
 	err := configTemplate.Execute(&b, map[string]any{
-		"Instances": o.Instances, "Redis": redisYAML, "Backend": backendNames[o.Backend],
+		"Instances": o.Instances, "Redis": redisYAML, "Backend": backendName(o),
 		"Users":        filepath.Join(dir, "users.yaml"),
 		"DefaultLimit": o.Limits["patient"], "Window": o.Window.String(), "Burst": o.Burst,
 		"Roles": roles, "ProbeRole": probeRole, "Upstream": upstream,
+		"Store": fleetStoreYAML(storeURL), "Validate": !o.NoSchemaValidation,
 	})
 	if err != nil {
 		return "", err
@@ -221,7 +270,7 @@ func childEnv(extra ...string) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "REDIS_URL", "CACHE_REDIS_URL", "CACHE_KEY_PREFIX", "OMNIGATE_CONFIG", "OMNIGATE_LISTEN", "OMNIGATE_ADMIN", "OMNIGATE_ADMIN_TOKEN":
+		case "REDIS_URL", "CACHE_REDIS_URL", "CACHE_KEY_PREFIX", "OMNIGATE_CONFIG", "OMNIGATE_LISTEN", "OMNIGATE_ADMIN", "OMNIGATE_ADMIN_TOKEN", "FHIR_DATABASE_URL":
 			continue
 		}
 		env = append(env, kv)
@@ -299,7 +348,7 @@ func (in *instance) waitReady(ctx context.Context, wantRedis bool, timeout time.
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		st, err := in.redisStatus(ctx)
+		st, _, err := in.status(ctx)
 		if err == nil && (!wantRedis || st == gateway.StatusUp) {
 			return nil
 		}
@@ -309,21 +358,34 @@ func (in *instance) waitReady(ctx context.Context, wantRedis bool, timeout time.
 	}
 }
 
+// waitStore waits until the instance's fhir-store component is up (after
+// a store restart), or timeout.
+func (in *instance) waitStore(ctx context.Context, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if _, st, err := in.status(ctx); err == nil && st == gateway.StatusUp {
+			return
+		}
+		sleep(ctx, 50*time.Millisecond)
+	}
+}
+
 var adminClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}}
 
-// redisStatus reads the redis component of the admin /ping.
-func (in *instance) redisStatus(ctx context.Context) (string, error) {
+// status reads the redis and fhir-store components of the admin /ping
+// ("" for one the instance does not have).
+func (in *instance) status(ctx context.Context) (redis, store string, err error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, in.adminBase()+"/ping", nil)
 	resp, err := adminClient.Do(req)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer resp.Body.Close()
 	var p gateway.PingResponse
 	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
-		return "", fmt.Errorf("decode /ping: %w", err)
+		return "", "", fmt.Errorf("decode /ping: %w", err)
 	}
-	return p.Components["redis"].Status, nil
+	return p.Components["redis"].Status, p.Components["fhir-store"].Status, nil
 }
 
 // stop sends SIGTERM to the instance's process group, waits up to 15 s

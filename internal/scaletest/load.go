@@ -37,6 +37,7 @@ type sample struct {
 	at      time.Duration // start, since the load began
 	dur     time.Duration
 	status  int16 // 0: transport error
+	retry   bool  // the answer had Retry-After
 	inst    int8
 	op      op
 	user    int16         // index of the simulated user; -1 for the probe user
@@ -116,6 +117,7 @@ type client struct {
 	rec   *recorder
 	insts []*instance
 	http  *http.Client
+	acks  *ackBook // acknowledged writes
 }
 
 type result struct {
@@ -166,6 +168,7 @@ func (c *client) do(ctx context.Context, inst int, o op, userIdx int, method, pa
 	}
 	res.status, res.header = resp.StatusCode, resp.Header
 	s.status = int16(resp.StatusCode)
+	s.retry = resp.Header.Get("Retry-After") != ""
 	if resp.StatusCode >= 500 {
 		c.rec.fiveXX.Add(1)
 	}
@@ -247,6 +250,8 @@ func (c *client) simulate(ctx context.Context, o *Options, u *user, book *sessio
 		c.rec.requests.Add(1)
 		res, err := c.do(ctx, inst, kind, u.idx, method, path, body, tok)
 		switch {
+		case err == nil && kind == opWrite && (res.status == http.StatusOK || res.status == http.StatusCreated):
+			c.acks.add(res, inst, c.rec.start)
 		case err != nil:
 			sleep(ctx, 20*time.Millisecond)
 		case res.status == http.StatusUnauthorized:

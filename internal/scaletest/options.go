@@ -16,6 +16,12 @@
 //   - throughput and latency percentiles per instance and over time;
 //   - CPU and memory of each instance.
 //
+// With Store "postgres" the instances serve the embedded FHIR handlers
+// themselves on one PostgreSQL database (no origin process), which is
+// also stopped and started again under load; every run then reads back
+// each write the fleet acknowledged, and 503 with Retry-After is the only
+// 5xx allowed while the database is down.
+//
 // Run returns a Report, which renders as Markdown and as one
 // self-contained HTML page with SVG charts. Everything Run starts it
 // stops, also when ctx is cancelled or a step fails.
@@ -49,6 +55,17 @@ const (
 	BackendUpstream = "upstream"
 )
 
+// Stores of Options.Store: where the embedded FHIR server keeps its data.
+const (
+	// One more omnigate process (the origin) owns a SQLite file; every
+	// instance proxies its FHIR routes to it.
+	StoreSQLite = "sqlite"
+	// Every instance serves the embedded FHIR handlers itself, on one
+	// PostgreSQL database: no origin process. The tool starts a private
+	// PostgreSQL 15 (internal/pgproc) unless StoreURL names one.
+	StorePostgres = "postgres"
+)
+
 // Options describe one run. The zero value runs the defaults.
 type Options struct {
 	// Binary is the omnigate executable started for each instance.
@@ -71,6 +88,20 @@ type Options struct {
 	RedisURL string
 	// Backend is fhir (default) or upstream.
 	Backend string
+	// Store is sqlite (default) or postgres, with Backend fhir.
+	Store string
+	// StoreURL is an existing PostgreSQL database for Store postgres
+	// (never the machine's own server's configuration: the tool only
+	// creates tables in the database the URL names). It is not stopped,
+	// so the store restart is skipped. Default: a private server started
+	// by the tool.
+	StoreURL string
+	// StoreStopAt and StoreRestartAt stop the private PostgreSQL in
+	// immediate mode (connections cut, as a crash) and start it again,
+	// from the start of the load. Defaults: 70% and 80% of Duration. With
+	// NoStoreRestart, or with StoreURL, it is left alone.
+	StoreStopAt, StoreRestartAt time.Duration
+	NoStoreRestart              bool
 	// Config is the user's omnigate.yaml to run instead of the generated
 	// config: its plugins, routes and settings, with the changes a fleet
 	// on loopback needs (the tool's Redis and users, the FHIR routes
@@ -170,6 +201,28 @@ func (o *Options) setDefaults() error {
 	if o.Backend != BackendFHIR && o.Backend != BackendUpstream {
 		return fmt.Errorf("unknown backend %q (fhir, upstream)", o.Backend)
 	}
+	if o.Store == "" {
+		o.Store = StoreSQLite
+	}
+	switch o.Store {
+	case StoreSQLite:
+		if o.StoreURL != "" {
+			return errors.New("a store URL needs the postgres store")
+		}
+		o.NoStoreRestart = true
+	case StorePostgres:
+		if o.Backend != BackendFHIR {
+			return errors.New("the postgres store needs the fhir backend")
+		}
+		if o.Config != "" {
+			return errors.New("the postgres store runs the generated config (no -config)")
+		}
+		if o.StoreURL != "" {
+			o.NoStoreRestart = true
+		}
+	default:
+		return fmt.Errorf("unknown store %q (sqlite, postgres)", o.Store)
+	}
 	if o.Physicians == 0 && o.Nurses == 0 && o.Patients == 0 {
 		o.Physicians, o.Nurses, o.Patients = 4, 4, 4
 	}
@@ -208,6 +261,17 @@ func (o *Options) setDefaults() error {
 		}
 		if o.StopAt <= 0 || o.RestartAt <= o.StopAt || o.RestartAt >= o.Duration {
 			return fmt.Errorf("failover times must satisfy 0 < stop (%s) < restart (%s) < duration (%s)", o.StopAt, o.RestartAt, o.Duration)
+		}
+	}
+	if !o.NoStoreRestart {
+		if o.StoreStopAt == 0 {
+			o.StoreStopAt = o.Duration * 7 / 10
+		}
+		if o.StoreRestartAt == 0 {
+			o.StoreRestartAt = o.Duration * 8 / 10
+		}
+		if o.StoreStopAt <= 0 || o.StoreRestartAt <= o.StoreStopAt || o.StoreRestartAt >= o.Duration {
+			return fmt.Errorf("store restart times must satisfy 0 < stop (%s) < restart (%s) < duration (%s)", o.StoreStopAt, o.StoreRestartAt, o.Duration)
 		}
 	}
 	if o.ProbeInterval == 0 {

@@ -26,7 +26,8 @@ type staleness struct {
 	// instance served the old version, whatever each read then took.
 	staleFor  time.Duration
 	seen      bool
-	firstRead bool // the first read after the write was already fresh
+	firstRead bool  // the first read after the write was already fresh
+	last      int16 // the status of the last read (0: transport error)
 }
 
 // prober writes a probe Patient on one instance and polls the others
@@ -40,6 +41,10 @@ type prober struct {
 	results []staleness
 	writes  int
 	failed  []string
+	// unavailable are when probe writes that were answered 503 with
+	// Retry-After began and ended: not failures if the store was down
+	// meanwhile.
+	unavailable [][2]time.Duration
 }
 
 func (p *prober) record(s staleness) {
@@ -94,6 +99,13 @@ func (p *prober) run(ctx, load context.Context) {
 				res, err = p.c.do(ctx, writer, opProbe, -1, http.MethodPut, path, body, tok)
 			}
 		}
+		if err == nil && res.status == http.StatusServiceUnavailable && res.header.Get("Retry-After") != "" {
+			p.mu.Lock()
+			p.unavailable = append(p.unavailable, [2]time.Duration{res.start.Sub(p.c.rec.start), res.start.Add(res.dur).Sub(p.c.rec.start)})
+			p.mu.Unlock()
+			sleep(load, p.o.ProbeInterval)
+			continue
+		}
 		if err != nil || res.status >= 300 {
 			if err == nil && res.status == http.StatusUnauthorized {
 				tok = token{}
@@ -105,6 +117,7 @@ func (p *prober) run(ctx, load context.Context) {
 		p.mu.Lock()
 		p.writes++
 		p.mu.Unlock()
+		p.c.acks.add(res, writer, p.c.rec.start)
 		ack := res.start.Add(res.dur)
 		var wg sync.WaitGroup
 		for i := range n {
@@ -130,6 +143,7 @@ func (p *prober) poll(ctx context.Context, i, writer int, path, marker string, t
 	deadline := ack.Add(p.o.ProbeTimeout)
 	for first := true; time.Now().Before(deadline) && ctx.Err() == nil; first = false {
 		res, err := p.c.do(ctx, i, opProbe, -1, http.MethodGet, path, nil, tok)
+		s.last = int16(res.status)
 		if err == nil && res.status == http.StatusOK && bytes.Contains(res.body, []byte(marker)) {
 			s.seen, s.firstRead = true, first
 			s.delay = max(0, res.start.Sub(ack))
@@ -157,13 +171,21 @@ type pingLog struct {
 	points []pingPoint
 }
 
+func (l *pingLog) add(at time.Duration, status string) {
+	l.mu.Lock()
+	l.points = append(l.points, pingPoint{at, status})
+	l.mu.Unlock()
+}
+
 type pingPoint struct {
 	at     time.Duration
 	status string // up, down, … or "" when /ping did not answer
 }
 
-// watch polls every instance's /ping every 25 ms until ctx ends.
-func watch(ctx context.Context, insts []*instance, start time.Time, logs []*pingLog) {
+// watch polls every instance's /ping every 25 ms until ctx ends,
+// recording its redis component in logs and, when stores is not nil, its
+// fhir-store component in stores.
+func watch(ctx context.Context, insts []*instance, start time.Time, logs, stores []*pingLog) {
 	var wg sync.WaitGroup
 	for i, in := range insts {
 		wg.Add(1)
@@ -171,17 +193,19 @@ func watch(ctx context.Context, insts []*instance, start time.Time, logs []*ping
 			defer wg.Done()
 			tick := time.NewTicker(25 * time.Millisecond)
 			defer tick.Stop()
-			last := "?"
+			last, lastStore := "?", "?"
 			for {
-				st, _ := in.redisStatus(ctx)
+				st, store, _ := in.status(ctx)
 				if ctx.Err() != nil {
 					return
 				}
 				if st != last {
-					logs[i].mu.Lock()
-					logs[i].points = append(logs[i].points, pingPoint{time.Since(start), st})
-					logs[i].mu.Unlock()
+					logs[i].add(time.Since(start), st)
 					last = st
+				}
+				if stores != nil && store != lastStore {
+					stores[i].add(time.Since(start), store)
+					lastStore = store
 				}
 				select {
 				case <-ctx.Done():
@@ -207,6 +231,9 @@ type procSample struct {
 type sampler struct {
 	mu     sync.Mutex
 	series map[string][]procSample
+	// trees names the processes measured with their children (the
+	// PostgreSQL postmaster and its backends).
+	trees map[string]bool
 }
 
 func (s *sampler) run(ctx context.Context, start time.Time, interval time.Duration, pids func() map[string]int) {
@@ -224,7 +251,11 @@ func (s *sampler) run(ctx context.Context, start time.Time, interval time.Durati
 			if pid == 0 {
 				continue
 			}
-			st, err := procgroup.ReadStat(pid)
+			read := procgroup.ReadStat
+			if s.trees[name] {
+				read = procgroup.TreeStat
+			}
+			st, err := read(pid)
 			if err != nil {
 				continue
 			}

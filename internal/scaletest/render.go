@@ -75,6 +75,24 @@ func lostNote(ss SessionSummary) string {
 	return fmt.Sprintf(" (the oldest made %s before the stop)", fms(ss.LostOldestMS))
 }
 
+// tierNames name the CPU tiers, in report order.
+var tierNames = []struct{ key, name string }{
+	{"gateway", "gateway instances together"}, {"fhir-origin", "FHIR origin"}, {"postgres", "PostgreSQL (postmaster and backends)"}, {"redis", "Redis"},
+}
+
+// tierLine is the CPU per request by tier, in µs.
+func tierLine(m map[string]float64) string {
+	var b []string
+	total := 0.0
+	for _, t := range tierNames {
+		if v, ok := m[t.key]; ok {
+			b = append(b, fmt.Sprintf("%s %s µs", t.name, f1(v)))
+			total += v
+		}
+	}
+	return strings.Join(b, ", ") + fmt.Sprintf("; %s µs in all", f1(total))
+}
+
 // Markdown writes the summary.
 func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
@@ -89,6 +107,9 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("%s", verdict)
 	p("")
 	p("- %d gateway instances, backend: %s, Redis: %s", s.Instances, s.Backend, s.Redis)
+	if s.StoreDesc != "" {
+		p("- FHIR store: %s; every instance serves it directly (no origin process)", s.StoreDesc)
+	}
 	if s.Config != "" {
 		p("- %s; the config %s (limits as its rate limiter announces them)", roleLine(s.Users), s.Config)
 	} else {
@@ -172,10 +193,22 @@ func (r *Report) Markdown(w io.Writer) error {
 	for _, c := range []struct {
 		name string
 		c    StalenessClass
-	}{{"while Redis was up", st.Up}, {"during the outage", st.Outage}} {
+	}{{"while Redis was up", st.Up}, {"during the outage", st.Outage}, {"around the store restart", st.StoreOutage}} {
+		if c.c.Probes == 0 && c.name == "around the store restart" {
+			continue
+		}
 		p("| %s | %d | %d | %d | %s | %s | %s | %s |", c.name, c.c.Probes, c.c.Seen, c.c.FirstRead, fms(c.c.P50MS), fms(c.c.P90MS), fms(c.c.P99MS), fms(c.c.MaxMS))
 	}
 	p("")
+	if st.UpBoundMS > 0 {
+		verdict := "within"
+		if st.Up.P99MS > st.UpBoundMS || st.Up.MaxMS > st.UpBoundMS {
+			verdict = "**over**"
+		}
+		p("While Redis and the store are up, a read by id on another instance may return the previous version until the response cache's invalidation (Redis pub/sub) arrives (the store's read cache is off in this fleet: docs/FHIR.md); the bound checked is %s. Measured: p99 %s, max %s, %s the bound.",
+			fms(st.UpBoundMS), fms(st.Up.P99MS), fms(st.Up.MaxMS), verdict)
+		p("")
+	}
 	if st.OutageBoundMS > 0 {
 		verdict := "within"
 		if st.OutageStaleMS > st.OutageBoundMS {
@@ -183,6 +216,38 @@ func (r *Report) Markdown(w io.Writer) error {
 		}
 		p("During the outage an instance may serve the old version for at most the cache's `outage_max_age` (or `l1.ttl` when longer) after a write made elsewhere: %s. The longest it did (the start of its last stale read) was %s, %s the bound.",
 			fms(st.OutageBoundMS), fms(st.OutageStaleMS), verdict)
+		p("")
+	}
+	wc := r.Writes
+	p("## Acknowledged writes")
+	p("")
+	p("Every write the fleet acknowledged (200 or 201 to a simulated user or a probe) is read back by version (`GET [type]/[id]/_history/[version]`) after the run.")
+	p("")
+	p("- %d acknowledged, %d checked: **%d missing**; %d named no version", wc.Acknowledged, wc.Checked, wc.Missing, wc.NoVersion)
+	if r.StoreOutage != nil {
+		p("- %d acknowledged in the 2 s before the store was stopped, %d while it was down", wc.BeforeStoreStop, wc.DuringStoreOutage)
+	}
+	for _, pr := range wc.Problems {
+		p("  - %s", pr)
+	}
+	p("")
+	if so := r.StoreOutage; so != nil {
+		p("## Store restart")
+		p("")
+		p("- at %s: PostgreSQL stopped in immediate mode (connections cut, no checkpoint, as a crash)", fms(so.StopAtMS))
+		p("- at %s: started again; accepting connections at %s; every instance's fhir-store back up at %s (%s after the stop)",
+			fms(so.RestartAtMS), fms(so.ReadyMS), fms(so.AllBackMS), fms(so.AllBackMS-so.StopAtMS))
+		p("- %d requests begun or answered meanwhile (%s): %d answered 503 with Retry-After (allowed), **%d failed otherwise**",
+			so.Requests, statusLine(so.Status), so.Unavailable, so.Failed)
+		if so.Error != "" {
+			p("- error: %s", so.Error)
+		}
+		p("")
+		p("| instance | store down seen after the stop | back after the restart began |")
+		p("| --- | ---: | ---: |")
+		for _, in := range so.Instances {
+			p("| %d | %s | %s |", in.Instance, fms(in.DownMS), fms(in.BackMS))
+		}
 		p("")
 	}
 	if fo := r.Failover; fo != nil {
@@ -230,8 +295,7 @@ func (r *Report) Markdown(w io.Writer) error {
 	p("From /proc every second (CPU: percent of one core).")
 	p("")
 	if len(r.CPUPerRequestUS) > 0 {
-		p("CPU per request of the load: gateway instances together %s µs, FHIR server %s µs, Redis %s µs.",
-			f1(r.CPUPerRequestUS["gateway"]), f1(r.CPUPerRequestUS["fhir-origin"]), f1(r.CPUPerRequestUS["redis"]))
+		p("CPU per request of the load: %s.", tierLine(r.CPUPerRequestUS))
 		p("")
 	}
 	p("| process | CPU avg | CPU max | CPU time | RSS max | RSS at end |")
@@ -266,12 +330,19 @@ func (r *Report) Charts() []template.HTML {
 		}
 		bands = append(bands, b)
 	}
+	if so := r.StoreOutage; so != nil {
+		bands = append(bands, svgchart.Band{From: so.StopAtMS / 1000, To: so.AllBackMS / 1000, Label: "store restart"})
+	}
 	var x, total, p50, p99 []float64
+	mix := make([][]float64, 5)
 	per := make([][]float64, len(r.Instances))
 	for _, tp := range r.Timeline {
 		x = append(x, tp.At)
 		total = append(total, float64(tp.Total))
 		p50, p99 = append(p50, tp.P50MS), append(p99, tp.P99MS)
+		for k, n := range []int{tp.OK, tp.Limited, tp.Refused, tp.Unavailable, tp.Errors} {
+			mix[k] = append(mix[k], float64(n))
+		}
 		for i, n := range tp.PerInstance {
 			per[i] = append(per[i], float64(n))
 		}
@@ -285,6 +356,12 @@ func (r *Report) Charts() []template.HTML {
 		Series: thr, Bands: bands}.SVG())
 	charts = append(charts, svgchart.Line{ID: "latency-time", Title: "Latency over time (all instances)", XLabel: "seconds", YLabel: "ms",
 		Series: []svgchart.Series{{Name: "p50", X: x, Y: p50}, {Name: "p99", X: x, Y: p99}}, Bands: bands}.SVG())
+	var mixSeries []svgchart.Series
+	for k, name := range []string{"2xx, 3xx", "429", "other 4xx", "503", "other 5xx, transport errors"} {
+		mixSeries = append(mixSeries, svgchart.Series{Name: name, X: x, Y: mix[k]})
+	}
+	charts = append(charts, svgchart.Line{ID: "status-mix", Title: "Status mix over time (responses per second)", XLabel: "seconds", YLabel: "responses/s",
+		Series: mixSeries, Bands: bands}.SVG())
 	var cats []string
 	vals := make([][]float64, 3)
 	for _, st := range append([]Stats{r.Overall}, r.Instances...) {

@@ -31,9 +31,14 @@ type Report struct {
 	OffRedis  []Spell            `json:"off_redis"`
 	Processes []ProcessSummary   `json:"processes"`
 	Metrics   map[string]float64 `json:"metrics"`
+	// StoreOutage is the PostgreSQL restart (Store postgres).
+	StoreOutage *StoreOutageSummary `json:"store_outage,omitempty"`
+	// Writes is the acknowledged-write check.
+	Writes WriteCheck `json:"writes"`
 	// CPUPerRequestUS is CPU time per request of the load, in µs, by
-	// tier: the gateway instances together, the FHIR origin, Redis (all
-	// its processes).
+	// tier: the gateway instances together, the FHIR origin (SQLite
+	// store), PostgreSQL (the postmaster and its backends), Redis (all its
+	// processes).
 	CPUPerRequestUS map[string]float64 `json:"cpu_per_request_us"`
 	// Failures lists every check that did not hold; empty means passed.
 	Failures []string `json:"failures"`
@@ -41,10 +46,13 @@ type Report struct {
 
 // Setup is what ran.
 type Setup struct {
-	Instances  int              `json:"instances"`
-	Redis      string           `json:"redis"`
-	RedisMode  string           `json:"redis_mode"`
-	Backend    string           `json:"backend"`
+	Instances int    `json:"instances"`
+	Redis     string `json:"redis"`
+	RedisMode string `json:"redis_mode"`
+	Backend   string `json:"backend"`
+	// Store is sqlite or postgres; StoreDesc says what ran.
+	Store      string           `json:"store"`
+	StoreDesc  string           `json:"store_desc,omitempty"`
 	Users      map[string]int   `json:"users"`
 	Limits     map[string]int64 `json:"limits"`
 	WindowMS   float64          `json:"window_ms"`
@@ -80,6 +88,12 @@ type TimePoint struct {
 	P50MS       float64 `json:"p50_ms"`
 	P99MS       float64 `json:"p99_ms"`
 	Limited     int     `json:"limited"`
+	// The status mix: OK (2xx, 3xx), Refused (4xx other than 429),
+	// Unavailable (503), Errors (other 5xx and transport errors).
+	OK          int `json:"ok"`
+	Refused     int `json:"refused"`
+	Unavailable int `json:"unavailable"`
+	Errors      int `json:"errors"`
 }
 
 // RoleAccuracy is the limit check of one role's policy item: for every
@@ -158,9 +172,15 @@ type StalenessSummary struct {
 	OutageStaleMS float64        `json:"outage_stale_ms"`
 	Up            StalenessClass `json:"redis_up"`
 	Outage        StalenessClass `json:"outage"`
-	Errors        []string       `json:"errors,omitempty"`
-	upMS          []float64      // for the chart
-	outMS         []float64      // for the chart
+	// StoreOutage are probes whose wait overlapped the store's restart
+	// (their reads were answered 503 meanwhile); not held to a bound.
+	StoreOutage StalenessClass `json:"store_outage"`
+	// UpBoundMS bounds p99 and max of Up (Store postgres, docs/SCALING.md);
+	// 0: not checked.
+	UpBoundMS float64   `json:"up_bound_ms"`
+	Errors    []string  `json:"errors,omitempty"`
+	upMS      []float64 // for the chart
+	outMS     []float64 // for the chart
 }
 
 // StalenessClass summarizes probes whose write was acknowledged while
@@ -195,6 +215,26 @@ type FailoverSummary struct {
 	OutageStatus    map[string]int `json:"outage_status"`
 	FiveXX          int            `json:"five_xx"`
 	MemoryDecisions float64        `json:"memory_decisions"`
+}
+
+// StoreOutageSummary is the PostgreSQL restart during the load.
+type StoreOutageSummary struct {
+	StopAtMS    float64 `json:"stop_at_ms"`
+	RestartAtMS float64 `json:"restart_at_ms"`
+	// ReadyMS is when the restarted server accepted connections;
+	// AllBackMS when the last instance's fhir-store component was up.
+	ReadyMS   float64 `json:"ready_at_ms"`
+	AllBackMS float64 `json:"all_back_at_ms"`
+	// Instances: the fhir-store component of each instance's /ping.
+	Instances []InstanceFailover `json:"instances"`
+	// Requests begun or answered between the stop and AllBack, by status;
+	// Unavailable of them 503 with Retry-After (allowed), Failed any
+	// other 5xx or a transport error (not allowed).
+	Requests    int            `json:"requests"`
+	Status      map[string]int `json:"status"`
+	Unavailable int            `json:"unavailable"`
+	Failed      int            `json:"failed"`
+	Error       string         `json:"error,omitempty"`
 }
 
 // InstanceFailover is one instance's view of the outage, from its /ping.
@@ -350,7 +390,13 @@ type runData struct {
 		failures       []string
 	}
 	witnesses []witnessResult
-	loadAvg   [2]float64
+	writes    WriteCheck
+	acks      *ackBook
+	// The store restart (Store postgres): nil store when none was made.
+	store      *storeLog
+	storePings []*pingLog
+	storeDesc  string
+	loadAvg    [2]float64
 	// outageBound is how stale a read may be during the outage by the
 	// fleet's cache config (0: not checked).
 	outageBound time.Duration
@@ -431,7 +477,7 @@ func analyze(rd *runData) *Report {
 	for _, u := range rd.users {
 		users[u.role]++
 	}
-	r.Setup = Setup{Instances: o.Instances, Redis: rd.topo, RedisMode: o.Redis, Backend: o.Backend, Users: users,
+	r.Setup = Setup{Instances: o.Instances, Redis: rd.topo, RedisMode: o.Redis, Backend: o.Backend, Store: o.Store, StoreDesc: rd.storeDesc, Users: users,
 		Limits: o.Limits, WindowMS: msf(o.Window), Burst: o.Burst, DurationMS: msf(o.Duration), ElapsedMS: msf(rd.elapsed),
 		LoadAvg: rd.loadAvg, Command: o.Command, Version: o.Version, Config: o.Config}
 
@@ -446,6 +492,12 @@ func analyze(rd *runData) *Report {
 	out := outages(rd, r.Failover)
 	r.OffRedis = out
 	inOutage := out.contains
+	var storeOut spells
+	if rd.store != nil && rd.store.stopped {
+		r.StoreOutage = analyzeStoreOutage(rd)
+		storeOut = spells{{FromMS: r.StoreOutage.StopAtMS, ToMS: r.StoreOutage.AllBackMS, Planned: true}}
+	}
+	allowed := func(s sample) bool { return s.status == 503 && s.retry && storeOut.overlaps(s.at, s.at+s.dur) }
 	var load []sample
 	byInst := make([][]sample, o.Instances)
 	byOp := make([][]sample, nOps)
@@ -469,7 +521,33 @@ func analyze(rd *runData) *Report {
 	r.Timeline = timeline(load, o.Instances, rd.elapsed)
 	r.RateLimit = accuracy(rd, out)
 	r.Sessions = sessionSummary(rd, out)
-	r.Staleness = stalenessSummary(rd, inOutage)
+	r.Staleness = stalenessSummary(rd, inOutage, storeOut)
+	r.Writes = rd.writes
+	if r.StoreOutage != nil {
+		stop := time.Duration(r.StoreOutage.StopAtMS * 1e6)
+		for _, a := range rd.acksSeen() {
+			switch {
+			case storeOut.contains(a):
+				r.Writes.DuringStoreOutage++
+			case a < stop && a >= stop-2*time.Second:
+				r.Writes.BeforeStoreStop++
+			}
+		}
+		r.StoreOutage.Status = map[string]int{}
+		for _, s := range rd.rec.samples {
+			if !storeOut.overlaps(s.at, s.at+s.dur) {
+				continue
+			}
+			r.StoreOutage.Requests++
+			r.StoreOutage.Status[statusKey(s.status)]++
+			switch {
+			case allowed(s):
+				r.StoreOutage.Unavailable++
+			case s.status >= 500 || s.status == 0:
+				r.StoreOutage.Failed++
+			}
+		}
+	}
 	r.Processes = processSummary(rd)
 	r.CPUPerRequestUS = map[string]float64{}
 	if n := len(load); n > 0 {
@@ -478,8 +556,8 @@ func analyze(rd *runData) *Report {
 			switch {
 			case strings.HasPrefix(p.Name, "instance"):
 				tier = "gateway"
-			case p.Name == "fhir-origin":
-				tier = "fhir-origin"
+			case p.Name == "fhir-origin" || p.Name == "postgres":
+				tier = p.Name
 			}
 			r.CPUPerRequestUS[tier] += p.CPUSeconds * 1e6 / float64(n)
 		}
@@ -493,15 +571,48 @@ func analyze(rd *runData) *Report {
 			if inOutage(s.at) {
 				r.Failover.OutageRequests++
 				r.Failover.OutageStatus[statusKey(s.status)]++
-				if s.status >= 500 {
+				if s.status >= 500 && !allowed(s) {
 					r.Failover.FiveXX++
 				}
 			}
 		}
 		r.Failover.MemoryDecisions = rd.metrics["omnigate_ratelimit_decisions_total/memory"]
 	}
-	r.Failures = failures(rd, r)
+	r.Failures = failures(rd, r, allowed)
 	return r
+}
+
+// acksSeen are when the acknowledged writes were answered.
+func (rd *runData) acksSeen() []time.Duration {
+	if rd.acks == nil {
+		return nil
+	}
+	rd.acks.mu.Lock()
+	defer rd.acks.mu.Unlock()
+	out := make([]time.Duration, len(rd.acks.acks))
+	for i, a := range rd.acks.acks {
+		out[i] = a.at
+	}
+	return out
+}
+
+// analyzeStoreOutage reads the store restart and each instance's
+// fhir-store component around it.
+func analyzeStoreOutage(rd *runData) *StoreOutageSummary {
+	sl := rd.store
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	so := &StoreOutageSummary{StopAtMS: msf(sl.stopAt), RestartAtMS: msf(sl.restartAt), ReadyMS: msf(sl.readyAt)}
+	if sl.err != nil {
+		so.Error = sl.err.Error()
+	}
+	// An instance is back once its component is up after the restart
+	// began (a pool may look up between the stop and its first failed
+	// call); never seen down, when the server was ready again.
+	var allBack time.Duration
+	so.Instances, allBack = downAndBack(rd.storePings, sl.stopAt, sl.restartAt, sl.restartAt, sl.readyAt, rd.elapsed)
+	so.AllBackMS = msf(max(allBack, sl.readyAt))
+	return so
 }
 
 func timeline(load []sample, n int, elapsed time.Duration) []TimePoint {
@@ -518,8 +629,17 @@ func timeline(load []sample, n int, elapsed time.Duration) []TimePoint {
 		}
 		tl[i].Total++
 		tl[i].PerInstance[s.inst]++
-		if s.status == 429 {
+		switch {
+		case s.status == 429:
 			tl[i].Limited++
+		case s.status == 503:
+			tl[i].Unavailable++
+		case s.status == 0 || s.status >= 500:
+			tl[i].Errors++
+		case s.status >= 400:
+			tl[i].Refused++
+		default:
+			tl[i].OK++
 		}
 		if s.status != 0 {
 			lat[i] = append(lat[i], s.dur)
@@ -673,14 +793,34 @@ func class(delays []time.Duration, probes, seen, first int) StalenessClass {
 	return c
 }
 
-func stalenessSummary(rd *runData, inOutage func(time.Duration) bool) StalenessSummary {
+func stalenessSummary(rd *runData, inOutage func(time.Duration) bool, storeOut spells) StalenessSummary {
 	p := rd.prober
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var up, out []time.Duration
-	var nUp, nOut, seenUp, seenOut, firstUp, firstOut int
+	var up, out, store []time.Duration
+	var nUp, nOut, seenUp, seenOut, firstUp, firstOut, nStore, seenStore, firstStore int
 	var staleOut time.Duration
+	var unseen []string
 	for _, s := range p.results {
+		end := s.at + rd.o.ProbeTimeout
+		if s.seen {
+			end = s.at + s.delay
+		}
+		if !s.seen && len(unseen) < 10 {
+			unseen = append(unseen, fmt.Sprintf("write on instance %d acknowledged at %s not seen by instance %d (last read: status %d)",
+				s.writer+1, fms(msf(s.at)), s.reader+1, s.last))
+		}
+		if storeOut.overlaps(s.at, end) {
+			nStore++
+			if s.seen {
+				seenStore++
+				store = append(store, s.delay)
+				if s.firstRead {
+					firstStore++
+				}
+			}
+			continue
+		}
 		o := inOutage(s.at)
 		if o {
 			nOut++
@@ -706,8 +846,17 @@ func stalenessSummary(rd *runData, inOutage func(time.Duration) bool) StalenessS
 		}
 	}
 	sum := StalenessSummary{Writes: p.writes, Up: class(up, nUp, seenUp, firstUp), Outage: class(out, nOut, seenOut, firstOut),
+		StoreOutage:   class(store, nStore, seenStore, firstStore),
 		OutageBoundMS: msf(rd.outageBound), OutageStaleMS: msf(staleOut),
-		Errors: slices.Clone(p.failed)}
+		Errors: append(slices.Clone(p.failed), unseen...)}
+	if rd.o.Store == StorePostgres {
+		sum.UpBoundMS = msf(storeStaleBound)
+	}
+	for _, w := range p.unavailable {
+		if !storeOut.overlaps(w[0], w[1]) {
+			sum.Errors = append(sum.Errors, fmt.Sprintf("probe write at %s answered 503 while the store was up", fms(msf(w[0]))))
+		}
+	}
 	for _, d := range up {
 		sum.upMS = append(sum.upMS, msf(d))
 	}
@@ -721,42 +870,51 @@ func analyzeFailover(rd *runData) *FailoverSummary {
 	fo := rd.fo
 	f := &FailoverSummary{Topology: rd.topo, StopAtMS: msf(fo.stopAt), Stop: fo.stopMsg,
 		RestartMS: msf(fo.restartAt), Restart: fo.restMsg}
+	// Never seen down (the outage was shorter than a poll): it was back
+	// as soon as the stop ended.
 	var allBack time.Duration
-	for i, pl := range rd.pings {
+	f.Instances, allBack = downAndBack(rd.pings, fo.stopAt, 0, fo.restartAt, fo.stopAt, rd.elapsed)
+	f.AllBackMS = msf(allBack)
+	f.BackAfterRestartMS = msf(allBack - fo.restartAt)
+	f.BackAfterStopMS = msf(allBack - fo.stopAt)
+	return f
+}
+
+// downAndBack reads each instance's component log after a stop at stop:
+// when it was first seen down, and when up again (not before upFrom),
+// with BackMS counted from restart. An instance never seen down counts as
+// back at unseen. allBack is the latest return, past elapsed when an
+// instance never came back.
+func downAndBack(logs []*pingLog, stop, upFrom, restart, unseen, elapsed time.Duration) (out []InstanceFailover, allBack time.Duration) {
+	for i, pl := range logs {
 		pl.mu.Lock()
 		inf := InstanceFailover{Instance: i + 1, DownMS: -1, BackMS: -1, BackAtMS: -1}
 		var down time.Duration = -1
 		for _, p := range pl.points {
-			if p.at < fo.stopAt {
+			if p.at < stop {
 				continue
 			}
 			if down < 0 && p.status != "up" {
 				down = p.at
-				inf.DownMS = msf(p.at - fo.stopAt)
+				inf.DownMS = msf(p.at - stop)
 			}
-			if down >= 0 && p.status == "up" {
-				inf.BackAtMS = msf(p.at)
-				inf.BackMS = msf(p.at - fo.restartAt)
+			if down >= 0 && p.status == "up" && p.at >= upFrom {
+				inf.BackAtMS, inf.BackMS = msf(p.at), msf(p.at-restart)
 				allBack = max(allBack, p.at)
 				break
 			}
 		}
 		if down < 0 {
-			// Never seen down (the outage was shorter than a poll):
-			// it was back as soon as the stop ended.
-			inf.BackAtMS = msf(fo.stopAt)
-			allBack = max(allBack, fo.stopAt)
+			inf.BackAtMS = msf(unseen)
+			allBack = max(allBack, unseen)
 		}
 		if inf.BackAtMS < 0 {
-			allBack = rd.elapsed + time.Hour // never back: the outage lasts
+			allBack = elapsed + time.Hour // never back: the outage lasts
 		}
 		pl.mu.Unlock()
-		f.Instances = append(f.Instances, inf)
+		out = append(out, inf)
 	}
-	f.AllBackMS = msf(allBack)
-	f.BackAfterRestartMS = msf(allBack - fo.restartAt)
-	f.BackAfterStopMS = msf(allBack - fo.stopAt)
-	return f
+	return out, allBack
 }
 
 func processSummary(rd *runData) []ProcessSummary {
@@ -789,10 +947,23 @@ func processSummary(rd *runData) []ProcessSummary {
 }
 
 // failures lists every property the run must hold and did not.
-func failures(rd *runData, r *Report) []string {
+func failures(rd *runData, r *Report, allowed func(sample) bool) []string {
 	var f []string
-	if n := rd.rec.fiveXX.Load(); n > 0 {
-		f = append(f, fmt.Sprintf("%d responses with a 5xx status (want 0)", n))
+	fiveXX, unavailable := 0, 0
+	for _, s := range rd.rec.samples {
+		switch {
+		case allowed(s):
+			unavailable++
+		case s.status >= 500:
+			fiveXX++
+		}
+	}
+	if fiveXX > 0 {
+		what := ""
+		if unavailable > 0 {
+			what = fmt.Sprintf(" other than the %d 503 with Retry-After while the store was down", unavailable)
+		}
+		f = append(f, fmt.Sprintf("%d responses with a 5xx status%s (want 0)", fiveXX, what))
 	}
 	if n := rd.rec.transport.Load(); n > 0 {
 		f = append(f, fmt.Sprintf("%d requests failed without a response (connection errors)", n))
@@ -850,8 +1021,38 @@ func failures(rd *runData, r *Report) []string {
 				time.Duration(st.OutageStaleMS*1e6).Round(time.Millisecond), time.Duration(st.OutageBoundMS*1e6)))
 		}
 	}
+	if st.UpBoundMS > 0 && (st.Up.P99MS > st.UpBoundMS || st.Up.MaxMS > st.UpBoundMS) {
+		f = append(f, fmt.Sprintf("cross-instance staleness while Redis and the store were up: p99 %s, max %s, over the bound of %s",
+			fms(st.Up.P99MS), fms(st.Up.MaxMS), fms(st.UpBoundMS)))
+	}
 	for _, e := range st.Errors {
 		f = append(f, "invalidation probe: "+e)
+	}
+	w := r.Writes
+	if w.Missing > 0 {
+		f = append(f, fmt.Sprintf("%d of %d acknowledged writes missing after the run: %s", w.Missing, w.Checked, strings.Join(w.Problems, "; ")))
+	}
+	if w.NoVersion > 0 {
+		f = append(f, fmt.Sprintf("%d acknowledged writes named no version (not checkable)", w.NoVersion))
+	}
+	if w.Checked == 0 && rd.o.Backend == BackendFHIR {
+		f = append(f, "no write was acknowledged: the acknowledged-write check tested nothing")
+	}
+	if so := r.StoreOutage; so != nil {
+		if so.Error != "" {
+			f = append(f, "store restart: "+so.Error)
+		}
+		if so.Failed > 0 {
+			f = append(f, fmt.Sprintf("%d requests during the store restart failed other than with 503 and Retry-After (%s)", so.Failed, statusLine(so.Status)))
+		}
+		for _, in := range so.Instances {
+			if in.BackAtMS < 0 {
+				f = append(f, fmt.Sprintf("instance %d was not back on the store by the end", in.Instance))
+			}
+		}
+		if so.Unavailable == 0 {
+			f = append(f, "no request was answered 503 while the store was down: the outage was not seen")
+		}
 	}
 	if fo := r.Failover; fo != nil {
 		if rd.fo.err != nil {

@@ -67,6 +67,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		}
 		cleanups = append(cleanups, topo.close)
 	}
+	var pg *pgStore
+	if o.Store == StorePostgres {
+		logf("starting PostgreSQL")
+		if pg, err = startStore(ctx, &o); err != nil {
+			return nil, fmt.Errorf("scaletest: start postgres: %w", err)
+		}
+		cleanups = append(cleanups, pg.close)
+	}
 	patients := max(20, o.Patients)
 	var ds *dataset
 	upstream := ""
@@ -85,28 +93,42 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		cleanups = append(cleanups, st.close)
 		upstream = st.addr
 	}
+	storeURL := ""
+	if pg != nil {
+		storeURL = pg.url
+	}
 	if o.Backend == BackendFHIR {
-		logf("starting the FHIR server")
+		// With PostgreSQL the instances serve the data themselves: this
+		// process only seeds the database (and migrates it), then stops.
+		name := "fhir-origin"
+		if pg != nil {
+			name = "fhir-seed"
+		}
+		logf("starting the FHIR server (%s)", name)
 		var cfg, base string
 		if o.Config != "" {
 			cfg, base, err = userOrigin(&o, dir)
 		} else {
-			cfg, err = writeOriginConfig(dir, !o.NoSchemaValidation)
+			cfg, err = writeOriginConfig(dir, !o.NoSchemaValidation, storeURL)
 			base = "/fhir/R4"
 		}
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
 		}
-		origin, err := startInstance(ctx, &o, -1, "fhir-origin", cfg, dir, false)
+		origin, err := startInstance(ctx, &o, -1, name, cfg, dir, false)
 		if err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
 		}
 		cleanups = append(cleanups, origin.stop)
-		upstream = origin.base()
-		extraPIDs["fhir-origin"] = origin.pid()
 		logf("loading %d patients with their observations", patients)
 		if ds, err = seedServer(ctx, origin.base(), base, patients, o.Instances); err != nil {
 			return nil, fmt.Errorf("scaletest: %w", err)
+		}
+		if pg != nil {
+			origin.stop()
+		} else {
+			upstream = origin.base()
+			extraPIDs["fhir-origin"] = origin.pid()
 		}
 	}
 	redisYAML := ""
@@ -117,7 +139,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if o.Config != "" {
 		cfg, err = userFleet(&o, dir, redisYAML, upstream)
 	} else {
-		cfg, err = writeConfig(dir, &o, redisYAML, upstream)
+		cfg, err = writeConfig(dir, &o, redisYAML, upstream, storeURL)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("scaletest: write config: %w", err)
@@ -159,23 +181,32 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if topo != nil {
 		topoDesc = topo.describe()
 	}
-	return drive(ctx, &o, topo, topoDesc, insts, extraPIDs, users, probeUser, witnesses, ds, logf)
+	return drive(ctx, &o, topo, topoDesc, pg, insts, extraPIDs, users, probeUser, witnesses, ds, logf)
 }
 
-// drive runs the load, the probes and the failover, then the final checks.
-func drive(ctx context.Context, o *Options, topo topology, topoDesc string, insts []*instance, extraPIDs map[string]int,
+// drive runs the load, the probes, the Redis failover and the store
+// restart, then the final checks.
+func drive(ctx context.Context, o *Options, topo topology, topoDesc string, pg *pgStore, insts []*instance, extraPIDs map[string]int,
 	users []*user, probeUser *user, witnesses []*user, ds *dataset, logf func(string, ...any)) (*Report, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: len(users) + 8, IdleConnTimeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 	rec := &recorder{policyIdx: map[string]int16{}}
-	c := &client{rec: rec, insts: insts, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	c := &client{rec: rec, insts: insts, http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, acks: &ackBook{}}
 	book := &sessionBook{keep: 3, tokens: map[int][]token{}}
 	pr := &prober{c: c, u: probeUser, o: o, ds: ds}
 	pings := make([]*pingLog, len(insts))
 	for i := range pings {
 		pings[i] = &pingLog{}
 	}
-	procs := &sampler{series: map[string][]procSample{}}
+	var storePings []*pingLog
+	if pg != nil {
+		storePings = make([]*pingLog, len(insts))
+		for i := range storePings {
+			storePings[i] = &pingLog{}
+		}
+	}
+	procs := &sampler{series: map[string][]procSample{}, trees: map[string]bool{"postgres": true}}
+	sl := &storeLog{}
 	fo := &failoverLog{}
 	var foMu sync.Mutex
 	pids := func() map[string]int {
@@ -185,6 +216,9 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		}
 		for k, v := range extraPIDs {
 			m[k] = v
+		}
+		if pg != nil {
+			m["postgres"] = pg.pid()
 		}
 		if topo != nil {
 			foMu.Lock()
@@ -205,7 +239,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 	defer stopWatch()
 	var bg sync.WaitGroup
 	bg.Add(2)
-	go func() { defer bg.Done(); watch(watchCtx, insts, rec.start, pings) }()
+	go func() { defer bg.Done(); watch(watchCtx, insts, rec.start, pings, storePings) }()
 	go func() { defer bg.Done(); procs.run(watchCtx, rec.start, time.Second, pids) }()
 
 	foDone := make(chan struct{})
@@ -227,6 +261,14 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 		foMu.Unlock()
 		sleepUntil(loadCtx, rec.start.Add(o.RestartAt))
 		restart(ctx, topo, fo, &foMu, rec.start, logf)
+	}()
+
+	storeDone := make(chan struct{})
+	go func() {
+		defer close(storeDone)
+		if pg != nil {
+			restartStore(ctx, loadCtx, o, pg, sl, rec.start, logf)
+		}
 	}()
 
 	var userWG sync.WaitGroup
@@ -259,6 +301,7 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 	<-probeDone
 	<-witDone
 	<-foDone
+	<-storeDone
 	if fo.stopped && !fo.restarted {
 		restart(ctx, topo, fo, &foMu, rec.start, logf)
 	}
@@ -271,11 +314,30 @@ func drive(ctx context.Context, o *Options, topo topology, topoDesc string, inst
 			in.waitReady(ctx, true, 30*time.Second)
 		}
 	}
+	// And back on the store, after its restart.
+	if pg != nil {
+		for _, in := range insts {
+			in.waitStore(ctx, 30*time.Second)
+		}
+	}
 	checkCtx := context.WithoutCancel(ctx)
 	rd := &runData{o: o, topo: topoDesc, outageBound: o.outageBound, elapsed: elapsed, rec: rec, users: users, book: book, prober: pr,
 		pings: pings, fo: fo, procs: procs, loadAvg: [2]float64{load0, load1}}
 	rd.sessCheck.checked, rd.sessCheck.valid, rd.sessCheck.failures = verifySessions(checkCtx, c, book)
 	rd.witnesses = wit.verify(checkCtx, c)
+	logf("reading back every acknowledged write")
+	// Without a login the reads are refused, and counted missing.
+	tok, err := loginAnywhere(checkCtx, c, probeUser)
+	rd.writes, rd.acks = verifyWrites(checkCtx, c, tok, ds.base, c.acks), c.acks
+	if err != nil {
+		rd.writes.Problems = append(rd.writes.Problems, "no probe login for the check: "+err.Error())
+	}
+	if pg != nil {
+		rd.store, rd.storePings, rd.storeDesc = sl, storePings, pg.describe()
+		if o.NoStoreRestart {
+			rd.storeDesc += "; the store restart was skipped (a given server is not stopped)"
+		}
+	}
 	rd.metrics = scrapeMetrics(checkCtx, insts)
 	stopWatch()
 	bg.Wait()

@@ -92,7 +92,7 @@ func TestGeneratedConfigLoads(t *testing.T) {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		path, err := writeConfig(dir, &o, redis, "http://127.0.0.1:9")
+		path, err := writeConfig(dir, &o, redis, "http://127.0.0.1:9", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -304,8 +304,8 @@ func TestRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := page.String()
-	if n := strings.Count(h, `<svg class="chart"`); n != 7 {
-		t.Errorf("%d charts, want 7", n)
+	if n := strings.Count(h, `<svg class="chart"`); n != 8 {
+		t.Errorf("%d charts, want 8", n)
 	}
 	for _, banned := range []string{"http://", "https://", "<link", "src="} {
 		if strings.Contains(strings.ReplaceAll(h, `xmlns="http://www.w3.org/2000/svg"`, ""), banned) {
@@ -446,5 +446,120 @@ func TestOutageStalenessBound(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%q: %v %v, want %v", tc.plugins, got, err, tc.want)
 		}
+	}
+}
+
+func TestParseAck(t *testing.T) {
+	for _, tc := range []struct {
+		body, loc        string
+		typ, id, version string
+		ok               bool
+	}{
+		{`{"resourceType":"Observation","id":"o-1","meta":{"versionId":"1"}}`, "", "Observation", "o-1", "1", true},
+		{``, "http://127.0.0.1:8080/fhir/R4/Patient/p.7/_history/12", "Patient", "p.7", "12", true},
+		{`{"resourceType":"Patient","id":"p1"}`, "Patient/p1/_history/3", "Patient", "p1", "3", true},
+		{`{"resourceType":"Patient","id":"../x","meta":{"versionId":"1"}}`, "", "Patient", "../x", "1", false},
+		{`{"resourceType":"OperationOutcome"}`, "", "", "", "", false},
+		{``, "Patient/p1", "", "", "", false},
+	} {
+		typ, id, version, ok := parseAck([]byte(tc.body), tc.loc)
+		if ok != tc.ok || ok && (typ != tc.typ || id != tc.id || version != tc.version) {
+			t.Errorf("parseAck(%q, %q) = %q %q %q %t, want %q %q %q %t", tc.body, tc.loc, typ, id, version, ok, tc.typ, tc.id, tc.version, tc.ok)
+		}
+	}
+}
+
+// FuzzParseAck: whatever a server answers, an accepted reference is safe
+// to put back into a URL path.
+func FuzzParseAck(f *testing.F) {
+	f.Add([]byte(`{"resourceType":"Observation","id":"o-1","meta":{"versionId":"1"}}`), "")
+	f.Add([]byte(``), "http://h/fhir/R4/Patient/p/_history/2")
+	f.Add([]byte(`{"resourceType":"P?x","id":"a/b","meta":{"versionId":"%2F"}}`), "/_history/")
+	f.Fuzz(func(t *testing.T, body []byte, loc string) {
+		typ, id, version, ok := parseAck(body, loc)
+		if !ok {
+			return
+		}
+		for _, s := range []string{typ, id, version} {
+			if s == "" || len(s) > 64 || strings.ContainsAny(s, "/?#%\\ ") || s == "." || s == ".." {
+				t.Fatalf("parseAck(%q, %q) accepted %q", body, loc, s)
+			}
+		}
+	})
+}
+
+// The acknowledged-write check finds a write that is not in the store: the
+// tool's FHIR stand-in holds the seeded Patient but never received the
+// acknowledged Observation.
+func TestVerifyWritesDetectsLoss(t *testing.T) {
+	ds := staticDataset(2, 1)
+	st, err := startStandIn(ds.putBundle(), ds.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	rec := &recorder{start: time.Now(), policyIdx: map[string]int16{}}
+	c := &client{rec: rec, insts: []*instance{{addr: strings.TrimPrefix(st.addr, "http://")}}, http: &http.Client{Timeout: 10 * time.Second}}
+	book := &ackBook{}
+	for _, body := range []string{
+		`{"resourceType":"Patient","id":"st-p1","meta":{"versionId":"1"}}`,
+		`{"resourceType":"Observation","id":"st-lost","meta":{"versionId":"3"}}`,
+	} {
+		book.add(result{status: 201, body: []byte(body), header: http.Header{}, start: rec.start}, 0, rec.start)
+	}
+	book.add(result{status: 200, body: []byte(`{}`), header: http.Header{}, start: rec.start}, 0, rec.start)
+	wc := verifyWrites(context.Background(), c, token{}, ds.base, book)
+	if wc.Acknowledged != 3 || wc.NoVersion != 1 || wc.Checked != 2 || wc.Missing != 1 || len(wc.Problems) != 1 || !strings.Contains(wc.Problems[0], "Observation/st-lost version 3") {
+		t.Fatalf("verifyWrites = %+v", wc)
+	}
+	rd := fakeRun()
+	rd.writes = wc
+	r := analyze(rd)
+	var lost, unversioned bool
+	for _, f := range r.Failures {
+		lost = lost || strings.Contains(f, "1 of 2 acknowledged writes missing")
+		unversioned = unversioned || strings.Contains(f, "1 acknowledged writes named no version")
+	}
+	if !lost || !unversioned {
+		t.Errorf("failures %q do not name the lost write and the unversioned one", r.Failures)
+	}
+}
+
+// During the store restart, 503 with Retry-After is allowed and any other
+// 5xx is not; outside it, a 503 is a failure too.
+func TestStoreOutageChecks(t *testing.T) {
+	rd := fakeRun()
+	rd.o.Store = StorePostgres
+	rd.store = &storeLog{stopped: true, restarted: true, stopAt: 7 * time.Second, restartAt: 8 * time.Second, readyAt: 8200 * time.Millisecond}
+	rd.storePings = []*pingLog{
+		{points: []pingPoint{{0, "up"}, {7100 * time.Millisecond, "down"}, {8300 * time.Millisecond, "up"}}},
+		{points: []pingPoint{{0, "up"}, {7050 * time.Millisecond, "down"}, {8500 * time.Millisecond, "up"}}},
+	}
+	add := func(at time.Duration, status int16, retry bool) {
+		rd.rec.samples = append(rd.rec.samples, sample{at: at, dur: 5 * time.Millisecond, status: status, retry: retry, op: opWrite, user: 0, policy: -1})
+	}
+	add(7200*time.Millisecond, 503, true)
+	add(8400*time.Millisecond, 503, true)
+	r := analyze(rd)
+	so := r.StoreOutage
+	if so == nil || so.AllBackMS != 8500 || so.Unavailable != 2 || so.Failed != 0 || so.Instances[1].BackMS != 500 {
+		t.Fatalf("store outage %+v", so)
+	}
+	for _, f := range r.Failures {
+		if strings.Contains(f, "5xx") || strings.Contains(f, "store") {
+			t.Errorf("failure %q for allowed 503s", f)
+		}
+	}
+	add(7300*time.Millisecond, 500, false) // a 500 while the store is down
+	add(7400*time.Millisecond, 503, false) // a 503 without Retry-After
+	add(9*time.Second, 503, true)          // a 503 once every instance is back
+	r = analyze(rd)
+	var other, failed bool
+	for _, f := range r.Failures {
+		other = other || strings.Contains(f, "3 responses with a 5xx status other than the 2 503 with Retry-After")
+		failed = failed || strings.Contains(f, "2 requests during the store restart failed")
+	}
+	if !other || !failed {
+		t.Errorf("failures %q", r.Failures)
 	}
 }

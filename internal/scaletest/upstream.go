@@ -58,9 +58,11 @@ func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case p == "metadata":
 		io.WriteString(w, `{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"]}`)
-	case len(parts) == 2 && r.Method == http.MethodGet:
+	case (len(parts) == 2 || len(parts) == 4 && parts[2] == "_history") && r.Method == http.MethodGet:
+		// A version read answers the current version: the stand-in
+		// keeps no history.
 		s.mu.RLock()
-		b, ok := s.res[p]
+		b, ok := s.res[parts[0]+"/"+parts[1]]
 		s.mu.RUnlock()
 		if !ok {
 			w.WriteHeader(http.StatusNotFound)
@@ -86,6 +88,7 @@ func (s *standIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			m["id"] = parts[1]
 		}
+		m["meta"] = map[string]any{"versionId": "1"}
 		b, _ := json.Marshal(m)
 		key := parts[0] + "/" + m["id"].(string)
 		s.res[key] = b
