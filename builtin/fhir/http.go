@@ -41,7 +41,9 @@ type request struct {
 
 type preferences struct {
 	ret    string // minimal, representation, OperationOutcome
-	strict bool
+	strict bool   // handling=strict
+	// lenient: handling=lenient
+	lenient bool
 }
 
 func parsePrefer(h []string) preferences {
@@ -55,7 +57,7 @@ func parsePrefer(h []string) preferences {
 				case "return":
 					p.ret = val
 				case "handling":
-					p.strict = val == "strict"
+					p.strict, p.lenient = val == "strict", val == "lenient"
 				}
 			}
 		}

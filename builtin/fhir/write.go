@@ -153,7 +153,7 @@ func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*se
 		}
 		filters[name] = vals
 	}
-	q, err := search.Parse(typ, filters, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now(), Strict: true})
+	q, err := search.Parse(typ, filters, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now()})
 	var se *search.Error
 	switch {
 	case errors.As(err, &se):
@@ -182,6 +182,9 @@ func (h *Handler) matchOne(ctx context.Context, r store.Reader, g *guard, typ st
 		return nil, err
 	}
 	g.confine(q)
+	if _, err := h.confineChains(ctx, q); err != nil {
+		return nil, err
+	}
 	ms, err := r.Search(ctx, q, 0, 2)
 	if err != nil {
 		return nil, err

@@ -70,6 +70,10 @@ func Index(typ, id string, resource any) *Entries {
 		if p.Code == "_id" || p.Code == "_lastUpdated" {
 			continue
 		}
+		if p.Type == TypeComposite {
+			e.addComposite(p, resource)
+			continue
+		}
 		key := p.Key()
 		for _, n := range p.Eval(resource) {
 			e.add(p, key, n)
@@ -93,14 +97,19 @@ func Index(typ, id string, resource any) *Entries {
 }
 
 func (e *Entries) add(p *Param, key string, n fhirpath.Node) {
-	switch p.Type {
+	e.addTyped(p.Type, key, n)
+	if p.Type == TypeToken && IsIdentifier(p) {
+		e.addOfType(key+OfTypeSuffix, n.V)
+	}
+}
+
+// addTyped adds the entries of value n of a parameter of type typ.
+func (e *Entries) addTyped(typ, key string, n fhirpath.Node) {
+	switch typ {
 	case TypeString:
 		e.addString(key, n.V, 0)
 	case TypeToken:
 		e.addToken(key, n)
-		if IsIdentifier(p) {
-			e.addOfType(key+OfTypeSuffix, n.V)
-		}
 	case TypeReference:
 		e.addRef(key, n.V)
 	case TypeDate:

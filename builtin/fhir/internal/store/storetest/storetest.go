@@ -55,6 +55,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"TxSeesOwnWrites", testTxSeesOwnWrites},
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"Search", testSearch},
+		{"Chains", testChains},
+		{"Composites", testComposites},
 		{"SearchPaging", testSearchPaging},
 		{"Fetch", testFetch},
 		{"Include", testInclude},
