@@ -141,8 +141,8 @@ var resultParams = map[string]bool{
 // update, patch, delete, a conditional reference) on typ. It is always
 // strict, whatever the request's handling preference: an unknown or
 // unsupported parameter, a parameter that shapes the result (_count,
-// _sort, …) or criteria without a search parameter are a 400 naming the
-// parameter, so that a condition never acts on part of what it says.
+// _sort, …), a chain or _has, or criteria without a search parameter are
+// a 400 naming the parameter, so that a condition never acts on part of what it says.
 func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*search.Query, error) {
 	bad := &search.Error{}
 	filters := make(url.Values, len(crit))
@@ -160,6 +160,13 @@ func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*se
 		bad.Problems = append(bad.Problems, se.Problems...)
 	case err != nil:
 		return nil, err
+	}
+	if q != nil {
+		for _, c := range q.Clauses {
+			if c.Chain != nil {
+				bad.Problems = append(bad.Problems, search.Problem{Param: c.Name, Message: "a condition cannot follow references (chains and _has are search-only)"})
+			}
+		}
 	}
 	if len(bad.Problems) > 0 {
 		sort.SliceStable(bad.Problems, func(i, j int) bool { return bad.Problems[i].Param < bad.Problems[j].Param })
@@ -182,9 +189,6 @@ func (h *Handler) matchOne(ctx context.Context, r store.Reader, g *guard, typ st
 		return nil, err
 	}
 	g.confine(q)
-	if _, err := h.confineChains(ctx, q); err != nil {
-		return nil, err
-	}
 	ms, err := r.Search(ctx, q, 0, 2)
 	if err != nil {
 		return nil, err
