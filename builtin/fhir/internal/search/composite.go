@@ -84,6 +84,21 @@ func (p *Param) Components() []spec.Component {
 	return out
 }
 
+// IsCompositeKey reports whether the index key p (an entry's Param) holds
+// rows of a composite parameter.
+func IsCompositeKey(p string) bool { return strings.Contains(p, compositeSep) }
+
+// HasComposites reports whether resource type typ has composite
+// parameters.
+func HasComposites(typ string) bool {
+	for _, p := range Params(typ) {
+		if p.Type == TypeComposite {
+			return true
+		}
+	}
+	return false
+}
+
 // CompositeKey is the Param under which a store finds the rows of
 // component j (from 1) that match composite value v of p: with two
 // components, the exact key; with more, the prefix that the instance

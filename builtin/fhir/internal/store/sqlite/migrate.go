@@ -151,9 +151,23 @@ func migrateAbsoluteRefs(ctx context.Context, tx *sql.Tx) error {
 
 // migrateOfType (schema 3 to 4) adds the rows that index identifiers by
 // their type (search.OfTypeSuffix) for the current version of every
-// resource that may have one (a coding somewhere in its body), a thousand
-// resources at a time.
+// resource that may have one (a coding somewhere in its body).
 func migrateOfType(ctx context.Context, tx *sql.Tx) error {
+	return addIndexRows(ctx, tx, func(typ string, body []byte) bool { return bytes.Contains(body, []byte(`"coding"`)) },
+		func(p string) bool { return strings.HasSuffix(p, search.OfTypeSuffix) })
+}
+
+// migrateComposites (schema 4 to 5) adds the rows of composite parameters
+// (see search.CompositeKey) for the current version of every resource of
+// a type that has some.
+func migrateComposites(ctx context.Context, tx *sql.Tx) error {
+	return addIndexRows(ctx, tx, func(typ string, _ []byte) bool { return search.HasComposites(typ) }, search.IsCompositeKey)
+}
+
+// addIndexRows adds, for the current version of every resource whose type
+// and body pass want, the index rows whose parameter key passes keep, a
+// thousand resources at a time.
+func addIndexRows(ctx context.Context, tx *sql.Tx, want func(typ string, body []byte) bool, keep func(p string) bool) error {
 	const page = 1000
 	var last int64
 	for {
@@ -182,7 +196,7 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 			return fmt.Errorf("read resources: %w", err)
 		}
 		for _, r := range batch {
-			if !bytes.Contains(r.body, []byte(`"coding"`)) {
+			if !want(r.typ, r.body) {
 				continue
 			}
 			d := json.NewDecoder(bytes.NewReader(r.body))
@@ -191,14 +205,8 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 			if err := d.Decode(&tree); err != nil {
 				return fmt.Errorf("decode %s/%s: %w", r.typ, r.id, err)
 			}
-			for _, e := range search.Index(r.typ, r.id, tree).Tokens {
-				if !strings.HasSuffix(e.Param, search.OfTypeSuffix) {
-					continue
-				}
-				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO sp_token (rid, p, sys, code, text) VALUES (?, ?, ?, ?, ?)`,
-					r.rid, e.Param, e.System, e.Code, e.Text); err != nil {
-					return fmt.Errorf("index identifier types: %w", err)
-				}
+			if err := insertEntries(ctx, tx, r.rid, search.Index(r.typ, r.id, tree), keep); err != nil {
+				return err
 			}
 		}
 		if len(batch) < page {
@@ -206,4 +214,46 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 		}
 		last = batch[len(batch)-1].rid
 	}
+}
+
+// insertEntries inserts the index rows of e whose parameter passes keep,
+// ignoring those already there.
+func insertEntries(ctx context.Context, tx *sql.Tx, rid int64, e *search.Entries, keep func(p string) bool) error {
+	type row struct {
+		table string
+		p     string
+		vals  []any
+	}
+	var rows []row
+	for _, x := range e.Strings {
+		rows = append(rows, row{"sp_string", x.Param, []any{x.Norm, x.Exact}})
+	}
+	for _, x := range e.Tokens {
+		rows = append(rows, row{"sp_token", x.Param, []any{x.System, x.Code, x.Text}})
+	}
+	for _, x := range e.Refs {
+		rows = append(rows, row{"sp_ref", x.Param, []any{x.Type, x.ID, x.URL}})
+	}
+	for _, x := range e.Dates {
+		rows = append(rows, row{"sp_date", x.Param, []any{x.Lo, x.Hi}})
+	}
+	for _, x := range e.Numbers {
+		rows = append(rows, row{"sp_number", x.Param, []any{x.Value}})
+	}
+	for _, x := range e.Quantities {
+		rows = append(rows, row{"sp_quantity", x.Param, []any{x.Value, x.System, x.Code}})
+	}
+	for _, x := range e.URIs {
+		rows = append(rows, row{"sp_uri", x.Param, []any{x.Value}})
+	}
+	for _, r := range rows {
+		if !keep(r.p) {
+			continue
+		}
+		q := `INSERT OR IGNORE INTO ` + r.table + ` VALUES (?, ?` + strings.Repeat(", ?", len(r.vals)) + `)`
+		if _, err := tx.ExecContext(ctx, q, append([]any{rid, r.p}, r.vals...)...); err != nil {
+			return fmt.Errorf("index %s: %w", r.table, err)
+		}
+	}
+	return nil
 }
