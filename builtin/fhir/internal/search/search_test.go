@@ -56,7 +56,7 @@ func TestParseQuery(t *testing.T) {
 		"_include":        {"Observation:subject:Patient"},
 		"_count":          {"5000"},
 		"bogus":           {"1"},
-	}, Options{})
+	}, Options{Lenient: true})
 	if err != nil {
 		t.Fatal(err)
 	}
