@@ -58,6 +58,48 @@ type QuantityEntry struct {
 // URIEntry indexes a uri.
 type URIEntry struct{ Param, Value string }
 
+// Only returns the entries of e whose Param passes keep (without the
+// compartments).
+func (e *Entries) Only(keep func(param string) bool) *Entries {
+	o := &Entries{}
+	for _, x := range e.Strings {
+		if keep(x.Param) {
+			o.Strings = append(o.Strings, x)
+		}
+	}
+	for _, x := range e.Tokens {
+		if keep(x.Param) {
+			o.Tokens = append(o.Tokens, x)
+		}
+	}
+	for _, x := range e.Refs {
+		if keep(x.Param) {
+			o.Refs = append(o.Refs, x)
+		}
+	}
+	for _, x := range e.Dates {
+		if keep(x.Param) {
+			o.Dates = append(o.Dates, x)
+		}
+	}
+	for _, x := range e.Numbers {
+		if keep(x.Param) {
+			o.Numbers = append(o.Numbers, x)
+		}
+	}
+	for _, x := range e.Quantities {
+		if keep(x.Param) {
+			o.Quantities = append(o.Quantities, x)
+		}
+	}
+	for _, x := range e.URIs {
+		if keep(x.Param) {
+			o.URIs = append(o.URIs, x)
+		}
+	}
+	return o
+}
+
 // maxIndexedString caps the length of indexed strings.
 const maxIndexedString = 512
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -219,41 +220,35 @@ func addIndexRows(ctx context.Context, tx *sql.Tx, want func(typ string, body []
 // insertEntries inserts the index rows of e whose parameter passes keep,
 // ignoring those already there.
 func insertEntries(ctx context.Context, tx *sql.Tx, rid int64, e *search.Entries, keep func(p string) bool) error {
-	type row struct {
-		table string
-		p     string
-		vals  []any
+	e = e.Only(keep)
+	ins := func(table string, vals ...any) error {
+		q := `INSERT OR IGNORE INTO ` + table + ` VALUES (?` + strings.Repeat(", ?", len(vals)) + `)`
+		if _, err := tx.ExecContext(ctx, q, append([]any{rid}, vals...)...); err != nil {
+			return fmt.Errorf("index %s: %w", table, err)
+		}
+		return nil
 	}
-	var rows []row
+	var err error
 	for _, x := range e.Strings {
-		rows = append(rows, row{"sp_string", x.Param, []any{x.Norm, x.Exact}})
+		err = errors.Join(err, ins("sp_string", x.Param, x.Norm, x.Exact))
 	}
 	for _, x := range e.Tokens {
-		rows = append(rows, row{"sp_token", x.Param, []any{x.System, x.Code, x.Text}})
+		err = errors.Join(err, ins("sp_token", x.Param, x.System, x.Code, x.Text))
 	}
 	for _, x := range e.Refs {
-		rows = append(rows, row{"sp_ref", x.Param, []any{x.Type, x.ID, x.URL}})
+		err = errors.Join(err, ins("sp_ref", x.Param, x.Type, x.ID, x.URL))
 	}
 	for _, x := range e.Dates {
-		rows = append(rows, row{"sp_date", x.Param, []any{x.Lo, x.Hi}})
+		err = errors.Join(err, ins("sp_date", x.Param, x.Lo, x.Hi))
 	}
 	for _, x := range e.Numbers {
-		rows = append(rows, row{"sp_number", x.Param, []any{x.Value}})
+		err = errors.Join(err, ins("sp_number", x.Param, x.Value))
 	}
 	for _, x := range e.Quantities {
-		rows = append(rows, row{"sp_quantity", x.Param, []any{x.Value, x.System, x.Code}})
+		err = errors.Join(err, ins("sp_quantity", x.Param, x.Value, x.System, x.Code))
 	}
 	for _, x := range e.URIs {
-		rows = append(rows, row{"sp_uri", x.Param, []any{x.Value}})
+		err = errors.Join(err, ins("sp_uri", x.Param, x.Value))
 	}
-	for _, r := range rows {
-		if !keep(r.p) {
-			continue
-		}
-		q := `INSERT OR IGNORE INTO ` + r.table + ` VALUES (?, ?` + strings.Repeat(", ?", len(r.vals)) + `)`
-		if _, err := tx.ExecContext(ctx, q, append([]any{rid, r.p}, r.vals...)...); err != nil {
-			return fmt.Errorf("index %s: %w", r.table, err)
-		}
-	}
-	return nil
+	return err
 }
