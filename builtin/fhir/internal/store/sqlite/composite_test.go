@@ -72,3 +72,52 @@ func compositeIDs(t *testing.T, s *Store, value string) string {
 	}
 	return strings.Join(got, ",")
 }
+
+// Chains, _has and composites are driven by the index tables: no step of
+// their plan scans a table, nor every resource of a type.
+func TestChainPlan(t *testing.T) {
+	s, err := Open(context.Background(), ":memory:", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, c := range []struct{ typ, params string }{
+		{"Observation", "patient.identifier=http://h|1"},
+		{"Observation", "subject:Patient.name=peter&code=1-1"},
+		{"Observation", "subject.name=peter"},
+		{"DiagnosticReport", "subject:Patient.general-practitioner.name=who"},
+		{"Patient", "_has:Observation:patient:code=1234-5"},
+		{"Patient", "_has:Observation:patient:_has:AuditEvent:entity:agent=Practitioner/1"},
+		{"Patient", "_has:Observation:patient:code=1234-5&gender=female"},
+		{"Observation", "code-value-quantity=http://loinc.org|8480-6$gt100"},
+		{"Observation", "component-code-value-quantity=8480-6$gt100&status=final"},
+		{"MolecularSequence", "chromosome-variant-coordinate=1$ge2$le3&status=x"},
+	} {
+		v, _ := url.ParseQuery(c.params)
+		q, err := search.Parse(c.typ, v, search.Options{Lenient: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := buildSearch(q)
+		rows, err := s.read.Query(`EXPLAIN QUERY PLAN SELECT r.rid, r.version FROM resources r WHERE `+b.where.String()+b.orderBy()+` LIMIT 10`, b.args...)
+		if err != nil {
+			t.Fatalf("%s?%s: %v", c.typ, c.params, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		for _, step := range plan {
+			if strings.HasPrefix(step, "SCAN ") && !strings.HasPrefix(step, "SCAN CONSTANT") || strings.HasSuffix(step, "(type=?)") {
+				t.Errorf("%s?%s scans: %s", c.typ, c.params, strings.Join(plan, "; "))
+				break
+			}
+		}
+	}
+}

@@ -141,14 +141,19 @@ func (b *sqlBuilder) composite(c *search.Clause, driver bool) {
 		b.where.WriteString("))")
 		return
 	}
-	b.where.WriteString("(")
+	// More components: the rows of component 1 of one instance, then
+	// those of the others of the same instance.
+	if driver {
+		b.where.WriteString(b.r + `.rid IN (SELECT a.rid FROM ` + tables[comps[1].Type] + ` a WHERE (`)
+	} else {
+		b.where.WriteString(`EXISTS (SELECT 1 FROM ` + tables[comps[1].Type] + ` a WHERE a.rid = ` + b.r + `.rid AND (`)
+	}
 	for i, v := range c.Values {
 		if i > 0 {
 			b.where.WriteString(" OR ")
 		}
 		first := search.CompositeKey(c.Param, v, 1)
-		b.add(`EXISTS (SELECT 1 FROM `+tables[comps[1].Type]+` a WHERE a.rid = `+b.r+`.rid AND a.p >= ? AND a.p < ? AND `,
-			first, first+maxRune)
+		b.add(`(a.p >= ? AND a.p < ? AND `, first, first+maxRune)
 		b.value(&search.Clause{Type: comps[1].Type}, v.Parts[1])
 		for j := 2; j < len(comps); j++ {
 			// The instance number follows the prefix of component 1.
@@ -159,7 +164,7 @@ func (b *sqlBuilder) composite(c *search.Clause, driver bool) {
 		}
 		b.where.WriteString(")")
 	}
-	b.where.WriteString(")")
+	b.where.WriteString("))")
 }
 
 // idDriven reports whether an _id clause names the candidates.
@@ -251,8 +256,7 @@ var driverRank = map[string]int{
 func pickDriver(cs []search.Clause) int {
 	best, rank := -1, 100
 	for i, c := range cs {
-		if c.Param == nil || c.Modifier == "not" || c.Modifier == "missing" ||
-			c.Type == search.TypeComposite && len(c.Param.Components()) > 2 {
+		if c.Param == nil || c.Modifier == "not" || c.Modifier == "missing" {
 			continue
 		}
 		if r := driverRank[c.Type]; r < rank {
