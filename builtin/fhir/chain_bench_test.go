@@ -22,7 +22,7 @@ func BenchmarkChainSearch(b *testing.B) {
 	// The client reads what it needs of each match (type, id, subject).
 	type match struct {
 		ResourceType, ID string
-		Subject      struct{ Reference string }
+		Subject          struct{ Reference string }
 	}
 	get := func(b *testing.B, path string) []match {
 		r := do(b, h, "GET", "/fhir/R4/"+path, nil)
@@ -60,7 +60,9 @@ func BenchmarkChainSearch(b *testing.B) {
 				return refs(get(b, "Observation?patient="+strings.Join(ps, ",")+"&_count=1000"))
 			}},
 		{"has",
-			func(b *testing.B) []string { return refs(get(b, "Patient?_has:Observation:patient:code="+code+"&_count=1000")) },
+			func(b *testing.B) []string {
+				return refs(get(b, "Patient?_has:Observation:patient:code="+code+"&_count=1000"))
+			},
 			func(b *testing.B) []string {
 				var ids []string
 				for _, o := range get(b, "Observation?code="+code+"&_elements=subject&_count=1000") {
