@@ -207,55 +207,7 @@ func (e *Entries) addComposite(p *Param, resource any) {
 
 // appendAs appends the entries of o under Param k.
 func (e *Entries) appendAs(k string, o *Entries) {
-	for _, x := range o.Strings {
-		x.Param = k
-		e.Strings = append(e.Strings, x)
-	}
-	for _, x := range o.Tokens {
-		x.Param = k
-		e.Tokens = append(e.Tokens, x)
-	}
-	for _, x := range o.Refs {
-		x.Param = k
-		e.Refs = append(e.Refs, x)
-	}
-	for _, x := range o.Dates {
-		x.Param = k
-		e.Dates = append(e.Dates, x)
-	}
-	for _, x := range o.Numbers {
-		x.Param = k
-		e.Numbers = append(e.Numbers, x)
-	}
-	for _, x := range o.Quantities {
-		x.Param = k
-		e.Quantities = append(e.Quantities, x)
-	}
-	for _, x := range o.URIs {
-		x.Param = k
-		e.URIs = append(e.URIs, x)
-	}
-}
-
-// splitDollar splits a composite value at its unescaped "$" and removes
-// the escapes of "$".
-func splitDollar(s string) []string {
-	var out []string
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+1 < len(s) && s[i+1] == '$' {
-			b.WriteByte('$')
-			i++
-			continue
-		}
-		if s[i] == '$' {
-			out = append(out, b.String())
-			b.Reset()
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return append(out, b.String())
+	e.addRekeyed(o, func(string) (string, bool) { return k, true })
 }
 
 // parseComposite parses one value of composite parameter p: one value per
@@ -263,7 +215,7 @@ func splitDollar(s string) []string {
 // types.
 func parseComposite(p *Param, s string) (Value, error) {
 	v := Value{Raw: s}
-	parts := splitDollar(s)
+	parts := splitAt(s, '$')
 	if len(parts) != len(p.comps) {
 		names := make([]string, len(p.comps))
 		for i, c := range p.comps {

@@ -62,42 +62,34 @@ type URIEntry struct{ Param, Value string }
 // compartments).
 func (e *Entries) Only(keep func(param string) bool) *Entries {
 	o := &Entries{}
-	for _, x := range e.Strings {
-		if keep(x.Param) {
-			o.Strings = append(o.Strings, x)
-		}
-	}
-	for _, x := range e.Tokens {
-		if keep(x.Param) {
-			o.Tokens = append(o.Tokens, x)
-		}
-	}
-	for _, x := range e.Refs {
-		if keep(x.Param) {
-			o.Refs = append(o.Refs, x)
-		}
-	}
-	for _, x := range e.Dates {
-		if keep(x.Param) {
-			o.Dates = append(o.Dates, x)
-		}
-	}
-	for _, x := range e.Numbers {
-		if keep(x.Param) {
-			o.Numbers = append(o.Numbers, x)
-		}
-	}
-	for _, x := range e.Quantities {
-		if keep(x.Param) {
-			o.Quantities = append(o.Quantities, x)
-		}
-	}
-	for _, x := range e.URIs {
-		if keep(x.Param) {
-			o.URIs = append(o.URIs, x)
-		}
-	}
+	o.addRekeyed(e, func(p string) (string, bool) { return p, keep(p) })
 	return o
+}
+
+// addRekeyed appends the entries of o that f keeps, under the Param f
+// gives them.
+func (e *Entries) addRekeyed(o *Entries, f func(param string) (string, bool)) {
+	e.Strings = append(e.Strings, rekeyed(o.Strings, func(x *StringEntry) *string { return &x.Param }, f)...)
+	e.Tokens = append(e.Tokens, rekeyed(o.Tokens, func(x *TokenEntry) *string { return &x.Param }, f)...)
+	e.Refs = append(e.Refs, rekeyed(o.Refs, func(x *RefEntry) *string { return &x.Param }, f)...)
+	e.Dates = append(e.Dates, rekeyed(o.Dates, func(x *DateEntry) *string { return &x.Param }, f)...)
+	e.Numbers = append(e.Numbers, rekeyed(o.Numbers, func(x *NumberEntry) *string { return &x.Param }, f)...)
+	e.Quantities = append(e.Quantities, rekeyed(o.Quantities, func(x *QuantityEntry) *string { return &x.Param }, f)...)
+	e.URIs = append(e.URIs, rekeyed(o.URIs, func(x *URIEntry) *string { return &x.Param }, f)...)
+}
+
+// rekeyed returns the xs that f keeps, with the Param (param's field) f
+// gives them.
+func rekeyed[T any](xs []T, param func(*T) *string, f func(string) (string, bool)) []T {
+	var out []T
+	for _, x := range xs {
+		p := param(&x)
+		if k, ok := f(*p); ok {
+			*p = k
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // maxIndexedString caps the length of indexed strings.

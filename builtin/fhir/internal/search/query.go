@@ -365,16 +365,20 @@ func splitValues(s string) []string {
 }
 
 // splitBar splits a token or quantity value at unescaped "|".
-func splitBar(s string) []string {
+func splitBar(s string) []string { return splitAt(s, '|') }
+
+// splitAt splits s at its unescaped sep ("|" of a token, "$" of a
+// composite) and removes the escapes of sep.
+func splitAt(s string, sep byte) []string {
 	var out []string
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+1 < len(s) && s[i+1] == '|' {
-			b.WriteByte('|')
+		if s[i] == '\\' && i+1 < len(s) && s[i+1] == sep {
+			b.WriteByte(sep)
 			i++
 			continue
 		}
-		if s[i] == '|' {
+		if s[i] == sep {
 			out = append(out, b.String())
 			b.Reset()
 			continue

@@ -98,21 +98,7 @@ func TestChainPlan(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b := buildSearch(q)
-		rows, err := s.read.Query(`EXPLAIN QUERY PLAN SELECT r.rid, r.version FROM resources r WHERE `+b.where.String()+b.orderBy()+` LIMIT 10`, b.args...)
-		if err != nil {
-			t.Fatalf("%s?%s: %v", c.typ, c.params, err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
+		plan := explain(t, s, q)
 		for _, step := range plan {
 			if strings.HasPrefix(step, "SCAN ") && !strings.HasPrefix(step, "SCAN CONSTANT") || strings.HasSuffix(step, "(type=?)") {
 				t.Errorf("%s?%s scans: %s", c.typ, c.params, strings.Join(plan, "; "))

@@ -14,9 +14,7 @@ import (
 // and one confined to a compartment sees only that compartment.
 func testChains(t *testing.T, s store.Store) {
 	LoadSearchData(t, s)
-	for _, c := range []struct {
-		name, typ, params, want string
-	}{
+	checkSearches(t, s, []searchCase{
 		{"chain with :Type", "Observation", "subject:Patient.name=garcia", "o1,o2"},
 		{"chain of an identifier", "Observation", "patient.identifier=http://hosp.example/mrn|MRN-2", "o3"},
 		{"chain to several target types", "Observation", "subject.name=smith", "o3,o5"},
@@ -43,13 +41,7 @@ func testChains(t *testing.T, s store.Store) {
 		{"_has with a chain inside", "Patient", "_has:Observation:patient:performer:Practitioner.name=who", "p1"},
 		{"_has clauses ANDed", "Patient", "_has:Observation:patient:code=1234-5&_has:RiskAssessment:subject:probability=lt0.5", "p1"},
 		{"_has never finds a deleted resource", "Patient", "_has:Observation:patient:code:text=about", ""},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			if got := found(t, s, query(t, c.typ, c.params)); got != c.want {
-				t.Errorf("%s?%s: %q, want %q", c.typ, c.params, got, c.want)
-			}
-		})
-	}
+	})
 	// Inner searches confined (as access control confines them).
 	t.Run("inner compartment", func(t *testing.T) {
 		q := query(t, "Observation", "subject.name=smith")
@@ -114,9 +106,7 @@ func testComposites(t *testing.T, s store.Store) {
 	for _, r := range CompositeData() {
 		w.Put(t, r.Type, r.ID, r.Body)
 	}
-	for _, c := range []struct {
-		name, typ, params, want string
-	}{
+	checkSearches(t, s, []searchCase{
 		{"component with system and prefix", "Observation", "component-code-value-quantity=http://loinc.org|8480-6$gt130", "c2"},
 		{"component of any system", "Observation", "component-code-value-quantity=8480-6$gt100", "c1,c2"},
 		{"component not across components", "Observation", "component-code-value-quantity=8462-4$ge120", ""},
@@ -143,11 +133,5 @@ func testComposites(t *testing.T, s store.Store) {
 		{"reference first", "DocumentReference", "relationship=DocumentReference/d0$replaces", "d1"},
 		{"reference first of any type", "DocumentReference", "relationship=d0$replaces", "d1"},
 		{"reference first, other code", "DocumentReference", "relationship=DocumentReference/d0$transforms", ""},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			if got := found(t, s, query(t, c.typ, c.params)); got != c.want {
-				t.Errorf("%s?%s: %q, want %q", c.typ, c.params, got, c.want)
-			}
-		})
-	}
+	})
 }
