@@ -31,27 +31,9 @@ type Chain struct {
 	// Queries are the inner searches, one per resource type a chain may
 	// lead to (that defines the next parameter), and one for _has. Each
 	// has one clause. Access control sets their Compartment and
-	// Alternatives (see Query.Inner), so that the inner search only sees
-	// what the caller may read.
+	// Alternatives, so that the inner search only sees what the caller
+	// may read.
 	Queries []*Query
-}
-
-// Inner calls fn on every inner search of q's chained clauses, however
-// deep, outer ones first; it stops at fn's first error.
-func (q *Query) Inner(fn func(*Query) error) error {
-	for i := range q.Clauses {
-		if ch := q.Clauses[i].Chain; ch != nil {
-			for _, in := range ch.Queries {
-				if err := fn(in); err != nil {
-					return err
-				}
-				if err := in.Inner(fn); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	return nil
 }
 
 // unknownParam is a parameter that the searched type does not define: an

@@ -74,8 +74,8 @@ func newComposite(cp spec.CompositeParam) (*Param, error) {
 	return p, nil
 }
 
-// Components returns the components of a composite parameter (nil for
-// other parameters). The slice must not be modified.
+// Components returns the components of a composite parameter (none for
+// other parameters).
 func (p *Param) Components() []spec.Component {
 	out := make([]spec.Component, len(p.comps))
 	for i, c := range p.comps {
@@ -168,8 +168,8 @@ func firstKeys(typ string, e *Entries) []string {
 	return out
 }
 
-// evalComponent returns the index entries (under Param "") of component c
-// for one instance.
+// entries returns the index entries (under Param "") of component c for
+// one instance.
 func (c *component) entries(resource any, instance fhirpath.Node) *Entries {
 	e := &Entries{}
 	root := instance.V
