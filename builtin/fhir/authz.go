@@ -81,6 +81,59 @@ func (g *guard) confine(q *search.Query) {
 	q.Alternatives = g.alts
 }
 
+// confineChains confines the inner searches of q's chained and _has
+// clauses, however deep, to what the policy on ctx lets the caller search
+// on their types: the Patient compartment and the scope constraints, as
+// for a search of that type of its own, so that a chain or _has never
+// tells anything about a resource the caller could not find. An inner
+// search of a type the policy does not grant is refused (403); a chain
+// without :Type drops the target types the policy does not grant, and is
+// refused when none is left. It returns a key of the constraints set, for
+// paging snapshots ("" without a policy).
+func (h *Handler) confineChains(ctx context.Context, q *search.Query) (string, error) {
+	if access.FromContext(ctx) == nil {
+		return "", nil
+	}
+	var keys []string
+	var walk func(q *search.Query) error
+	walk = func(q *search.Query) error {
+		for i := range q.Clauses {
+			ch := q.Clauses[i].Chain
+			if ch == nil {
+				continue
+			}
+			implicit := !ch.Rev && len(ch.Queries) > 1
+			var kept []*search.Query
+			var refused error
+			for _, in := range ch.Queries {
+				g, err := h.guardFor(ctx, access.Search, in.Type, q.Clauses[i].Name+": ")
+				if err != nil {
+					if implicit {
+						refused = err
+						continue
+					}
+					return err
+				}
+				g.confine(in)
+				keys = append(keys, in.Type+"="+g.key())
+				if err := walk(in); err != nil {
+					return err
+				}
+				kept = append(kept, in)
+			}
+			if len(kept) == 0 {
+				return refused
+			}
+			ch.Queries = kept
+		}
+		return nil
+	}
+	if err := walk(q); err != nil {
+		return "", err
+	}
+	return strings.Join(keys, ","), nil
+}
+
 // forbidden is the 403 of a refused interaction.
 func forbidden(where, format string, args ...any) *httpError {
 	return errorf(http.StatusForbidden, "%s%s", where, fmt.Sprintf(format, args...))

@@ -11,10 +11,22 @@ import (
 )
 
 type capParam struct {
-	Name       string `json:"name"`
-	Definition string `json:"definition,omitempty"`
-	Type       string `json:"type"`
+	Name          string `json:"name"`
+	Definition    string `json:"definition,omitempty"`
+	Type          string `json:"type"`
+	Documentation string `json:"documentation,omitempty"`
 }
+
+// unknownDoc says what a search does with an unknown parameter, by
+// SearchConfig.lenient.
+var unknownDoc = map[bool]string{
+	false: "A parameter the type does not define is a 400 unless the request sends Prefer: handling=lenient.",
+	true:  "A parameter the type does not define is ignored unless the request sends Prefer: handling=strict.",
+}
+
+// chainDoc documents, on each reference parameter, the chains it takes.
+var chainDoc = fmt.Sprintf("Chainable: [name][:Type].[parameter of the target], and the target of _has; "+
+	"up to %d references per parameter.", search.MaxChainDepth)
 
 type capInteraction struct {
 	Code string `json:"code"`
@@ -103,7 +115,11 @@ func capabilityStatement(cfg *Config, now time.Time) ([]byte, error) {
 			if p.Code == "_id" || p.Code == "_lastUpdated" {
 				continue
 			}
-			r.SearchParam = append(r.SearchParam, capParam{Name: p.Code, Definition: p.URL, Type: p.Type})
+			cp := capParam{Name: p.Code, Definition: p.URL, Type: p.Type}
+			if p.Type == search.TypeReference {
+				cp.Documentation = chainDoc
+			}
+			r.SearchParam = append(r.SearchParam, cp)
 			if p.Type == search.TypeReference {
 				r.SearchInclude = append(r.SearchInclude, t+":"+p.Code)
 			}
@@ -146,14 +162,16 @@ func capabilityStatement(cfg *Config, now time.Time) ([]byte, error) {
 		"patchFormat": []string{"application/json-patch+json", "application/fhir+json"},
 		"rest": []any{map[string]any{
 			"mode": "server",
-			"documentation": "Search supports the parameter types string, token, reference, date, number, quantity and uri " +
+			"documentation": "Search supports the parameter types string, token, reference, date, number, quantity, uri and composite " +
 				"with the modifiers :missing, :exact, :contains, :text, :not, :of-type (identifiers), :[type], :below and :above (uri), the prefixes " +
 				"eq ne gt lt ge le sa eb ap, _sort, _count, _include, _revinclude (and :iterate), _summary, _elements and _total. " +
 				"A reference may be searched by its absolute URL on this server. A search across types ([base]?_type=…) takes the " +
 				"parameters every listed type defines. PATCH takes a JSON Patch or a FHIRPath Patch (element paths with [index], " +
 				"where(), first() and last()). $everything takes _since, _type and _count; $export (Bulk Data 2.0) takes " +
 				"_outputFormat, _since, _type, _typeFilter and patient. " +
-				"Composite search parameters, chained parameters, _has, _text, _content, _filter and _list are not supported.",
+				fmt.Sprintf("Chained parameters (subject:Patient.name) and _has (nested) follow up to %d references, within what the caller may read. ", search.MaxChainDepth) +
+				"Composite parameters match within one element instance. " + unknownDoc[cfg.Search.lenient()] +
+				" _text, _content, _filter and _list are not supported.",
 			"security":    security,
 			"resource":    resources,
 			"interaction": []capInteraction{{"transaction"}, {"batch"}, {"search-system"}, {"history-system"}},

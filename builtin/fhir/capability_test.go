@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"net/url"
 	"slices"
 	"strings"
@@ -102,7 +103,16 @@ func TestCapabilityDeclaresWhatWorks(t *testing.T) {
 		for _, p := range res["searchParam"].([]any) {
 			pm := p.(map[string]any)
 			counts["searchParam"]++
-			params = append(params, url.Values{pm["name"].(string): {searchValue(pm["name"].(string), pm["type"].(string))}})
+			v := searchValue(pm["name"].(string), pm["type"].(string))
+			if pm["type"] == "composite" {
+				p, _ := search.Lookup(typ, pm["name"].(string))
+				var parts []string
+				for _, c := range p.Components() {
+					parts = append(parts, searchValue(c.Code, c.Type))
+				}
+				v = strings.Join(parts, "$")
+			}
+			params = append(params, url.Values{pm["name"].(string): {v}})
 		}
 		for _, key := range []string{"searchInclude", "searchRevInclude"} {
 			param := map[string]string{"searchInclude": "_include", "searchRevInclude": "_revinclude"}[key]

@@ -68,6 +68,8 @@ type Config struct {
 	SMART SMARTConfig `yaml:"smart"`
 	// Export configures bulk data export ($export).
 	Export ExportConfig `yaml:"export"`
+	// Search configures how searches treat their parameters.
+	Search SearchConfig `yaml:"search"`
 }
 
 // ValidationConfig configures validation against StructureDefinitions:
@@ -89,6 +91,22 @@ type ValidationConfig struct {
 	// from the working folder. Default: none.
 	Packages []string `yaml:"packages"`
 }
+
+// SearchConfig configures searches.
+type SearchConfig struct {
+	// UnknownParams is what a search does with a parameter that its
+	// resource type does not define (or a chain no target type can
+	// follow): "strict" (default) answers 400 with an OperationOutcome
+	// naming it, so that a search is never silently widened; "lenient"
+	// ignores it and leaves it out of the self link. A request chooses
+	// for itself with Prefer: handling=strict or handling=lenient.
+	// Conditional create, update and delete refuse unknown parameters
+	// whatever this says.
+	UnknownParams string `yaml:"unknown_params"`
+}
+
+// lenient reports whether UnknownParams is "lenient".
+func (s SearchConfig) lenient() bool { return s.UnknownParams == "lenient" }
 
 // ExportConfig configures bulk data export: where the NDJSON files of
 // exports are written, for how long they are kept, and how many exports
@@ -375,6 +393,11 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotTTL <= 0 {
 		errs = append(errs, gateway.FieldErrorf("snapshot_ttl", "must be positive"))
+	}
+	switch c.Search.UnknownParams {
+	case "", "strict", "lenient":
+	default:
+		errs = append(errs, gateway.FieldErrorf("search.unknown_params", "must be strict or lenient, not %q", c.Search.UnknownParams))
 	}
 	errs = append(errs, c.Export.validate()...)
 	if boolOr(c.SchemaValidation, true) {

@@ -51,8 +51,10 @@ func TestMetadata(t *testing.T) {
 			t.Errorf("%s %s: type %q, want %q", c.typ, c.name, got, c.ptype)
 		}
 	}
-	if _, ok := params["Observation"]["code-value-quantity"]; ok {
-		t.Error("composite parameter listed although composites are not supported")
+	for _, name := range []string{"code-value-quantity", "component-code-value-quantity", "combo-code-value-concept"} {
+		if got := params["Observation"][name]; got != "composite" {
+			t.Errorf("Observation %s: type %q, want composite", name, got)
+		}
 	}
 	// Each of the 16 core types lists every non-composite parameter the
 	// definitions give it.

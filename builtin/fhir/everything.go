@@ -128,7 +128,7 @@ func (c *collector) find(ctx context.Context, typ, compartment string, ids []str
 		if ids != nil {
 			params.Add("_id", strings.Join(ids, ","))
 		}
-		q, err := search.Parse(typ, params, search.Options{Strict: true, Now: c.h.now(), LocalBases: c.local})
+		q, err := search.Parse(typ, params, search.Options{Now: c.h.now(), LocalBases: c.local})
 		if err != nil {
 			return nil, searchError(err, "")
 		}

@@ -61,6 +61,9 @@ func FuzzSearchQuery(f *testing.F) {
 		"status:missing=true&_id=a,b&_lastUpdated=gt2020",
 		"date=ap2020-01-01T10:00:00+02:00&_page=abc&_offset=3",
 		"code=a\\,b,c&_sort=code,-_id", "_count=x", "date=2020-13", "%zz",
+		"subject:Patient.name=x&patient.identifier=a|b", "_has:Provenance:target:agent=x", "subject.name:exact=x,y",
+		"patient._has:Observation:patient:code=1", "code-value-quantity=http://loinc.org|1$gt5|u|kg",
+		"component-code-value-quantity=1$le5,2$ge3&combo-code-value-concept=a$b|c",
 	} {
 		f.Add(s)
 	}

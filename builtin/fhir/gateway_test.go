@@ -79,6 +79,8 @@ func TestGatewayConfig(t *testing.T) {
 		{"fhir:\n  unknown_key: 1\n", "unknown_key"},
 		{"fhir:\n  cors: {allowed_origins: [\"not a url\"]}\n", "cors.allowed_origins[0]"},
 		{"fhir:\n  default_count: 50\n  max_count: 10\n", "max_count"},
+		{"fhir:\n  search:\n    unknown_params: loose\n", "t.yaml:3"},
+		{"fhir:\n  search:\n    unknown_params: loose\n", "search.unknown_params"},
 	} {
 		_, err := gateway.Parse("t.yaml", []byte(c.yaml+"routes:\n  - name: fhir\n    fhir: true\n"), nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

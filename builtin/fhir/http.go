@@ -43,7 +43,9 @@ type request struct {
 
 type preferences struct {
 	ret    string // minimal, representation, OperationOutcome
-	strict bool
+	strict bool   // handling=strict
+	// lenient: handling=lenient
+	lenient bool
 }
 
 func parsePrefer(h []string) preferences {
@@ -57,7 +59,7 @@ func parsePrefer(h []string) preferences {
 				case "return":
 					p.ret = val
 				case "handling":
-					p.strict = val == "strict"
+					p.strict, p.lenient = val == "strict", val == "lenient"
 				}
 			}
 		}

@@ -126,13 +126,20 @@ func marshal(v any) []byte {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
+// lenient reports whether a search ignores the parameters it does not
+// know: Prefer: handling=lenient, or search.unknown_params: lenient
+// without a handling preference.
+func (h *Handler) lenient(req *request) bool {
+	return req.prefer.lenient || !req.prefer.strict && h.cfg.Search.lenient()
+}
+
 func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment string, params url.Values) error {
 	ctx := req.Context()
 	g, err := h.guardFor(ctx, access.Search, typ, "")
 	if err != nil {
 		return err
 	}
-	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict,
+	q, err := search.Parse(typ, params, search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Lenient: h.lenient(req),
 		Now: h.now(), LocalBases: h.localBases(req)})
 	if err != nil {
 		return searchError(err, "")
@@ -150,8 +157,13 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 		path = req.base + "/Patient/" + compartment + "/" + typ
 	}
 	// The policy's compartment and constraints are conditions of the
-	// store's query: counts, _total and pages see only what they allow.
+	// store's query, and of the inner searches of its chains: counts,
+	// _total and pages see only what they allow.
 	g.confine(q)
+	inner, err := h.confineChains(ctx, q)
+	if err != nil {
+		return err
+	}
 	if q.Summary == "count" {
 		n, err := h.store.Count(ctx, q)
 		if err != nil {
@@ -159,7 +171,7 @@ func (h *Handler) search(w http.ResponseWriter, req *request, typ, compartment s
 		}
 		return h.writeRaw(w, req, http.StatusOK, writeBundle(h.now(), "searchset", n, []link{{"self", pageURL(path, q, q.Count, 0, "")}}, nil))
 	}
-	pg, err := h.page(ctx, q, g.key())
+	pg, err := h.page(ctx, q, g.key()+"|"+inner)
 	if err != nil {
 		return err
 	}

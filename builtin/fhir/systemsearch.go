@@ -56,7 +56,7 @@ func (h *Handler) systemSearch(w http.ResponseWriter, req *request, params url.V
 	if err := commonParams(rest, types, explicit); err != nil {
 		return err
 	}
-	opts := search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Strict: req.prefer.strict,
+	opts := search.Options{DefaultCount: h.cfg.DefaultCount, MaxCount: h.cfg.MaxCount, Lenient: h.lenient(req),
 		Now: h.now(), LocalBases: h.localBases(req)}
 	var qs []*search.Query
 	var keys []string
@@ -73,8 +73,12 @@ func (h *Handler) systemSearch(w http.ResponseWriter, req *request, params url.V
 			return searchError(err, "")
 		}
 		g.confine(q)
+		inner, err := h.confineChains(ctx, q)
+		if err != nil {
+			return err
+		}
 		qs = append(qs, q)
-		keys = append(keys, t+"="+g.key())
+		keys = append(keys, t+"="+g.key()+"|"+inner)
 	}
 	if len(qs) == 0 {
 		return forbidden("", "no scope grants search on any resource type")

@@ -141,8 +141,8 @@ var resultParams = map[string]bool{
 // update, patch, delete, a conditional reference) on typ. It is always
 // strict, whatever the request's handling preference: an unknown or
 // unsupported parameter, a parameter that shapes the result (_count,
-// _sort, …) or criteria without a search parameter are a 400 naming the
-// parameter, so that a condition never acts on part of what it says.
+// _sort, …), a chain or _has, or criteria without a search parameter are
+// a 400 naming the parameter, so that a condition never acts on part of what it says.
 func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*search.Query, error) {
 	bad := &search.Error{}
 	filters := make(url.Values, len(crit))
@@ -153,13 +153,20 @@ func (h *Handler) conditionQuery(typ string, crit url.Values, where string) (*se
 		}
 		filters[name] = vals
 	}
-	q, err := search.Parse(typ, filters, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now(), Strict: true})
+	q, err := search.Parse(typ, filters, search.Options{DefaultCount: 2, MaxCount: 2, Now: h.now()})
 	var se *search.Error
 	switch {
 	case errors.As(err, &se):
 		bad.Problems = append(bad.Problems, se.Problems...)
 	case err != nil:
 		return nil, err
+	}
+	if q != nil {
+		for _, c := range q.Clauses {
+			if c.Chain != nil {
+				bad.Problems = append(bad.Problems, search.Problem{Param: c.Name, Message: "a condition cannot follow references (chains and _has are search-only)"})
+			}
+		}
 	}
 	if len(bad.Problems) > 0 {
 		sort.SliceStable(bad.Problems, func(i, j int) bool { return bad.Problems[i].Param < bad.Problems[j].Param })

@@ -33,12 +33,12 @@ func TestFHIRMigrateAndImportOnPostgres(t *testing.T) {
 
 	code, out, errOut := runCLI("fhir", "migrate", "-config", cfgFile, "-dry-run")
 	check(out + errOut)
-	if code != 0 || !strings.Contains(out, "would apply 0001_init.sql") || !strings.Contains(out, "would apply 2 migrations") {
+	if code != 0 || !strings.Contains(out, "would apply 0001_init.sql") || !strings.Contains(out, "would apply 3 migrations") {
 		t.Fatalf("dry run: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = runCLI("fhir", "migrate", "-config", cfgFile)
 	check(out + errOut)
-	if code != 0 || !strings.Contains(out, "applied 2 migrations") {
+	if code != 0 || !strings.Contains(out, "applied 3 migrations") {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = runCLI("fhir", "migrate", "-config", cfgFile)

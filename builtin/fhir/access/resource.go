@@ -227,7 +227,7 @@ func parseFilter(typ string, filter url.Values) (*search.Query, error) {
 			return nil, fmt.Errorf("%s is a %s parameter; constraints may use token, reference, string and uri parameters", code, p.Type)
 		}
 	}
-	q, err := search.Parse(typ, filter, search.Options{Strict: true})
+	q, err := search.Parse(typ, filter, search.Options{})
 	if err != nil {
 		return nil, err
 	}

@@ -99,7 +99,20 @@ type searchParam struct {
 	Type         string   `json:"type"`
 	Expression   string   `json:"expression"`
 	Target       []string `json:"target"`
+	Component    []struct {
+		Definition string `json:"definition"`
+		Expression string `json:"expression"`
+	} `json:"component"`
 }
+
+// compositeParam is a composite parameter of one resource type with its
+// components resolved.
+type compositeParam struct {
+	ResourceType, Code, Expression, URL string
+	Components                          []component
+}
+
+type component struct{ Code, Type, Expression string }
 
 type compartmentDef struct {
 	Resource []struct {
@@ -170,6 +183,10 @@ func run(defs, out string) error {
 	if err != nil {
 		return err
 	}
+	composites, err := readComposites(filepath.Join(defs, "search-parameters.json"), resourceTypes)
+	if err != nil {
+		return err
+	}
 	comp, err := readCompartment(filepath.Join(defs, "compartmentdefinition-patient.json"))
 	if err != nil {
 		return err
@@ -189,6 +206,17 @@ func run(defs, out string) error {
 	for _, p := range params {
 		fmt.Fprintf(&b, "\t{Resource: %q, Code: %q, Type: %q, Expression: %q, Target: %#v, URL: %q},\n",
 			p.ResourceType, p.Code, p.Type, p.Expression, p.Target, p.URL)
+	}
+	b.WriteString("}\n\n// CompositeParams lists, per resource type, every composite search\n// parameter of R4, sorted by type and code: Expression selects the\n// element instances, and each component's expression, evaluated on one\n// instance (or on the resource, after \"%resource.\"), selects the values\n// of that component.\nvar CompositeParams = []CompositeParam{\n")
+	for _, p := range composites {
+		fmt.Fprintf(&b, "\t{Resource: %q, Code: %q, Expression: %q, URL: %q, Components: []Component{", p.ResourceType, p.Code, p.Expression, p.URL)
+		for i, c := range p.Components {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "{Code: %q, Type: %q, Expression: %q}", c.Code, c.Type, c.Expression)
+		}
+		b.WriteString("}},\n")
 	}
 	b.WriteString("}\n\n// PatientCompartment maps each resource type that can be in a Patient's\n// compartment to the search parameters that link it to the patient.\nvar PatientCompartment = map[string][]string{\n")
 	for _, k := range sortedKeys(comp) {
@@ -507,4 +535,90 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// swappedComponents names the composite parameters whose R4 definition
+// pairs each component's definition with the other's expression (4.0.1
+// gives DocumentReference-relationship the components relatesto: "code"
+// and relation: "target", a published error): their expressions are
+// exchanged, so that relatesto, a reference, reads relatesTo.target.
+var swappedComponents = map[string]bool{
+	"http://hl7.org/fhir/SearchParameter/DocumentReference-relationship": true,
+}
+
+// readComposites returns the composite parameters of every resource type,
+// with the code and type of each component's definition. A parameter
+// whose components do not all resolve, or whose expressions do not parse,
+// is left out (and logged).
+func readComposites(file string, resourceTypes []string) ([]compositeParam, error) {
+	raws, err := readBundle(file)
+	if err != nil {
+		return nil, err
+	}
+	var all []searchParam
+	byURL := map[string]searchParam{}
+	for _, r := range raws {
+		var sp searchParam
+		if err := json.Unmarshal(r, &sp); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", file, err)
+		}
+		all = append(all, sp)
+		byURL[sp.URL] = sp
+	}
+	var out []compositeParam
+	seen := map[string]bool{}
+	for _, sp := range all {
+		if sp.Type != "composite" || sp.Expression == "" {
+			continue
+		}
+		var comps []component
+		for _, c := range sp.Component {
+			def, ok := byURL[c.Definition]
+			if !ok || def.Type == "composite" || def.Type == "special" {
+				comps = nil
+				break
+			}
+			comps = append(comps, component{Code: def.Code, Type: def.Type, Expression: c.Expression})
+		}
+		if swappedComponents[sp.URL] && len(comps) == 2 {
+			comps[0].Expression, comps[1].Expression = comps[1].Expression, comps[0].Expression
+		}
+		if len(comps) < 2 {
+			log.Printf("skip %s: components do not resolve", sp.URL)
+			continue
+		}
+		ok := true
+		for _, c := range comps {
+			if _, err := fhirpath.Parse(strings.TrimPrefix(c.Expression, "%resource.")); err != nil {
+				log.Printf("skip %s: component %s: %v", sp.URL, c.Code, err)
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		for _, base := range sp.Base {
+			if !slices.Contains(resourceTypes, base) {
+				continue
+			}
+			expr := exprFor(sp.Expression, base, base)
+			if _, err := fhirpath.Parse(expr); expr == "" || err != nil {
+				log.Printf("skip %s for %s: expression %q", sp.URL, base, expr)
+				continue
+			}
+			key := base + "." + sp.Code
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			out = append(out, compositeParam{ResourceType: base, Code: sp.Code, Expression: expr, URL: sp.URL, Components: comps})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ResourceType != out[j].ResourceType {
+			return out[i].ResourceType < out[j].ResourceType
+		}
+		return out[i].Code < out[j].Code
+	})
+	return out, nil
 }

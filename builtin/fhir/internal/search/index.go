@@ -58,6 +58,40 @@ type QuantityEntry struct {
 // URIEntry indexes a uri.
 type URIEntry struct{ Param, Value string }
 
+// Only returns the entries of e whose Param passes keep (without the
+// compartments).
+func (e *Entries) Only(keep func(param string) bool) *Entries {
+	o := &Entries{}
+	o.addRekeyed(e, func(p string) (string, bool) { return p, keep(p) })
+	return o
+}
+
+// addRekeyed appends the entries of o that f keeps, under the Param f
+// gives them.
+func (e *Entries) addRekeyed(o *Entries, f func(param string) (string, bool)) {
+	e.Strings = append(e.Strings, rekeyed(o.Strings, func(x *StringEntry) *string { return &x.Param }, f)...)
+	e.Tokens = append(e.Tokens, rekeyed(o.Tokens, func(x *TokenEntry) *string { return &x.Param }, f)...)
+	e.Refs = append(e.Refs, rekeyed(o.Refs, func(x *RefEntry) *string { return &x.Param }, f)...)
+	e.Dates = append(e.Dates, rekeyed(o.Dates, func(x *DateEntry) *string { return &x.Param }, f)...)
+	e.Numbers = append(e.Numbers, rekeyed(o.Numbers, func(x *NumberEntry) *string { return &x.Param }, f)...)
+	e.Quantities = append(e.Quantities, rekeyed(o.Quantities, func(x *QuantityEntry) *string { return &x.Param }, f)...)
+	e.URIs = append(e.URIs, rekeyed(o.URIs, func(x *URIEntry) *string { return &x.Param }, f)...)
+}
+
+// rekeyed returns the xs that f keeps, with the Param (param's field) f
+// gives them.
+func rekeyed[T any](xs []T, param func(*T) *string, f func(string) (string, bool)) []T {
+	var out []T
+	for _, x := range xs {
+		p := param(&x)
+		if k, ok := f(*p); ok {
+			*p = k
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // maxIndexedString caps the length of indexed strings.
 const maxIndexedString = 512
 
@@ -68,6 +102,10 @@ func Index(typ, id string, resource any) *Entries {
 	e := &Entries{}
 	for _, p := range Params(typ) {
 		if p.Code == "_id" || p.Code == "_lastUpdated" {
+			continue
+		}
+		if p.Type == TypeComposite {
+			e.addComposite(p, resource)
 			continue
 		}
 		key := p.Key()
@@ -93,14 +131,19 @@ func Index(typ, id string, resource any) *Entries {
 }
 
 func (e *Entries) add(p *Param, key string, n fhirpath.Node) {
-	switch p.Type {
+	e.addTyped(p.Type, key, n)
+	if p.Type == TypeToken && IsIdentifier(p) {
+		e.addOfType(key+OfTypeSuffix, n.V)
+	}
+}
+
+// addTyped adds the entries of value n of a parameter of type typ.
+func (e *Entries) addTyped(typ, key string, n fhirpath.Node) {
+	switch typ {
 	case TypeString:
 		e.addString(key, n.V, 0)
 	case TypeToken:
 		e.addToken(key, n)
-		if IsIdentifier(p) {
-			e.addOfType(key+OfTypeSuffix, n.V)
-		}
 	case TypeReference:
 		e.addRef(key, n.V)
 	case TypeDate:

@@ -21,6 +21,9 @@ const (
 	TypeNumber    = "number"
 	TypeQuantity  = "quantity"
 	TypeURI       = "uri"
+	// TypeComposite parameters combine the values of other parameters
+	// found in one element instance (see composite.go).
+	TypeComposite = "composite"
 )
 
 // Param is a search parameter of one resource type with its compiled
@@ -31,6 +34,8 @@ type Param struct {
 	key  string
 	// ident is set for token parameters on Identifier elements.
 	ident bool
+	// comps are the components of a composite parameter.
+	comps []component
 }
 
 // Key is "Type.code", the name the store indexes the parameter's values
@@ -58,6 +63,17 @@ func loadTable() {
 		}
 		table[sp.Resource][sp.Code] = p
 		ordered[sp.Resource] = append(ordered[sp.Resource], p)
+	}
+	for _, cp := range spec.CompositeParams {
+		p, err := newComposite(cp)
+		if err != nil { // the generator keeps only expressions that parse
+			panic("search: generated composite does not parse: " + err.Error())
+		}
+		if table[cp.Resource] == nil {
+			table[cp.Resource] = map[string]*Param{}
+		}
+		table[cp.Resource][cp.Code] = p
+		ordered[cp.Resource] = append(ordered[cp.Resource], p)
 	}
 	for _, ps := range ordered {
 		sort.Slice(ps, func(i, j int) bool { return ps[i].Code < ps[j].Code })

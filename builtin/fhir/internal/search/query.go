@@ -1,6 +1,7 @@
 package search
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -46,7 +47,7 @@ type Query struct {
 	// Self holds the parameters the server used, for the self link
 	// (without _count, _offset and _page).
 	Self url.Values
-	// Unknown lists the parameters that were ignored.
+	// Unknown lists the parameters that were ignored (with Lenient).
 	Unknown []string
 	// Now is the instant the search runs at: the "ap" prefix on dates
 	// widens a range by 10% of its distance from Now (see ApproxRange).
@@ -63,8 +64,11 @@ type Clause struct {
 	// Type is the parameter type (token for _id, date for _lastUpdated).
 	Type string
 	// Modifier is "", "missing", "exact", "contains", "text", "not",
-	// "below", "above", or a resource type for references.
+	// "below", "above", "of-type", or a resource type for references.
 	Modifier string
+	// Chain is the inner search of a chained or _has clause (Type
+	// TypeChain), which has no Values of its own.
+	Chain *Chain
 	// Values are ORed.
 	Values []Value
 }
@@ -89,6 +93,9 @@ type Value struct {
 	RefType, RefID, URL string
 	// Missing is the value of :missing.
 	Missing bool
+	// Parts are the values of the components of a composite value, in
+	// the order of the parameter's components.
+	Parts []Value
 }
 
 // SortKey is one _sort key.
@@ -117,8 +124,10 @@ type Options struct {
 	DefaultCount int
 	// MaxCount caps _count. Default 1000.
 	MaxCount int
-	// Strict rejects unknown parameters (Prefer: handling=strict).
-	Strict bool
+	// Lenient ignores the parameters the searched type does not define
+	// (Prefer: handling=lenient), listing them in Query.Unknown. Default:
+	// they are an *Error, so that a search is never silently widened.
+	Lenient bool
 	// Now is the instant the search runs at, copied to Query.Now.
 	// Default: the time Parse is called.
 	Now time.Time
@@ -171,8 +180,11 @@ var modifiers = map[string][]string{
 var ignored = map[string]bool{"_format": true, "_pretty": true}
 
 // Parse parses the query parameters of a search of typ. It returns an
-// *Error listing every bad parameter (bad values, unknown modifiers, and,
-// with Strict, unknown parameters).
+// *Error listing every bad parameter (bad values, unknown modifiers,
+// chains the parameter's types cannot follow, and, unless Lenient, unknown
+// parameters). Besides the parameters of typ it accepts chains
+// (subject:Patient.name), reverse chains (_has:Observation:patient:code)
+// and composite parameters (code-value-quantity=…$…).
 func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 	if opt.DefaultCount <= 0 {
 		opt.DefaultCount = 20
@@ -244,38 +256,24 @@ func Parse(typ string, params url.Values, opt Options) (*Query, error) {
 		case name == "_include" || name == "_revinclude" || name == "_include:iterate" || name == "_revinclude:iterate":
 			q.parseIncludes(name, vals, bad)
 		default:
-			code, mod, _ := strings.Cut(name, ":")
-			c, ok := clauseFor(typ, code)
-			if !ok {
-				q.Unknown = append(q.Unknown, name)
-				if opt.Strict {
-					bad(name, "unknown search parameter for %s", typ)
+			if _, err := parseClause(typ, name, 0); err != nil {
+				var u *unknownParam
+				if errors.As(err, &u) && opt.Lenient {
+					q.Unknown = append(q.Unknown, name)
+				} else {
+					bad(name, "%v", err)
 				}
 				continue
 			}
-			if mod != "" && !slices.Contains(modifiers[c.Type], mod) &&
-				!(c.Type == TypeReference && c.Param != nil && isTarget(c.Param, mod)) {
-				bad(name, "modifier :%s is not supported on %s parameters", mod, c.Type)
-				continue
-			}
-			if mod == "of-type" {
-				if !IsIdentifier(c.Param) {
-					bad(name, "modifier :of-type applies to identifier parameters only")
-					continue
-				}
-				c.Param = ofTypeParam(c.Param)
-			}
-			c.Modifier = mod
-			ok = true
+			ok := true
 			for _, v := range vals {
-				cl := c
-				if err := cl.parseValues(v); err != nil {
+				// A new clause per value: a chain's inner queries are
+				// its own.
+				cl, _ := parseClause(typ, name, 0)
+				if err := cl.fill(v, &opt); err != nil {
 					bad(name, "%v", err)
 					ok = false
 					continue
-				}
-				if cl.Type == TypeReference && len(opt.LocalBases) > 0 {
-					cl.addLocal(opt.LocalBases)
 				}
 				q.Clauses = append(q.Clauses, cl)
 			}
@@ -309,7 +307,7 @@ func ParseConstraint(typ string, params url.Values, now time.Time) ([]Clause, er
 		sort.Slice(errs.Problems, func(i, j int) bool { return errs.Problems[i].Param < errs.Problems[j].Param })
 		return nil, errs
 	}
-	q, err := Parse(typ, params, Options{Strict: true, Now: now})
+	q, err := Parse(typ, params, Options{Now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +347,7 @@ func splitValues(s string) []string {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c == '\\' && i+1 < len(s) && (s[i+1] == ',' || s[i+1] == '\\' || s[i+1] == '$' || s[i+1] == '|') {
-			if s[i+1] == '|' { // keep the escape for token splitting
+			if s[i+1] == '|' || s[i+1] == '$' { // keep the escape for token and composite splitting
 				b.WriteByte('\\')
 			}
 			b.WriteByte(s[i+1])
@@ -367,16 +365,20 @@ func splitValues(s string) []string {
 }
 
 // splitBar splits a token or quantity value at unescaped "|".
-func splitBar(s string) []string {
+func splitBar(s string) []string { return splitAt(s, '|') }
+
+// splitAt splits s at its unescaped sep ("|" of a token, "$" of a
+// composite) and removes the escapes of sep.
+func splitAt(s string, sep byte) []string {
 	var out []string
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+1 < len(s) && s[i+1] == '|' {
-			b.WriteByte('|')
+		if s[i] == '\\' && i+1 < len(s) && s[i+1] == sep {
+			b.WriteByte(sep)
 			i++
 			continue
 		}
-		if s[i] == '|' {
+		if s[i] == sep {
 			out = append(out, b.String())
 			b.Reset()
 			continue
@@ -420,6 +422,10 @@ func splitPrefix(s string) (prefix, rest string) {
 }
 
 func (c *Clause) parseValue(s string) (Value, error) {
+	if c.Type == TypeComposite {
+		return parseComposite(c.Param, s)
+	}
+	s = strings.ReplaceAll(s, `\$`, "$")
 	v := Value{Raw: s}
 	switch c.Type {
 	case TypeString:
@@ -548,8 +554,8 @@ func (q *Query) parseSort(vals []string, bad func(string, string, ...any)) {
 				bad("_sort", "unknown search parameter %q for %s", k, q.Type)
 				continue
 			}
-			if p.Type == TypeReference {
-				bad("_sort", "cannot sort on reference parameter %q", k)
+			if p.Type == TypeReference || p.Type == TypeComposite {
+				bad("_sort", "cannot sort on %s parameter %q", p.Type, k)
 				continue
 			}
 			q.Sort = append(q.Sort, SortKey{Param: p, Name: k, Desc: desc})

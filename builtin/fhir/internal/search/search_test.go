@@ -56,7 +56,7 @@ func TestParseQuery(t *testing.T) {
 		"_include":        {"Observation:subject:Patient"},
 		"_count":          {"5000"},
 		"bogus":           {"1"},
-	}, Options{})
+	}, Options{Lenient: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +83,11 @@ func TestParseQuery(t *testing.T) {
 			}
 		}
 	}
-	if _, err := Parse("Patient", url.Values{"bogus": {"1"}}, Options{Strict: true}); err == nil {
-		t.Error("strict: unknown parameter accepted")
+	if _, err := Parse("Patient", url.Values{"bogus": {"1"}}, Options{}); err == nil {
+		t.Error("unknown parameter accepted by default")
+	}
+	if q, err := Parse("Patient", url.Values{"bogus": {"1"}}, Options{Lenient: true}); err != nil || len(q.Unknown) != 1 || len(q.Self) != 0 {
+		t.Errorf("lenient: %v %v", q, err)
 	}
 	if _, err := Parse("Patient", url.Values{"birthdate": {"xx"}, "gender:text:x": {"a"}}, Options{}); err == nil || len(err.(*Error).Problems) != 2 {
 		t.Errorf("want two problems, got %v", err)

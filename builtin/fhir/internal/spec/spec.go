@@ -33,6 +33,34 @@ type SearchParam struct {
 	URL string
 }
 
+// CompositeParam is one composite search parameter of one resource type:
+// its value is one value per component, joined by "$", and a resource
+// matches when one element instance that Expression selects matches every
+// component.
+type CompositeParam struct {
+	// Resource is the resource type it applies to.
+	Resource string
+	// Code is the name used in queries ("code-value-quantity").
+	Code string
+	// Expression selects the element instances ("Observation.component").
+	Expression string
+	// URL is the canonical URL of the SearchParameter definition.
+	URL string
+	// Components are the parts of a value, in order.
+	Components []Component
+}
+
+// Component is one part of a composite parameter.
+type Component struct {
+	// Code is the code of the component's own parameter ("code").
+	Code string
+	// Type is that parameter's type (token, quantity, …).
+	Type string
+	// Expression selects the component's values from one instance; after
+	// "%resource." it is evaluated on the resource instead.
+	Expression string
+}
+
 //go:embed fhir.schema.json.gz
 var schemaGz []byte
 

@@ -1,8 +1,10 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -11,6 +13,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
+	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 )
 
 // The schema is a sequence of migrations, the SQL files of migrations/
@@ -63,6 +68,68 @@ func migrations() ([]migration, error) {
 		}
 	}
 	return out, nil
+}
+
+// goSteps are the parts of migrations written in Go, run in a migration's
+// transaction after its SQL: index rows that only the search indexer can
+// compute.
+var goSteps = map[string]func(ctx context.Context, tx pgx.Tx) error{
+	"0003_composite_rows.sql": addCompositeRows,
+}
+
+// addCompositeRows adds the rows of composite parameters (see
+// search.CompositeKey) for the current version of every resource of a
+// type that has some, a thousand resources at a time.
+func addCompositeRows(ctx context.Context, tx pgx.Tx) error {
+	var types []string
+	for _, t := range spec.ResourceTypes {
+		if search.HasComposites(t) {
+			types = append(types, t)
+		}
+	}
+	const page = 1000
+	var last int64
+	for {
+		rows, err := tx.Query(ctx, `SELECT r.rid, r.seq, r.type, r.id, h.body FROM resources r JOIN history h ON h.seq = r.seq
+			WHERE r.rid > $1 AND NOT r.deleted AND r.type = ANY($2) ORDER BY r.rid LIMIT $3`, last, types, page)
+		if err != nil {
+			return fmt.Errorf("read resources: %w", err)
+		}
+		set := map[string]*rowSet{}
+		n := 0
+		for rows.Next() {
+			var rid, seq int64
+			var typ, id string
+			var body []byte
+			if err := rows.Scan(&rid, &seq, &typ, &id, &body); err != nil {
+				rows.Close()
+				return fmt.Errorf("read resources: %w", err)
+			}
+			n, last = n+1, rid
+			d := json.NewDecoder(bytes.NewReader(body))
+			d.UseNumber()
+			var tree any
+			if err := d.Decode(&tree); err != nil {
+				rows.Close()
+				return fmt.Errorf("decode %s/%s: %w", typ, id, err)
+			}
+			addRows(set, rid, seq, search.Index(typ, id, tree).Only(search.IsCompositeKey))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read resources: %w", err)
+		}
+		for _, t := range bulkTables {
+			if r := set[t.name]; r != nil && len(r.rows) > 0 {
+				if _, err := tx.CopyFrom(ctx, pgx.Identifier{t.name}, t.cols, pgx.CopyFromRows(r.rows)); err != nil {
+					return fmt.Errorf("index %s: %w", t.name, err)
+				}
+			}
+		}
+		if n < page {
+			return nil
+		}
+	}
 }
 
 // SchemaVersion is the number of the last migration this build knows.
@@ -173,6 +240,11 @@ func migrate(ctx context.Context, conn *pgx.Conn, dryRun, checkOnly bool) ([]str
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, m.sql); err != nil {
 				return err
+			}
+			if step := goSteps[m.name]; step != nil {
+				if err := step(ctx, tx); err != nil {
+					return err
+				}
 			}
 			_, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.version, m.name)
 			return err

@@ -149,13 +149,13 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("NoMigrate on an empty database: %v", err)
 	}
 	names, err := Migrate(ctx, Options{URL: url}, true)
-	if err != nil || strings.Join(names, ",") != "0001_init.sql,0002_page_snapshots.sql" {
+	if err != nil || strings.Join(names, ",") != "0001_init.sql,0002_page_snapshots.sql,0003_composite_rows.sql" {
 		t.Fatalf("dry run: %v %v", names, err)
 	}
 	if tableExists(t, url, "resources") {
 		t.Fatal("the dry run migrated")
 	}
-	if names, err = Migrate(ctx, Options{URL: url}, false); err != nil || len(names) != 2 {
+	if names, err = Migrate(ctx, Options{URL: url}, false); err != nil || len(names) != 3 {
 		t.Fatalf("migrate: %v %v", names, err)
 	}
 	if !tableExists(t, url, "resources") {
@@ -169,7 +169,7 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("NoMigrate on a migrated database: %v", err)
 	}
 	s.Close()
-	if SchemaVersion() != 2 {
+	if SchemaVersion() != 3 {
 		t.Errorf("schema version %d", SchemaVersion())
 	}
 	exec(t, url, `INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_future.sql')`)

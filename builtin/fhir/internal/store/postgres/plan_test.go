@@ -46,6 +46,12 @@ func TestPlansUseIndexes(t *testing.T) {
 		{"RiskAssessment", "probability=gt0.5", "", []string{"sp_number_v"}},
 		{"Observation", "value-quantity=5.4||mg", "", []string{"sp_quantity_v"}},
 		{"Patient", "birthdate=lt2000", "", []string{"sp_date_v"}},
+		{"Observation", "patient.identifier=http://h|1", "", []string{"sp_token_v", "sp_ref_v"}},
+		{"DiagnosticReport", "subject:Patient.general-practitioner.name=who", "", []string{"sp_string_v", "sp_ref_v"}},
+		{"Patient", "_has:Observation:patient:code=1234-5", "", []string{"sp_token_v", "sp_ref_v"}},
+		{"Patient", "_has:Observation:patient:code=1234-5", "a", []string{"sp_token_v|sp_ref_v"}},
+		{"Observation", "component-code-value-quantity=8480-6$gt100", "", []string{"sp_quantity_v"}},
+		{"MolecularSequence", "chromosome-variant-coordinate=1$ge2$le3", "", []string{"sp_number_v"}},
 	} {
 		v, _ := url.ParseQuery(c.params)
 		q, err := search.Parse(c.typ, v, search.Options{Now: time.Now()})

@@ -22,6 +22,11 @@ type sqlBuilder struct {
 	args  []any
 	order []string
 	now   time.Time // the query's instant, for "ap" on dates
+	// r is the alias of the resources the conditions being written are
+	// about ("r" for the search, r1, r2, … for the inner searches of
+	// chains), depth the nesting of chains.
+	r     string
+	depth int
 }
 
 // arg adds an argument and returns its placeholder.
@@ -89,7 +94,18 @@ var tables = map[string]string{
 }
 
 func buildSearch(q *search.Query) *sqlBuilder {
-	b := &sqlBuilder{now: q.Now}
+	b := &sqlBuilder{now: q.Now, r: "r"}
+	b.conditions(q)
+	for _, k := range q.Sort {
+		b.sortKey(k)
+	}
+	return b
+}
+
+// conditions writes the conditions that the resource b.r matches q by:
+// its type, not deleted, in q's compartment, every clause, one of the
+// alternatives.
+func (b *sqlBuilder) conditions(q *search.Query) {
 	byID := idDriven(q.Clauses)
 	driver := -1
 	if !byID && q.Compartment == "" {
@@ -97,21 +113,98 @@ func buildSearch(q *search.Query) *sqlBuilder {
 	}
 	// PostgreSQL's planner picks the index that finds the candidates from
 	// its statistics; SQLite's "+r.type" hint has no equivalent here.
-	b.w(`r.type = `, b.arg(text(q.Type)), ` AND NOT r.deleted`)
+	b.w(b.r, `.type = `, b.arg(text(q.Type)), ` AND NOT `, b.r, `.deleted`)
 	if q.Compartment != "" {
 		b.compartment(q.Type, q.Compartment, !byID)
 	}
 	for i := range q.Clauses {
 		b.w(" AND ")
-		b.clause(&q.Clauses[i], i == driver)
+		b.clause(q.Type, &q.Clauses[i], i == driver)
 	}
 	if len(q.Alternatives) > 0 {
-		b.alternatives(q.Alternatives)
+		b.alternatives(q.Type, q.Alternatives)
 	}
-	for _, k := range q.Sort {
-		b.sortKey(k)
+}
+
+// chain adds a chained or _has clause of a search of typ, as subqueries
+// over the reference index and the inner searches (see the SQLite
+// store's chain).
+func (b *sqlBuilder) chain(typ string, ch *search.Chain) {
+	r, t := b.r, "t"+strconv.Itoa(b.depth)
+	b.depth++
+	inner := "r" + strconv.Itoa(b.depth)
+	defer func() { b.r = r; b.depth-- }()
+	if ch.Rev {
+		b.w(r, `.rid IN (SELECT x.rid FROM resources x WHERE x.type = `, b.arg(text(typ)), ` AND x.id IN (SELECT `, t, `.tid FROM sp_ref `, t,
+			` WHERE `, t, `.p = `, b.arg(text(ch.Param.Key())), ` AND `, t, `.ttype = `, b.arg(key(typ)), ` AND `, t,
+			`.rid IN (SELECT `, inner, `.rid FROM resources `, inner, ` WHERE `)
+		b.r = inner
+		b.conditions(ch.Queries[0])
+		b.w(`)))`)
+		return
 	}
-	return b
+	b.w("(")
+	for i, in := range ch.Queries {
+		if i > 0 {
+			b.w(" OR ")
+		}
+		b.w(r, `.rid IN (SELECT `, t, `.rid FROM sp_ref `, t, ` WHERE `, t, `.p = `, b.arg(text(ch.Param.Key())), ` AND `, t, `.ttype = `,
+			b.arg(key(in.Type)), ` AND `, t, `.tid IN (SELECT `, inner, `.id FROM resources `, inner, ` WHERE `)
+		b.r = inner
+		b.conditions(in)
+		b.r = r
+		b.w(`))`)
+	}
+	b.w(")")
+}
+
+// composite adds a composite clause (see the SQLite store's composite and
+// search.CompositeKey).
+func (b *sqlBuilder) composite(c *search.Clause, driver bool) {
+	comps := c.Param.Components()
+	if len(comps) == 2 {
+		part := &search.Clause{Type: comps[1].Type}
+		table := tables[comps[1].Type]
+		if driver {
+			b.w(b.r, `.rid IN (SELECT rid FROM `, table, ` WHERE (`)
+		} else {
+			b.w(`EXISTS (SELECT 1 FROM `, table, ` WHERE rid = `, b.r, `.rid AND (`)
+		}
+		for i, v := range c.Values {
+			if i > 0 {
+				b.w(" OR ")
+			}
+			b.w(`(p = `, b.arg(text(search.CompositeKey(c.Param, v, 1))), ` AND `)
+			b.value(part, v.Parts[1])
+			b.w(")")
+		}
+		b.w("))")
+		return
+	}
+	// More components: the rows of component 1 of one instance, then
+	// those of the others of the same instance.
+	if driver {
+		b.w(b.r, `.rid IN (SELECT a.rid FROM `, tables[comps[1].Type], ` a WHERE (`)
+	} else {
+		b.w(`EXISTS (SELECT 1 FROM `, tables[comps[1].Type], ` a WHERE a.rid = `, b.r, `.rid AND (`)
+	}
+	for i, v := range c.Values {
+		if i > 0 {
+			b.w(" OR ")
+		}
+		first := text(search.CompositeKey(c.Param, v, 1))
+		b.w(`(a.p >= `, b.arg(first), ` AND a.p < `, b.arg(first+maxRune), ` AND `)
+		b.value(&search.Clause{Type: comps[1].Type}, v.Parts[1])
+		for j := 2; j < len(comps); j++ {
+			// The instance number follows the prefix of component 1.
+			b.w(` AND EXISTS (SELECT 1 FROM `, tables[comps[j].Type], ` WHERE rid = a.rid AND p = `,
+				b.arg(text(search.CompositeKey(c.Param, v, j))), `::text || substr(a.p, `, b.arg(utf8.RuneCountInString(first)+1), `) AND `)
+			b.value(&search.Clause{Type: comps[j].Type}, v.Parts[j])
+			b.w(")")
+		}
+		b.w(")")
+	}
+	b.w("))")
 }
 
 // idDriven reports whether an _id clause names the candidates.
@@ -132,21 +225,21 @@ func (b *sqlBuilder) compartment(typ, patient string, drive bool) {
 	params := spec.PatientCompartment[typ]
 	switch {
 	case !drive:
-		b.w(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = r.rid AND patient = `, b.arg(key(patient)), `)`)
+		b.w(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = `, b.r, `.rid AND patient = `, b.arg(key(patient)), `)`)
 	case typ == "Patient":
-		b.w(` AND r.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = `, b.arg(text(patient)))
+		b.w(` AND `, b.r, `.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = `, b.arg(text(patient)))
 		if len(params) > 0 {
 			b.w(` UNION ALL `)
 			b.refCandidates(typ, params, patient)
 		}
 		b.w(`)`)
 	case len(params) > 0:
-		b.w(` AND r.rid IN (`)
+		b.w(` AND `, b.r, `.rid IN (`)
 		b.refCandidates(typ, params, patient)
 		b.w(`)`)
 	default:
 		// Not a compartment type: the table holds none of its resources.
-		b.w(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = `, b.arg(key(patient)), `)`)
+		b.w(` AND `, b.r, `.rid IN (SELECT rid FROM compartment WHERE patient = `, b.arg(key(patient)), `)`)
 	}
 }
 
@@ -160,7 +253,7 @@ func (b *sqlBuilder) refCandidates(typ string, params []string, patient string) 
 
 // alternatives adds the OR of the AND-groups of q.Alternatives; each
 // clause is a check of the candidates.
-func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
+func (b *sqlBuilder) alternatives(typ string, groups [][]search.Clause) {
 	b.w(" AND (")
 	for i, g := range groups {
 		if i > 0 {
@@ -174,7 +267,7 @@ func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
 			if j > 0 {
 				b.w(" AND ")
 			}
-			b.clause(&g[j], false)
+			b.clause(typ, &g[j], false)
 		}
 		b.w(")")
 	}
@@ -187,6 +280,7 @@ func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
 var driverRank = map[string]int{
 	search.TypeReference: 1, search.TypeToken: 2, search.TypeString: 3, search.TypeURI: 4,
 	search.TypeDate: 5, search.TypeQuantity: 6, search.TypeNumber: 7,
+	search.TypeChain: 2, search.TypeComposite: 2,
 }
 
 // pickDriver returns the index of the clause to drive the search, -1 for
@@ -210,7 +304,16 @@ func (b *sqlBuilder) orderBy() string {
 }
 
 // clause adds one parameter's condition.
-func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
+func (b *sqlBuilder) clause(typ string, c *search.Clause, driver bool) {
+	r := b.r
+	switch {
+	case c.Chain != nil:
+		b.chain(typ, c.Chain)
+		return
+	case c.Type == search.TypeComposite:
+		b.composite(c, driver)
+		return
+	}
 	switch c.Name {
 	case "_id":
 		if c.Modifier == "missing" {
@@ -222,9 +325,9 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 			ids[i] = text(v.Code)
 		}
 		if c.Modifier == "not" {
-			b.w(`NOT (r.id = ANY(`, b.arg(ids), `))`)
+			b.w(`NOT (`, r, `.id = ANY(`, b.arg(ids), `))`)
 		} else {
-			b.w(`r.id = ANY(`, b.arg(ids), `)`)
+			b.w(r, `.id = ANY(`, b.arg(ids), `)`)
 		}
 		return
 	case "_lastUpdated":
@@ -238,7 +341,7 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 			if i > 0 {
 				b.w(" OR ")
 			}
-			b.dateCond(v, "(r.updated / 1000)", "(r.updated / 1000 + 1)")
+			b.dateCond(v, "("+r+".updated / 1000)", "("+r+".updated / 1000 + 1)")
 		}
 		b.w(")")
 		return
@@ -250,16 +353,16 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 		if c.Values[0].Missing {
 			not = "NOT "
 		}
-		b.w(not, `EXISTS (SELECT 1 FROM `, table, ` t WHERE t.rid = r.rid AND t.p = `, b.arg(p), `)`)
+		b.w(not, `EXISTS (SELECT 1 FROM `, table, ` t WHERE t.rid = `, r, `.rid AND t.p = `, b.arg(p), `)`)
 		return
 	}
 	switch {
 	case driver:
-		b.w(`r.rid IN (SELECT rid FROM `, table, ` WHERE p = `, b.arg(p), ` AND (`)
+		b.w(r, `.rid IN (SELECT rid FROM `, table, ` WHERE p = `, b.arg(p), ` AND (`)
 	case c.Modifier == "not":
-		b.w(`NOT EXISTS (SELECT 1 FROM `, table, ` WHERE rid = r.rid AND p = `, b.arg(p), ` AND (`)
+		b.w(`NOT EXISTS (SELECT 1 FROM `, table, ` WHERE rid = `, r, `.rid AND p = `, b.arg(p), ` AND (`)
 	default:
-		b.w(`EXISTS (SELECT 1 FROM `, table, ` WHERE rid = r.rid AND p = `, b.arg(p), ` AND (`)
+		b.w(`EXISTS (SELECT 1 FROM `, table, ` WHERE rid = `, r, `.rid AND p = `, b.arg(p), ` AND (`)
 	}
 	for i, v := range c.Values {
 		if i > 0 {

@@ -65,21 +65,7 @@ func TestConfinedSearchPlan(t *testing.T) {
 			t.Fatal(err)
 		}
 		q.Compartment = "a"
-		b := buildSearch(q)
-		rows, err := s.read.Query(`EXPLAIN QUERY PLAN SELECT r.rid, r.version FROM resources r WHERE `+b.where.String()+b.orderBy()+` LIMIT 10`, b.args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
+		plan := explain(t, s, q)
 		for _, step := range plan {
 			// A scan of a table, or of every resource of the type.
 			if strings.HasPrefix(step, "SCAN ") || strings.HasSuffix(step, "(type=?)") {
@@ -87,6 +73,27 @@ func TestConfinedSearchPlan(t *testing.T) {
 			}
 		}
 	}
+}
+
+// explain returns the steps of the plan of the search q.
+func explain(t *testing.T, s *Store, q *search.Query) []string {
+	t.Helper()
+	b := buildSearch(q)
+	rows, err := s.read.Query(`EXPLAIN QUERY PLAN SELECT r.rid, r.version FROM resources r WHERE `+b.where.String()+b.orderBy()+` LIMIT 10`, b.args...)
+	if err != nil {
+		t.Fatalf("%s: %v", b.where.String(), err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	return plan
 }
 
 func historyIDs(t *testing.T, s *Store, q store.HistoryQuery) (string, int) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -151,9 +152,23 @@ func migrateAbsoluteRefs(ctx context.Context, tx *sql.Tx) error {
 
 // migrateOfType (schema 3 to 4) adds the rows that index identifiers by
 // their type (search.OfTypeSuffix) for the current version of every
-// resource that may have one (a coding somewhere in its body), a thousand
-// resources at a time.
+// resource that may have one (a coding somewhere in its body).
 func migrateOfType(ctx context.Context, tx *sql.Tx) error {
+	return addIndexRows(ctx, tx, func(typ string, body []byte) bool { return bytes.Contains(body, []byte(`"coding"`)) },
+		func(p string) bool { return strings.HasSuffix(p, search.OfTypeSuffix) })
+}
+
+// migrateComposites (schema 4 to 5) adds the rows of composite parameters
+// (see search.CompositeKey) for the current version of every resource of
+// a type that has some.
+func migrateComposites(ctx context.Context, tx *sql.Tx) error {
+	return addIndexRows(ctx, tx, func(typ string, _ []byte) bool { return search.HasComposites(typ) }, search.IsCompositeKey)
+}
+
+// addIndexRows adds, for the current version of every resource whose type
+// and body pass want, the index rows whose parameter key passes keep, a
+// thousand resources at a time.
+func addIndexRows(ctx context.Context, tx *sql.Tx, want func(typ string, body []byte) bool, keep func(p string) bool) error {
 	const page = 1000
 	var last int64
 	for {
@@ -182,7 +197,7 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 			return fmt.Errorf("read resources: %w", err)
 		}
 		for _, r := range batch {
-			if !bytes.Contains(r.body, []byte(`"coding"`)) {
+			if !want(r.typ, r.body) {
 				continue
 			}
 			d := json.NewDecoder(bytes.NewReader(r.body))
@@ -191,14 +206,8 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 			if err := d.Decode(&tree); err != nil {
 				return fmt.Errorf("decode %s/%s: %w", r.typ, r.id, err)
 			}
-			for _, e := range search.Index(r.typ, r.id, tree).Tokens {
-				if !strings.HasSuffix(e.Param, search.OfTypeSuffix) {
-					continue
-				}
-				if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO sp_token (rid, p, sys, code, text) VALUES (?, ?, ?, ?, ?)`,
-					r.rid, e.Param, e.System, e.Code, e.Text); err != nil {
-					return fmt.Errorf("index identifier types: %w", err)
-				}
+			if err := insertEntries(ctx, tx, r.rid, search.Index(r.typ, r.id, tree), keep); err != nil {
+				return err
 			}
 		}
 		if len(batch) < page {
@@ -206,4 +215,40 @@ func migrateOfType(ctx context.Context, tx *sql.Tx) error {
 		}
 		last = batch[len(batch)-1].rid
 	}
+}
+
+// insertEntries inserts the index rows of e whose parameter passes keep,
+// ignoring those already there.
+func insertEntries(ctx context.Context, tx *sql.Tx, rid int64, e *search.Entries, keep func(p string) bool) error {
+	e = e.Only(keep)
+	ins := func(table string, vals ...any) error {
+		q := `INSERT OR IGNORE INTO ` + table + ` VALUES (?` + strings.Repeat(", ?", len(vals)) + `)`
+		if _, err := tx.ExecContext(ctx, q, append([]any{rid}, vals...)...); err != nil {
+			return fmt.Errorf("index %s: %w", table, err)
+		}
+		return nil
+	}
+	var err error
+	for _, x := range e.Strings {
+		err = errors.Join(err, ins("sp_string", x.Param, x.Norm, x.Exact))
+	}
+	for _, x := range e.Tokens {
+		err = errors.Join(err, ins("sp_token", x.Param, x.System, x.Code, x.Text))
+	}
+	for _, x := range e.Refs {
+		err = errors.Join(err, ins("sp_ref", x.Param, x.Type, x.ID, x.URL))
+	}
+	for _, x := range e.Dates {
+		err = errors.Join(err, ins("sp_date", x.Param, x.Lo, x.Hi))
+	}
+	for _, x := range e.Numbers {
+		err = errors.Join(err, ins("sp_number", x.Param, x.Value))
+	}
+	for _, x := range e.Quantities {
+		err = errors.Join(err, ins("sp_quantity", x.Param, x.Value, x.System, x.Code))
+	}
+	for _, x := range e.URIs {
+		err = errors.Join(err, ins("sp_uri", x.Param, x.Value))
+	}
+	return err
 }

@@ -1,8 +1,10 @@
 package sqlite
 
 import (
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
@@ -15,6 +17,11 @@ type sqlBuilder struct {
 	args  []any
 	order []string
 	now   time.Time // the query's instant, for "ap" on dates
+	// r is the alias of the resources the conditions being written are
+	// about ("r" for the search, r1, r2, … for the inner searches of
+	// chains), depth the nesting of chains.
+	r     string
+	depth int
 }
 
 func (b *sqlBuilder) add(s string, args ...any) {
@@ -33,7 +40,19 @@ var tables = map[string]string{
 }
 
 func buildSearch(q *search.Query) *sqlBuilder {
-	b := &sqlBuilder{now: q.Now}
+	b := &sqlBuilder{now: q.Now, r: "r"}
+	b.conditions(q)
+	for _, k := range q.Sort {
+		b.sortKey(k)
+	}
+	return b
+}
+
+// conditions writes the conditions that the resource b.r matches q by:
+// its type, not deleted, in q's compartment, every clause, one of the
+// alternatives.
+func (b *sqlBuilder) conditions(q *search.Query) {
+	r := b.r
 	byID := idDriven(q.Clauses)
 	driver := -1
 	if !byID && q.Compartment == "" {
@@ -42,26 +61,110 @@ func buildSearch(q *search.Query) *sqlBuilder {
 	if !byID && (q.Compartment != "" || driver >= 0) {
 		// Another condition finds the candidates: keep SQLite from
 		// scanning every resource of the type ("+" disables the index).
-		b.add(`+r.type = ? AND r.deleted = 0`, q.Type)
+		b.add(`+`+r+`.type = ? AND `+r+`.deleted = 0`, q.Type)
 	} else {
 		// The (type, id) index finds them: every resource of the type, or
 		// the ids an _id clause names.
-		b.add(`r.type = ? AND r.deleted = 0`, q.Type)
+		b.add(r+`.type = ? AND `+r+`.deleted = 0`, q.Type)
 	}
 	if q.Compartment != "" {
 		b.compartment(q.Type, q.Compartment, !byID)
 	}
 	for i := range q.Clauses {
 		b.where.WriteString(" AND ")
-		b.clause(&q.Clauses[i], i == driver)
+		b.clause(q.Type, &q.Clauses[i], i == driver)
 	}
 	if len(q.Alternatives) > 0 {
-		b.alternatives(q.Alternatives)
+		b.alternatives(q.Type, q.Alternatives)
 	}
-	for _, k := range q.Sort {
-		b.sortKey(k)
+}
+
+// chain adds a chained or _has clause of a search of typ: the candidates
+// are found through the reference index from the matches of the inner
+// searches, each written as a subquery over resources under an alias of
+// its own, so that nothing is loaded before the one statement runs.
+func (b *sqlBuilder) chain(typ string, ch *search.Chain) {
+	r, t := b.r, "t"+strconv.Itoa(b.depth)
+	b.depth++
+	inner := "r" + strconv.Itoa(b.depth)
+	defer func() { b.r = r; b.depth-- }()
+	if ch.Rev {
+		// The resources of typ that a match of the inner search refers to
+		// through ch.Param.
+		b.add(r+`.rid IN (SELECT x.rid FROM resources x WHERE x.type = ? AND x.id IN (SELECT `+t+`.tid FROM sp_ref `+t+
+			` WHERE `+t+`.p = ? AND `+t+`.ttype = ? AND `+t+`.rid IN (SELECT `+inner+`.rid FROM resources `+inner+` WHERE `,
+			typ, ch.Param.Key(), typ)
+		b.r = inner
+		b.conditions(ch.Queries[0])
+		b.where.WriteString(`)))`)
+		return
 	}
-	return b
+	// The resources whose ch.Param refers to a match of one of the inner
+	// searches.
+	b.where.WriteString("(")
+	for i, in := range ch.Queries {
+		if i > 0 {
+			b.where.WriteString(" OR ")
+		}
+		b.add(r+`.rid IN (SELECT `+t+`.rid FROM sp_ref `+t+` WHERE `+t+`.p = ? AND `+t+`.ttype = ? AND `+t+
+			`.tid IN (SELECT `+inner+`.id FROM resources `+inner+` WHERE `, ch.Param.Key(), in.Type)
+		b.r = inner
+		b.conditions(in)
+		b.r = r
+		b.where.WriteString(`))`)
+	}
+	b.where.WriteString(")")
+}
+
+// composite adds a composite clause: for each value, a row of the last
+// components' table under the key that folds in the first component (two
+// components), or rows of one instance for every component (more; see
+// search.CompositeKey).
+func (b *sqlBuilder) composite(c *search.Clause, driver bool) {
+	comps := c.Param.Components()
+	if len(comps) == 2 {
+		part := &search.Clause{Type: comps[1].Type}
+		table := tables[comps[1].Type]
+		if driver {
+			b.where.WriteString(b.r + `.rid IN (SELECT rid FROM ` + table + ` WHERE (`)
+		} else {
+			b.where.WriteString(`EXISTS (SELECT 1 FROM ` + table + ` WHERE rid = ` + b.r + `.rid AND (`)
+		}
+		for i, v := range c.Values {
+			if i > 0 {
+				b.where.WriteString(" OR ")
+			}
+			b.add(`(p = ? AND `, search.CompositeKey(c.Param, v, 1))
+			b.value(part, v.Parts[1])
+			b.where.WriteString(")")
+		}
+		b.where.WriteString("))")
+		return
+	}
+	// More components: the rows of component 1 of one instance, then
+	// those of the others of the same instance.
+	if driver {
+		b.where.WriteString(b.r + `.rid IN (SELECT a.rid FROM ` + tables[comps[1].Type] + ` a WHERE (`)
+	} else {
+		b.where.WriteString(`EXISTS (SELECT 1 FROM ` + tables[comps[1].Type] + ` a WHERE a.rid = ` + b.r + `.rid AND (`)
+	}
+	for i, v := range c.Values {
+		if i > 0 {
+			b.where.WriteString(" OR ")
+		}
+		first := search.CompositeKey(c.Param, v, 1)
+		b.add(`(a.p >= ? AND a.p < ? AND `, first, first+maxRune)
+		b.value(&search.Clause{Type: comps[1].Type}, v.Parts[1])
+		for j := 2; j < len(comps); j++ {
+			// The instance number follows the prefix of component 1.
+			b.add(` AND EXISTS (SELECT 1 FROM `+tables[comps[j].Type]+` WHERE rid = a.rid AND p = ? || substr(a.p, ?) AND `,
+				search.CompositeKey(c.Param, v, j), utf8.RuneCountInString(first)+1)
+			b.value(&search.Clause{Type: comps[j].Type}, v.Parts[j])
+			b.where.WriteString(")")
+		}
+		b.where.WriteString(")")
+	}
+	b.where.WriteString("))")
 }
 
 // idDriven reports whether an _id clause names the candidates.
@@ -90,21 +193,21 @@ func (b *sqlBuilder) compartment(typ, patient string, drive bool) {
 	params := spec.PatientCompartment[typ]
 	switch {
 	case !drive:
-		b.add(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = r.rid AND patient = ?)`, patient)
+		b.add(` AND EXISTS (SELECT 1 FROM compartment WHERE rid = `+b.r+`.rid AND patient = ?)`, patient)
 	case typ == "Patient":
-		b.add(` AND r.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = ?`, patient)
+		b.add(` AND `+b.r+`.rid IN (SELECT rid FROM resources WHERE type = 'Patient' AND id = ?`, patient)
 		if len(params) > 0 {
 			b.where.WriteString(` UNION ALL `)
 			b.refCandidates(typ, params, patient)
 		}
 		b.where.WriteString(`)`)
 	case len(params) > 0:
-		b.where.WriteString(` AND r.rid IN (`)
+		b.where.WriteString(` AND ` + b.r + `.rid IN (`)
 		b.refCandidates(typ, params, patient)
 		b.where.WriteString(`)`)
 	default:
 		// Not a compartment type: the table holds none of its resources.
-		b.add(` AND r.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, patient)
+		b.add(` AND `+b.r+`.rid IN (SELECT rid FROM compartment WHERE patient = ?)`, patient)
 	}
 }
 
@@ -118,7 +221,7 @@ func (b *sqlBuilder) refCandidates(typ string, params []string, patient string) 
 
 // alternatives adds the OR of the AND-groups of q.Alternatives; each
 // clause is a check of the candidates.
-func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
+func (b *sqlBuilder) alternatives(typ string, groups [][]search.Clause) {
 	b.where.WriteString(" AND (")
 	for i, g := range groups {
 		if i > 0 {
@@ -132,7 +235,7 @@ func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
 			if j > 0 {
 				b.where.WriteString(" AND ")
 			}
-			b.clause(&g[j], false)
+			b.clause(typ, &g[j], false)
 		}
 		b.where.WriteString(")")
 	}
@@ -145,6 +248,7 @@ func (b *sqlBuilder) alternatives(groups [][]search.Clause) {
 var driverRank = map[string]int{
 	search.TypeReference: 1, search.TypeToken: 2, search.TypeString: 3, search.TypeURI: 4,
 	search.TypeDate: 5, search.TypeQuantity: 6, search.TypeNumber: 7,
+	search.TypeChain: 2, search.TypeComposite: 2,
 }
 
 // pickDriver returns the index of the clause to drive the search, -1 for
@@ -170,7 +274,16 @@ func (b *sqlBuilder) orderBy() string {
 // clause adds one parameter's condition: as the set of candidates when it
 // drives the search, else as a check of each candidate through the index
 // table's primary key (rid, p, …).
-func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
+func (b *sqlBuilder) clause(typ string, c *search.Clause, driver bool) {
+	r := b.r
+	switch {
+	case c.Chain != nil:
+		b.chain(typ, c.Chain)
+		return
+	case c.Type == search.TypeComposite:
+		b.composite(c, driver)
+		return
+	}
 	switch c.Name {
 	case "_id":
 		if c.Modifier == "missing" {
@@ -181,7 +294,7 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 		if c.Modifier == "not" {
 			op = "NOT IN"
 		}
-		b.add(`r.id ` + op + ` (` + placeholders(len(c.Values)) + `)`)
+		b.add(r + `.id ` + op + ` (` + placeholders(len(c.Values)) + `)`)
 		for _, v := range c.Values {
 			b.args = append(b.args, v.Code)
 		}
@@ -197,7 +310,7 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 			if i > 0 {
 				b.where.WriteString(" OR ")
 			}
-			b.dateCond(v, "(r.updated / 1000)", "(r.updated / 1000 + 1)")
+			b.dateCond(v, "("+r+".updated / 1000)", "("+r+".updated / 1000 + 1)")
 		}
 		b.where.WriteString(")")
 		return
@@ -209,16 +322,16 @@ func (b *sqlBuilder) clause(c *search.Clause, driver bool) {
 		if c.Values[0].Missing {
 			not = "NOT "
 		}
-		b.add(not+`EXISTS (SELECT 1 FROM `+table+` t WHERE t.rid = r.rid AND t.p = ?)`, p)
+		b.add(not+`EXISTS (SELECT 1 FROM `+table+` t WHERE t.rid = `+r+`.rid AND t.p = ?)`, p)
 		return
 	}
 	switch {
 	case driver:
-		b.add(`r.rid IN (SELECT rid FROM `+table+` WHERE p = ? AND (`, p)
+		b.add(r+`.rid IN (SELECT rid FROM `+table+` WHERE p = ? AND (`, p)
 	case c.Modifier == "not":
-		b.add(`NOT EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
+		b.add(`NOT EXISTS (SELECT 1 FROM `+table+` WHERE rid = `+r+`.rid AND p = ? AND (`, p)
 	default:
-		b.add(`EXISTS (SELECT 1 FROM `+table+` WHERE rid = r.rid AND p = ? AND (`, p)
+		b.add(`EXISTS (SELECT 1 FROM `+table+` WHERE rid = `+r+`.rid AND p = ? AND (`, p)
 	}
 	for i, v := range c.Values {
 		if i > 0 {

@@ -310,8 +310,9 @@ func (s *Store) Close() error {
 
 // schemaVersion 2 added history_compartment; 3 indexes absolute
 // references by their URL only (see migrateAbsoluteRefs); 4 indexes
-// identifiers by their type, for :of-type (see migrateOfType).
-const schemaVersion = 4
+// identifiers by their type, for :of-type (see migrateOfType); 5 indexes
+// composite parameters (see migrateComposites).
+const schemaVersion = 5
 
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS resources (
@@ -403,6 +404,11 @@ func (s *Store) migrate(ctx context.Context) error {
 	if v >= 1 && v < 4 {
 		if err := migrateOfType(ctx, tx); err != nil {
 			return fmt.Errorf("migrate to schema 4: %w", err)
+		}
+	}
+	if v >= 1 && v < 5 {
+		if err := migrateComposites(ctx, tx); err != nil {
+			return fmt.Errorf("migrate to schema 5: %w", err)
 		}
 	}
 	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion)); err != nil {

@@ -55,6 +55,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"TxSeesOwnWrites", testTxSeesOwnWrites},
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"Search", testSearch},
+		{"Chains", testChains},
+		{"Composites", testComposites},
 		{"SearchPaging", testSearchPaging},
 		{"Fetch", testFetch},
 		{"Include", testInclude},
@@ -630,14 +632,26 @@ func at(n int, layout string) string {
 	return Epoch.Add(time.Duration(n-1) * time.Second).Format(layout)
 }
 
+// searchCase is a search of typ and the ids it finds, in order.
+type searchCase struct{ name, typ, params, want string }
+
+// checkSearches runs each case as a subtest.
+func checkSearches(t *testing.T, s store.Reader, cases []searchCase) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := found(t, s, query(t, c.typ, c.params)); got != c.want {
+				t.Errorf("%s?%s: %q, want %q", c.typ, c.params, got, c.want)
+			}
+		})
+	}
+}
+
 // testSearch: every parameter type with its modifiers and prefixes.
 // Without _sort, results come in the order the resources were created.
 func testSearch(t *testing.T, s store.Store) {
 	LoadSearchData(t, s)
 	long := strings.Repeat("0123456789", 300)
-	for _, c := range []struct {
-		name, typ, params, want string
-	}{
+	checkSearches(t, s, []searchCase{
 		{"all of a type", "Patient", "", "p1,p2,p3,p5"},
 		{"a type with none", "Encounter", "", ""},
 		// string
@@ -778,13 +792,7 @@ func testSearch(t *testing.T, s store.Store) {
 		{"_sort _id descending", "Patient", "_sort=-_id", "p5,p3,p2,p1"},
 		{"_sort _lastUpdated descending", "Patient", "_sort=-_lastUpdated", "p5,p3,p2,p1"},
 		{"_sort _lastUpdated", "Observation", "_sort=_lastUpdated&status=final", "o1,o3,o4,o5,o6"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			if got := found(t, s, query(t, c.typ, c.params)); got != c.want {
-				t.Errorf("%s?%s: %q, want %q", c.typ, c.params, got, c.want)
-			}
-		})
-	}
+	})
 }
 
 // testSearchPaging: offset and limit over a sorted result.
