@@ -24,10 +24,13 @@ plugins: build
 		if [ -f $$d/cases.yaml ]; then ./$(BIN) plugin build -o data/plugins/$$(basename $$d).wasm ./$$d || exit 1; fi; \
 	done
 
-## test: every test, with the race detector; then the FHIR server's tests
-## again on the PostgreSQL store (a private server the tests start)
+## test: every test, with the race detector (the gateway module, then the
+## plugin SDKs' modules, which ./... does not reach); then the FHIR server's
+## tests again on the PostgreSQL store (a private server the tests start)
+SDK_MODULES := sdk/wasm sdk/external
 test:
 	$(GO) test -race -timeout 14m ./...
+	for m in $(SDK_MODULES); do (cd $$m && $(GO) test -race -timeout 5m ./...) || exit 1; done
 	OMNIGATE_TEST_STORE=postgres $(GO) test -race -timeout 14m ./builtin/fhir/
 
 ## bench: Go benchmarks, then loopback load against baselines and peers
@@ -61,6 +64,8 @@ bench-wasm-fail:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(SDK_MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	cd sdk/wasm && GOOS=wasip1 GOARCH=wasm $(GO) vet ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	pb "github.com/omnigate/omnigate/sdk/external/proto"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 const (
