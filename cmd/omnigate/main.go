@@ -9,8 +9,9 @@
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
 //	omnigate user add -username U -role R   add a user to the user directory
+//	omnigate plugin init NAME [-lang go|assemblyscript|external]   write a plugin skeleton
 //	omnigate plugin build [-o OUT] DIR   build a Go WebAssembly policy plugin
-//	omnigate plugin test PLUGIN.wasm CASES.yaml   run a plugin's test cases
+//	omnigate plugin test PLUGIN.wasm|DIR [CASES.yaml]   run a plugin's test cases
 //	omnigate fhir import FILE...      load Bundles or NDJSON into the FHIR store
 //	omnigate fhir check               report the problems of the FHIR store's resources
 //	omnigate fhir migrate [-dry-run]  apply the PostgreSQL store's schema migrations
@@ -38,7 +39,7 @@ func commands() []command {
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", runServe},
 		{"config", "config check [FILE] | config default   validate a config, or print the embedded one", runConfig},
 		{"user", "user add -username NAME -role ROLE [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add a user to the user directory", runUser},
-		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", runPlugin},
+		{"plugin", "plugin init NAME | plugin build [-o OUT] DIR | plugin test PLUGIN.wasm|DIR [CASES.yaml]   write a plugin skeleton, build a Go wasm plugin, or run its test cases", runPlugin},
 		{"fhir", "fhir import [-config FILE] FILE... | fhir check [-config FILE] | fhir migrate [-config FILE] [-dry-run]   load transaction/batch Bundles or NDJSON into the FHIR store, report the problems of its resources, or apply the PostgreSQL store's migrations", runFHIR},
 		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", runScaletest},
 		{"version", "version   print the version", func(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -50,12 +50,12 @@ func diff(want, got string) []string {
 		case i < len(wl) && j < len(gl) && wl[i] == gl[j]:
 			out = append(out, "  "+wl[i])
 			i, j = i+1, j+1
-		case j < len(gl) && (i == len(wl) || lcs[i][j+1] >= lcs[i+1][j]):
-			out = append(out, "+ "+gl[j])
-			j++
-		default:
+		case i < len(wl) && (j == len(gl) || lcs[i+1][j] >= lcs[i][j+1]):
 			out = append(out, "- "+wl[i])
 			i++
+		default:
+			out = append(out, "+ "+gl[j])
+			j++
 		}
 	}
 	return out
