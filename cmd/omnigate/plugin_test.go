@@ -69,6 +69,10 @@ func TestPluginBuildAndTest(t *testing.T) {
 func testPluginTestExplains(t *testing.T, dir string) {
 	requireHeader := filepath.Join(dir, "require-header.wasm")
 	smartScopes := filepath.Join(dir, "smart-scopes.wasm")
+	failing := filepath.Join(dir, "failing.wasm")
+	if code, out, errOut := runCLI("plugin", "build", "-o", failing, filepath.Join("testdata", "failing-plugin")); code != 0 {
+		t.Fatalf("plugin build: exit %d\n%s%s", code, out, errOut)
+	}
 	write := func(name, yaml string) string {
 		f := filepath.Join(dir, name)
 		if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
@@ -121,16 +125,14 @@ cases:
     upstream: {body: '{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/p2"}}'}
     expect: {decision: allow}
 `, want: []string{"decision = deny, want allow", "logs:", "INFO smart-scopes withheld a read response outside the patient's compartment"}},
-		{name: "the plugin's failure", module: requireHeader, code: 1, cases: `
-config: {header: X-Tenant}
-fail: open
+		{name: "the plugin's failure", module: failing, code: 1, cases: `
 cases:
-  - name: expects a deny
-    request: {path: /fhir/R4/Patient/1}
-    expect: {decision: deny}
-`, args: []string{"-timeout", "1ns", "-wall-timeout", "1ns"},
-			want: []string{"decision = fail, want deny", "plugin failed in the request phase (deadline): "}},
-		{name: "-run selects cases", module: requireHeader, code: 0, args: []string{"-run", "^with"}, cases: `
+  - name: expects an allow
+    request: {path: /fhir/R4/Patient/1, headers: {X-Panic: on purpose}}
+    expect: {decision: allow}
+`, want: []string{"decision = fail, want allow", "response: fail 500", "plugin failed in the request phase (trap): wasm error: unreachable",
+			"INFO about to panic", "panic: failing-plugin: on purpose"}},
+		{name: "-run selects cases", module: requireHeader, code: 0, args: []string{"-run", "^with the"}, cases: `
 config: {header: X-Tenant}
 cases:
   - name: without the header
@@ -189,4 +191,48 @@ cases:
 			t.Errorf("exit %d:\n%s%s", code, out, errOut)
 		}
 	})
+}
+
+// TestConfigCheckPluginFiles: config check reports an external plugin's
+// executable that serve would not find, with the line of its path; a
+// missing .wasm file is a config error too.
+func TestConfigCheckPluginFiles(t *testing.T) {
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "not-exec")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	f := filepath.Join(dir, "omnigate.yaml")
+	os.WriteFile(f, []byte(`plugins:
+  missing: {type: external, path: ./bin/nothere}
+  plain:
+    type: external
+    path: `+notExec+`
+  unknown:
+    type: external
+    path: no-such-omnigate-plugin
+routes:
+  - path: /x/*rest
+    upstream: http://127.0.0.1:9
+    plugins: [missing, plain, unknown]
+`), 0o644)
+	code, out, errOut := runCLI("config", "check", f)
+	if code != 1 || strings.Contains(out, "ok") {
+		t.Errorf("exit %d, stdout %q", code, out)
+	}
+	for _, want := range []string{
+		f + ":2:35: plugins.missing.path: stat ./bin/nothere: no such file or directory",
+		f + ":5:11: plugins.plain.path: " + notExec + " is not an executable file",
+		f + `:8:11: plugins.unknown.path: exec: "no-such-omnigate-plugin": executable file not found in $PATH`,
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	os.WriteFile(f, []byte(`plugins:
+  w: {type: wasm, path: `+filepath.Join(dir, "nothere.wasm")+`}
+routes:
+  - {path: /x/*rest, upstream: "http://127.0.0.1:9", plugins: [w]}
+`), 0o644)
+	if code, _, errOut := runCLI("config", "check", f); code != 1 || !strings.Contains(errOut, "nothere.wasm") {
+		t.Errorf("a missing .wasm: exit %d: %s", code, errOut)
+	}
 }

@@ -1,26 +1,40 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
-// make runs make in dir with the test's environment plus GOFLAGS=-mod=mod
-// and the omnigate binary built for the tests, and fails the test with its
-// output when it fails.
-func runMake(t *testing.T, dir string, target string) string {
-	t.Helper()
-	cmd := exec.Command("make", target, "OMNIGATE="+binary)
+// tryMake runs make in dir with the test's environment plus
+// GOFLAGS=-mod=mod and the omnigate binary built for the tests, for at
+// most timeout; its process group is killed at the deadline.
+func tryMake(dir, target string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "make", target, "OMNIGATE="+binary)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod "+os.Getenv("GOFLAGS"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// runMake is tryMake failing the test with make's output when it fails.
+func runMake(t *testing.T, dir, target string) string {
+	t.Helper()
+	out, err := tryMake(dir, target, 5*time.Minute)
 	if err != nil {
 		t.Fatalf("make %s in %s: %v\n%s", target, dir, err, out)
 	}
-	return string(out)
+	return out
 }
 
 // TestPluginInit writes a skeleton of each kind into a directory outside
@@ -61,6 +75,10 @@ func TestPluginInit(t *testing.T) {
 					if _, err := exec.LookPath(tool); err != nil {
 						t.Skipf("the AssemblyScript skeleton was written; building it needs %s, which is not installed", tool)
 					}
+				}
+				// assemblyscript comes from the npm registry.
+				if out, err := tryMake(dir, "node_modules", 3*time.Minute); err != nil {
+					t.Skipf("the AssemblyScript skeleton was written; npm install failed (is the npm registry reachable?): %v\n%s", err, out)
 				}
 			}
 			out = runMake(t, dir, "test")
