@@ -309,8 +309,8 @@ func (p *Plugin) Do(t testing.TB, req Request) Result {
 		}
 		skip = d.Action == pb.Action_ACTION_SKIP_RESPONSE
 		h := headersFrom(m.Headers)
-		applyChanges(h, d.HeaderChanges)
-		m.Headers = headersProto(h)
+		contract.ApplyHeaderChanges(h, d.HeaderChanges)
+		m.Headers = contract.Headers(h)
 	}
 	res.UpstreamHeader = headersFrom(m.Headers)
 	res.Decision, res.Status = Allow, req.Upstream.Status
@@ -325,7 +325,7 @@ func (p *Plugin) Do(t testing.TB, req Request) Result {
 	if !p.phases.Response || skip {
 		return res
 	}
-	rm := &pb.Response{Request: m, Status: int32(res.Status), Headers: headersProto(res.Header)}
+	rm := &pb.Response{Request: m, Status: int32(res.Status), Headers: contract.Headers(res.Header)}
 	if p.phases.ResponseBody && len(res.Body) > 0 {
 		rm.BodyState, rm.Body = pb.BodyState_BODY_PRESENT, res.Body
 	}
@@ -338,7 +338,7 @@ func (p *Plugin) Do(t testing.TB, req Request) Result {
 		out.UpstreamHeader = res.UpstreamHeader
 		return out
 	}
-	applyChanges(res.Header, d.HeaderChanges)
+	contract.ApplyHeaderChanges(res.Header, d.HeaderChanges)
 	if d.Status != 0 {
 		res.Status = int(d.Status)
 	}
@@ -388,7 +388,7 @@ func requestProto(req Request) (*pb.Request, error) {
 	for k, v := range req.Header {
 		h.Set(k, v)
 	}
-	m.Headers = headersProto(h)
+	m.Headers = contract.Headers(h)
 	if id := req.Identity; id != nil {
 		m.Identity = &pb.Identity{User: id.User, Role: id.Role, Scopes: id.Scopes, Patient: id.Patient, Session: id.Session, Method: id.Method}
 	}
@@ -434,28 +434,6 @@ func or(s, def string) string {
 		return def
 	}
 	return s
-}
-
-// applyChanges applies a decision's header changes to h, in order.
-func applyChanges(h http.Header, changes []*pb.HeaderChange) {
-	for _, c := range changes {
-		switch c.Op {
-		case pb.HeaderChange_SET:
-			h.Set(c.Name, c.Value)
-		case pb.HeaderChange_ADD:
-			h.Add(c.Name, c.Value)
-		case pb.HeaderChange_REMOVE:
-			h.Del(c.Name)
-		}
-	}
-}
-
-func headersProto(h http.Header) []*pb.Header {
-	out := make([]*pb.Header, 0, len(h))
-	for k, v := range h {
-		out = append(out, &pb.Header{Name: k, Values: v})
-	}
-	return out
 }
 
 func headersFrom(hs []*pb.Header) http.Header {
