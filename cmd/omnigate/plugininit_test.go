@@ -41,6 +41,9 @@ func runMake(t *testing.T, dir, target string) string {
 // the repository and builds and tests it there with its own Makefile, the
 // Go ones against this checkout's SDK modules (-sdk).
 func TestPluginInit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds three modules outside the repository")
+	}
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make is not installed")
 	}
