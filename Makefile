@@ -25,12 +25,15 @@ plugins: build
 		if [ -f $$d/cases.yaml ]; then ./$(BIN) plugin build -o data/plugins/$$(basename $$d).wasm ./$$d || exit 1; fi; \
 	done
 
-## test: every test, with the race detector; then the FHIR server's tests
-## again on the PostgreSQL store (a private server the tests start). The
-## report shows one line per package, failing tests' output and the
+## test: every test, with the race detector (the gateway module, then the
+## plugin SDKs' modules, which ./... does not reach); then the FHIR server's
+## tests again on the PostgreSQL store (a private server the tests start).
+## The report shows one line per package, failing tests' output and the
 ## slowest tests.
+SDK_MODULES := sdk/wasm sdk/external
 test:
 	set -o pipefail; $(GO) test -race -timeout 14m -json ./... | $(GO) run ./scripts/testreport
+	set -o pipefail; for m in $(SDK_MODULES); do (cd $$m && $(GO) test -race -timeout 5m -json ./...) || exit 1; done | $(GO) run ./scripts/testreport -slowest 3
 	set -o pipefail; OMNIGATE_TEST_STORE=postgres $(GO) test -race -timeout 14m -json ./builtin/fhir/ | $(GO) run ./scripts/testreport -slowest 5
 
 ## bench: Go benchmarks, then loopback load against baselines and peers
@@ -64,6 +67,8 @@ bench-wasm-fail:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(SDK_MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	cd sdk/wasm && GOOS=wasip1 GOARCH=wasm $(GO) vet ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/internal/plural"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // adminRegistry lets every audit instance of a config load share one set

@@ -23,7 +23,7 @@ import (
 	_ "github.com/omnigate/omnigate/builtin/fhir" // the embedded FHIR server, the terminal of fhir routes
 	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 func TestMain(m *testing.M) {

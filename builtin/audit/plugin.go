@@ -17,7 +17,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 func init() {

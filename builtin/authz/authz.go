@@ -16,8 +16,8 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/internal/plural"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 func init() {

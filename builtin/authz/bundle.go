@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/gateway/outcome"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // rawEntry is an entry of a batch or transaction as it was sent.

@@ -13,7 +13,7 @@
 //
 // # Decisions
 //
-// Each request is classified (gateway/fhirreq): read, vread, searches
+// Each request is classified (sdk/wasm/fhirreq): read, vread, searches
 // (type, system, compartment, POST _search), histories, create, update,
 // patch, delete, their conditional forms (which need search too),
 // $operations (Config.Operations) and the entries of batch and

@@ -15,8 +15,8 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/gateway/outcome"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // exchange is one FHIR interaction as the gateway forwards it: a request

@@ -10,7 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // A reason that passes is what gets logged and listed: trimmed, bounded,

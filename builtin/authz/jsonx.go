@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/omnigate/omnigate/builtin/fhir/access"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // member is one member of a JSON object, in document order.

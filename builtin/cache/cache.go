@@ -53,7 +53,7 @@ import (
 
 	"github.com/omnigate/omnigate/builtin/backbone"
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 func init() {

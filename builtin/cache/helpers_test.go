@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 func TestMain(m *testing.M) {

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // keyOf returns the cache key of a GET or HEAD request in a partition: the

@@ -21,7 +21,7 @@ import (
 	"github.com/omnigate/omnigate/builtin/fhir/internal/search"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/spec"
 	"github.com/omnigate/omnigate/builtin/fhir/internal/store"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // guard is what an allowed interaction on one resource type may reach. A

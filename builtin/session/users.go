@@ -17,7 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // User is one entry of the user directory file.

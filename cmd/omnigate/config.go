@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"text/tabwriter"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/plugins/external"
 )
 
 // defaultConfig is served when no config file is given.
@@ -70,6 +74,12 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		if errs := checkPluginFiles(cfg); len(errs) > 0 {
+			for _, err := range errs {
+				fmt.Fprintln(stderr, err)
+			}
+			return 1
+		}
 		printChains(stdout, cfg)
 		return 0
 	}
@@ -109,4 +119,45 @@ func printChains(w io.Writer, cfg *gateway.Config) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", r.Name, strings.Join(r.Methods, ","), r.Path, strings.Join(chain, " -> "))
 	}
 	tw.Flush()
+}
+
+// checkPluginFiles reports the external plugins whose executable serve
+// would not find (a path that is not there or not an executable file, a
+// bare name not in PATH), each as FILE:LINE:COL: plugins.NAME.path: the
+// problem. (A wasm plugin's missing .wasm file is a config error already.)
+func checkPluginFiles(cfg *gateway.Config) []error {
+	var errs []error
+	for _, p := range cfg.Plugins {
+		c, ok := p.Config.(*external.Config)
+		if !ok {
+			continue
+		}
+		var err error
+		if strings.ContainsRune(c.Path, '/') {
+			var st os.FileInfo
+			if st, err = os.Stat(c.Path); err == nil && (st.IsDir() || st.Mode().Perm()&0o111 == 0) {
+				err = fmt.Errorf("%s is not an executable file", c.Path)
+			}
+		} else {
+			_, err = exec.LookPath(c.Path)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: plugins.%s.path: %w", position(cfg.File, p.Node, "path"), p.Name, err))
+		}
+	}
+	return errs
+}
+
+// position is FILE:LINE:COL of key's value in the mapping node n, or of n.
+func position(file string, n *yaml.Node, key string) string {
+	if n == nil {
+		return file
+	}
+	line, col := n.Line, n.Column
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			line, col = n.Content[i+1].Line, n.Content[i+1].Column
+		}
+	}
+	return fmt.Sprintf("%s:%d:%d", file, line, col)
 }

@@ -9,8 +9,9 @@
 //	omnigate config check [FILE]      validate a config and print each route's chain
 //	omnigate config default           print the embedded default config
 //	omnigate user add -username U -role R   add a user to the user directory
+//	omnigate plugin init NAME [-lang go|assemblyscript|external]   write a plugin skeleton
 //	omnigate plugin build [-o OUT] DIR   build a Go WebAssembly policy plugin
-//	omnigate plugin test PLUGIN.wasm CASES.yaml   run a plugin's test cases
+//	omnigate plugin test PLUGIN.wasm|DIR [CASES.yaml]   run a plugin's test cases
 //	omnigate fhir import FILE...      load Bundles or NDJSON into the FHIR store
 //	omnigate fhir check               report the problems of the FHIR store's resources
 //	omnigate fhir migrate [-dry-run]  apply the PostgreSQL store's schema migrations
@@ -44,7 +45,7 @@ func commands() []command {
 		{"serve", "serve [-config FILE]   serve the gateway (default: embedded config)", nil, runServe},
 		{"config", "config check [-config FILE | FILE] | config default   validate a config, or print the embedded one", []string{"check", "default"}, runConfig},
 		{"user", "user add -username NAME [-role ROLE] [-file F] [-scopes a,b] [-patient ID] [-password-stdin]   add or update a user of the user directory", []string{"add"}, runUser},
-		{"plugin", "plugin build [-o OUT] DIR | plugin test PLUGIN.wasm CASES.yaml   build a Go wasm plugin, or run its test cases", []string{"build", "test"}, runPlugin},
+		{"plugin", "plugin init NAME | plugin build [-o OUT] DIR | plugin test PLUGIN.wasm|DIR [CASES.yaml]   write a plugin skeleton, build a Go wasm plugin, or run its test cases", []string{"init", "build", "test"}, runPlugin},
 		{"fhir", "fhir import [-config FILE] FILE... | fhir check [-config FILE] | fhir migrate [-config FILE] [-dry-run] | fhir copy -from STORE -to STORE [-force]   load transaction/batch Bundles or NDJSON into the FHIR store, report the problems of its resources, apply the PostgreSQL store's migrations, or copy a store with its history", []string{"import", "check", "migrate", "copy"}, runFHIR},
 		{"scaletest", "scaletest [-instances 3] [-redis single|cluster|sentinel] [-duration 60s] [-out DIR] …   fleet test: load, Redis failover, checks and a report", nil, runScaletest},
 		{"version", "version   print the version (also: --version)", nil, func(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -9,51 +9,43 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/omnigate/omnigate/internal/externaltest"
-	_ "github.com/omnigate/omnigate/plugins/external"
+	"github.com/omnigate/omnigate/sdk/external"
+	"github.com/omnigate/omnigate/sdk/external/externaltest"
 )
 
 func TestAuditRecords(t *testing.T) {
 	bin := externaltest.Build(t, ".")
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
-	up := externaltest.Upstream(t)
-	srv, _ := externaltest.Gateway(t, fmt.Sprintf(`
-log: {access_log: false}
-plugins:
-  audit:
-    type: external
-    path: %s
-    config: {file: %s, observer: gw-test}
-    timeout: 1m   # generous: the test is not about the deadline
-  ident: {type: test-identity}
-routes:
-  - name: fhir
-    path: /fhir/R4/*path
-    upstream: %s
-    fhir_errors: true
-    plugins: [audit, ident]
-  - name: broken
-    path: /broken/*path
-    upstream: http://127.0.0.1:1
-    plugins: [audit]
-`, bin, file, up.URL))
+	p := externaltest.Start(t, bin, externaltest.Options{
+		Name:   "audit",
+		Config: map[string]any{"file": file, "observer": "gw-test"},
+	})
 
 	requests := []struct {
-		method, path string
-		hdr          []string
-		status       int
+		method, path, query string
+		identity            *external.Identity
+		fhir                *external.FHIR
+		status              int
 	}{
-		{"GET", "/fhir/R4/Patient/123", []string{"X-Test-User", "dr-who", "X-Test-Role", "physician"}, 200},
-		{"GET", "/fhir/R4/Patient/123/Observation?code=8867-4&name=Smith", []string{"X-Test-User", "nurse-1", "X-Test-Role", "nurse"}, 200},
-		{"DELETE", "/fhir/R4/Observation/o9", nil, 200},
-		{"GET", "/broken/x", nil, 502},
+		{"GET", "/fhir/R4/Patient/123", "", &external.Identity{User: "dr-who", Role: "physician"},
+			&external.FHIR{Interaction: "read", Type: "Patient", ID: "123"}, 200},
+		{"GET", "/fhir/R4/Patient/123/Observation", "code=8867-4&name=Smith", &external.Identity{User: "nurse-1", Role: "nurse"},
+			&external.FHIR{Interaction: "search-type", Type: "Observation", CompartmentType: "Patient", CompartmentID: "123"}, 200},
+		{"DELETE", "/fhir/R4/Observation/o9", "", nil, &external.FHIR{Interaction: "delete", Type: "Observation", ID: "o9"}, 200},
+		{"GET", "/broken/x", "", nil, nil, 502},
 	}
 	for _, r := range requests {
-		if rec := externaltest.Do(srv, r.method, r.path, nil, r.hdr...); rec.Code != r.status {
-			t.Fatalf("%s %s: %d %s", r.method, r.path, rec.Code, rec.Body)
+		res := p.Do(t, externaltest.Request{
+			Method: r.method, Path: r.path, RawQuery: r.query, Route: "fhir", Identity: r.identity, FHIR: r.fhir,
+			Upstream: externaltest.Upstream{Status: r.status},
+		})
+		if res.Decision != externaltest.Allow || res.Status != r.status {
+			t.Fatalf("%s %s: %s %d %v", r.method, r.path, res.Decision, res.Status, res.Err)
 		}
 	}
-	externaltest.Shutdown(srv)
+	if n := p.Counter("records"); n != int64(len(requests)) {
+		t.Errorf("records counter = %d, want %d", n, len(requests))
+	}
 
 	raw, err := os.ReadFile(file)
 	if err != nil {
@@ -122,15 +114,9 @@ routes:
 }
 
 func TestAuditFileRequired(t *testing.T) {
-	bin := externaltest.Build(t, ".")
-	_, _, err := externaltest.TryGateway(fmt.Sprintf(`
-plugins:
-  audit: {type: external, path: %s, config: {file: /nonexistent/dir/audit.jsonl}}
-routes:
-  - path: /x
-    upstream: http://127.0.0.1:1
-    plugins: [audit]
-`, bin))
+	_, err := externaltest.Open(externaltest.Build(t, "."), externaltest.Options{
+		Config: map[string]any{"file": "/nonexistent/dir/audit.jsonl"},
+	})
 	if err == nil || !strings.Contains(err.Error(), "plugin refused its config: config: open audit file") {
 		t.Fatalf("load error: %v", err)
 	}

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/omnigate/omnigate/internal/externaltest"
-	_ "github.com/omnigate/omnigate/plugins/external"
+	"github.com/omnigate/omnigate/sdk/external"
+	"github.com/omnigate/omnigate/sdk/external/externaltest"
 )
 
 const consents = `[
@@ -19,99 +18,94 @@ const consents = `[
   {"patient": "456", "actor": "*", "decision": "deny"}
 ]`
 
-func gatewayYAML(bin, file, up string) string {
-	return fmt.Sprintf(`
-log: {access_log: false}
-plugins:
-  ident: {type: test-identity}
-  consent:
-    type: external
-    path: %s
-    config: {consents: %s, check_interval: 20ms}
-    timeout: 1m   # generous: the test is not about the deadline
-routes:
-  - name: fhir
-    path: /fhir/R4/*path
-    upstream: %s
-    fhir_errors: true
-    plugins: [ident, consent]
-`, bin, file, up)
+func config(file string) map[string]any {
+	return map[string]any{"consents": file, "check_interval": "20ms"}
+}
+
+func as(user, role string) *external.Identity { return &external.Identity{User: user, Role: role} }
+
+// eventually polls cond every 10ms until it holds or timeout passes.
+func eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 func TestConsent(t *testing.T) {
-	bin := externaltest.Build(t, ".")
 	file := filepath.Join(t.TempDir(), "consents.json")
 	if err := os.WriteFile(file, []byte(consents), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	up := externaltest.Upstream(t)
-	srv, logs := externaltest.Gateway(t, gatewayYAML(bin, file, up.URL))
+	p := externaltest.Start(t, externaltest.Build(t, "."), externaltest.Options{Name: "consent", Config: config(file)})
 
-	as := func(user, role string) []string {
-		return []string{"X-Test-User", user, "X-Test-Role", role}
+	readPatient := func(id string) *external.FHIR { return &external.FHIR{Interaction: "read", Type: "Patient", ID: id} }
+	compartment := func(id string) *external.FHIR {
+		return &external.FHIR{Interaction: "search-type", Type: "Observation", CompartmentType: "Patient", CompartmentID: id}
 	}
+	searchObs := &external.FHIR{Interaction: "search-type", Type: "Observation"}
+	patient456 := &external.Identity{User: "pat-456", Role: "patient", Patient: "456"}
 	for _, tc := range []struct {
-		name, path string
-		hdr        []string
-		status     int
+		name     string
+		fhir     *external.FHIR
+		query    string
+		identity *external.Identity
+		status   int
 	}{
-		{"permitted user reads the patient", "/fhir/R4/Patient/123", as("dr-who", "physician"), 200},
-		{"permitted role searches the compartment", "/fhir/R4/Patient/123/Observation", as("nurse-2", "nurse"), 200},
-		{"deny wins over the role's permit", "/fhir/R4/Patient/123/Observation", as("nurse-banned", "nurse"), 403},
-		{"no rule: default deny", "/fhir/R4/Patient/123", as("dr-no", "physician"), 403},
-		{"anonymous: default deny", "/fhir/R4/Patient/123", nil, 403},
-		{"deny for anyone", "/fhir/R4/Patient/456", as("dr-who", "physician"), 403},
-		{"the patient reads their own record", "/fhir/R4/Patient/456/Observation",
-			append(as("pat-456", "patient"), "X-Test-Patient", "456"), 200},
-		{"search by patient parameter", "/fhir/R4/Observation?patient=123", as("dr-no", "physician"), 403},
-		{"search by subject parameter", "/fhir/R4/Observation?subject=Patient/123", as("dr-who", "physician"), 200},
-		{"about no patient", "/fhir/R4/Organization/o1", nil, 200},
+		{"permitted user reads the patient", readPatient("123"), "", as("dr-who", "physician"), 200},
+		{"permitted role searches the compartment", compartment("123"), "", as("nurse-2", "nurse"), 200},
+		{"deny wins over the role's permit", compartment("123"), "", as("nurse-banned", "nurse"), 403},
+		{"no rule: default deny", readPatient("123"), "", as("dr-no", "physician"), 403},
+		{"anonymous: default deny", readPatient("123"), "", nil, 403},
+		{"deny for anyone", readPatient("456"), "", as("dr-who", "physician"), 403},
+		{"the patient reads their own record", compartment("456"), "", patient456, 200},
+		{"search by patient parameter", searchObs, "patient=123", as("dr-no", "physician"), 403},
+		{"search by subject parameter", searchObs, "subject=Patient/123", as("dr-who", "physician"), 200},
+		{"about no patient", &external.FHIR{Interaction: "read", Type: "Organization", ID: "o1"}, "", nil, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := externaltest.Do(srv, "GET", tc.path, nil, tc.hdr...)
-			if rec.Code != tc.status {
-				t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+			res := p.Do(t, externaltest.Request{Path: "/fhir/R4/x", RawQuery: tc.query, FHIR: tc.fhir, Identity: tc.identity})
+			if res.Status != tc.status {
+				t.Fatalf("%s %d, want %d: %s %v", res.Decision, res.Status, tc.status, res.Reason, res.Err)
 			}
-			if tc.status == 403 && !strings.Contains(rec.Body.String(), "not permitted by consent") {
-				t.Errorf("deny body: %s", rec.Body)
+			if tc.status == 403 && (res.Decision != externaltest.Deny || !strings.Contains(res.Reason, "not permitted by consent")) {
+				t.Errorf("deny: %s %q", res.Decision, res.Reason)
 			}
 		})
 	}
-
-	metrics := externaltest.Do(srv.AdminHandler(), "GET", "/metrics", nil).Body.String()
-	if !strings.Contains(metrics, `omnigate_external_counter_total{name="denied",plugin="consent"} 5`) {
-		t.Errorf("denials not counted:\n%s", metrics)
+	if n := p.Counter("denied"); n != 5 {
+		t.Errorf("denied counter = %d, want 5", n)
 	}
 
 	// A new consent takes effect without a restart; a broken file leaves
 	// the list in force.
+	drNo := externaltest.Request{Path: "/fhir/R4/Patient/123", FHIR: readPatient("123"), Identity: as("dr-no", "physician")}
 	if err := os.WriteFile(file, []byte(`[{"patient": "123", "actor": "user:dr-no", "decision": "permit"}]`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !externaltest.Eventually(10*time.Second, func() bool {
-		return externaltest.Do(srv, "GET", "/fhir/R4/Patient/123", nil, as("dr-no", "physician")...).Code == 200
-	}) {
+	if !eventually(10*time.Second, func() bool { return p.Do(t, drNo).Status == 200 }) {
 		t.Fatal("the new consent list was not picked up")
 	}
-	// The plugin logs the reload after it (its stderr arrives in order):
-	// then the failed reads of the file being written, if any, are logged.
-	if !externaltest.Eventually(10*time.Second, func() bool {
-		return strings.Contains(logs.String(), `"msg":"consent list reloaded"`)
-	}) {
-		t.Fatal("the reload was not logged")
+	logged := func(msg string) int { return strings.Count(strings.Join(p.Logs(), "\n"), msg) }
+	// The plugin logs the reload after it: then the failed reads of the
+	// file being written, if any, are logged.
+	if !eventually(10*time.Second, func() bool { return logged("consent list reloaded") > 0 }) {
+		t.Fatalf("the reload was not logged:\n%s", strings.Join(p.Logs(), "\n"))
 	}
-	const notReloaded = `"msg":"consent list not reloaded; the previous one stays in force"`
-	failed := strings.Count(logs.String(), notReloaded)
+	const notReloaded = "consent list not reloaded; the previous one stays in force"
+	failed := logged(notReloaded)
 	if err := os.WriteFile(file, []byte(`[{"patient": `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !externaltest.Eventually(10*time.Second, func() bool {
-		return strings.Count(logs.String(), notReloaded) > failed
-	}) {
+	if !eventually(10*time.Second, func() bool { return logged(notReloaded) > failed }) {
 		t.Fatal("the broken file was not read")
 	}
-	if rec := externaltest.Do(srv, "GET", "/fhir/R4/Patient/123", nil, as("dr-no", "physician")...); rec.Code != 200 {
-		t.Errorf("after a broken file: %d", rec.Code)
+	if res := p.Do(t, drNo); res.Status != 200 {
+		t.Errorf("after a broken file: %s %d", res.Decision, res.Status)
 	}
 }
 
@@ -123,7 +117,7 @@ func TestConsentConfigErrors(t *testing.T) {
 		{"/nonexistent/consents.json", "consent list: stat /nonexistent/consents.json"},
 		{bad, "entry 0 needs a patient, an actor and a decision"},
 	} {
-		_, _, err := externaltest.TryGateway(gatewayYAML(bin, tc.file, "http://127.0.0.1:1"))
+		_, err := externaltest.Open(bin, externaltest.Options{Config: config(tc.file)})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v", tc.file, err)
 		}

@@ -1,6 +1,8 @@
 // Package externaltest runs external policy plugins through a real gateway
-// in tests: it builds plugin binaries, starts an upstream, builds a
-// gateway from YAML, and finds the plugin processes that are left. The
+// in the gateway's own tests: it builds plugin binaries, starts an
+// upstream, builds a gateway from YAML, and finds the plugin processes
+// that are left. Plugin authors test without a gateway, with the public
+// harness sdk/external/externaltest. The
 // test imports plugins/external itself (for "type: external").
 //
 // Importing it registers the plugin type "test-identity", which sets the
@@ -17,8 +19,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/sdk/external/externaltest"
 )
 
 type identityConfig struct{}
@@ -53,16 +54,7 @@ func init() {
 // a temporary directory of t and returns the binary's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	name := filepath.Base(pkg)
-	if abs, err := filepath.Abs(pkg); err == nil && strings.HasPrefix(pkg, ".") {
-		name = filepath.Base(abs)
-	}
-	out := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return out
+	return externaltest.Build(t, pkg)
 }
 
 // Upstream starts an upstream that answers every request with a small

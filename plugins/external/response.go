@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/omnigate/omnigate/gateway"
+	"github.com/omnigate/omnigate/sdk/external/contract"
 	pb "github.com/omnigate/omnigate/sdk/external/proto"
 )
 
@@ -141,7 +142,7 @@ func (rw *responseWriter) decide(state pb.BodyState, body []byte) bool {
 	msg := &pb.Response{
 		Request:   p.requestMessage(r, false, rw.fi),
 		Status:    int32(rw.status),
-		Headers:   headersMessage(rw.w.Header()),
+		Headers:   contract.Headers(rw.w.Header()),
 		BodyState: state,
 		Body:      body,
 	}
@@ -158,7 +159,7 @@ func (rw *responseWriter) decide(state pb.BodyState, body []byte) bool {
 		return false
 	}
 	p.metrics.respContinue.Inc()
-	applyHeaderChanges(rw.w.Header(), d.HeaderChanges)
+	contract.ApplyHeaderChanges(rw.w.Header(), d.HeaderChanges)
 	if d.Status != 0 {
 		rw.status = int(d.Status)
 	}

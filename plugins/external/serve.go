@@ -18,8 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/external/contract"
 	pb "github.com/omnigate/omnigate/sdk/external/proto"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 const (
@@ -64,12 +65,12 @@ func (p *Plugin) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Han
 			return
 		case pb.Action_ACTION_SKIP_RESPONSE:
 			p.metrics.reqSkip.Inc()
-			applyHeaderChanges(r.Header, d.HeaderChanges)
+			contract.ApplyHeaderChanges(r.Header, d.HeaderChanges)
 			next.ServeHTTP(w, r)
 			return
 		}
 		p.metrics.reqContinue.Inc()
-		applyHeaderChanges(r.Header, d.HeaderChanges)
+		contract.ApplyHeaderChanges(r.Header, d.HeaderChanges)
 	}
 	if !ph.Response {
 		next.ServeHTTP(w, r)
@@ -175,19 +176,6 @@ func checkHeader(name string, values ...string) error {
 		}
 	}
 	return nil
-}
-
-func applyHeaderChanges(h http.Header, changes []*pb.HeaderChange) {
-	for _, c := range changes {
-		switch c.Op {
-		case pb.HeaderChange_SET:
-			h.Set(c.Name, c.Value)
-		case pb.HeaderChange_ADD:
-			h.Add(c.Name, c.Value)
-		case pb.HeaderChange_REMOVE:
-			h.Del(c.Name)
-		}
-	}
 }
 
 // count adds the decision's counters.
@@ -337,7 +325,7 @@ func (p *Plugin) requestMessage(r *http.Request, withBody bool, fi *requestFHIR)
 		Method:    r.Method,
 		Path:      r.URL.Path,
 		RawQuery:  r.URL.RawQuery,
-		Headers:   headersMessage(r.Header),
+		Headers:   contract.Headers(r.Header),
 		RequestId: gateway.RequestID(ctx),
 	}
 	if ip := gateway.ClientIP(r); ip.IsValid() {
@@ -369,14 +357,6 @@ func literalPrefix(pattern string) string {
 		pattern = pattern[:i]
 	}
 	return strings.TrimRight(pattern, "/")
-}
-
-func headersMessage(h http.Header) []*pb.Header {
-	out := make([]*pb.Header, 0, len(h))
-	for k, v := range h {
-		out = append(out, &pb.Header{Name: k, Values: v})
-	}
-	return out
 }
 
 // readRequestBody reads the body up to max, so that no call waits on the

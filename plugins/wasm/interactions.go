@@ -5,8 +5,8 @@ import (
 	"strings"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // isBundlePost reports whether the request is a POST to the FHIR base of a

@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // interRequest is one request of the interactions tests.

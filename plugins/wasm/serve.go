@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/omnigate/omnigate/gateway"
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // Phases of a request, as the host functions see them.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/omnigate/omnigate/sdk/external/contract"
 	pb "github.com/omnigate/omnigate/sdk/external/proto"
 )
 
@@ -301,6 +302,6 @@ func (d *decision) proto(changes []*pb.HeaderChange) *pb.Decision {
 		return out
 	}
 	out.Reply = d.reply
-	out.Reply.Headers = headersProto(d.replyHeader)
+	out.Reply.Headers = contract.Headers(d.replyHeader)
 	return out
 }

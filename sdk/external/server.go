@@ -180,17 +180,6 @@ func headerFrom(hs []*pb.Header) (orig, h http.Header) {
 	return orig, h
 }
 
-func headersProto(h http.Header) []*pb.Header {
-	if len(h) == 0 {
-		return nil
-	}
-	out := make([]*pb.Header, 0, len(h))
-	for k, v := range h {
-		out = append(out, &pb.Header{Name: k, Values: v})
-	}
-	return out
-}
-
 // headerChanges returns the changes that turn orig into h: removals, then
 // each changed name set to its first value with the others added, in name
 // order.

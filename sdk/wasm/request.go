@@ -7,8 +7,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/omnigate/omnigate/gateway/fhirreq"
 	"github.com/omnigate/omnigate/sdk/wasm/abi"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // Header is a set of HTTP headers held by the host: the request's, the

@@ -1,10 +1,13 @@
 package wasmtest
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +49,7 @@ import (
 //	      decision: allow
 //	      upstream_headers: {X-Tenant: acme}
 //	      headers: {X-Removed: ""}    # "" means absent
+//	      body_json: {resourceType: Patient}  # these members, at least
 //	      kv: {"count:acme": "1"}
 //	      counters: {allowed: 1}
 //	      logs: [allowed for acme]
@@ -107,43 +111,83 @@ type CaseUpstream struct {
 
 // Expect is what a case checks; empty fields are not checked.
 type Expect struct {
-	Decision        string             `yaml:"decision"`
-	Status          int                `yaml:"status"`
-	Headers         map[string]string  `yaml:"headers"`
-	UpstreamHeaders map[string]string  `yaml:"upstream_headers"`
-	BodyContains    []string           `yaml:"body_contains"`
-	BodyExcludes    []string           `yaml:"body_excludes"`
-	KV              map[string]string  `yaml:"kv"`
-	Counters        map[string]float64 `yaml:"counters"`
-	Logs            []string           `yaml:"logs"`
+	Decision        string            `yaml:"decision"`
+	Status          int               `yaml:"status"`
+	Headers         map[string]string `yaml:"headers"`
+	UpstreamHeaders map[string]string `yaml:"upstream_headers"`
+	// Body is the whole body, exactly; BodyJSON a JSON value the body must
+	// hold: objects compare by the members given (others may be there),
+	// arrays and scalars exactly.
+	Body         *string            `yaml:"body"`
+	BodyJSON     any                `yaml:"body_json"`
+	BodyContains []string           `yaml:"body_contains"`
+	BodyExcludes []string           `yaml:"body_excludes"`
+	KV           map[string]string  `yaml:"kv"`
+	Counters     map[string]float64 `yaml:"counters"`
+	Logs         []string           `yaml:"logs"`
 }
 
-// ReadCases reads and decodes a cases file; unknown keys are errors.
+// ErrBadCases is wrapped by the errors of a cases file that cannot be read
+// or decoded, or that holds an invalid value.
+var ErrBadCases = errors.New("bad cases file")
+
+// ReadCases reads and decodes a cases file; unknown keys are errors. Its
+// errors wrap ErrBadCases and name the line when the YAML decoder does.
 func ReadCases(file string) (*Cases, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("read cases: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrBadCases, err)
 	}
-	var cs Cases
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cs); err != nil {
+	cs, err := ParseCases(data)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
+	return cs, nil
+}
+
+// ParseCases decodes the YAML of a cases file, as ReadCases.
+func ParseCases(data []byte) (*Cases, error) {
+	var cs Cases
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cs); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %w", ErrBadCases, err)
+	}
 	if cs.Fail != "" && cs.Fail != "open" && cs.Fail != "closed" {
-		return nil, fmt.Errorf("%s: fail must be open or closed, not %q", file, cs.Fail)
+		return nil, fmt.Errorf("%w: fail must be open or closed, not %q", ErrBadCases, cs.Fail)
+	}
+	if cs.Timeout < 0 || cs.WallTimeout < 0 || cs.MaxRequestBody < 0 {
+		return nil, fmt.Errorf("%w: timeout, wall_timeout and max_request_body must not be negative", ErrBadCases)
+	}
+	if len(cs.Cases) == 0 {
+		return nil, fmt.Errorf("%w: no cases", ErrBadCases)
 	}
 	for i, c := range cs.Cases {
 		if c.Name == "" {
 			cs.Cases[i].Name = fmt.Sprintf("case %d", i+1)
 		}
+		switch c.Expect.Decision {
+		case "", Allow, Deny, Fail:
+		default:
+			return nil, fmt.Errorf("%w: case %q: decision must be allow, deny or fail, not %q", ErrBadCases, cs.Cases[i].Name, c.Expect.Decision)
+		}
+		if c.Advance < 0 {
+			return nil, fmt.Errorf("%w: case %q: advance must not be negative", ErrBadCases, cs.Cases[i].Name)
+		}
 	}
 	return &cs, nil
 }
 
-// Open loads the module at path with the cases' setup.
+// Open loads the module at path with the cases' setup. The config is
+// given to the plugin as the JSON of the YAML value, so a string
+// ("config: X-Org") arrives as a JSON string ("X-Org" in quotes), as the
+// gateway gives it.
 func (cs *Cases) Open(path string) (*Plugin, error) {
-	return Open(path, Options{Config: jsonable(cs.Config), KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open",
+	conf, err := json.Marshal(jsonable(cs.Config))
+	if err != nil {
+		return nil, fmt.Errorf("%w: config: %w", ErrBadCases, err)
+	}
+	return Open(path, Options{Config: conf, KV: cs.KV, Now: cs.Now, FailOpen: cs.Fail == "open",
 		Timeout: cs.Timeout, WallTimeout: cs.WallTimeout, MaxRequestBody: cs.MaxRequestBody})
 }
 
@@ -213,6 +257,13 @@ func (e *Expect) Check(p *Plugin, res *Result) []string {
 			bad = append(bad, fmt.Sprintf("upstream header %s = %q, want %q", k, got, v))
 		}
 	}
+	if e.Body != nil && res.Body != *e.Body {
+		bad = append(bad, "body differs (- want, + got):")
+		bad = append(bad, indent(diff(*e.Body, res.Body))...)
+	}
+	if e.BodyJSON != nil {
+		bad = append(bad, checkBodyJSON(jsonable(e.BodyJSON), res.Body)...)
+	}
 	for _, s := range e.BodyContains {
 		if !strings.Contains(res.Body, s) {
 			bad = append(bad, fmt.Sprintf("body does not contain %q", s))
@@ -243,11 +294,28 @@ func (e *Expect) Check(p *Plugin, res *Result) []string {
 			bad = append(bad, fmt.Sprintf("no log record of this request contains %q", s))
 		}
 	}
-	if len(bad) > 0 {
-		b, _ := json.Marshal(res.Body)
-		bad = append(bad, fmt.Sprintf("response: %d %s", res.Status, b))
-	}
 	return bad
+}
+
+// Explain describes a result for a failed case: the response the client
+// got, the plugin's failure if it failed (with the ABI error), and the log
+// records of the request.
+func Explain(res *Result) []string {
+	b, _ := json.Marshal(res.Body)
+	out := []string{fmt.Sprintf("response: %s %d %s", res.Decision, res.Status, b)}
+	for _, l := range res.Logs {
+		if l.Message == "wasm plugin failed" {
+			out = append(out, fmt.Sprintf("plugin failed in the %s phase (%s): %s", l.Attrs["phase"], l.Attrs["kind"], l.Attrs["error"]))
+		}
+	}
+	if len(res.Logs) == 0 {
+		return append(out, "logs: none")
+	}
+	out = append(out, "logs:")
+	for _, l := range res.Logs {
+		out = append(out, "  "+l.String())
+	}
+	return out
 }
 
 // RunCases runs the cases in file against the module at path as subtests.
@@ -265,8 +333,8 @@ func RunCases(t *testing.T, path, file string) {
 	for i := range cs.Cases {
 		c := &cs.Cases[i]
 		t.Run(c.Name, func(t *testing.T) {
-			if _, bad := c.Run(p); len(bad) > 0 {
-				t.Error(strings.Join(bad, "\n"))
+			if res, bad := c.Run(p); len(bad) > 0 {
+				t.Error(strings.Join(append(bad, Explain(res)...), "\n"))
 			}
 		})
 	}
@@ -284,6 +352,10 @@ type RunOptions struct {
 	// Timeout and WallTimeout, when not zero, replace the file's (and so
 	// the defaults, the gateway's).
 	Timeout, WallTimeout time.Duration
+	// Run, when not nil, selects the cases whose names it matches; the
+	// others are not run (KV and clock changes of earlier cases that did
+	// not run are then missing).
+	Run *regexp.Regexp
 }
 
 // RunFileWith is RunFile with the file's setup changed by ro.
@@ -304,10 +376,15 @@ func RunFileWith(w io.Writer, path, file string, ro RunOptions) (failed int, err
 		return 0, err
 	}
 	defer p.Close()
+	ran := 0
 	for i := range cs.Cases {
 		c := &cs.Cases[i]
+		if ro.Run != nil && !ro.Run.MatchString(c.Name) {
+			continue
+		}
+		ran++
 		start := time.Now()
-		_, bad := c.Run(p)
+		res, bad := c.Run(p)
 		d := time.Since(start).Round(10 * time.Microsecond)
 		if len(bad) == 0 {
 			fmt.Fprintf(w, "ok    %s (%s)\n", c.Name, d)
@@ -315,7 +392,7 @@ func RunFileWith(w io.Writer, path, file string, ro RunOptions) (failed int, err
 		}
 		failed++
 		fmt.Fprintf(w, "FAIL  %s (%s)\n", c.Name, d)
-		for _, b := range bad {
+		for _, b := range append(bad, Explain(res)...) {
 			fmt.Fprintf(w, "        %s\n", b)
 		}
 	}
@@ -329,10 +406,13 @@ func RunFileWith(w io.Writer, path, file string, ro RunOptions) (failed int, err
 		wall = wasm.DefaultWallTimeout(budget)
 	}
 	limits := fmt.Sprintf("a call may use %s of CPU, %s of wall-clock time", budget, wall)
+	if ran < len(cs.Cases) {
+		limits += fmt.Sprintf("; %d of %d cases selected", ran, len(cs.Cases))
+	}
 	if failed > 0 {
-		fmt.Fprintf(w, "FAIL  %s: %d of %d cases failed (%s; %s)\n", file, failed, len(cs.Cases), total, limits)
+		fmt.Fprintf(w, "FAIL  %s: %d of %d cases failed (%s; %s)\n", file, failed, ran, total, limits)
 	} else {
-		fmt.Fprintf(w, "ok    %s: %d cases passed (%s; %s)\n", file, len(cs.Cases), total, limits)
+		fmt.Fprintf(w, "ok    %s: %d cases passed (%s; %s)\n", file, ran, total, limits)
 	}
 	return failed, nil
 }

@@ -26,10 +26,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -484,8 +486,8 @@ type LogRecord struct {
 func (r LogRecord) String() string {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
-	for k, v := range r.Attrs {
-		fmt.Fprintf(&b, " %s=%s", k, v)
+	for _, k := range slices.Sorted(maps.Keys(r.Attrs)) {
+		fmt.Fprintf(&b, " %s=%s", k, r.Attrs[k])
 	}
 	return b.String()
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"net/url"
 
-	"github.com/omnigate/omnigate/gateway/fhirreq"
+	"github.com/omnigate/omnigate/sdk/wasm/fhirreq"
 )
 
 // PolicyOptions are what a Policy takes besides the scopes.
@@ -133,7 +133,7 @@ func (p *Policy) Decide(perm Perm, typ string) Decision {
 	return Decision{Reason: typ + " is outside the patient's compartment"}
 }
 
-// DecideInteraction is Decide for a FHIR interaction (a gateway/fhirreq
+// DecideInteraction is Decide for a FHIR interaction (a sdk/wasm/fhirreq
 // constant) on typ. Capabilities are always allowed; batches and
 // operations are decided by their parts, so they are refused here.
 func (p *Policy) DecideInteraction(interaction, typ string) Decision {
@@ -147,7 +147,7 @@ func (p *Policy) DecideInteraction(interaction, typ string) Decision {
 	return p.Decide(perm, typ)
 }
 
-// PermOf returns the permission a FHIR interaction (a gateway/fhirreq
+// PermOf returns the permission a FHIR interaction (a sdk/wasm/fhirreq
 // constant) needs: read, vread and history-instance need Read; searches
 // and type and system history need Search; create Create; update and
 // patch Update; delete Delete. Conditional forms need Search as well,

@@ -24,7 +24,7 @@ type RecordData struct {
 	Allowed bool
 	// Reason says why it is refused, or why it is allowed by break-glass.
 	Reason string
-	// Interaction and Type are the interaction decided (a gateway/fhirreq
+	// Interaction and Type are the interaction decided (a sdk/wasm/fhirreq
 	// constant) and its resource type.
 	Interaction, Type string
 	// Patient is the patient compartment the request was confined to, ""

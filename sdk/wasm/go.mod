@@ -1,0 +1,3 @@
+module github.com/omnigate/omnigate/sdk/wasm
+
+go 1.24
