@@ -26,9 +26,7 @@ func TestScaletestShort(t *testing.T) {
 	}
 	redistest.Binary(t)
 	dir := t.TempDir()
-	start := time.Now()
-	log := &stampWriter{start: start}
-	rep, err := scaletest.Run(context.Background(), scaletest.Options{
+	rep := runFleet(t, scaletest.Options{
 		Binary:    binary,
 		Dir:       filepath.Join(dir, "run"),
 		Instances: 3,
@@ -47,15 +45,7 @@ func TestScaletestShort(t *testing.T) {
 		Limits:     map[string]int64{"physician": 60, "nurse": 30, "patient": 4},
 		Physicians: 3, Nurses: 3, Patients: 3,
 		ProbeTimeout: 20 * time.Second,
-		Log:          log,
 	})
-	if err != nil {
-		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
-	}
-	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
-	var md bytes.Buffer
-	rep.Markdown(&md)
-	t.Log("\n" + md.String())
 
 	// The properties, one by one, so that a failure says which.
 	if rep.Failover == nil {
@@ -124,9 +114,7 @@ func TestScaletestPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	start := time.Now()
-	log := &stampWriter{start: start}
-	rep, err := scaletest.Run(context.Background(), scaletest.Options{
+	rep := runFleet(t, scaletest.Options{
 		Binary:             binary,
 		Dir:                filepath.Join(dir, "run"),
 		Instances:          2,
@@ -145,15 +133,7 @@ func TestScaletestPostgres(t *testing.T) {
 		Limits:         map[string]int64{"physician": 60, "nurse": 30, "patient": 4},
 		Physicians:     2, Nurses: 2, Patients: 2,
 		ProbeTimeout: 20 * time.Second,
-		Log:          log,
 	})
-	if err != nil {
-		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
-	}
-	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
-	var md bytes.Buffer
-	rep.Markdown(&md)
-	t.Log("\n" + md.String())
 
 	if rep.Setup.Store != scaletest.StorePostgres || !strings.Contains(rep.Setup.StoreDesc, "PostgreSQL") {
 		t.Errorf("setup: store %q, %q", rep.Setup.Store, rep.Setup.StoreDesc)
@@ -230,6 +210,24 @@ func processesUsing(t *testing.T, dir string) []string {
 		}
 	}
 	return left
+}
+
+// runFleet runs the fleet test o, with its progress stamped into the test
+// log, and logs the report.
+func runFleet(t *testing.T, o scaletest.Options) *scaletest.Report {
+	t.Helper()
+	start := time.Now()
+	log := &stampWriter{start: start}
+	o.Log = log
+	rep, err := scaletest.Run(context.Background(), o)
+	if err != nil {
+		t.Fatalf("scaletest: %v\n%s", err, log.b.String())
+	}
+	t.Logf("fleet test ran in %s:\n%s", time.Since(start).Round(time.Millisecond), log.b.String())
+	var md bytes.Buffer
+	rep.Markdown(&md)
+	t.Log("\n" + md.String())
+	return rep
 }
 
 func TestRedactArgs(t *testing.T) {
