@@ -40,11 +40,7 @@ func runFHIR(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // openFHIR opens the store the config file names.
 func openFHIR(ctx context.Context, file string) (*fhir.Handler, *fhir.Config, error) {
-	gcfg, err := loadConfig(file)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg, err := fhir.ConfigFrom(gcfg)
+	cfg, err := loadFHIRConfig(file)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -53,6 +49,30 @@ func openFHIR(ctx context.Context, file string) (*fhir.Handler, *fhir.Config, er
 		return nil, nil, err
 	}
 	return h, cfg, nil
+}
+
+// loadFHIRConfig reads the fhir section of the config file (or of the
+// embedded default when file is "").
+func loadFHIRConfig(file string) (*fhir.Config, error) {
+	gcfg, err := loadConfig(file)
+	if err != nil {
+		return nil, err
+	}
+	return fhir.ConfigFrom(gcfg)
+}
+
+// newSQLiteFile returns the path of the SQLite store of cfg when that file
+// does not exist yet ("" otherwise): an import that writes nothing into it
+// removes it again, so that a failed first import leaves no empty store
+// behind.
+func newSQLiteFile(cfg *fhir.Config) string {
+	if cfg.Store.Driver != "" && cfg.Store.Driver != "sqlite" || cfg.Store.Path == "" || cfg.Store.Path == ":memory:" {
+		return ""
+	}
+	if _, err := os.Stat(cfg.Store.Path); !errors.Is(err, os.ErrNotExist) {
+		return ""
+	}
+	return cfg.Store.Path
 }
 
 // runFHIRCheck reports the problems of the resources of the store (see
@@ -233,12 +253,23 @@ func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "omnigate fhir import: name at least one file (transaction or batch Bundles, or NDJSON)")
 		return 2
 	}
-	h, cfg, err := openFHIR(ctx, *file)
+	cfg, err := loadFHIRConfig(*file)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	defer h.Close()
+	fresh := newSQLiteFile(cfg)
+	h, err := fhir.Open(ctx, cfg, fhir.Options{})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			h.Close()
+		}
+	}()
 	start := time.Now()
 	var total fhir.ImportSummary
 	failedFiles := 0
@@ -258,7 +289,16 @@ func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		total.Created += sum.Created
 		total.Updated += sum.Updated
 		total.Unchanged += sum.Unchanged
+		total.Deleted += sum.Deleted
 		total.Failed += sum.Failed
+	}
+	if fresh != "" && total.Created+total.Updated+total.Deleted == 0 {
+		closed = true
+		h.Close()
+		for _, suffix := range []string{"", "-wal", "-shm", "-journal", ".lock"} {
+			os.Remove(fresh + suffix)
+		}
+		fmt.Fprintf(stderr, "nothing was imported: the new store %s is removed again\n", fresh)
 	}
 	el := time.Since(start)
 	fmt.Fprintf(stdout, "imported %d files into %s in %s: %d resources (%.0f/s), %d created, %d updated, %d unchanged, %d failed\n",

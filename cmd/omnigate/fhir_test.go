@@ -74,6 +74,43 @@ func TestFHIRImport(t *testing.T) {
 	}
 }
 
+// A first import that writes nothing (every file unreadable or every
+// resource refused) leaves no empty store behind; a store that existed is
+// kept whatever happens.
+func TestFHIRImportFailureLeavesNoEmptyStore(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "data", "store.db")
+	cfgFile := filepath.Join(dir, "omnigate.yaml")
+	os.WriteFile(cfgFile, []byte("fhir:\n  store: {path: "+store+"}\nroutes:\n  - name: fhir\n    fhir: true\n"), 0o644)
+	bad := filepath.Join(dir, "bad.ndjson")
+	os.WriteFile(bad, []byte(`{"resourceType":"Patient","gender":7}`+"\n"), 0o644)
+	good := filepath.Join(dir, "good.ndjson")
+	os.WriteFile(good, []byte(`{"resourceType":"Patient","id":"a"}`+"\n"), 0o644)
+	imp := func(files ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append([]string{"fhir", "import", "-config", cfgFile, "-quiet"}, files...), &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	for _, files := range [][]string{{bad}, {filepath.Join(dir, "missing.json")}} {
+		code, out := imp(files...)
+		if code != 1 || !strings.Contains(out, "nothing was imported: the new store "+store+" is removed again") {
+			t.Errorf("import %v: exit %d\n%s", files, code, out)
+		}
+		if matches, _ := filepath.Glob(store + "*"); len(matches) > 0 {
+			t.Errorf("import %v left %v", files, matches)
+		}
+	}
+	if code, out := imp(good); code != 0 {
+		t.Fatalf("good import: exit %d\n%s", code, out)
+	}
+	if code, out := imp(bad); code != 1 || strings.Contains(out, "removed") {
+		t.Errorf("failed import into an existing store: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(store); err != nil {
+		t.Errorf("the existing store is gone: %v", err)
+	}
+}
+
 func TestFHIRImportUsage(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"fhir"}, &out, &errOut); code != 2 {
