@@ -70,17 +70,20 @@ func (s *ImportSummary) add(o ImportSummary) {
 // resources), or NDJSON, one resource per line, the bulk data format.
 // Resources that carry an id are written with PUT, so importing the same
 // data again adds versions, not duplicates; those without one are created.
-// progress, if not nil, is called with the number of bytes read so far.
+// progress, if not nil, is called as the import goes (see ImportProgress).
 // An error is returned only for unreadable input; rejected entries are
 // counted in the summary.
-func (h *Handler) Import(ctx context.Context, r io.Reader, progress func(read int64)) (ImportSummary, error) {
-	cr := &countingReader{r: r, progress: progress}
+func (h *Handler) Import(ctx context.Context, r io.Reader, progress func(ImportProgress)) (ImportSummary, error) {
+	tr := &progressTracker{fn: progress}
+	ctx = context.WithValue(ctx, progressKey{}, tr)
+	cr := &countingReader{r: r, progress: tr.read}
 	br := bufio.NewReaderSize(cr, 1<<20)
 	first, err := readLine(br)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return ImportSummary{}, fmt.Errorf("read: %w", err)
 	}
 	if json.Valid(first) || len(bytes.TrimSpace(first)) == 0 && errors.Is(err, io.EOF) {
+		tr.stream = true
 		return h.importNDJSON(ctx, first, br)
 	}
 	rest, err := io.ReadAll(br)
@@ -88,6 +91,60 @@ func (h *Handler) Import(ctx context.Context, r io.Reader, progress func(read in
 		return ImportSummary{}, fmt.Errorf("read: %w", err)
 	}
 	return h.importDocument(ctx, append(first, rest...))
+}
+
+// ImportProgress is how far an import has come.
+type ImportProgress struct {
+	// Read is the number of bytes read.
+	Read int64
+	// Done is the number of resources (entries) processed, written or
+	// refused.
+	Done int
+	// Total is the number of resources the input holds, once known (a
+	// Bundle's entries, when its head is parsed); 0 for NDJSON, whose
+	// length is known only at its end.
+	Total int
+}
+
+// progressTracker reports an import's progress to fn.
+type progressTracker struct {
+	fn     func(ImportProgress)
+	p      ImportProgress
+	stream bool // NDJSON: no total
+}
+
+type progressKey struct{}
+
+func trackerOf(ctx context.Context) *progressTracker {
+	t, _ := ctx.Value(progressKey{}).(*progressTracker)
+	return t
+}
+
+func (t *progressTracker) report() {
+	if t != nil && t.fn != nil {
+		t.fn(t.p)
+	}
+}
+
+func (t *progressTracker) read(n int64) {
+	if t != nil {
+		t.p.Read = n
+		t.report()
+	}
+}
+
+func (t *progressTracker) total(n int) {
+	if t != nil && !t.stream {
+		t.p.Total += n
+		t.report()
+	}
+}
+
+func (t *progressTracker) done(n int) {
+	if t != nil {
+		t.p.Done += n
+		t.report()
+	}
 }
 
 type countingReader struct {
@@ -132,8 +189,12 @@ func (h *Handler) importDocument(ctx context.Context, doc []byte) (ImportSummary
 		}
 		return ImportSummary{}, fmt.Errorf("not a FHIR resource: %w", err)
 	}
+	tr := trackerOf(ctx)
 	if head.ResourceType == "Bundle" && (head.Type == "transaction" || head.Type == "batch") {
-		return h.postBundle(ctx, doc, len(head.Entry)), nil
+		tr.total(len(head.Entry))
+		sum := h.postBundle(ctx, doc, len(head.Entry))
+		tr.done(len(head.Entry))
+		return sum, nil
 	}
 	var resources []json.RawMessage
 	if head.ResourceType == "Bundle" {
@@ -145,9 +206,12 @@ func (h *Handler) importDocument(ctx context.Context, doc []byte) (ImportSummary
 	} else {
 		resources = []json.RawMessage{doc}
 	}
+	tr.total(len(resources))
 	var sum ImportSummary
 	for start := 0; start < len(resources); start += ndjsonChunk {
-		sum.add(h.importResources(ctx, resources[start:min(len(resources), start+ndjsonChunk)]))
+		chunk := resources[start:min(len(resources), start+ndjsonChunk)]
+		sum.add(h.importResources(ctx, chunk))
+		tr.done(len(chunk))
 	}
 	return sum, nil
 }
@@ -158,6 +222,7 @@ func (h *Handler) importNDJSON(ctx context.Context, first []byte, br *bufio.Read
 	flush := func() {
 		if len(chunk) > 0 {
 			sum.add(h.importResources(ctx, chunk))
+			trackerOf(ctx).done(len(chunk))
 			chunk = nil
 		}
 	}
@@ -175,6 +240,7 @@ func (h *Handler) importNDJSON(ctx context.Context, first []byte, br *bufio.Read
 				if len(sum.Errors) < maxImportErrors {
 					sum.Errors = append(sum.Errors, fmt.Sprintf("line %d: malformed JSON", lineNo))
 				}
+				trackerOf(ctx).done(1)
 			case head.ResourceType == "Bundle" && (head.Type == "transaction" || head.Type == "batch"):
 				flush()
 				s, err := h.importDocument(ctx, t)

@@ -13,6 +13,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/omnigate/omnigate/builtin/fhir"
+	"github.com/omnigate/omnigate/internal/plural"
 )
 
 const fhirUsage = "usage: omnigate fhir import [-config FILE] [-quiet] [-skip-validation] FILE... | omnigate fhir copy -from STORE -to STORE [-force] [-quiet] | omnigate fhir check [-config FILE] | omnigate fhir migrate [-config FILE] [-dry-run]"
@@ -301,8 +302,8 @@ func runFHIRImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "nothing was imported: the new store %s is removed again\n", fresh)
 	}
 	el := time.Since(start)
-	fmt.Fprintf(stdout, "imported %d files into %s in %s: %d resources (%.0f/s), %d created, %d updated, %d unchanged, %d failed\n",
-		len(fs.Args())-failedFiles, cfg.Store.Describe(), el.Round(time.Millisecond), total.Resources,
+	fmt.Fprintf(stdout, "imported %s into %s in %s: %d resources (%.0f/s), %d created, %d updated, %d unchanged, %d failed\n",
+		plural.Of(len(fs.Args())-failedFiles, "file"), cfg.Store.Describe(), el.Round(time.Millisecond), total.Resources,
 		float64(total.Resources)/el.Seconds(), total.Created, total.Updated, total.Unchanged, total.Failed)
 	if failedFiles > 0 || total.Failed > 0 {
 		return 1
@@ -316,21 +317,36 @@ func importFile(ctx context.Context, h *fhir.Handler, name string, quiet bool, s
 		return fhir.ImportSummary{}, err
 	}
 	defer f.Close()
-	var progress func(int64)
+	var progress func(fhir.ImportProgress)
 	if !quiet {
-		size := int64(-1)
-		if st, err := f.Stat(); err == nil {
-			size = st.Size()
-		}
-		bar := progressbar.NewOptions64(size,
+		// Counted in resources, with their rate: the bytes are read in a
+		// moment, the work is in the resources. The total is known once a
+		// Bundle's head is read; NDJSON's at its end.
+		bar := progressbar.NewOptions64(-1,
 			progressbar.OptionSetWriter(stderr),
 			progressbar.OptionSetDescription(name),
-			progressbar.OptionShowBytes(true),
+			progressbar.OptionSetItsString("resources"),
+			progressbar.OptionShowIts(),
+			progressbar.OptionShowCount(),
 			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionClearOnFinish(),
+			progressbar.OptionOnCompletion(func() { fmt.Fprintln(stderr) }),
 		)
-		defer bar.Finish()
-		progress = func(n int64) { bar.Set64(n) }
+		var last fhir.ImportProgress
+		defer func() {
+			if last.Total == 0 {
+				bar.ChangeMax64(int64(max(last.Done, 1)))
+			}
+			bar.Finish() // 100%
+		}()
+		progress = func(p fhir.ImportProgress) {
+			if p.Total > 0 && int64(p.Total) != bar.GetMax64() {
+				bar.ChangeMax64(int64(p.Total))
+			}
+			if p.Done != last.Done {
+				bar.Set64(int64(p.Done))
+			}
+			last = p
+		}
 	}
 	return h.Import(ctx, f, progress)
 }

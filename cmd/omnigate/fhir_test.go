@@ -111,6 +111,30 @@ func TestFHIRImportFailureLeavesNoEmptyStore(t *testing.T) {
 	}
 }
 
+// The progress bar counts resources and their rate (not bytes, which are
+// read in a moment) and ends at 100%, for a Bundle and for NDJSON.
+func TestFHIRImportProgressCountsResources(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "omnigate.yaml")
+	os.WriteFile(cfgFile, []byte("fhir:\n  store: {path: "+filepath.Join(dir, "store.db")+"}\nroutes:\n  - name: fhir\n    fhir: true\n"), 0o644)
+	bundle := filepath.Join(dir, "tx.json")
+	os.WriteFile(bundle, []byte(`{"resourceType":"Bundle","type":"transaction","entry":[
+		{"resource":{"resourceType":"Patient","id":"c"},"request":{"method":"PUT","url":"Patient/c"}},
+		{"resource":{"resourceType":"Patient","id":"d"},"request":{"method":"PUT","url":"Patient/d"}}]}`), 0o644)
+	ndjson := filepath.Join(dir, "p.ndjson")
+	os.WriteFile(ndjson, []byte(`{"resourceType":"Patient","id":"a"}`+"\n"+`{"resourceType":"Patient","id":"b"}`+"\n"), 0o644)
+	for _, f := range []string{bundle, ndjson} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), []string{"fhir", "import", "-config", cfgFile, f}, &out, &errOut); code != 0 {
+			t.Fatalf("%s: exit %d\n%s%s", f, code, out.String(), errOut.String())
+		}
+		bar := errOut.String()
+		if !strings.Contains(bar, "100%") || !strings.Contains(bar, "(2/2, ") || !strings.Contains(bar, "resources/s") || strings.Contains(bar, "B/s") {
+			t.Errorf("%s: progress bar:\n%q", f, bar)
+		}
+	}
+}
+
 func TestFHIRImportUsage(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"fhir"}, &out, &errOut); code != 2 {
