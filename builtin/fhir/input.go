@@ -37,32 +37,54 @@ const maxSafeInteger = 1<<53 - 1
 // significant digits than a double holds, or out of its range). FHIR's
 // integer and decimal must keep their value and precision; such a number
 // is one issue each, at its location.
+//
+// The walk keeps the path as segments and writes it out only for a number
+// at fault: it runs on every write, and nearly every resource has none.
 func checkNumbers(tree map[string]any, where string) []issue {
 	rt, _ := tree["resourceType"].(string)
 	var issues []issue
-	var walk func(v any, path string)
-	walk = func(v any, path string) {
+	type seg struct {
+		key   string // an element, or "" for an index
+		index int
+	}
+	var segs []seg
+	path := func() string {
+		var b strings.Builder
+		b.WriteString(rt)
+		for _, s := range segs {
+			if s.key != "" {
+				b.WriteString("." + s.key)
+			} else {
+				b.WriteString("[" + strconv.Itoa(s.index) + "]")
+			}
+		}
+		return b.String()
+	}
+	var walk func(v any)
+	walk = func(v any) {
 		switch v := v.(type) {
 		case map[string]any:
 			for k, x := range v {
-				walk(x, path+"."+k)
+				segs = append(segs, seg{key: k})
+				walk(x)
+				segs = segs[:len(segs)-1]
 			}
 		case []any:
 			for i, x := range v {
-				walk(x, path+"["+strconv.Itoa(i)+"]")
+				segs = append(segs, seg{index: i})
+				walk(x)
+				segs = segs[:len(segs)-1]
 			}
 		case json.Number:
 			if msg := numberProblem(string(v)); msg != "" {
 				is := newIssue(http.StatusBadRequest, where+msg)
 				is.Code = "value"
-				is.Expression = []string{path}
+				is.Expression = []string{path()}
 				issues = append(issues, is)
 			}
 		}
 	}
-	for k, x := range tree {
-		walk(x, rt+"."+k)
-	}
+	walk(tree)
 	return issues
 }
 
