@@ -57,10 +57,14 @@ func TestFullConfigShowsEverySetting(t *testing.T) {
 		cfg, _ := gateway.PluginConfig(typ)
 		if len(byType[typ]) == 0 {
 			// A type whose instance cannot be checked as it is (its
-			// file must exist) may be shown commented out.
-			if !regexp.MustCompile(`#\s*type:\s*` + regexp.QuoteMeta(typ) + `\b`).Match(data) {
-				w.missing = append(w.missing, fmt.Sprintf("plugins: no plugin of type %s", typ))
+			// file must exist) may be shown commented out: the block is
+			// uncommented and checked like the others.
+			inst, err := commentedInstance(string(data), typ)
+			if err != nil {
+				w.missing = append(w.missing, fmt.Sprintf("plugins: no plugin of type %s (%v)", typ, err))
+				continue
 			}
+			byType[typ] = []*yaml.Node{inst}
 		}
 		w.check("plugins.<"+typ+">", reflect.TypeOf(cfg), byType[typ])
 	}
@@ -202,4 +206,48 @@ func commentedKeys(s string) map[string]bool {
 		keys[m[1]] = true
 	}
 	return keys
+}
+
+// commentedInstance finds a plugin instance of type typ shown commented
+// out ("  # name:" then "  #   type: typ" and its keys, each line one level
+// deeper) and returns its config as a node.
+func commentedInstance(file, typ string) (*yaml.Node, error) {
+	lines := strings.Split(file, "\n")
+	uncomment := func(l string) (string, bool) {
+		t := strings.TrimLeft(l, " ")
+		if !strings.HasPrefix(t, "# ") {
+			return "", false
+		}
+		return l[:len(l)-len(t)] + t[2:], true
+	}
+	indent := func(l string) int { return len(l) - len(strings.TrimLeft(l, " ")) }
+	typeRE := regexp.MustCompile(`^\s*type:\s*` + regexp.QuoteMeta(typ) + `\s*(#.*)?$`)
+	for i := 1; i < len(lines); i++ {
+		l, ok := uncomment(lines[i])
+		if !ok || !typeRE.MatchString(l) {
+			continue
+		}
+		name, ok := uncomment(lines[i-1])
+		if !ok || !strings.HasSuffix(strings.TrimSpace(name), ":") {
+			continue
+		}
+		block := []string{name}
+		for _, next := range lines[i:] {
+			u, ok := uncomment(next)
+			if !ok || indent(u) <= indent(name) {
+				break
+			}
+			block = append(block, u)
+		}
+		var doc yaml.Node
+		if err := yaml.Unmarshal([]byte(strings.Join(block, "\n")), &doc); err != nil {
+			return nil, fmt.Errorf("the commented-out instance does not parse: %w", err)
+		}
+		m := doc.Content[0]
+		if m.Kind != yaml.MappingNode || len(m.Content) != 2 {
+			return nil, fmt.Errorf("the commented-out instance is not one mapping")
+		}
+		return m.Content[1], nil
+	}
+	return nil, fmt.Errorf("none, not even commented out")
 }
